@@ -1,0 +1,264 @@
+"""The benchmark tool: harness pieces, flag validation, and every mode end to end on tiny data.
+
+The end-to-end runs are in-process (isolate=False) on the "tiny" synthetic preset with 32 px
+images: they check that the tool runs and writes well-formed JSON, not how fast anything is. One
+test runs a real child process with a known memory footprint to check the isolation protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xray_tfdata import synthetic
+from xray_tfdata.benchmarking import datasets, harness, isolate, plot, suite, train_bench
+
+REPEATS = 2
+SUMMARY_KEYS = {"median", "min", "max", "mean", "stdev", "spread_pct", "n", "values"}
+MEASUREMENT_KEYS = {"schema_version", "kind", "run_id", "timestamp", "mode", "variant", "machine",
+                    "versions", "settings", "task", "metrics", "details", "isolated", "wall_s"}
+SUMMARY_RECORD_KEYS = {"schema_version", "kind", "run_id", "timestamp", "mode", "machine",
+                       "versions", "settings", "ratios", "targets"}
+
+
+# ------------------------------------------------------------------------------ harness pieces
+def test_summarize_reports_median_and_range_spread():
+    s = harness.summarize([10.0, 12.0, 11.0])
+    assert s["median"] == 11.0 and s["min"] == 10.0 and s["max"] == 12.0
+    assert s["spread_pct"] == pytest.approx(100 * 2 / 11)
+    assert s["n"] == 3 and s["values"] == [10.0, 12.0, 11.0]
+    assert s["stdev"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        harness.summarize([])
+
+
+def test_time_repeats_runs_warmup_once_then_returns_one_rate_per_repeat():
+    calls = []
+    rates = harness.time_repeats(lambda: calls.append("run") or 100, repeats=3,
+                                 warmup=lambda: calls.append("warmup"))
+    assert calls == ["warmup", "run", "run", "run"]
+    assert len(rates) == 3 and all(r > 0 for r in rates)
+
+
+def test_format_table_is_markdown_with_aligned_columns():
+    table = harness.format_table([{"a": "x", "b": 1234.5}, {"a": "longer", "b": 0.5}],
+                                 [("a", "name"), ("b", "rate")])
+    lines = table.splitlines()
+    assert lines[0].startswith("| name") and set(lines[1]) <= {"|", "-"}
+    assert "1,234" in lines[2] or "1,235" in lines[2]
+    assert "0.50" in lines[3]
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_append_jsonl_appends_whole_lines(tmp_path):
+    out = tmp_path / "sub" / "r.jsonl"
+    harness.append_jsonl(out, [{"a": 1}, {"b": Path("/x")}])
+    harness.append_jsonl(out, [{"c": np.float32(2.5)}])
+    lines = out.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"a": 1}, {"b": "/x"}, {"c": 2.5}]
+
+
+def test_machine_facts_and_versions_name_the_hardware_and_libraries():
+    facts = harness.machine_facts()
+    assert facts["cpu_logical_cores"] >= 1 and facts["ram_gb"] > 0
+    assert isinstance(facts["cpu_model"], str) and facts["cpu_model"]
+    assert isinstance(facts["gpus"], list)
+    versions = harness.library_versions()
+    assert versions["tensorflow"] == tf.__version__
+    assert versions["numpy"] == np.__version__
+
+
+def test_presets_mirror_the_kaggle_counts():
+    assert datasets.PRESETS["kaggle"].counts == synthetic.KAGGLE_COUNTS
+    assert datasets.PRESETS["kaggle"].num_images == 6432
+    assert datasets.PRESETS["kaggle"].min_size >= 1000
+
+
+def test_plot_writes_a_small_png(tmp_path):
+    rows = [{"variant": "keras", "first": 90.0, "steady": 90.0},
+            {"variant": "ours", "first": 1500.0, "steady": 30000.0}]
+    path = plot.plot_mode("input", rows, tmp_path / "input.png", title="t")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 200_000
+
+
+# ------------------------------------------------------------------------------ validation
+@pytest.mark.parametrize("overrides, message", [
+    ({"mode": "speed"}, "mode='speed' is invalid: allowed convert | input | train | all"),
+    ({"batch_size": 0}, "batch_size=0 is invalid: allowed an integer in [1, 4096]"),
+    ({"repeats": 0}, "repeats=0 is invalid"),
+    ({"steps": 0}, "steps=0 is invalid"),
+    ({"channels": 2}, "channels=2 is invalid: allowed 1 or 3"),
+    ({"workers": ()}, "workers= is invalid: allowed a non-empty list"),
+    ({"workers": (1, 1)}, "workers=1,1 is invalid"),
+    ({"replicas": (0, 2)}, "replicas=0,2 is invalid"),
+    ({"precisions": ("float8",)}, "precisions=float8 is invalid: allowed a non-empty list of "
+                                  "float32, mixed"),
+    ({"strategy": "tpu"}, "strategy='tpu' is invalid: allowed mirrored | one_device"),
+    ({"strategy": "one_device", "replicas": (1, 2)}, "only 1 with --strategy=one_device"),
+    ({"synthetic": "huge"}, "synthetic='huge' is invalid: allowed tiny | small | kaggle"),
+    ({"data_dir": "/no/such/dir"}, "data_dir='/no/such/dir' is invalid: allowed an existing"),
+])
+def test_bench_config_refuses_bad_values_naming_field_and_allowed_range(overrides, message):
+    settings = {"mode": "input", **overrides}
+    with pytest.raises(ValueError) as err:
+        suite.BenchConfig(**settings)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch_size=0"], "--batch_size=0 is invalid: allowed an integer in [1, 4096]"),
+    (["--replicas=1,x"], "--replicas=1,x must be a comma-separated list of integers"),
+    (["--precision=float8"], "--precision=float8 is invalid"),
+    (["--data_dir=/tmp", "--synthetic=tiny"], "Pass either --data_dir=/tmp or --synthetic=tiny"),
+    (["--mode=speed"], "value should be one of <convert|input|train|all>"),
+])
+def test_cli_refuses_bad_flags_before_any_work(args, message, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "xray_tfdata.benchmark", *args,
+         f"--work_dir={tmp_path / 'w'}", f"--output={tmp_path / 'r.jsonl'}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------ isolation
+def test_child_process_reports_its_own_peak_memory(tmp_path):
+    task = isolate.Task("probe", "xray_tfdata.benchmarking.isolate:memory_probe",
+                        {"megabytes": 200}, import_tensorflow=False)
+    result = isolate.run_task(task, isolate=True, log_dir=tmp_path)
+    assert result["isolated"] is True and result["megabytes"] == 200
+    assert 190 <= result["peak_rss_above_baseline_mb"] < 400
+    assert result["peak_rss_mb"] >= result["baseline_rss_mb"] + 190
+
+
+def test_child_failure_names_the_variant_and_the_error(tmp_path):
+    task = isolate.Task("bad probe", "xray_tfdata.benchmarking.isolate:memory_probe",
+                        {"megabytes": -1}, import_tensorflow=False)
+    with pytest.raises(isolate.BenchmarkError, match=r"(?s)'bad probe' failed.*megabytes=-1"):
+        isolate.run_task(task, isolate=True, log_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="session")
+def work_dir(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("bench")
+    datasets.synthetic_sources("tiny", work)  # shared by every mode's run
+    return work
+
+
+def _run(work_dir: Path, tmp_path: Path, mode: str, **overrides) -> tuple[list[dict], str]:
+    settings = dict(mode=mode, synthetic="tiny", work_dir=str(work_dir),
+                    output=str(tmp_path / "results.jsonl"), image_size=32, batch_size=4,
+                    steps=2, warmup_steps=1, repeats=REPEATS, isolate=False, replicas=(1, 2),
+                    precisions=("float32",), workers=(1, 2), convert_images=0)
+    settings.update(overrides)
+    printed: list[str] = []
+    records = suite.run(suite.BenchConfig(**settings), echo=printed.append)
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert lines == json.loads(json.dumps(records, default=str))  # what it returns is on disk
+    for record in lines:
+        expected = MEASUREMENT_KEYS if record["kind"] == "measurement" else SUMMARY_RECORD_KEYS
+        assert expected <= set(record), expected - set(record)
+        assert record["schema_version"] == harness.SCHEMA_VERSION and record["mode"] == mode
+        assert {"cpu_model", "cpu_logical_cores", "ram_gb", "gpus"} <= set(record["machine"])
+        assert "tensorflow" in record["versions"]
+        assert set(dict(suite.BenchConfig(mode=mode).to_dict())) <= set(record["settings"])
+    assert lines[-1]["kind"] == "summary"
+    for target in lines[-1]["targets"]:
+        assert {"target", "value", "needed", "comparison", "met"} <= set(target)
+    return lines, "\n".join(printed)
+
+
+def _check_summary(summary: dict) -> None:
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["n"] == REPEATS and len(summary["values"]) == REPEATS
+    assert summary["min"] <= summary["median"] <= summary["max"] and summary["median"] > 0
+
+
+def test_convert_mode_end_to_end(work_dir, tmp_path):
+    lines, printed = _run(work_dir, tmp_path, "convert")
+    measured = {r["variant"]: r for r in lines if r["kind"] == "measurement"}
+    assert list(measured) == ["tutorial cv2 loop", "ours build_records 1 worker",
+                              "ours build_records 2 workers"]
+    num_sources = datasets.PRESETS["tiny"].num_images
+    for record in measured.values():
+        _check_summary(record["metrics"]["images_per_sec"])
+        assert record["metrics"]["peak_rss_mb"] > 0
+        assert record["details"]["images"] == num_sources
+    summary = lines[-1]
+    assert set(summary["ratios"]) == {"1_worker_vs_tutorial", "2_workers_vs_1"}
+    assert [t["needed"] for t in summary["targets"]] == [1.0, 1.8]
+    assert "| tutorial cv2 loop" in printed and "2 workers >= 1.8x 1 worker" in printed
+
+
+def test_input_mode_end_to_end_with_ablation(work_dir, tmp_path):
+    lines, printed = _run(work_dir, tmp_path, "input", plot=True, plot_dir=str(tmp_path))
+    measured = {r["variant"]: r for r in lines if r["kind"] == "measurement"}
+    assert len(measured) == 2 + 4 + 5
+    for name, record in measured.items():
+        _check_summary(record["metrics"]["first_epoch_images_per_sec"])
+        _check_summary(record["metrics"]["steady_images_per_sec"])
+        if name.startswith("ours"):
+            channels = 3 if " 3ch" in name else 1
+            assert record["details"]["batch_shape"] == [4, 32, 32, channels]
+            assert record["details"]["batch_dtype"] == "uint8"
+    assert measured["ours jpeg 1ch no cache"]["details"]["input_config"]["cache"] == "none"
+    assert measured["ours jpeg 1ch no prefetch"]["details"]["input_config"]["prefetch"] is False
+    assert measured["tutorial loader (cv2 + float32 numpy)"]["details"]["batch_shape"] == \
+        [4, 32, 32, 3]
+    targets = [t["target"] for t in lines[-1]["targets"]]
+    assert targets == ["ours jpeg 1ch steady state >= 60x keras",
+                       "ours jpeg 1ch first epoch >= 8x keras",
+                       "ours jpeg 1ch peak RSS <= 1/4 tutorial loader"]
+    assert (tmp_path / "input.png").is_file() and "steady x keras" in printed
+
+
+def test_train_mode_end_to_end_real_vs_synthetic_and_replicas(work_dir, tmp_path):
+    lines, printed = _run(work_dir, tmp_path, "train")
+    measured = {r["variant"]: r for r in lines if r["kind"] == "measurement"}
+    assert list(measured) == ["real float32 x1", "synthetic float32 x1",
+                              "real float32 x2", "synthetic float32 x2"]
+    for name, record in measured.items():
+        _check_summary(record["metrics"]["images_per_sec"])
+        _check_summary(record["metrics"]["step_time_ms"])
+        wait = record["metrics"]["input_wait_ms_per_step"]
+        assert SUMMARY_KEYS <= set(wait) and 0 <= wait["median"] <= \
+            record["metrics"]["step_time_ms"]["max"]
+        replicas = int(name[-1])
+        assert record["details"]["replicas_resolved"] == replicas
+        assert record["details"]["global_batch"] == 4 * replicas
+        assert np.isfinite(record["details"]["final_loss"])
+    # The synthetic feed has exactly the real pipeline's per-replica shapes and dtypes.
+    for n in (1, 2):
+        assert measured[f"real float32 x{n}"]["details"]["element_spec"] == \
+            measured[f"synthetic float32 x{n}"]["details"]["element_spec"] == \
+            {"images": [[4, 32, 32, 1], "uint8"], "labels": [[4], "int32"]}
+    ratios = lines[-1]["ratios"]
+    assert {"real_vs_synthetic_float32_x1", "input_bound_fraction_float32_x1",
+            "scaling_efficiency_real_float32_x2"} <= set(ratios)
+    assert ratios["input_bound_fraction_float32_x1"] == \
+        pytest.approx(1 - ratios["real_vs_synthetic_float32_x1"])
+    assert "real >= 0.95 x synthetic" in printed
+
+
+def test_synthetic_feed_delivers_the_real_batches_shapes_to_the_model(work_dir):
+    source = datasets.synthetic_sources("tiny", work_dir)
+    records = datasets.records_for(source, work_dir, image_size=32, channels=1,
+                                   image_format="jpeg")
+    strategy = train_bench.make_strategy("mirrored", 2)
+    feeds = train_bench.build_feeds(str(records), 32, 1, 8, 0, strategy)
+    batches = {}
+    for feed in ("real", "synthetic"):
+        batch = next(iter(strategy.distribute_datasets_from_function(feeds[feed])))
+        batches[feed] = [(tuple(t.shape), t.dtype) for part in batch
+                         for t in strategy.experimental_local_results(part)]
+    assert batches["real"] == batches["synthetic"] == [
+        ((4, 32, 32, 1), tf.uint8), ((4, 32, 32, 1), tf.uint8), ((4,), tf.int32), ((4,), tf.int32)]

@@ -1,0 +1,114 @@
+"""embeddings.py / classical.py: classifiers on a tiny model's embeddings, identity checks, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xray_tfdata import embeddings, evaluation, metrics
+
+# Shared tiny-records / tiny-model builders (pytest puts tests/ on sys.path).
+from test_evaluate import BRIGHTNESS, tiny_model_file, write_records  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classical")
+    records = write_records(root / "records", {"train": 12, "test": 6}, seed=3)
+    (root / "model").mkdir()
+    return tiny_model_file(root / "model" / "best.keras"), records, root
+
+
+def test_embeddings_come_from_the_embedding_layer(setup):
+    model_path, records, _ = setup
+    model = evaluation.load_model(model_path)
+    emb, probs, y = embeddings.extract(model, str(records), "test", batch_size=7)
+    assert emb.shape == (18, 4) and emb.dtype == np.float32 and probs.shape == (18, 3)
+    # Hand-set units: [1, m, relu(m - 0.35), relu(0.65 - m)], m = mean brightness in [0, 1].
+    np.testing.assert_allclose(emb[:, 0], 1.0, atol=1e-6)
+    centres = np.array(BRIGHTNESS)[y] / 255.0
+    assert np.abs(emb[:, 1] - centres).max() < 0.05
+    np.testing.assert_allclose(emb[:, 2], np.maximum(emb[:, 1] - 0.35, 0), atol=1e-5)
+
+
+def test_classifiers_beat_chance_and_are_saved_with_identity(setup, tmp_path):
+    model_path, records, _ = setup
+    params = embeddings.ClassifierParams(rf_trees=25, knn_k=3, seed=0)
+    summary = embeddings.run_classical(str(model_path), str(records), tmp_path, params=params,
+                                       bootstrap=100)
+    results = summary["results"]
+    assert list(results) == ["cnn_head", "svm", "rf", "logreg", "knn"]
+    for name, m in results.items():
+        assert m["num_examples"] == 18
+        assert m["accuracy"] > 0.8, (name, m["accuracy"])  # chance is 1/3
+    assert summary["identity"]["embedding_dim"] == 4
+    assert summary["identity"]["model_sha256"] == evaluation.sha256_file(model_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["results"]["svm"] == results["svm"]
+    report = (tmp_path / "report.txt").read_text()
+    assert "cnn_head" in report and "knn" in report
+    # A reloaded classifier reproduces the reported metrics on freshly extracted embeddings.
+    bundle = embeddings.load_classifier(tmp_path / "classifiers" / "logreg.joblib", model_path)
+    emb, _, y = embeddings.extract(evaluation.load_model(model_path), str(records), "test")
+    again = metrics.compute_metrics(y, bundle.predict_proba(emb), bundle.predict(emb),
+                                    n_resamples=100, seed=0)
+    assert again["macro_f1"] == pytest.approx(results["logreg"]["macro_f1"])
+    assert again["confusion_matrix"] == results["logreg"]["confusion_matrix"]
+
+
+def test_identity_refuses_a_different_model(setup, tmp_path):
+    model_path, records, root = setup
+    params = embeddings.ClassifierParams(seed=0)
+    embeddings.run_classical(str(model_path), str(records), tmp_path, ("logreg",), params,
+                             bootstrap=0)
+    saved = tmp_path / "classifiers" / "logreg.joblib"
+    # Same architecture, different weights file -> different sha256.
+    other = tiny_model_file(tmp_path / "other.keras")
+    with open(other, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(embeddings.IdentityError, match="sha256"):
+        embeddings.load_classifier(saved, other)
+    bundle = embeddings.load_classifier(saved, model_path)
+    with pytest.raises(embeddings.IdentityError, match=r"\[n, 4\]"):
+        bundle.predict_proba(np.zeros((2, 5)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(svm_gamma="fast"), "svm_gamma='fast'"), (dict(svm_c=0.0), "svm_c=0.0"),
+    (dict(rf_trees=0), "rf_trees=0"), (dict(class_weight="auto"), "class_weight='auto'"),
+])
+def test_params_reject_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        embeddings.ClassifierParams(**kwargs)
+
+
+def test_classifier_names_and_knn_size_are_checked():
+    assert embeddings.parse_classifiers(" SVM,knn,svm ") == ("svm", "knn")
+    with pytest.raises(ValueError, match="xgb"):
+        embeddings.parse_classifiers("svm,xgb")
+    with pytest.raises(ValueError, match="knn_k=9"):
+        embeddings.make_classifier("knn", embeddings.ClassifierParams(knn_k=9), num_train=6)
+    assert embeddings.ClassifierParams(svm_gamma="0.5").gamma == 0.5
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "xray_tfdata.classical", *args],
+                          capture_output=True, text=True, timeout=240, env=env)
+
+
+def test_cli_reports_table_and_rejects_bad_flags(setup, tmp_path):
+    model_path, records, _ = setup
+    proc = _cli(f"--model_path={model_path}", f"--records_dir={records}",
+                f"--output_dir={tmp_path}", "--classifiers=logreg,knn", "--knn_k=3",
+                "--bootstrap=0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cnn_head" in proc.stdout and "logreg" in proc.stdout and "knn" in proc.stdout
+    assert Path(tmp_path / "classifiers" / "knn.joblib").is_file()
+    bad = _cli(f"--model_path={model_path}", "--classifiers=svm,xgb")
+    assert bad.returncode == 1 and "svm,xgb" in bad.stderr

@@ -1,0 +1,184 @@
+"""Export and predict: the SavedModel serves raw image bytes of any size and mode, decodes them
+like the converter (checked against OpenCV), and matches the Keras model; the predict CLI reports
+good and bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xray_tfdata import export
+from xray_tfdata.models import build_model
+from xray_tfdata.predict import predict_files
+
+SIZE = 32
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _images() -> dict[str, tuple[bytes, np.ndarray]]:
+    """Encoded test files of different formats/sizes/modes and their OpenCV 8-bit grey decoding."""
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (50, 70), dtype=np.uint8)
+    bgr = rng.integers(0, 256, (64, 40, 3), dtype=np.uint8)
+    bgra = rng.integers(0, 256, (33, 45, 4), dtype=np.uint8)
+    deep = rng.integers(1000, 3000, (40, 41), dtype=np.uint16)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (80, 60, 3), dtype=np.uint8), (9, 9), 3)
+    deep_ref = np.round((deep - deep.min()) * 255.0 / (deep.max() - deep.min())).astype(np.uint8)
+    jpeg = cv2.imencode(".jpg", smooth, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    return {
+        "gray.png": (cv2.imencode(".png", gray)[1].tobytes(), gray),
+        "rgb.png": (cv2.imencode(".png", bgr)[1].tobytes(), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)),
+        "rgba.png": (cv2.imencode(".png", bgra)[1].tobytes(),
+                     cv2.cvtColor(bgra[..., :3], cv2.COLOR_BGR2GRAY)),
+        "16bit.png": (cv2.imencode(".png", deep)[1].tobytes(), deep_ref),
+        "rgb.jpg": (jpeg, cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8),
+                                                    cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)),
+        "rgb.bmp": (cv2.imencode(".bmp", bgr)[1].tobytes(), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)),
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = build_model("seed_cnn", SIZE, 1, seed=0)
+    # Train a little so the probabilities are not all ~1/3 and a mismatch would show.
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (16, SIZE, SIZE, 1), dtype=np.uint8)
+    model.fit(x, (x.mean(axis=(1, 2, 3)) // 86).astype(int), epochs=3, verbose=0)
+    export_dir = tmp_path_factory.mktemp("export") / "export"
+    export.export_serving(model, export_dir, SIZE, 1)
+    return model, export_dir, export.load_serving(export_dir)
+
+
+def test_signature_and_metadata(exported):
+    _, export_dir, serving = exported
+    inputs = serving.signature.structured_input_signature[1]
+    outputs = serving.signature.structured_outputs
+    assert inputs["image_bytes"].dtype == tf.string and inputs["image_bytes"].shape.as_list() == [None]
+    assert outputs["probabilities"].dtype == tf.float32
+    assert outputs["probabilities"].shape.as_list() == [None, 3]
+    meta = json.loads((export_dir / "xray_tfdata.json").read_text())
+    assert meta["class_names"] == ["NORMAL", "COVID19", "PNEUMONIA"]
+    assert (meta["image_size"], meta["channels"], meta["resize_mode"]) == (SIZE, 1, "stretch")
+    assert not [p for p in export_dir.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_decoding_matches_opencv_converter_conventions():
+    preprocess = export.make_preprocess_fn(SIZE, 1)
+    for name, (data, gray) in _images().items():
+        decoded = export.decode_gray(tf.constant(data)).numpy()[..., 0]
+        # Rounding of the luma weights may differ by one grey level from OpenCV's fixed point.
+        diff = np.abs(decoded.astype(int) - gray.astype(int))
+        assert decoded.shape == gray.shape, name
+        assert diff.max() <= 1 and diff.mean() < 0.1, name
+        want = cv2.resize(gray, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        got = preprocess(tf.constant([data])).numpy()[0, ..., 0]
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
+
+
+def test_pad_mode_keeps_aspect_with_black_borders():
+    white = cv2.imencode(".png", np.full((20, 40), 255, np.uint8))[1].tobytes()
+    out = export.make_preprocess_fn(SIZE, 3, "pad")(tf.constant([white])).numpy()[0]
+    assert out.shape == (SIZE, SIZE, 3)
+    rows = out[..., 0].mean(axis=1)
+    np.testing.assert_array_equal(rows[:8], 0)
+    np.testing.assert_array_equal(rows[8:24], 255)
+    np.testing.assert_array_equal(rows[24:], 0)
+
+
+def test_serving_matches_keras_model_on_mixed_batch(exported):
+    model, _, serving = exported
+    files = _images()
+    data = [d for d, _ in files.values()]
+    served = serving.predict(data)
+    assert served.shape == (len(data), 3) and served.dtype == np.float32
+    same_input = export.make_preprocess_fn(SIZE, 1)(tf.constant(data)).numpy()
+    np.testing.assert_allclose(served, model.predict(same_input, verbose=0), atol=1e-5)
+    # And against OpenCV-preprocessed pixels: one grey level of decoder rounding moves little.
+    opencv = np.stack([cv2.resize(g, (SIZE, SIZE), interpolation=cv2.INTER_AREA)[..., None]
+                       for _, g in files.values()])
+    np.testing.assert_allclose(served, model.predict(opencv, verbose=0), atol=2e-2)
+    assert served.std(axis=0).max() > 1e-3  # a trained model: the inputs give different answers
+
+
+def test_mixed_precision_rgb_export(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model("seed_cnn", SIZE, 3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    out = export.export_serving(model, tmp_path / "export", SIZE, 3, resize_mode="pad")
+    data = [d for d, _ in _images().values()][:3]
+    served = export.load_serving(out).predict(data)
+    assert served.dtype == np.float32
+    images = export.make_preprocess_fn(SIZE, 3, "pad")(tf.constant(data)).numpy()
+    np.testing.assert_allclose(served, model.predict(images, verbose=0), atol=1e-3)
+
+
+def test_export_refuses_mismatched_shape_and_mode(exported, tmp_path):
+    model = exported[0]
+    with pytest.raises(ValueError, match=r"model takes images of shape \(32, 32, 1\)"):
+        export.export_serving(model, tmp_path / "e", 64, 1)
+    with pytest.raises(ValueError, match="resize_mode must be one of"):
+        export.export_serving(model, tmp_path / "e", SIZE, 1, resize_mode="crop")
+    assert not (tmp_path / "e").exists()
+
+
+def _write_files(folder: Path) -> dict[str, Path]:
+    files = {name: folder / name for name in ("gray.png", "rgb.jpg")}
+    images = _images()
+    for name, path in files.items():
+        path.write_bytes(images[name][0])
+    bad = {
+        "notes.png": b"these are notes, not pixels\n",
+        "empty.jpg": b"",
+        "truncated.jpg": images["rgb.jpg"][0][:300],
+    }
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+        files[name] = folder / name
+    files["missing.png"] = folder / "missing.png"
+    return files
+
+
+def test_predict_files_reports_each_file(exported, tmp_path):
+    _, _, serving = exported
+    files = _write_files(tmp_path)
+    results = predict_files(serving, [str(p) for p in files.values()], batch_size=4)
+    by_name = {Path(r["file"]).name: r for r in results}
+    assert [Path(r["file"]).name for r in results] == list(files)
+    want = serving.predict([files["gray.png"].read_bytes(), files["rgb.jpg"].read_bytes()])
+    for row, name in zip(want, ("gray.png", "rgb.jpg")):
+        got = [by_name[name]["probabilities"][c] for c in ("NORMAL", "COVID19", "PNEUMONIA")]
+        np.testing.assert_allclose(got, row, atol=1e-6)
+    assert by_name["notes.png"]["error"] == "not an image (looks like text)"
+    assert by_name["empty.jpg"]["error"] == "empty file"
+    assert "JPEG" in by_name["truncated.jpg"]["error"]
+    assert by_name["missing.png"]["error"].startswith("unreadable: FileNotFoundError")
+
+
+def test_predict_cli_good_and_bad_files(exported, tmp_path):
+    _, export_dir, _ = exported
+    files = _write_files(tmp_path)
+    out_json = tmp_path / "out" / "predictions.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "xray_tfdata.predict", f"--model_path={export_dir}",
+         f"--output_json={out_json}", *map(str, files.values())],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "2 predicted, 4 failed." in proc.stdout
+    assert "ERROR: not an image (looks like text)" in proc.stdout
+    results = json.loads(out_json.read_text())["results"]
+    assert sum("probabilities" in r for r in results) == 2
+    assert {Path(r["file"]).name for r in results if "error" in r} == {
+        "notes.png", "empty.jpg", "truncated.jpg", "missing.png"}

@@ -1,0 +1,357 @@
+"""image_io: every source mode decodes to the right gray pixels; bad inputs named; resize/encode."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from xray_tfdata import image_io
+from xray_tfdata.image_io import ImageReadError, decode_source_bytes, encode, read_source, resize
+
+
+def _png(width: int, height: int, bit_depth: int, colour_type: int, rows: list[bytes],
+         plte: bytes | None = None, trns: bytes | None = None) -> bytes:
+    """A minimal hand-rolled PNG, so the test controls the exact IHDR mode."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    if plte:
+        out += chunk(b"PLTE", plte)
+    if trns:
+        out += chunk(b"tRNS", trns)
+    raw = b"".join(b"\x00" + row for row in rows)  # filter type 0 per row
+    return out + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _png16_gray(values: np.ndarray) -> bytes:
+    rows = [b"".join(struct.pack(">H", int(v)) for v in row) for row in values]
+    return _png(values.shape[1], values.shape[0], 16, 0, rows)
+
+
+def _cv2_bytes(ext: str, image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(ext, image)
+    assert ok
+    return buf.tobytes()
+
+
+GRAY = np.arange(15, dtype=np.uint8).reshape(3, 5) * 17  # 3x5, 0..238
+
+
+# --- modes -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ext,fmt", [(".png", "PNG"), (".bmp", "BMP")])
+def test_lossless_gray_exact_pixels(ext, fmt):
+    gray, info = decode_source_bytes(_cv2_bytes(ext, GRAY))
+    np.testing.assert_array_equal(gray, GRAY)
+    assert (info.width, info.height, info.mode, info.format) == (5, 3, "L", fmt)
+
+
+@pytest.mark.parametrize("ext,fmt", [(".png", "PNG"), (".bmp", "BMP")])
+def test_rgb_and_rgba_reported_and_converted_with_bt601_weights(ext, fmt):
+    bgr = np.zeros((2, 3, 3), np.uint8)
+    bgr[0, 0] = (0, 0, 255)  # pure red -> 0.299 * 255 = 76
+    bgr[0, 1] = (255, 0, 0)  # pure blue -> 0.114 * 255 = 29
+    bgr[1, :] = 90  # gray stored as RGB stays exactly 90
+    gray, info = decode_source_bytes(_cv2_bytes(ext, bgr))
+    assert info.mode == "RGB" and info.format == fmt
+    assert gray.dtype == np.uint8 and gray.shape == (2, 3)
+    assert gray[0, 0] == 76 and gray[0, 1] == 29 and np.all(gray[1] == 90)
+
+    bgra = np.dstack([bgr, np.full((2, 3), 7, np.uint8)])  # alpha is dropped, not composited
+    gray_a, info_a = decode_source_bytes(_cv2_bytes(ext, bgra))
+    assert info_a.mode == "RGBA"
+    np.testing.assert_array_equal(gray_a, gray)
+
+
+def test_jpeg_gray_and_rgb():
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (40, 60), dtype=np.uint8), (9, 9), 3)
+    gray, info = decode_source_bytes(_cv2_bytes(".jpg", smooth))
+    assert (info.mode, info.format, gray.shape) == ("L", "JPEG", (40, 60))
+    assert np.abs(gray.astype(int) - smooth).max() <= 8  # lossy, but close
+    gray3, info3 = decode_source_bytes(_cv2_bytes(".jpg", np.dstack([smooth] * 3)))
+    assert info3.mode == "RGB" and gray3.shape == (40, 60)
+
+
+def test_palette_png_expanded():
+    data = _png(2, 1, 8, 3, [bytes([0, 1])], plte=bytes([255, 0, 0, 0, 0, 255]))
+    gray, info = decode_source_bytes(data)
+    assert info.mode == "P"
+    np.testing.assert_array_equal(gray, [[76, 29]])  # red, blue through BT.601
+    _, info_t = decode_source_bytes(_png(2, 1, 8, 3, [bytes([0, 1])], plte=bytes(6), trns=b"\x80"))
+    assert info_t.mode == "P"  # transparency does not change the reported mode
+
+
+def test_gray_alpha_png():
+    gray, info = decode_source_bytes(_png(2, 1, 8, 4, [bytes([10, 255, 200, 0])]))
+    assert info.mode == "LA"
+    np.testing.assert_array_equal(gray, [[10, 200]])  # alpha dropped
+
+
+def test_one_bit_png():
+    gray, info = decode_source_bytes(_png(8, 1, 1, 0, [bytes([0b10100000])]))
+    assert info.mode == "1"
+    np.testing.assert_array_equal(gray, [[255, 0, 255, 0, 0, 0, 0, 0]])
+
+
+def test_16bit_gray_scaled_by_actual_range_not_truncated():
+    # A 12-bit detector image stored in 16 bits: truncating to the high byte would give 3..11.
+    values = np.array([[1000, 2000, 3000], [1500, 2500, 3000]], dtype=np.uint16)
+    gray, info = decode_source_bytes(_png16_gray(values))
+    assert info.mode == "I;16" and info.format == "PNG"
+    # (v - 1000) * 255 / 2000: 0, 127.5 -> 128 (round half to even), 255, 63.75 -> 64, 191.25 -> 191
+    np.testing.assert_array_equal(gray, [[0, 128, 255], [64, 191, 255]])
+
+
+def test_16bit_constant_image_gives_zeros():
+    gray, info = decode_source_bytes(_png16_gray(np.full((3, 4), 4095, np.uint16)))
+    assert info.mode == "I;16"
+    assert gray.dtype == np.uint8 and gray.shape == (3, 4) and not gray.any()
+
+
+def test_16bit_rgba_full_range():
+    row = struct.pack(">HHHH", 1000, 1000, 1000, 65535) + struct.pack(">HHHH", 9000, 9000, 9000, 0)
+    gray, info = decode_source_bytes(_png(2, 1, 16, 6, [row]))
+    assert info.mode == "RGBA;16"
+    np.testing.assert_array_equal(gray, [[0, 255]])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (5, 3), (2500, 3000)])
+def test_any_size_decodes(shape):
+    image = (np.indices(shape).sum(axis=0) % 256).astype(np.uint8)
+    gray, info = decode_source_bytes(_cv2_bytes(".png", image))
+    assert gray.shape == shape and (info.height, info.width) == shape
+    np.testing.assert_array_equal(gray, image)
+
+
+def test_source_info_bytes_and_sha256(tmp_path):
+    data = _cv2_bytes(".png", GRAY)
+    path = tmp_path / "looks_like.jpg"  # extension is not trusted: sniffed as PNG
+    path.write_bytes(data)
+    gray, info = read_source(path)
+    assert info.format == "PNG" and info.num_bytes == len(data)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    np.testing.assert_array_equal(gray, GRAY)
+
+
+def test_jpeg_with_trailing_zero_padding_accepted():
+    for padding in (16, 5000):  # 5000: more zeros than the fast tail check looks at
+        gray, info = decode_source_bytes(_cv2_bytes(".jpg", GRAY) + b"\x00" * padding)
+        assert info.format == "JPEG" and gray.shape == (3, 5)
+
+
+def _smooth(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    noise = np.random.default_rng(seed).integers(0, 256, (shape[0] // 16, shape[1] // 16), np.uint8)
+    return cv2.resize(noise, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def test_target_size_reduced_jpeg_decode_matches_full_decode_closely():
+    source = _smooth((1800, 2000))  # fine detail: about 8 px per cycle
+    data = _cv2_bytes(".jpg", source)
+    full, info_full = decode_source_bytes(data)
+    for target, ok in ((224, True), (450, True), (451, False)):  # half scale iff 1800 >= 4 * target
+        small, info = decode_source_bytes(data, target_size=target)
+        assert info == info_full and (info.width, info.height, info.mode) == (2000, 1800, "L")
+        assert small.shape == ((900, 1000) if ok else (1800, 2000))
+        diff = np.abs(resize(small, target).astype(int) - resize(full, target).astype(int))
+        assert diff.mean() < 1.0 and diff.max() <= 4, (target, diff.mean(), diff.max())
+    png_full, _ = decode_source_bytes(_cv2_bytes(".png", source), target_size=224)
+    assert png_full.shape == (1800, 2000)  # only JPEG has DCT-domain scaling
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    tiff = b"MM\x00*\x00\x00\x00\x08" + struct.pack(">HHHIHH", 1, 0x0112, 3, 1, orientation, 0)
+    tiff += b"\x00\x00\x00\x00"  # no next IFD
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg[:2] + app1 + jpeg[2:]
+
+
+def test_jpeg_exif_orientation_ignored_like_tensorflow():
+    source = _smooth((32, 48))
+    rotated_tag = _with_exif_orientation(_cv2_bytes(".jpg", source), 6)  # "rotate 90 CW"
+    gray, info = decode_source_bytes(rotated_tag)
+    assert gray.shape == (32, 48) and (info.width, info.height) == (48, 32)
+    assert decode_source_bytes(rotated_tag, target_size=4)[0].shape == (16, 24)  # half scale
+    honoured = cv2.imdecode(np.frombuffer(rotated_tag, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert honoured.shape == (48, 32)  # the tag is valid: OpenCV's default would rotate
+
+
+# --- bad inputs --------------------------------------------------------------------------------
+
+def _reason(data: bytes) -> str:
+    with pytest.raises(ImageReadError) as info:
+        decode_source_bytes(data)
+    return info.value.reason
+
+
+def test_bad_bytes_have_short_reasons():
+    jpeg = _cv2_bytes(".jpg", np.full((64, 64), 128, np.uint8))
+    png = _cv2_bytes(".png", np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8))
+    bmp = _cv2_bytes(".bmp", GRAY)
+    assert _reason(b"") == "empty file"
+    assert _reason(b"\xff\xd8\xff\xd9") == "corrupt JPEG (no frame header)"
+    assert _reason(jpeg[:-2]).startswith("truncated JPEG")
+    assert _reason(jpeg[: len(jpeg) // 2]).startswith("truncated JPEG")
+    assert _reason(png[:-12]).startswith("truncated PNG")
+    assert _reason(png[:40]).startswith("truncated PNG")
+    assert _reason(bmp[:-10]).startswith("truncated BMP")
+    assert _reason(b"patient,label\n1,COVID19\n") == "not an image (looks like text)"
+    assert _reason(b"GIF89a" + bytes(20)).startswith("unsupported format GIF")
+    assert _reason(bytes(range(200, 256))).startswith("not an image (unknown header")
+    # Corrupt compressed data with an intact chunk layout: libpng's CRC/zlib check rejects it.
+    idat = png.index(b"IDAT") + 8
+    corrupt = png[:idat] + bytes(b ^ 0xFF for b in png[idat:idat + 20]) + png[idat + 20:]
+    assert _reason(corrupt) == "corrupt PNG (decode failed)"
+
+
+def test_unreadable_files(tmp_path, monkeypatch):
+    with pytest.raises(ImageReadError) as err:
+        read_source(tmp_path)
+    assert err.value.reason.startswith("unreadable: ")  # IsADirectoryError
+    with pytest.raises(ImageReadError) as err:
+        read_source(tmp_path / "missing.png")
+    assert err.value.reason == "unreadable: FileNotFoundError"
+
+    locked = tmp_path / "locked.png"
+    locked.write_bytes(_cv2_bytes(".png", GRAY))
+
+    def deny(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", deny)  # root ignores chmod, so simulate EACCES
+    with pytest.raises(ImageReadError) as err:
+        read_source(locked)
+    assert err.value.reason == "unreadable: PermissionError"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read chmod-000 files")
+def test_chmod_000_unreadable(tmp_path):
+    locked = tmp_path / "locked.png"
+    locked.write_bytes(_cv2_bytes(".png", GRAY))
+    locked.chmod(0)
+    with pytest.raises(ImageReadError, match="PermissionError"):
+        read_source(locked)
+
+
+# --- real sample -------------------------------------------------------------------------------
+
+def _expected_mode(mode: str, bits: str) -> str:
+    if bits == "16":
+        return "I;16" if mode in ("L", "I") else f"{mode};16"
+    return mode
+
+
+def test_real_sample_decodes_to_labelled_size_and_mode(real_sample_dir):
+    with open(real_sample_dir / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    for row in rows:
+        path = real_sample_dir / row["path"]
+        gray, info = read_source(path)
+        assert gray.dtype == np.uint8 and gray.ndim == 2, row["path"]
+        assert gray.shape == (int(row["height"]), int(row["width"])), row["path"]
+        assert (info.width, info.height) == (int(row["width"]), int(row["height"]))
+        assert info.mode == _expected_mode(row["mode"], row["bits"]), row["path"]
+        assert info.format == row["format"] and info.num_bytes == int(row["bytes"])
+        assert int(gray.max()) - int(gray.min()) > 100, f"{row['path']} decoded nearly flat"
+
+
+# --- to_channels / resize / encode -------------------------------------------------------------
+
+def test_to_channels():
+    assert image_io.to_channels(GRAY, 1).shape == (3, 5, 1)
+    three = image_io.to_channels(GRAY, 3)
+    assert three.shape == (3, 5, 3) and all(np.array_equal(three[..., c], GRAY) for c in range(3))
+    with pytest.raises(ValueError, match="channels=2"):
+        image_io.to_channels(GRAY, 2)
+
+
+def test_resize_area_downscale_is_block_mean():
+    image = np.array([[0, 2, 10, 10], [4, 6, 10, 30], [1, 1, 0, 0], [1, 1, 0, 4]], np.uint8)
+    out = resize(image[..., None], 2, "stretch")
+    assert out.shape == (2, 2, 1)
+    np.testing.assert_array_equal(out[..., 0], [[3, 15], [1, 1]])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (300, 200)])
+@pytest.mark.parametrize("mode", ["stretch", "pad"])
+def test_resize_any_size_keeps_channel_axis(shape, mode):
+    image = np.full(shape + (1,), 77, np.uint8)
+    out = resize(image, 16, mode)
+    assert out.shape == (16, 16, 1) and out.dtype == np.uint8
+    assert resize(image[..., 0], 16, mode).shape == (16, 16)
+    assert resize(np.repeat(image, 3, axis=2), 16, mode).shape == (16, 16, 3)
+    if mode == "stretch" or shape[0] == shape[1]:
+        assert np.all(out == 77)  # constant in, constant out (up- and downscale)
+
+
+def test_resize_pad_keeps_aspect_and_centres_on_black():
+    tall = np.full((100, 50), 255, np.uint8)  # h=100, w=50 -> 10x5 inside a 10x10 canvas
+    out = resize(tall, 10, "pad")
+    np.testing.assert_array_equal(out[:, 2:7], 255)
+    assert not out[:, :2].any() and not out[:, 7:].any()
+    wide = resize(np.full((3, 9), 200, np.uint8), 9, "pad")  # 3x9 -> rows 3..5 of 9
+    np.testing.assert_array_equal(wide[3:6], 200)
+    assert not wide[:3].any() and not wide[6:].any()
+
+
+def test_resize_rejects_bad_args():
+    with pytest.raises(ValueError, match="mode='crop'"):
+        resize(GRAY, 8, "crop")
+    with pytest.raises(ValueError, match="size=0"):
+        resize(GRAY, 0)
+
+
+def test_encode_round_trips():
+    image = image_io.to_channels(GRAY, 1)
+    raw = encode(image, "raw")
+    np.testing.assert_array_equal(np.frombuffer(raw, np.uint8).reshape(3, 5, 1), image)
+    png = encode(image, "png")
+    decoded_png = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decoded_png, GRAY)
+    flat = np.full((16, 16, 1), 120, np.uint8)
+    jpeg = encode(flat, "jpeg", jpeg_quality=90)
+    assert jpeg[:3] == b"\xff\xd8\xff" and jpeg.endswith(b"\xff\xd9")
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.abs(decoded.astype(int) - 120).max() <= 1
+
+
+def test_encode_keeps_rgb_order():
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 0] = 255  # red in RGB order
+    bgr = cv2.imdecode(np.frombuffer(encode(rgb, "png"), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.all(bgr[..., 2] == 255) and not bgr[..., :2].any()
+    np.testing.assert_array_equal(np.frombuffer(encode(rgb, "raw"), np.uint8).reshape(2, 2, 3), rgb)
+
+
+def test_encode_rejects_bad_input():
+    with pytest.raises(ValueError, match="image_format='webp'"):
+        encode(np.zeros((2, 2, 1), np.uint8), "webp")
+    with pytest.raises(ValueError, match="float32"):
+        encode(np.zeros((2, 2, 1), np.float32), "png")
+    with pytest.raises(ValueError, match="jpeg_quality=0"):
+        encode(np.zeros((2, 2, 1), np.uint8), "jpeg", jpeg_quality=0)
+
+
+def test_worker_modules_do_not_import_tensorflow():
+    code = (
+        "import sys; import xray_tfdata.image_io, xray_tfdata.offline_augment, xray_tfdata.dedupe; "
+        "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()

@@ -1,0 +1,281 @@
+"""The training library: strategies, precision, config checks, the loop, checkpoints, stopping.
+
+Records are written directly (synthetic.render_xray + features.serialize, "raw" format) so these
+tests need no converter run; `make_records` is reused by test_train_cli.py and test_multiworker.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xray_tfdata import distribute, features, labels, manifest, synthetic, training
+from xray_tfdata import training_steps
+from xray_tfdata.train_config import ConfigError, TrainConfig
+
+
+def make_records(records_dir: Path, per_class: dict[str, int], image_size: int = 64,
+                 num_shards: int = 2, seed: int = 0) -> Path:
+    """Writes a small records dir: `per_class[split]` images of each class, raw uint8 pixels."""
+    records_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, n in per_class.items():
+        examples = [(label, synthetic.render_xray(label, (image_size, image_size), rng))
+                    for _ in range(n) for label in range(labels.NUM_CLASSES)]
+        shards = []
+        for i in range(num_shards):
+            name = f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord"
+            part = examples[i::num_shards]
+            with tf.io.TFRecordWriter(str(records_dir / name)) as writer:
+                for j, (label, image) in enumerate(part):
+                    writer.write(features.serialize(features.ExampleRecord(
+                        encoded=image.tobytes(), image_format="raw", height=image_size,
+                        width=image_size, channels=1, label=label,
+                        class_text=labels.CLASS_NAMES[label], source_path=f"{split}/{i}/{j}.png",
+                        source_sha256="0" * 64, source_width=image_size,
+                        source_height=image_size, source_mode="L", source_format="PNG",
+                        source_bytes=image.size)))
+            data = (records_dir / name).read_bytes()
+            shards.append({"file": name, "num_examples": len(part), "bytes": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest()})
+        splits[split] = {"num_examples": len(examples), "shards": shards,
+                         "per_class": {c: n for c in labels.CLASS_NAMES}}
+    manifest.write_manifest(records_dir, {
+        "format_version": features.FORMAT_VERSION, "label_map": labels.LABEL_MAP,
+        "image": {"size": image_size, "channels": 1, "format": "raw", "resize_mode": "stretch"},
+        "compression": "", "splits": splits, "args": {}, "rejected": [], "duplicates": {},
+    })
+    return records_dir
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    return make_records(tmp_path_factory.mktemp("records"), {"train": 60, "val": 12, "test": 20})
+
+
+def _config(records: Path, model_dir: Path, **overrides) -> TrainConfig:
+    settings = dict(records_dir=str(records), model_dir=str(model_dir), epochs=2,
+                    global_batch_size=8, learning_rate=1e-3, warmup_epochs=0, dropout=0.2,
+                    steps_per_execution=4, export=False, cache="memory")
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def _history(model_dir: Path) -> list[dict[str, str]]:
+    with (model_dir / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------ strategy / precision / config
+def test_precision_auto_resolves_float32_on_cpu_and_rejects_unknown():
+    assert distribute.resolve_precision("auto", tf.distribute.get_strategy()) == "float32"
+    assert distribute.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    with pytest.raises(ValueError, match=r"precision='half' is not supported; allowed: auto, "):
+        distribute.resolve_precision("half")
+
+
+def test_make_strategy_names_and_errors(monkeypatch):
+    assert distribute.make_strategy("one_device").num_replicas_in_sync == 1
+    mirrored = distribute.make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2
+    assert distribute.is_chief(mirrored)
+    assert distribute.per_replica_batch_size(16, mirrored) == 8
+    with pytest.raises(ValueError, match=r"global_batch_size=15 is not divisible by the 2 "
+                                         r"replicas.*e\.g\. 14 or 16"):
+        distribute.per_replica_batch_size(15, mirrored)
+    with pytest.raises(ValueError, match=r"strategy='gpu' is not supported; allowed: auto, "):
+        distribute.make_strategy("gpu")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match=r"needs the TF_CONFIG environment variable"):
+        distribute.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}}')
+    with pytest.raises(ValueError, match=r"task.type and task.index"):
+        distribute.make_strategy("multi_worker")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": 0}, r"epochs=0 is not allowed; allowed: an integer >= 1"),
+    ({"optimizer": "adam"}, r"optimizer='adam' is not allowed; allowed: adamw, sgd"),
+    ({"label_smoothing": 1.0}, r"label_smoothing=1.0 is not allowed; allowed: a number in \[0, 1\)"),
+    ({"model": "vgg16"}, r"model='vgg16' is not allowed; allowed: seed_cnn, resnet50"),
+    ({"weights": "imagenet"}, r"weights='imagenet'.*Nothing is downloaded at run time"),
+    ({"warmup_epochs": 3.0}, r"warmup_epochs=3.0 is not allowed; allowed: a number in \[0, "
+                             r"epochs=2\]"),
+    ({"class_weights": "inverse"}, r"class_weights='inverse'.*allowed: none, balanced"),
+])
+def test_config_errors_name_field_value_and_allowed(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        _config(tmp_path, tmp_path / "m", **overrides)
+    assert err.value.field == next(iter(overrides))
+
+
+def test_resolve_data_checks_records(records, tmp_path):
+    data = training.resolve_data(_config(records, tmp_path))
+    assert (data["image_size"], data["channels"], data["steps_per_epoch"]) == (64, 1, 180 // 8)
+    with pytest.raises(manifest.ManifestError, match=r"hold 64x64 images, but image_size=48"):
+        training.resolve_data(_config(records, tmp_path, image_size=48))
+    with pytest.raises(ConfigError, match=r"global_batch_size=256 .* at most the 180 training"):
+        training.resolve_data(_config(records, tmp_path, global_batch_size=256))
+    with pytest.raises(ConfigError, match=r"val_split='holdout'.*found: \['test', 'train', 'val'\]"):
+        training.resolve_data(_config(records, tmp_path, val_split="holdout"))
+
+
+def test_balanced_class_weights_from_kaggle_counts():
+    info = {"splits": {"train": {"per_class": {"NORMAL": 1266, "COVID19": 460,
+                                               "PNEUMONIA": 3418}}}}
+    config = _config(Path("r"), Path("m"), class_weights="balanced")
+    weights = training.class_weight_vector(config, info)
+    np.testing.assert_allclose(weights, [5144 / (3 * 1266), 5144 / (3 * 460), 5144 / (3 * 3418)],
+                               rtol=1e-6)
+    # Weighted counts are equal per class: each class contributes the same total loss weight.
+    np.testing.assert_allclose(weights * [1266, 460, 3418], [5144 / 3] * 3, rtol=1e-6)
+
+
+def test_optimizer_schedule_warmup_cosine_and_lr_scaling():
+    config = _config(Path("r"), Path("m"), epochs=4, warmup_epochs=1, learning_rate=1e-3,
+                     global_batch_size=64, scale_lr=True, optimizer="sgd")
+    schedule = training.make_lr_schedule(config, steps_per_epoch=10)
+    lr = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
+    peak = 1e-3 * 64 / 32
+    assert lr[0] == 0.0 and lr[1] == pytest.approx(peak / 2) and lr[2] == pytest.approx(peak)
+    assert lr[2] > lr[3] > lr[4] and lr[4] == pytest.approx(0.0, abs=1e-9)
+    fp16 = training.make_optimizer(config, 10, "mixed_float16")
+    assert isinstance(fp16, keras.optimizers.LossScaleOptimizer)
+
+
+def test_metrics_in_numpy():
+    probs = np.array([[.8, .1, .1], [.1, .8, .1], [.1, .1, .8], [.6, .3, .1]])
+    out = training_steps.classification_metrics(np.array([0, 1, 2, 1]), probs)
+    assert out["accuracy"] == 0.75
+    # F1 per class: 2/3 (P=.5, R=1), 2/3 (P=1, R=.5), 1.
+    assert out["macro_f1"] == pytest.approx(7 / 9)
+    assert out["auc"] == pytest.approx(1.0)
+    assert out["loss"] == pytest.approx(-np.mean(np.log([.8, .8, .8, .3])))
+
+
+# ------------------------------------------------------------------ mixed precision
+def test_mixed_float16_step_runs_on_cpu_with_float32_outputs(records):
+    from xray_tfdata import models, pipeline
+
+    before = keras.mixed_precision.global_policy().name
+    strategy = tf.distribute.get_strategy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = models.build_model("seed_cnn", 64, 1, dropout=0.0)
+        config = _config(records, Path("unused"))
+        optimizer = training.make_optimizer(config, 5, "mixed_float16")
+        optimizer.build(model.trainable_variables)
+        loss_fn = training_steps.make_loss_fn(np.ones(3, np.float32), 0.1, 8)
+        step = training_steps.make_train_function(strategy, model, optimizer, loss_fn,
+                                                  jit_compile=False, loss_scaling=True)
+        ds = strategy.distribute_datasets_from_function(pipeline.dataset_fn(
+            str(records), "train", pipeline.InputConfig(global_batch_size=8, image_size=64)))
+        iterator = iter(ds)
+        before_weights = [w.copy() for w in model.get_weights()]
+        loss = float(step(iterator, tf.constant(3)))
+        images, _ = next(iterator)
+        outputs = model(images, training=False)
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    assert model.get_layer("conv1").compute_dtype == "float16"
+    assert outputs.dtype == tf.float32
+    assert math.isfinite(loss) and 0.5 < loss < 2.0
+    assert int(optimizer.iterations.numpy()) == 3
+    changed = [not np.array_equal(a, b) for a, b in zip(before_weights, model.get_weights())]
+    assert all(changed), "every weight must move after 3 loss-scaled steps"
+
+
+# ------------------------------------------------------------------ the loop
+def test_short_run_learns_and_writes_outputs(records, tmp_path):
+    from xray_tfdata import models, pipeline
+
+    config = _config(records, tmp_path, epochs=12, learning_rate=1e-3, augment=False,
+                     steps_per_execution=5, checkpoint_every=10, export=True)
+    summary = training.train(config)
+    assert summary["status"] == "completed"
+    assert summary["steps_completed"] == 12 * 22 and summary["resumed_from_step"] == 0
+    assert summary["resolved"]["precision"] == "float32"
+    assert summary["images_per_sec"] > 0 and summary["versions"]["tensorflow"] == tf.__version__
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    rows = _history(tmp_path)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 0.2
+    assert float(rows[-1]["learning_rate"]) == pytest.approx(0.0, abs=1e-9)
+    assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-264")
+    # The best model, reloaded, classifies the held-out test split well above chance (1/3).
+    best = keras.models.load_model(tmp_path / "best.keras", compile=False)
+    test = pipeline.build_dataset(str(records), "test", pipeline.InputConfig(
+        global_batch_size=30, image_size=64, training=False))
+    probs, truth = zip(*[(best(x, training=False).numpy(), y.numpy()) for x, y in test])
+    accuracy = np.mean(np.concatenate(probs).argmax(1) == np.concatenate(truth))
+    assert accuracy >= 0.6, f"test accuracy {accuracy:.3f} is not well above chance"
+    assert summary["best"]["val_macro_f1"] >= 0.6
+    if (tmp_path / "export").exists():  # export.py present: the serving SavedModel was written
+        assert (tmp_path / "export" / "saved_model.pb").is_file()
+        assert summary["paths"]["export"] == str(tmp_path / "export")
+
+
+def test_two_replicas_match_one_device(records, tmp_path):
+    """Same global batch on 1 device and on 2 mirrored logical CPUs: same loss trajectory."""
+    common = dict(epochs=3, steps_per_epoch=5, global_batch_size=16, steps_per_execution=1,
+                  augment=False, deterministic=True, dropout=0.0, learning_rate=2e-3)
+    one = training.train(_config(records, tmp_path / "one", **common),
+                         tf.distribute.OneDeviceStrategy("/cpu:0"))
+    two = training.train(_config(records, tmp_path / "two", **common),
+                         tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    assert two["resolved"]["replicas"] == 2 and two["resolved"]["per_replica_batch_size"] == 8
+    loss_one = [float(r["loss"]) for r in _history(tmp_path / "one")]
+    loss_two = [float(r["loss"]) for r in _history(tmp_path / "two")]
+    # Reported loss is the global-batch mean on both (a summed-not-averaged bug would double it).
+    np.testing.assert_allclose(loss_two, loss_one, rtol=2e-3)
+    assert loss_one[-1] < loss_one[0]
+    for key in ("val_loss", "val_accuracy"):
+        assert two["final_metrics"][key] == pytest.approx(one["final_metrics"][key], abs=2e-2)
+
+
+def test_resume_continues_from_checkpoint_with_history(records, tmp_path):
+    config = _config(records, tmp_path, epochs=2, steps_per_epoch=6, checkpoint_every=4)
+    first = training.train(config)
+    assert first["steps_completed"] == 12
+    # A longer run in the same model_dir resumes at step 12 (epoch 2 done), not from scratch.
+    second = training.train(_config(records, tmp_path, epochs=3, steps_per_epoch=6,
+                                    checkpoint_every=4))
+    assert second["resumed_from_step"] == 12 and second["steps_this_session"] == 6
+    assert second["steps_completed"] == 18 and second["epochs_completed"] == 3
+    assert [int(r["step"]) for r in _history(tmp_path)] == [6, 12, 18]
+
+
+def test_early_stopping_on_stalled_val_macro_f1(records, tmp_path):
+    summary = training.train(_config(records, tmp_path, epochs=6, steps_per_epoch=2,
+                                     learning_rate=1e-9, patience=2))
+    assert summary["status"] == "early_stopping"
+    assert summary["epochs_completed"] == 3 and summary["best"]["epoch"] == 1
+    assert len(_history(tmp_path)) == 3
+
+
+def _nan_model(name, image_size, channels, **kwargs):
+    inputs = keras.Input((image_size, image_size, channels), dtype="uint8")
+    x = keras.layers.GlobalAveragePooling2D()(keras.ops.cast(inputs, "float32"))
+    x = keras.layers.Dense(3)(x)
+    outputs = keras.layers.Softmax(dtype="float32")(x * float("nan"))
+    return keras.Model(inputs, outputs)
+
+
+def test_nan_loss_stops_with_clear_message(records, tmp_path, caplog):
+    config = _config(records, tmp_path, epochs=3, steps_per_epoch=4, steps_per_execution=2)
+    with caplog.at_level("ERROR"):
+        summary = training.train(config, model_builder=_nan_model)
+    assert summary["status"] == "nan_loss" and summary["steps_completed"] == 2
+    assert summary["epochs_completed"] == 0 and not (tmp_path / "best.keras").exists()
+    assert "Training loss is nan at step 2 (epoch 1); stopping" in caplog.text
+    assert "Lower --learning_rate" in caplog.text

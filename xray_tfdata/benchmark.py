@@ -1,0 +1,122 @@
+"""`python -m xray_tfdata.benchmark`: throughput of the converter, the input pipeline, training.
+
+  --mode=convert  build_records images/s at --workers vs the tutorial's sequential cv2 loop
+  --mode=input    keras image_dataset_from_directory vs the tutorial loader vs ours (+ ablation)
+  --mode=train    training images/s fed by records vs synthetic batches; precisions; replicas
+  --mode=all      all three, in that order
+
+Data: --data_dir (an existing Kaggle-layout folder) or --synthetic=tiny|small|kaggle, generated
+once into --work_dir and reused. Every run prints tables and appends JSON lines to --output with
+the machine, library versions, all settings and, per measurement, the median and spread over
+--repeats. Each variant runs in its own process (peak memory is per variant), unless --noisolate.
+
+Example (the README's numbers):
+  python -m xray_tfdata.benchmark --mode=all --synthetic=kaggle --repeats=3 --plot
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+from xray_tfdata.benchmarking import datasets, suite
+
+FLAGS = flags.FLAGS
+_DEFAULTS = suite.BenchConfig(mode="all")
+
+flags.DEFINE_enum("mode", "all", list(suite.MODES), "What to measure.")
+flags.DEFINE_string("data_dir", "", "Existing Kaggle-layout folder "
+                    "(<data_dir>/{train,test}/{COVID19,NORMAL,PNEUMONIA}/*). Empty: --synthetic.")
+flags.DEFINE_enum("synthetic", _DEFAULTS.synthetic, list(datasets.PRESETS),
+                  "Generated dataset when --data_dir is empty: tiny (smoke test, small images), "
+                  "small (360 full-size), kaggle (6,432 full-size at the Kaggle class counts).")
+flags.DEFINE_string("work_dir", _DEFAULTS.work_dir,
+                    "Cache for generated sources, records, subsets and per-variant logs.")
+flags.DEFINE_string("output", _DEFAULTS.output, "JSON-lines file the results are appended to.")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size,
+                     "Batch size (input mode: batch; train mode: per-replica batch).")
+flags.DEFINE_integer("image_size", _DEFAULTS.image_size, "Square image side of records/batches.")
+flags.DEFINE_integer("channels", _DEFAULTS.channels, "Train mode image channels (1 or 3).")
+flags.DEFINE_string("model", _DEFAULTS.model, "Train mode model (xray_tfdata.models.MODEL_NAMES).")
+flags.DEFINE_list("precision", list(_DEFAULTS.precisions),
+                  "Train mode precisions: float32, mixed (float16 on GPU, bfloat16 elsewhere), "
+                  "mixed_float16, mixed_bfloat16.")
+flags.DEFINE_enum("strategy", _DEFAULTS.strategy, ["mirrored", "one_device"],
+                  "Train mode tf.distribute strategy.")
+flags.DEFINE_list("replicas", [str(r) for r in _DEFAULTS.replicas],
+                  "Train mode replica counts (GPUs, or logical CPU devices without GPUs).")
+flags.DEFINE_integer("steps", _DEFAULTS.steps, "Timed steps/batches per repeat.")
+flags.DEFINE_integer("warmup_steps", _DEFAULTS.warmup_steps, "Untimed steps before timing.")
+flags.DEFINE_integer("repeats", _DEFAULTS.repeats, "Timed repeats per variant (median, spread).")
+flags.DEFINE_list("workers", [str(w) for w in _DEFAULTS.workers],
+                  "Convert mode worker counts.")
+flags.DEFINE_integer("convert_images", _DEFAULTS.convert_images,
+                     "Convert mode: number of source images (spread over the set; 0 = all).")
+flags.DEFINE_bool("ablation", _DEFAULTS.ablation,
+                  "Input mode: also run ours with each optimisation switched off.")
+flags.DEFINE_bool("isolate", _DEFAULTS.isolate,
+                  "Run each variant in its own process (fair peak memory; needed for several "
+                  "logical CPU replicas). --noisolate: in-process, for quick smoke runs.")
+flags.DEFINE_bool("plot", False, "Also write a PNG chart per mode (needs matplotlib).")
+flags.DEFINE_string("plot_dir", "", "Where the PNGs go (default: beside --output).")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for shuffling and synthetic batches.")
+flags.DEFINE_float("timeout", _DEFAULTS.timeout_s, "Seconds before a variant is stopped.")
+
+
+# BenchConfig fields whose flag has another name.
+_FIELD_TO_FLAG = {"precisions": "precision", "timeout_s": "timeout"}
+
+
+def _int_list(name: str) -> tuple[int, ...]:
+    values = FLAGS[name].value
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError as err:
+        raise app.UsageError(f"--{name}={','.join(values)} must be a comma-separated list of "
+                             f"integers, e.g. --{name}=1,2,4.") from err
+
+
+def config_from_flags() -> suite.BenchConfig:
+    """Validates the flags (cheap checks first, no heavy work) into a BenchConfig."""
+    if FLAGS.data_dir and FLAGS["synthetic"].present:
+        raise app.UsageError(f"Pass either --data_dir={FLAGS.data_dir} or "
+                             f"--synthetic={FLAGS.synthetic}, not both.")
+    try:
+        config = suite.BenchConfig(
+            mode=FLAGS.mode, data_dir=FLAGS.data_dir, synthetic=FLAGS.synthetic,
+            work_dir=FLAGS.work_dir, output=FLAGS.output, batch_size=FLAGS.batch_size,
+            image_size=FLAGS.image_size, channels=FLAGS.channels, model=FLAGS.model,
+            precisions=tuple(FLAGS.precision), strategy=FLAGS.strategy,
+            replicas=_int_list("replicas"), steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps,
+            repeats=FLAGS.repeats, workers=_int_list("workers"),
+            convert_images=FLAGS.convert_images, ablation=FLAGS.ablation, isolate=FLAGS.isolate,
+            plot=FLAGS.plot, plot_dir=FLAGS.plot_dir, seed=FLAGS.seed, timeout_s=FLAGS.timeout)
+    except ValueError as err:
+        message = str(err)
+        for field, flag in _FIELD_TO_FLAG.items():
+            if message.startswith(f"{field}="):
+                message = flag + message[len(field):]
+        raise app.UsageError(f"--{message}") from err
+    if "train" in config.modes:
+        from xray_tfdata import models  # pylint: disable=import-outside-toplevel  (imports TF)
+
+        if config.model not in models.MODEL_NAMES:
+            raise app.UsageError(f"--model={config.model!r} is invalid: allowed "
+                                 f"{', '.join(models.MODEL_NAMES)}.")
+    if config.repeats < 3:
+        logging.warning("--repeats=%d: fewer than 3 repeats give no meaningful spread.",
+                        config.repeats)
+    return config
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    config = config_from_flags()
+    suite.run(config)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,217 @@
+"""Input pipelines side by side: images/s delivered as batches of image_size^2, and peak memory.
+
+Every loader handles the same images: the source train folder (full-size JPEGs) for the two
+baselines, and records built from exactly that folder (val_fraction=0) for ours.
+
+  keras image_dataset_from_directory  decodes + resizes every JPEG every epoch (no cache)
+  tutorial loader                     cv2.imread + cv2.resize every file into one float32 NumPy
+                                      array, then from_tensor_slices; load time counted
+  ours                                records -> parallel interleave -> batched parse -> decode
+                                      -> cache -> shuffle -> batch -> prefetch
+
+Each variant reports two rates: the first epoch (nothing cached; for ours a freshly built pipeline
+each repeat) and the steady state (later epochs). Ours is timed over whole epochs; the Keras
+baseline over --steps batches after --warmup_steps (it costs the same every epoch and a whole
+epoch of full-size decodes would take minutes per repeat).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+from xray_tfdata.benchmarking import harness
+from xray_tfdata.benchmarking.isolate import Task
+
+_HERE = "xray_tfdata.benchmarking.input_bench"
+SPLIT = "train"
+
+# (name, InputConfig overrides): each switches ONE optimisation off, on jpeg 1-channel records.
+ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("no prefetch", {"prefetch": False}),
+    ("no parallel interleave", {"parallel_interleave": False}),
+    ("no vectorised parse", {"vectorized_parse": False}),
+    ("no cache", {"cache": "none"}),
+    ("+ online augmentation", {"augment": True}),
+)
+FORMATS = (("jpeg", 1), ("jpeg", 3), ("raw", 1), ("raw", 3))
+
+
+def ours_name(image_format: str, channels: int, suffix: str = "") -> str:
+    return f"ours {image_format} {channels}ch" + (f" {suffix}" if suffix else "")
+
+
+def plan(*, data_dir: str, records: dict[str, str], image_size: int, batch_size: int,
+         warmup_steps: int, steps: int, repeats: int, seed: int,
+         ablation: bool = True) -> list[Task]:
+    """records maps "jpeg-1" etc. to records dirs. Baselines first, then ours, then the ablation."""
+    common = {"image_size": image_size, "batch_size": batch_size, "repeats": repeats}
+    tasks = [
+        Task("keras image_dataset_from_directory", f"{_HERE}:measure_keras_directory",
+             {**common, "data_dir": data_dir, "warmup_steps": warmup_steps, "steps": steps,
+              "seed": seed}),
+        Task("tutorial loader (cv2 + float32 numpy)", f"{_HERE}:measure_tutorial_loader",
+             {**common, "data_dir": data_dir}),
+    ]
+    for image_format, channels in FORMATS:
+        tasks.append(Task(ours_name(image_format, channels), f"{_HERE}:measure_ours",
+                          {**common, "records_dir": records[f"{image_format}-{channels}"],
+                           "channels": channels, "seed": seed, "overrides": {}}))
+    if ablation:
+        for suffix, overrides in ABLATIONS:
+            tasks.append(Task(ours_name("jpeg", 1, suffix), f"{_HERE}:measure_ours",
+                              {**common, "records_dir": records["jpeg-1"], "channels": 1,
+                               "seed": seed, "overrides": overrides}))
+    return tasks
+
+
+def _consume(iterator, num_batches: int) -> int:
+    """Pulls batches; returns images delivered. Tensors from tf.data are already computed."""
+    images = 0
+    for _ in range(num_batches):
+        batch, _labels = next(iterator)
+        images += int(batch.shape[0])
+    return images
+
+
+def measure_keras_directory(data_dir: str, image_size: int, batch_size: int, warmup_steps: int,
+                            steps: int, repeats: int, seed: int) -> dict[str, Any]:
+    """keras.utils.image_dataset_from_directory over <data_dir>/train, grayscale, bilinear."""
+    import keras  # pylint: disable=import-outside-toplevel
+
+    ds = keras.utils.image_dataset_from_directory(
+        f"{data_dir}/{SPLIT}", labels="inferred", label_mode="int", color_mode="grayscale",
+        batch_size=batch_size, image_size=(image_size, image_size), shuffle=True, seed=seed,
+        verbose=False,
+    )
+    iterator = iter(ds.repeat())
+    rates = harness.time_repeats(lambda: _consume(iterator, steps), repeats=repeats,
+                                 warmup=lambda: _consume(iterator, warmup_steps))
+    summary = harness.summarize(rates)
+    shape = next(iterator)[0].shape
+    return {"first_epoch_images_per_sec": summary, "steady_images_per_sec": summary,
+            "batch_shape": list(shape), "timed_images_per_repeat": steps * batch_size,
+            "note": "no cache: every epoch decodes the JPEGs again, first epoch = steady state"}
+
+
+def measure_tutorial_loader(data_dir: str, image_size: int, batch_size: int,
+                            repeats: int) -> dict[str, Any]:
+    """Load everything (cv2, float32 / 255), then one epoch of from_tensor_slices batches.
+
+    The kindest faithful version: the float32 array is divided in place (np.array(data) / 255.0
+    would add a float64 copy twice the size).
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from xray_tfdata.benchmarking import convert_bench, datasets  # pylint: disable=C0415
+
+    files = datasets.source_files(data_dir, SPLIT)
+    paths = [p for p, _ in files]
+    labels = np.array([label for _, label in files], np.int32)
+    first, steady, load_s, array_gb = [], [], [], 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data = convert_bench.tutorial_load(paths, image_size)
+        images = np.array(data, dtype=np.float32)
+        del data
+        images /= 255.0
+        array_gb = images.nbytes / 1024**3
+        ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+        loaded = time.perf_counter()
+        n = sum(int(batch.shape[0]) for batch, _ in ds)
+        done = time.perf_counter()
+        n2 = sum(int(batch.shape[0]) for batch, _ in ds)  # a second epoch: all in memory
+        steady.append(n2 / (time.perf_counter() - done))
+        first.append(n / (done - start))
+        load_s.append(loaded - start)
+        del ds, images
+        gc.collect()
+    return {"first_epoch_images_per_sec": harness.summarize(first),
+            "steady_images_per_sec": harness.summarize(steady),
+            "load_seconds": harness.summarize(load_s), "array_gb": round(array_gb, 2),
+            "images": len(paths),
+            "batch_shape": [batch_size, image_size, image_size, 3],
+            "note": "first epoch counts the load; steady = iterating the in-memory array"}
+
+
+def measure_ours(records_dir: str, image_size: int, channels: int, batch_size: int,
+                 repeats: int, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """First epoch of a freshly built pipeline per repeat, then whole cached epochs."""
+    from xray_tfdata import pipeline  # pylint: disable=import-outside-toplevel
+
+    settings = {"global_batch_size": batch_size, "image_size": image_size, "channels": channels,
+                "training": True, "cache": "memory", "augment": False, "seed": seed,
+                **overrides}
+    config = pipeline.InputConfig(**settings)
+    steps = pipeline.steps_per_epoch(records_dir, SPLIT, batch_size)
+
+    # Warm-up: load the kernels and libraries once (not the data: every repeat builds anew).
+    _consume(iter(pipeline.build_dataset(records_dir, SPLIT, config)), 1)
+    first = []
+    iterator = None
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        iterator = iter(pipeline.build_dataset(records_dir, SPLIT, config))
+        images = _consume(iterator, steps)
+        first.append(images / (time.perf_counter() - start))
+    # The cache is complete once its input has hit the end; the shuffle buffer reads ahead, so
+    # pull one buffer's worth more before timing the steady state.
+    _consume(iterator, config.shuffle_buffer // batch_size + 2)
+    steady = harness.time_repeats(lambda: _consume(iterator, steps), repeats=repeats)
+    batch = next(iterator)[0]
+    return {"first_epoch_images_per_sec": harness.summarize(first),
+            "steady_images_per_sec": harness.summarize(steady),
+            "steps_per_epoch": steps, "timed_images_per_repeat": steps * batch_size,
+            "batch_shape": list(batch.shape), "batch_dtype": batch.dtype.name,
+            "input_config": {k: v for k, v in settings.items()}}
+
+
+TABLE_COLUMNS = (("variant", "variant"), ("first", "first epoch img/s"),
+                 ("steady", "steady img/s"), ("spread_pct", "steady spread %"),
+                 ("peak_rss_mb", "peak RSS MB"), ("first_x", "first x keras"),
+                 ("steady_x", "steady x keras"))
+KERAS = "keras image_dataset_from_directory"
+TUTORIAL = "tutorial loader (cv2 + float32 numpy)"
+HEADLINE = ours_name("jpeg", 1)  # the default records format the targets are judged on
+
+
+def report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Rows, ratios vs the Keras baseline and the tutorial, and issue 3's targets (pure)."""
+    keras_first = _median(results.get(KERAS), "first_epoch_images_per_sec")
+    keras_steady = _median(results.get(KERAS), "steady_images_per_sec")
+    tutorial_peak = (results.get(TUTORIAL) or {}).get("peak_rss_mb")
+    rows, ratios = [], {}
+    for name, result in results.items():
+        first = _median(result, "first_epoch_images_per_sec")
+        steady = _median(result, "steady_images_per_sec")
+        row = {"variant": name, "first": first, "steady": steady,
+               "spread_pct": result["steady_images_per_sec"]["spread_pct"],
+               "peak_rss_mb": result.get("peak_rss_mb"),
+               "first_x": first / keras_first if keras_first else None,
+               "steady_x": steady / keras_steady if keras_steady else None}
+        rows.append(row)
+        if name.startswith("ours"):
+            key = name.replace(" ", "_")
+            ratios[f"{key}_steady_vs_keras"] = row["steady_x"]
+            ratios[f"{key}_first_epoch_vs_keras"] = row["first_x"]
+            if tutorial_peak and result.get("peak_rss_mb"):
+                ratios[f"{key}_peak_rss_vs_tutorial"] = result["peak_rss_mb"] / tutorial_peak
+    head = HEADLINE.replace(" ", "_")
+    targets = [
+        harness.target(f"{HEADLINE} steady state >= 60x keras", ratios.get(
+            f"{head}_steady_vs_keras"), 60.0),
+        harness.target(f"{HEADLINE} first epoch >= 8x keras", ratios.get(
+            f"{head}_first_epoch_vs_keras"), 8.0),
+        harness.target(f"{HEADLINE} peak RSS <= 1/4 tutorial loader", ratios.get(
+            f"{head}_peak_rss_vs_tutorial"), 0.25, higher_is_better=False),
+    ]
+    return {"rows": rows, "columns": TABLE_COLUMNS, "ratios": ratios, "targets": targets}
+
+
+def _median(result: dict[str, Any] | None, key: str) -> float | None:
+    if not result or key not in result:
+        return None
+    return result[key]["median"]

@@ -1,0 +1,232 @@
+"""Runs the benchmark modes: prepares data, runs each variant, prints tables, writes JSON lines.
+
+JSON lines (one object per line, appended to `output`), schema_version 1:
+  kind="measurement": run_id, timestamp, mode, variant, machine, versions, settings, task (the
+      variant's arguments), metrics (each timed quantity as {median, min, max, mean, stdev,
+      spread_pct, n, values} plus peak_rss_mb / baseline_rss_mb / peak_rss_above_baseline_mb),
+      details (everything else the variant reported), isolated, wall_s.
+  kind="summary": run_id, timestamp, mode, machine, versions, settings, ratios, targets
+      ([{target, value, needed, comparison, met}]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from absl import logging
+
+from xray_tfdata.benchmarking import datasets, harness, isolate
+
+MODES = ("convert", "input", "train", "all")
+RUN_ORDER = ("convert", "input", "train")
+_LIMITS = {"batch_size": (1, 4096), "image_size": (16, 1024), "steps": (1, 100_000),
+           "warmup_steps": (0, 100_000), "repeats": (1, 100), "seed": (0, 2**31 - 1),
+           "convert_images": (0, 10_000_000)}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Everything one benchmark run depends on; validated on construction."""
+
+    mode: str
+    data_dir: str = ""  # an existing Kaggle-layout folder; "" = generate `synthetic`
+    synthetic: str = "kaggle"
+    work_dir: str = "workspace/benchmarks/data"
+    output: str = "workspace/benchmarks/results.jsonl"
+    batch_size: int = 64
+    image_size: int = 224
+    channels: int = 1  # train mode; the input mode measures 1 and 3
+    model: str = "seed_cnn"
+    precisions: tuple[str, ...] = ("float32", "mixed")
+    strategy: str = "mirrored"
+    replicas: tuple[int, ...] = (1, 2, 4)
+    steps: int = 20
+    warmup_steps: int = 3
+    repeats: int = 3
+    workers: tuple[int, ...] = (1, 2)
+    convert_images: int = 600  # sources for the convert mode (0 = all of data_dir)
+    ablation: bool = True
+    isolate: bool = True  # each variant in its own process (fair peak RSS, fresh TF runtime)
+    plot: bool = False
+    plot_dir: str = ""  # "" = beside `output`
+    seed: int = 0
+    timeout_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        from xray_tfdata.benchmarking import train_bench  # pylint: disable=C0415 (no TF import)
+
+        def bad(field: str, allowed: str, fix: str = "") -> ValueError:
+            value = getattr(self, field)
+            shown = (",".join(map(str, value)) if isinstance(value, (tuple, list))
+                     else repr(value))
+            return ValueError(f"{field}={shown} is invalid: allowed {allowed}."
+                              + (f" {fix}" if fix else ""))
+
+        if self.mode not in MODES:
+            raise bad("mode", " | ".join(MODES))
+        if self.data_dir:
+            if not Path(self.data_dir).is_dir():
+                raise bad("data_dir", "an existing Kaggle-layout folder "
+                          "(<data_dir>/{train,test}/{COVID19,NORMAL,PNEUMONIA}/*)",
+                          "Or leave it empty to use a generated --synthetic set.")
+        elif self.synthetic not in datasets.PRESETS:
+            raise bad("synthetic", " | ".join(datasets.PRESETS))
+        for field, (low, high) in _LIMITS.items():
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise bad(field, f"an integer in [{low}, {high}]")
+        if self.channels not in (1, 3):
+            raise bad("channels", "1 or 3")
+        for field, values, allowed in (("workers", self.workers, range(1, 257)),
+                                       ("replicas", self.replicas, range(1, 65))):
+            object.__setattr__(self, field, tuple(values))
+            if not values or any(isinstance(v, bool) or v not in allowed for v in values) \
+                    or len(set(values)) != len(values):
+                raise bad(field, f"a non-empty list of distinct integers in "
+                          f"[{allowed.start}, {allowed.stop - 1}], e.g. 1,2,4")
+        object.__setattr__(self, "precisions", tuple(self.precisions))
+        if not self.precisions or any(p not in train_bench.PRECISION_NAMES
+                                      for p in self.precisions):
+            raise bad("precisions", "a non-empty list of " + ", ".join(train_bench.PRECISION_NAMES),
+                      "'mixed' = float16 on GPUs, bfloat16 elsewhere.")
+        if self.strategy not in train_bench.STRATEGY_NAMES:
+            raise bad("strategy", " | ".join(train_bench.STRATEGY_NAMES))
+        if self.strategy == "one_device" and self.replicas != (1,):
+            raise bad("replicas", "only 1 with --strategy=one_device",
+                      "Use --strategy=mirrored to compare replica counts.")
+        if not self.timeout_s > 0:
+            raise bad("timeout_s", "a number of seconds > 0")
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return RUN_ORDER if self.mode == "all" else (self.mode,)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _source_dir(config: BenchConfig) -> tuple[str, dict[str, Any]]:
+    if config.data_dir:
+        return config.data_dir, {"kind": "data_dir", "path": config.data_dir}
+    folder = datasets.synthetic_sources(config.synthetic, config.work_dir)
+    preset = datasets.PRESETS[config.synthetic]
+    return str(folder), {"kind": "synthetic", "preset": preset.name, "path": str(folder),
+                         "num_images": preset.num_images,
+                         "side_px": [preset.min_size, preset.max_size],
+                         "formats": list(preset.formats), "modes": list(preset.modes)}
+
+
+def _plan_convert(config: BenchConfig, source: str, data: dict[str, Any]):
+    from xray_tfdata.benchmarking import convert_bench  # pylint: disable=C0415
+
+    subset = datasets.convert_subset(source, config.work_dir, config.convert_images)
+    data["convert_dir"] = str(subset)
+    data["convert_images"] = len(datasets.source_files(subset))
+    data["page_cache_warmed_bytes"] = convert_bench.warm_page_cache(str(subset))
+    return convert_bench, convert_bench.plan(
+        data_dir=str(subset), work_dir=str(Path(config.work_dir) / "convert-out"),
+        image_size=config.image_size, workers=config.workers, repeats=config.repeats,
+        warmup=config.warmup_steps > 0)
+
+
+def _plan_input(config: BenchConfig, source: str, data: dict[str, Any]):
+    from xray_tfdata.benchmarking import convert_bench, input_bench  # pylint: disable=C0415
+
+    records = {}
+    for image_format, channels in input_bench.FORMATS:
+        records[f"{image_format}-{channels}"] = str(datasets.records_for(
+            source, config.work_dir, image_size=config.image_size, channels=channels,
+            image_format=image_format))
+    data["records"] = records
+    data["page_cache_warmed_bytes"] = convert_bench.warm_page_cache(source)
+    return input_bench, input_bench.plan(
+        data_dir=source, records=records, image_size=config.image_size,
+        batch_size=config.batch_size, warmup_steps=config.warmup_steps, steps=config.steps,
+        repeats=config.repeats, seed=config.seed, ablation=config.ablation)
+
+
+def _plan_train(config: BenchConfig, source: str, data: dict[str, Any]):
+    from xray_tfdata.benchmarking import train_bench  # pylint: disable=C0415
+
+    records = str(datasets.records_for(source, config.work_dir, image_size=config.image_size,
+                                       channels=config.channels, image_format="jpeg"))
+    data["records"] = records
+    return train_bench, train_bench.plan(
+        records_dir=records, model=config.model, image_size=config.image_size,
+        channels=config.channels, batch_size=config.batch_size, precisions=config.precisions,
+        strategy=config.strategy, replicas=config.replicas, warmup_steps=config.warmup_steps,
+        steps=config.steps, repeats=config.repeats, seed=config.seed)
+
+
+_PLANNERS: dict[str, Callable] = {"convert": _plan_convert, "input": _plan_input,
+                                  "train": _plan_train}
+
+
+def _split_metrics(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Timed summaries and memory figures -> metrics; the rest -> details."""
+    metrics, details = {}, {}
+    for key, value in result.items():
+        if (isinstance(value, dict) and "median" in value) or key.endswith("_rss_mb"):
+            metrics[key] = value
+        elif key not in ("isolated", "wall_s"):
+            details[key] = value
+    return metrics, details
+
+
+def run(config: BenchConfig, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Runs the configured mode(s); returns the JSON-line records it appended to config.output."""
+    run_id = harness.new_run_id()
+    machine = harness.machine_facts()
+    versions = harness.library_versions()
+    source, data = _source_dir(config)
+    echo(f"Benchmark run {run_id} on {machine['cpu_model']} ({machine['cpu_usable_cores']} "
+         f"cores, {machine['ram_gb']} GB RAM, GPUs: {len(machine['gpus'])}), "
+         f"load average {machine['load_average_1_5_15']}")
+    all_records: list[dict[str, Any]] = []
+    for mode in config.modes:
+        mode_data = dict(data)
+        module, tasks = _PLANNERS[mode](config, source, mode_data)
+        settings = {**config.to_dict(), "data": mode_data}
+        base = {"schema_version": harness.SCHEMA_VERSION, "run_id": run_id, "mode": mode,
+                "machine": machine, "versions": versions, "settings": settings}
+        results: dict[str, dict[str, Any]] = {}
+        records = []
+        for i, task in enumerate(tasks, 1):
+            echo(f"[{mode} {i}/{len(tasks)}] {task.name} ...")
+            start = time.perf_counter()
+            result = isolate.run_task(task, isolate=config.isolate,
+                                      log_dir=Path(config.work_dir) / "logs" / run_id,
+                                      timeout_s=config.timeout_s)
+            results[task.name] = result
+            metrics, details = _split_metrics(result)
+            records.append({**base, "kind": "measurement", "timestamp": harness.utc_now(),
+                            "variant": task.name, "task": task.kwargs, "metrics": metrics,
+                            "details": details, "isolated": result["isolated"],
+                            "wall_s": result["wall_s"]})
+            logging.info("%s done in %.1f s", task.name, time.perf_counter() - start)
+        summary = module.report(results)
+        records.append({**base, "kind": "summary", "timestamp": harness.utc_now(),
+                        "ratios": summary["ratios"], "targets": summary["targets"]})
+        harness.append_jsonl(config.output, records)
+        all_records.extend(records)
+        echo(f"\n## {mode} ({'isolated processes' if config.isolate else 'in-process'}, "
+             f"median of {config.repeats} repeats)\n")
+        echo(harness.format_table(summary["rows"], summary["columns"]))
+        if summary["targets"]:
+            echo("")
+            echo(harness.format_table(harness.target_rows(summary["targets"]),
+                                      harness.TARGET_COLUMNS))
+        if config.plot:
+            from xray_tfdata.benchmarking import plot  # pylint: disable=C0415
+
+            plot_dir = Path(config.plot_dir or Path(config.output).parent)
+            path = plot.plot_mode(mode, summary["rows"], plot_dir / f"{mode}.png",
+                                  title=f"{mode}: {machine['cpu_model']}, "
+                                        f"{machine['cpu_usable_cores']} cores")
+            echo(f"\nChart: {path}")
+    echo(f"\nJSON lines appended to {os.path.abspath(config.output)}")
+    return all_records

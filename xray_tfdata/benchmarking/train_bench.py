@@ -1,0 +1,252 @@
+"""Training throughput fed by the real pipeline vs synthetic in-memory batches.
+
+The synthetic feed is TF Model Garden's `--use_synthetic_data` idea: one batch of the same shape
+and dtype as the real pipeline's, repeated from memory, distributed the same way. Its throughput
+is the ceiling when input costs nothing; `1 - real/synthetic` is the input-bound fraction.
+
+The step is the training loop's own computation (training_steps.make_loss_fn + the same
+GradientTape / LossScaleOptimizer / apply_gradients sequence as training_steps), but the batch is
+fetched eagerly with `next(iterator)` outside the compiled step, so the time spent waiting for the
+next batch can be measured per step. Both feeds use exactly the same step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from xray_tfdata.benchmarking import harness
+from xray_tfdata.benchmarking.isolate import Task
+
+_HERE = "xray_tfdata.benchmarking.train_bench"
+SPLIT = "train"
+PRECISION_NAMES = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
+STRATEGY_NAMES = ("mirrored", "one_device")
+
+
+def variant_name(feed: str, precision: str, replicas: int) -> str:
+    return f"{feed} {precision} x{replicas}"
+
+
+def plan(*, records_dir: str, model: str, image_size: int, channels: int, batch_size: int,
+         precisions: tuple[str, ...], strategy: str, replicas: tuple[int, ...],
+         warmup_steps: int, steps: int, repeats: int, seed: int) -> list[Task]:
+    """Every precision at the first replica count, then every further replica count in the
+    first precision; real and synthetic feed for each."""
+    combos = [(p, replicas[0]) for p in precisions]
+    combos += [(precisions[0], r) for r in replicas[1:]]
+    tasks = []
+    for precision, n in combos:
+        for feed in ("real", "synthetic"):
+            tasks.append(Task(
+                variant_name(feed, precision, n), f"{_HERE}:measure_training",
+                {"records_dir": records_dir, "model": model, "image_size": image_size,
+                 "channels": channels, "per_replica_batch": batch_size, "precision": precision,
+                 "strategy": strategy, "replicas": n, "feed": feed,
+                 "warmup_steps": warmup_steps, "steps": steps, "repeats": repeats, "seed": seed},
+                logical_cpus=n))
+    return tasks
+
+
+def resolve_precision(name: str) -> str:
+    """'mixed' = float16 on GPUs, bfloat16 elsewhere (CPUs with AVX512-BF16/AMX, TPUs)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    if name == "mixed":
+        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    return name
+
+
+def make_strategy(name: str, replicas: int):
+    """MirroredStrategy over the first `replicas` GPUs, else over logical CPU devices."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    if replicas > len(devices):
+        raise ValueError(
+            f"replicas={replicas} but only {len(devices)} {'GPU' if gpus else 'CPU'} device(s) "
+            f"are visible ({devices}). Run isolated (the default) so logical CPU devices can be "
+            "created, or lower --replicas.")
+    if name == "one_device":
+        if replicas != 1:
+            raise ValueError(f"strategy=one_device runs 1 replica. Received: replicas={replicas}. "
+                             "Use --strategy=mirrored for several replicas.")
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    return tf.distribute.MirroredStrategy(devices[:replicas])
+
+
+def synthetic_dataset_fn(element_spec, seed: int):
+    """A dataset_fn yielding ONE random batch matching `element_spec`, repeated forever."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    images_spec, labels_spec = element_spec
+
+    def fn(_input_context=None):
+        gen = tf.random.Generator.from_seed(seed)
+        images = tf.cast(gen.uniform(images_spec.shape, 0, 256, tf.int32), images_spec.dtype)
+        labels = tf.cast(gen.uniform(labels_spec.shape, 0, 3, tf.int32), labels_spec.dtype)
+        return tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+    return fn
+
+
+def build_feeds(records_dir: str, image_size: int, channels: int, global_batch: int,
+                seed: int, strategy) -> dict[str, Any]:
+    """The real input dataset_fn and its synthetic twin (same per-replica element_spec)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from xray_tfdata import pipeline  # pylint: disable=import-outside-toplevel
+
+    config = pipeline.InputConfig(global_batch_size=global_batch, image_size=image_size,
+                                  channels=channels, training=True, cache="memory", augment=True,
+                                  seed=seed)
+    real_fn = pipeline.dataset_fn(records_dir, SPLIT, config)
+    context = tf.distribute.InputContext(
+        num_input_pipelines=1, input_pipeline_id=0,
+        num_replicas_in_sync=strategy.num_replicas_in_sync)
+    spec = real_fn(context).element_spec
+    return {"config": config, "real": real_fn, "synthetic": synthetic_dataset_fn(spec, seed),
+            "element_spec": spec}
+
+
+def make_step(strategy, model, optimizer, global_batch: int, loss_scaling: bool):
+    """One distributed training step on an already-fetched (PerReplica) batch."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from xray_tfdata import labels, training_steps  # pylint: disable=import-outside-toplevel
+
+    loss_fn = training_steps.make_loss_fn(np.ones(labels.NUM_CLASSES, np.float32), 0.0,
+                                          global_batch)
+    variables = model.trainable_variables
+
+    def replica_step(images, labels_):
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            loss = loss_fn(labels_, probabilities)
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    @tf.function(jit_compile=False)  # "auto" would also be off on CPU; say so explicitly
+    def step(images, labels_):
+        per_replica = strategy.run(replica_step, args=(images, labels_))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return step
+
+
+def measure_training(records_dir: str, model: str, image_size: int, channels: int,
+                     per_replica_batch: int, precision: str, strategy: str, replicas: int,
+                     feed: str, warmup_steps: int, steps: int, repeats: int,
+                     seed: int) -> dict[str, Any]:
+    """Images/s, step time and input wait per step for one feed, precision and replica count."""
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from xray_tfdata import models, pipeline  # pylint: disable=import-outside-toplevel
+
+    policy = resolve_precision(precision)
+    previous = keras.mixed_precision.global_policy()
+    # The policy must be set before the model is built, or it is not applied.
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        dist = make_strategy(strategy, replicas)
+        n = dist.num_replicas_in_sync
+        global_batch = per_replica_batch * n
+        feeds = build_feeds(records_dir, image_size, channels, global_batch, seed, dist)
+        with dist.scope():
+            net = models.build_model(model, image_size, channels, seed=seed)
+            optimizer = keras.optimizers.Adam(1e-3)
+            if policy == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(net.trainable_variables)
+        step = make_step(dist, net, optimizer, global_batch, policy == "mixed_float16")
+        iterator = iter(dist.distribute_datasets_from_function(feeds[feed]))
+
+        fill_steps = 0
+        if feed == "real":
+            # Fill the pipeline's cache first (an epoch plus the shuffle buffer's read-ahead):
+            # the steady state a long training run sees. Pulled without training: decoding 6k
+            # images costs seconds, training on them minutes.
+            per_epoch = pipeline.steps_per_epoch(records_dir, SPLIT, global_batch)
+            fill_steps = per_epoch + math.ceil(feeds["config"].shuffle_buffer / global_batch) + 1
+            for _ in range(fill_steps):
+                next(iterator)
+        for _ in range(max(warmup_steps, 1)):  # at least one: tracing is not training speed
+            float(step(*next(iterator)))
+
+        rates, step_ms, wait_ms = [], [], []
+        for _ in range(repeats):
+            waited = 0.0
+            start = time.perf_counter()
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                batch = next(iterator)
+                waited += time.perf_counter() - t0
+                loss = step(*batch)
+            float(loss)  # the last step has finished
+            elapsed = time.perf_counter() - start
+            rates.append(steps * global_batch / elapsed)
+            step_ms.append(1000.0 * elapsed / steps)
+            wait_ms.append(1000.0 * waited / steps)
+        spec = feeds["element_spec"]
+        return {
+            "images_per_sec": harness.summarize(rates),
+            "step_time_ms": harness.summarize(step_ms),
+            "input_wait_ms_per_step": harness.summarize(wait_ms),
+            "final_loss": float(loss),
+            "precision_resolved": policy, "replicas_resolved": n, "global_batch": global_batch,
+            "per_replica_batch": per_replica_batch, "cache_fill_steps": fill_steps,
+            "devices": [d for d in dist.extended.worker_devices],
+            "element_spec": {"images": [list(spec[0].shape), spec[0].dtype.name],
+                             "labels": [list(spec[1].shape), spec[1].dtype.name]},
+        }
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+TABLE_COLUMNS = (("variant", "variant"), ("median", "images/s"), ("spread_pct", "spread %"),
+                 ("step_ms", "step ms"), ("wait_ms", "input wait ms/step"),
+                 ("peak_rss_mb", "peak RSS MB"), ("vs_synthetic", "real / synthetic"),
+                 ("scaling_eff", "scaling eff."))
+REAL_VS_SYNTHETIC_TARGET = 0.95
+
+
+def report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Rows, real/synthetic ratios, input-bound fractions, scaling efficiency, the target."""
+    by_key = {}
+    for name, result in results.items():
+        feed, precision, replicas = name.split(" ")
+        by_key[(feed, precision, int(replicas[1:]))] = result
+    rows, ratios = [], {}
+    for (feed, precision, n), result in by_key.items():
+        rate = result["images_per_sec"]["median"]
+        synth = by_key.get(("synthetic", precision, n), {}).get("images_per_sec", {}).get("median")
+        base = by_key.get((feed, precision, 1), {}).get("images_per_sec", {}).get("median")
+        eff = rate / (n * base) if base and n > 1 else (1.0 if n == 1 else None)
+        rows.append({
+            "variant": variant_name(feed, precision, n), "median": rate,
+            "spread_pct": result["images_per_sec"]["spread_pct"],
+            "step_ms": result["step_time_ms"]["median"],
+            "wait_ms": result["input_wait_ms_per_step"]["median"],
+            "peak_rss_mb": result.get("peak_rss_mb"),
+            "vs_synthetic": rate / synth if feed == "real" and synth else None,
+            "scaling_eff": eff,
+        })
+        tag = f"{precision}_x{n}"
+        if feed == "real" and synth:
+            ratios[f"real_vs_synthetic_{tag}"] = rate / synth
+            ratios[f"input_bound_fraction_{tag}"] = 1.0 - rate / synth
+        if n > 1 and base:
+            ratios[f"scaling_efficiency_{feed}_{tag}"] = eff
+    targets = []
+    first = next(iter(by_key), None)
+    if first is not None:
+        tag = f"{first[1]}_x{first[2]}"
+        targets.append(harness.target(
+            f"real >= {REAL_VS_SYNTHETIC_TARGET} x synthetic ({first[1]}, {first[2]} replica)",
+            ratios.get(f"real_vs_synthetic_{tag}"), REAL_VS_SYNTHETIC_TARGET))
+    return {"rows": rows, "columns": TABLE_COLUMNS, "ratios": ratios, "targets": targets}

@@ -1,0 +1,88 @@
+r"""Builds sharded TFRecords + dataset_info.json from the Kaggle chest X-ray folder.
+
+  python -m xray_tfdata.build_records --data_dir=workspace/raw/Data \
+      --output_dir=workspace/records --augment=COVID19:gamma0.4,gamma0.55,mean3,unsharp3,canny3
+
+Rerunning the same command after a crash resumes; see docs for every flag.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+# Only TensorFlow-free modules at import time: spawn-started worker processes re-import this entry
+# module, and must stay light (the converter itself is imported inside main()).
+from xray_tfdata import image_io
+
+_DATA_DIR = flags.DEFINE_string("data_dir", "workspace/raw/Data",
+                                "The extracted Kaggle folder: {train,test[,val]}/{class}/*.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "workspace/records",
+                                  "Where shards and dataset_info.json are written.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Output images are size x size.")
+_RESIZE_MODE = flags.DEFINE_enum("resize_mode", "stretch", list(image_io.RESIZE_MODES),
+                                 "stretch (the seed's behaviour) or pad (keep aspect, black).")
+_CHANNELS = flags.DEFINE_integer("channels", 1, "1 (gray, 3x smaller) or 3 (gray repeated).")
+_IMAGE_FORMAT = flags.DEFINE_enum("image_format", "jpeg", ["jpeg", "png", "raw"],
+                                  "Encoding inside the records; raw = uncompressed uint8.")
+_JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality 1-100.")
+_COMPRESSION = flags.DEFINE_enum("compression", "none", ["none", "gzip"],
+                                 "TFRecord file compression.", case_sensitive=False)
+_SHARD_SIZE_MB = flags.DEFINE_float("shard_size_mb", 100.0,
+                                    "Target shard size when --num_shards=0.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0,
+                                   "Fixed shards per split (0 = by --shard_size_mb).")
+_MIN_SHARDS = flags.DEFINE_integer("min_shards", 8,
+                                   "At least this many train shards (>= readers of a job).")
+_VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1,
+                                   "Fraction of each train class carved out as validation.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of every split/shard/augmentation decision.")
+_AUGMENT = flags.DEFINE_string(
+    "augment", "", "Offline train-only variants, e.g. "
+    "'COVID19:gamma0.4,gamma0.55,mean3,unsharp3,canny3;PNEUMONIA:mean3'.")
+_AUGMENT_MAX_SOURCE = flags.DEFINE_integer(
+    "augment_max_source", 0, "Augment at most this many train images per class (0 = all).")
+_DEDUPE = flags.DEFINE_enum("dedupe", "report", ["report", "drop"],
+                            "report duplicates, or drop train/val copies of test images and "
+                            "repeats within a split.")
+_NEAR_DISTANCE = flags.DEFINE_integer("near_distance", 4,
+                                      "Max perceptual-hash Hamming distance of near duplicates.")
+_MAX_REJECT_FRACTION = flags.DEFINE_float(
+    "max_reject_fraction", 0.01, "Fail if more than this fraction of files is unusable.")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Worker processes (0 = all cores).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                               "Delete existing shards/manifest in --output_dir and start over.")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected positional arguments {argv[1:]}; all inputs are flags.")
+    from xray_tfdata import convert  # noqa: PLC0415 - see the import note at the top
+
+    try:
+        config = convert.ConversionConfig(
+            data_dir=_DATA_DIR.value, output_dir=_OUTPUT_DIR.value,
+            image_size=_IMAGE_SIZE.value, resize_mode=_RESIZE_MODE.value,
+            channels=_CHANNELS.value, image_format=_IMAGE_FORMAT.value,
+            jpeg_quality=_JPEG_QUALITY.value,
+            compression="" if _COMPRESSION.value.lower() == "none" else "GZIP",
+            shard_size_mb=_SHARD_SIZE_MB.value, num_shards=_NUM_SHARDS.value,
+            min_shards=_MIN_SHARDS.value, val_fraction=_VAL_FRACTION.value, seed=_SEED.value,
+            augment=_AUGMENT.value, augment_max_source=_AUGMENT_MAX_SOURCE.value,
+            dedupe=_DEDUPE.value, near_distance=_NEAR_DISTANCE.value,
+            max_reject_fraction=_MAX_REJECT_FRACTION.value, num_workers=_NUM_WORKERS.value,
+            overwrite=_OVERWRITE.value,
+        )
+    except ValueError as err:
+        raise app.UsageError(f"--{err}") from err
+    try:
+        convert.build_records(config)
+    except (ValueError, convert.ConversionError) as err:
+        print(f"build_records: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

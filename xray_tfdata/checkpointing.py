@@ -1,0 +1,125 @@
+"""Fault tolerance for the training loop: checkpoints, resume, and the CSV history.
+
+A tf.train.Checkpoint holds the model, the optimizer (slots, iteration count, loss scale), the
+number of completed epochs, the global step, the best validation score and the early-stopping
+counter, so a killed job resumes exactly where its last checkpoint was taken. The input pipeline
+position is not saved: a resumed run restarts the interrupted epoch's data stream (reseeded) and
+runs only that epoch's remaining steps, i.e. the data position is exact to within an epoch.
+
+Multi-worker: every worker must take part in a save (variables may be read with collectives), but
+only the chief's files are kept; the others write to a per-worker temporary directory that is
+deleted right after, as in the TensorFlow multi-worker guide. Every worker restores from the
+chief's directory (a shared filesystem, or one machine, is assumed).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+
+from xray_tfdata import distribute
+
+CHECKPOINT_SUBDIR = "checkpoints"
+HISTORY_NAME = "history.csv"
+HISTORY_FIELDS: tuple[str, ...] = (
+    "epoch", "step", "loss", "learning_rate", "images_per_sec", "epoch_seconds",
+    "val_loss", "val_accuracy", "val_macro_f1", "val_auc",
+)
+
+
+class RunState:
+    """The checkpointed state of a run. Counters live outside the strategy as plain variables."""
+
+    def __init__(self, model: Any, optimizer: Any) -> None:
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
+        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, epoch=self.epoch, step=self.step,
+            best_score=self.best_score, best_epoch=self.best_epoch, bad_epochs=self.bad_epochs,
+        )
+
+
+class Checkpointer:
+    """Saves and restores a RunState under <model_dir>/checkpoints (chief) or a temp dir."""
+
+    def __init__(self, state: RunState, model_dir: str | os.PathLike,
+                 strategy: tf.distribute.Strategy, max_to_keep: int = 3) -> None:
+        self.state = state
+        self.chief = distribute.is_chief(strategy)
+        self.chief_dir = str(Path(model_dir) / CHECKPOINT_SUBDIR)
+        task_type, task_id = distribute.task_info(strategy)
+        if self.chief:
+            self.write_dir = self.chief_dir
+        else:
+            self.write_dir = str(Path(model_dir) / f".workertemp_{task_type}_{task_id}" /
+                                 CHECKPOINT_SUBDIR)
+        self.manager = tf.train.CheckpointManager(
+            state.checkpoint, self.write_dir, max_to_keep=max_to_keep
+        )
+
+    def restore(self) -> int:
+        """Restores the newest chief checkpoint if there is one; returns the restored step (0 if none)."""
+        latest = tf.train.latest_checkpoint(self.chief_dir)
+        if latest is None:
+            return 0
+        # expect_partial: a checkpoint from a build without some optional slot must still load.
+        self.state.checkpoint.restore(latest).expect_partial()
+        step = int(self.state.step.numpy())
+        logging.info(
+            "Restored %s: step %d, %d epoch(s) completed, best val macro-F1 %.4f.",
+            latest, step, int(self.state.epoch.numpy()), float(self.state.best_score.numpy()),
+        )
+        return step
+
+    def save(self) -> str:
+        """Saves at the current step (every worker must call this); returns the path written."""
+        path = self.manager.save(checkpoint_number=int(self.state.step.numpy()))
+        if not self.chief:
+            shutil.rmtree(Path(self.write_dir).parent, ignore_errors=True)
+        return path
+
+
+class History:
+    """history.csv: one row per completed epoch; rows of epochs redone after a resume are replaced."""
+
+    def __init__(self, path: str | os.PathLike, enabled: bool, keep_epochs: int) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.rows: list[dict[str, str]] = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_epochs]
+        if enabled:
+            self._write()
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows = [r for r in self.rows if int(r["epoch"]) != int(row["epoch"])]
+        self.rows.append({k: _fmt(row.get(k)) for k in HISTORY_FIELDS})
+        if self.enabled:
+            self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

@@ -1,0 +1,79 @@
+r"""Classical classifiers (SVM, random forest, logistic regression, k-NN) on a CNN's embeddings.
+
+  python -m xray_tfdata.classical --model_path=workspace/model/best.keras \
+      --records_dir=workspace/records --classifiers=svm,rf,logreg,knn
+
+Extracts the "embedding" layer's features for the train split (fit) and the test split (report)
+through the evaluation pipeline, and reports every classifier next to the CNN's own head in the
+same metrics (95% bootstrap CIs). Writes metrics.json, report.txt and classifiers/<name>.joblib
+(each with the model's sha256 and embedding width) into --output_dir
+(default <dir of model>/classical).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import app, flags
+
+from xray_tfdata import embeddings, labels
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_path", "workspace/model/best.keras", "The trained .keras model.")
+flags.DEFINE_string("records_dir", "workspace/records", "Records directory (dataset_info.json).")
+flags.DEFINE_string("output_dir", "", "Output directory; default <dir of model>/classical.")
+flags.DEFINE_string("classifiers", ",".join(embeddings.CLASSIFIERS),
+                    f"Comma-separated subset of {','.join(embeddings.CLASSIFIERS)}.")
+flags.DEFINE_enum("train_split", "train", list(labels.SPLITS), "Split the classifiers are fit on.")
+flags.DEFINE_enum("eval_split", "test", list(labels.SPLITS), "Split they are reported on.")
+flags.DEFINE_float("svm_c", 1.0, "SVM (RBF kernel) regularisation C.")
+flags.DEFINE_string("svm_gamma", "scale", "SVM RBF gamma: 'scale', 'auto' or a positive float.")
+flags.DEFINE_integer("rf_trees", 300, "Random forest: number of trees.")
+flags.DEFINE_integer("knn_k", 5, "k-nearest neighbours: k.")
+flags.DEFINE_float("logreg_c", 1.0, "Logistic regression: inverse regularisation C.")
+flags.DEFINE_enum("class_weight", "balanced", list(embeddings.CLASS_WEIGHTS),
+                  "Class weighting of SVM, random forest and logistic regression.")
+flags.DEFINE_integer("batch_size", 64, "Batch size for embedding extraction.")
+flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for 95% CIs; 0 disables them.")
+flags.DEFINE_integer("seed", 0, "Seed of the classifiers and of the bootstrap.")
+
+
+def _validated() -> tuple[tuple[str, ...], embeddings.ClassifierParams]:
+    try:
+        names = embeddings.parse_classifiers(FLAGS.classifiers)
+        params = embeddings.ClassifierParams(
+            svm_c=FLAGS.svm_c, svm_gamma=FLAGS.svm_gamma, rf_trees=FLAGS.rf_trees,
+            knn_k=FLAGS.knn_k, logreg_c=FLAGS.logreg_c, class_weight=FLAGS.class_weight,
+            seed=FLAGS.seed)
+    except ValueError as err:
+        raise app.UsageError(f"Invalid flag: {err}") from err
+    if FLAGS.batch_size < 1:
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size} is invalid; use an integer >= 1.")
+    if FLAGS.bootstrap < 0:
+        raise app.UsageError(f"--bootstrap={FLAGS.bootstrap} is invalid; use 0 or e.g. 1000.")
+    if not FLAGS.model_path.endswith(".keras") or not Path(FLAGS.model_path).is_file():
+        raise app.UsageError(f"--model_path={FLAGS.model_path} is not an existing .keras file. "
+                             f"Train first and pass <model_dir>/best.keras.")
+    return names, params
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass settings as --flags.")
+    names, params = _validated()
+    output_dir = Path(FLAGS.output_dir or Path(FLAGS.model_path).resolve().parent / "classical")
+    summary = embeddings.run_classical(
+        FLAGS.model_path, FLAGS.records_dir, output_dir, names, params,
+        train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
+        batch_size=FLAGS.batch_size, bootstrap=FLAGS.bootstrap)
+    s = summary["settings"]
+    print(f"Fitted on {s['num_train']} {s['train_split']} embeddings "
+          f"({summary['identity']['embedding_dim']} features); {s['eval_split']} split, "
+          f"{s['num_eval']} examples:")
+    print(embeddings.comparison_table(summary["results"]))
+    print(f"Wrote {output_dir / 'metrics.json'}, {output_dir / 'report.txt'} and "
+          f"{output_dir / 'classifiers'}/")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,201 @@
+"""Leakage control: exact (sha256) and near (perceptual hash) duplicates within and across splits.
+
+The Kaggle COVID-19 set is assembled from several public collections and carries repeats, some
+of them across train and test. Exact duplicates share the source file's sha256; near duplicates
+(the same X-ray re-encoded, resized or re-windowed) have dHashes within `near_distance` bits.
+All pairwise distances are computed with numpy on uint64 hashes in blocks: 6,432 items (about 20M
+pairs) take a fraction of a second. numpy + OpenCV only: hashing runs in converter workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+HASH_BITS = 64
+# Which copy survives --dedupe=drop: evaluation splits outrank training, so the test (then val)
+# copy is kept and the training copy dropped; unknown split names rank last.
+_SPLIT_RANK = {"test": 0, "val": 1, "train": 2}
+_BLOCK_ROWS = 512  # 512 x 6,432 uint64 xor = 26 MB per block
+
+
+def perceptual_hash(gray: np.ndarray) -> int:
+    """64-bit difference hash (dHash) of an image, as an int in [0, 2**64).
+
+    The image (HxW, HxWx1 or HxWx3 in RGB order, any size >= 1x1) is reduced to a 9x8 gray
+    thumbnail with area averaging; bit i (row-major, most significant first) is set when a pixel
+    is brighter than its right neighbour. Robust to re-encoding, resizing and global brightness.
+    """
+    if not isinstance(gray, np.ndarray) or gray.ndim not in (2, 3) or gray.size == 0:
+        raise ValueError(
+            f"perceptual_hash expects a non-empty HxW or HxWxC image. Received: "
+            f"{getattr(gray, 'shape', type(gray).__name__)}."
+        )
+    if gray.ndim == 3:
+        gray = gray[..., 0] if gray.shape[2] == 1 else cv2.cvtColor(
+            np.ascontiguousarray(gray[..., :3]), cv2.COLOR_RGB2GRAY
+        )
+    thumb = cv2.resize(gray.astype(np.float32), (9, 8), interpolation=cv2.INTER_AREA)
+    bits = (thumb[:, :-1] > thumb[:, 1:]).ravel()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of differing bits between two 64-bit hashes."""
+    return int(a ^ b).bit_count()
+
+
+@dataclasses.dataclass(frozen=True)
+class HashedItem:
+    """One source file's hashes. `key` is the source path relative to data_dir (unique)."""
+
+    key: str
+    split: str
+    sha256: str
+    phash: int
+
+
+def _sorted_unique(items: Sequence[HashedItem]) -> list[HashedItem]:
+    ordered = sorted(items, key=lambda it: it.key)
+    for prev, cur in zip(ordered, ordered[1:]):
+        if prev.key == cur.key:
+            raise ValueError(
+                f"HashedItem keys must be unique (one per source file). Received {cur.key!r} twice."
+            )
+    return ordered
+
+
+def find_duplicates(items: Sequence[HashedItem], near_distance: int = 4) -> dict:
+    """Finds exact and near duplicates; the result is sorted, so reruns give identical output.
+
+    Returns:
+      {"exact": [{"sha256", "paths", "splits", "cross_split"}, ...] sorted by first path,
+       "near": [{"paths": [a, b], "splits": [sa, sb], "distance", "cross_split"}, ...] sorted by
+               (a, b), a < b; pairs that are exact duplicates are not repeated here.}
+    """
+    if not isinstance(near_distance, (int, np.integer)) or not 0 <= near_distance <= HASH_BITS:
+        raise ValueError(
+            f"near_distance must be an int in [0, {HASH_BITS}] (0 = identical hashes only; "
+            f"negative values are not allowed). Received: near_distance={near_distance!r}."
+        )
+    ordered = _sorted_unique(items)
+
+    by_sha: dict[str, list[HashedItem]] = collections.defaultdict(list)
+    for item in ordered:
+        by_sha[item.sha256].append(item)
+    exact = [
+        {
+            "sha256": sha,
+            "paths": [it.key for it in group],
+            "splits": [it.split for it in group],
+            "cross_split": len({it.split for it in group}) > 1,
+        }
+        for sha, group in by_sha.items()
+        if len(group) > 1
+    ]
+    exact.sort(key=lambda g: g["paths"][0])
+
+    near = []
+    for i, j, dist in _close_pairs([it.phash for it in ordered], int(near_distance)):
+        a, b = ordered[i], ordered[j]
+        if a.sha256 == b.sha256:
+            continue
+        near.append({
+            "paths": [a.key, b.key],
+            "splits": [a.split, b.split],
+            "distance": dist,
+            "cross_split": a.split != b.split,
+        })
+    return {"exact": exact, "near": near}
+
+
+def _close_pairs(hashes: list[int], max_distance: int) -> list[tuple[int, int, int]]:
+    """All (i, j, distance) with i < j and hamming <= max_distance, in (i, j) order."""
+    n = len(hashes)
+    if n < 2:
+        return []
+    for h in hashes:
+        if not 0 <= h < 1 << HASH_BITS:
+            raise ValueError(f"phash must be a {HASH_BITS}-bit unsigned int. Received: {h!r}.")
+    values = np.array(hashes, dtype=np.uint64)
+    pairs: list[tuple[int, int, int]] = []
+    for start in range(0, n - 1, _BLOCK_ROWS):
+        rows = values[start:start + _BLOCK_ROWS]
+        # Compare each row only with later columns: the strict upper triangle.
+        dist = _popcount(rows[:, None] ^ values[None, start:])
+        r, c = np.nonzero(dist <= max_distance)
+        keep = c > r
+        r, c = r[keep], c[keep]
+        d = dist[r, c]
+        pairs.extend(zip((r + start).tolist(), (c + start).tolist(), d.tolist()))
+    pairs.sort()
+    return pairs
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(x)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+    return table[x[..., None].view(np.uint8)].sum(axis=-1, dtype=np.uint8)
+
+
+def plan_drops(
+    items: Sequence[HashedItem], duplicates: dict, *, include_near: bool = True
+) -> dict[str, str]:
+    """Which sources `--dedupe=drop` removes: {key: reason}.
+
+    Items are visited test first, then val, then train, each in sorted key order; an item is
+    kept unless it duplicates (exactly, or nearly when include_near) an item already kept. So the
+    train/val copy of anything also in test is dropped, a train copy of a val image is dropped,
+    and within one split the first key is kept and later repeats are dropped. The reason names
+    the kept copy, e.g. "exact duplicate of test:COVID19/a.png".
+    """
+    ordered = _sorted_unique(items)
+    split_of = {it.key: it.split for it in ordered}
+    group_of: dict[str, int] = {}
+    for gid, group in enumerate(duplicates.get("exact", [])):
+        for key in group["paths"]:
+            group_of[key] = gid
+    neighbours: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
+    if include_near:
+        for pair in duplicates.get("near", []):
+            a, b = pair["paths"]
+            neighbours[a].append((b, pair["distance"]))
+            neighbours[b].append((a, pair["distance"]))
+
+    visit = sorted(ordered, key=lambda it: (_SPLIT_RANK.get(it.split, len(_SPLIT_RANK)), it.key))
+    rank = {it.key: i for i, it in enumerate(visit)}
+    kept_of_group: dict[int, str] = {}
+    kept: set[str] = set()
+    drops: dict[str, str] = {}
+    for item in visit:
+        gid = group_of.get(item.key)
+        if gid is not None and gid in kept_of_group:
+            other = kept_of_group[gid]
+            drops[item.key] = f"exact duplicate of {split_of[other]}:{other}"
+            continue
+        close = [(rank[k], k, d) for k, d in neighbours.get(item.key, ()) if k in kept]
+        if close:
+            _, other, dist = min(close)
+            drops[item.key] = f"near duplicate (distance {dist}) of {split_of[other]}:{other}"
+            continue
+        kept.add(item.key)
+        if gid is not None:
+            kept_of_group[gid] = item.key
+    return dict(sorted(drops.items()))
+
+
+def summarize(duplicates: dict) -> dict[str, int]:
+    """Counts for the log line and the manifest summary."""
+    exact, near = duplicates.get("exact", []), duplicates.get("near", [])
+    return {
+        "exact_groups": len(exact),
+        "exact_files": sum(len(g["paths"]) for g in exact),
+        "exact_cross_split_groups": sum(bool(g["cross_split"]) for g in exact),
+        "near_pairs": len(near),
+        "near_cross_split_pairs": sum(bool(p["cross_split"]) for p in near),
+    }

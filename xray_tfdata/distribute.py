@@ -1,0 +1,172 @@
+"""Choosing the tf.distribute strategy and the mixed-precision policy for a run.
+
+One training loop serves every strategy (see training.py); this module only decides which strategy
+and which precision, and answers "am I the chief?" for multi-worker jobs, where only the chief
+writes checkpoints, logs and exports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+from absl import logging
+
+STRATEGIES: tuple[str, ...] = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+# float16 tensor cores arrived with Volta (7.0); older GPUs gain nothing from mixed_float16.
+_MIN_FLOAT16_CAPABILITY = (7, 0)
+
+
+def _check_tf_config() -> dict:
+    """Parses TF_CONFIG for a multi-worker job; errors say what is missing and how to set it."""
+    raw = os.environ.get("TF_CONFIG", "")
+    example = (
+        'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+        '"task": {"type": "worker", "index": 0}}\''
+    )
+    if not raw:
+        raise ValueError(
+            "strategy='multi_worker' needs the TF_CONFIG environment variable describing the "
+            f"cluster and this task, e.g. {example}. Received: TF_CONFIG unset."
+        )
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({err}); expected e.g. {example}.") from err
+    cluster = config.get("cluster", {}) if isinstance(config, dict) else {}
+    task = config.get("task", {}) if isinstance(config, dict) else {}
+    if not cluster.get("worker") and not cluster.get("chief"):
+        raise ValueError(
+            f"TF_CONFIG has no cluster 'worker' (or 'chief') list; expected e.g. {example}. "
+            f"Received: {raw}"
+        )
+    if "type" not in task or "index" not in task:
+        raise ValueError(
+            f"TF_CONFIG needs task.type and task.index for this process; expected e.g. {example}. "
+            f"Received: {raw}"
+        )
+    return config
+
+
+def make_strategy(
+    name: str = "auto", *, devices: list[str] | None = None, tpu_address: str = ""
+) -> tf.distribute.Strategy:
+    """Builds the strategy named by `name`.
+
+    - auto: MirroredStrategy over all visible GPUs, else the default (single device) strategy.
+    - one_device: OneDeviceStrategy on the first GPU, else the CPU.
+    - mirrored: MirroredStrategy over `devices` (default: all GPUs, else the CPU).
+    - multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG; must be created before any other
+      TensorFlow op runs in the process.
+    - tpu: TPUStrategy on the TPU at `tpu_address` ("" = the local / Cloud TPU VM).
+    """
+    if name not in STRATEGIES:
+        raise ValueError(
+            f"strategy={name!r} is not supported; allowed: {', '.join(STRATEGIES)}."
+        )
+    if name == "multi_worker":
+        _check_tf_config()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.OpError) as err:
+            raise ValueError(
+                f"strategy='tpu' could not find or connect to a TPU (address={tpu_address!r}): "
+                f"{err}. Run on a TPU VM or choose --strategy=auto."
+            ) from err
+        strategy = tf.distribute.TPUStrategy(resolver)
+    else:
+        gpus = tf.config.list_logical_devices("GPU")
+        if name == "auto":
+            strategy = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+        elif name == "one_device":
+            strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+        else:
+            strategy = tf.distribute.MirroredStrategy(devices)
+    logging.info(
+        "Strategy %s (%s): %d replica(s) in sync.",
+        name, type(strategy).__name__, strategy.num_replicas_in_sync,
+    )
+    return strategy
+
+
+def task_info(strategy: tf.distribute.Strategy) -> tuple[str | None, int]:
+    """(task_type, task_id) of this process; (None, 0) outside a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return None, 0
+    return resolver.task_type, int(resolver.task_id or 0)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True for the one process that writes checkpoints, logs and exports.
+
+    The chief is task `chief`, or `worker` 0 when the cluster has no chief; any process outside a
+    multi-worker cluster is its own chief.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = task_info(strategy)
+    if task_type is None or task_type == "chief":
+        return True
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> int:
+    """The per-replica batch; the global size must split evenly so every replica runs equal work."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size % replicas:
+        lower = max(replicas, global_batch_size - global_batch_size % replicas)
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not divisible by the {replicas} replicas "
+            f"in sync; allowed: a multiple of {replicas} (e.g. {lower} or {lower + replicas})."
+        )
+    return global_batch_size // replicas
+
+
+def _gpu_capabilities() -> list[tuple[int, int]]:
+    caps = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        caps.append(tuple(details.get("compute_capability", (0, 0))))
+    return caps
+
+
+def resolve_precision(name: str, strategy: tf.distribute.Strategy | None = None) -> str:
+    """Resolves `auto` to a Keras mixed-precision policy name for the hardware at hand.
+
+    auto: mixed_bfloat16 on TPU; mixed_float16 when every visible GPU has compute capability
+    >= 7.0; float32 otherwise (CPU, older GPUs). Explicit names are returned unchanged.
+    """
+    if name not in PRECISIONS:
+        raise ValueError(
+            f"precision={name!r} is not supported; allowed: {', '.join(PRECISIONS)}."
+        )
+    if name != "auto":
+        if name == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+            logging.warning(
+                "precision=mixed_float16 on CPU runs, but is slower than float32; "
+                "use --precision=auto or float32 on CPU."
+            )
+        return name
+    if strategy is not None and isinstance(strategy, tf.distribute.TPUStrategy):
+        return "mixed_bfloat16"
+    caps = _gpu_capabilities()
+    if caps and all(cap >= _MIN_FLOAT16_CAPABILITY for cap in caps):
+        return "mixed_float16"
+    return "float32"
+
+
+def describe_devices() -> dict[str, list[str]]:
+    """Visible logical devices by type, for the run summary."""
+    out: dict[str, list[str]] = {}
+    for device in tf.config.list_logical_devices():
+        out.setdefault(device.device_type, []).append(device.name)
+    return out

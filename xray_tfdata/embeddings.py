@@ -1,0 +1,300 @@
+"""Classical classifiers on a trained CNN's embeddings (the tutorial's "machine learning classifiers").
+
+The CNN's penultimate layer (named "embedding" by xray_tfdata.models) is read through the same
+input pipeline as evaluation, for the train split (fit) and the test split (report). Each
+scikit-learn classifier sits behind a StandardScaler and is scored with `metrics.compute_metrics`,
+next to the CNN's own softmax head on the same examples.
+
+Fitted classifiers are saved (joblib) with the identity of the embedding model: the sha256 of the
+.keras file and the embedding width. `load_classifier` refuses a different model file, and
+`ClassifierBundle.predict_proba` refuses embeddings of another width, so a classifier can never be
+silently applied to features it was not trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xray_tfdata import evaluation, labels, metrics
+
+CLASSIFIERS = ("svm", "rf", "logreg", "knn")
+CLASS_WEIGHTS = ("balanced", "none")
+EMBEDDING_LAYER = "embedding"
+BUNDLE_FORMAT = 1
+
+
+class IdentityError(ValueError):
+    """A saved classifier was asked to work with a different embedding model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingIdentity:
+    """What a classifier was fitted on: one model file, one embedding layer and width."""
+
+    model_sha256: str
+    embedding_dim: int
+    model_name: str = ""
+    layer: str = EMBEDDING_LAYER
+
+    def check_model_file(self, model_path: str | os.PathLike) -> None:
+        actual = evaluation.sha256_file(model_path)
+        if actual != self.model_sha256:
+            raise IdentityError(
+                f"These classifiers were fitted on embeddings of a model with sha256 "
+                f"{self.model_sha256[:16]}... ({self.model_name or 'unnamed'}), but "
+                f"{str(model_path)!r} has sha256 {actual[:16]}.... Embeddings of another model "
+                f"mean nothing to them. Rerun python -m xray_tfdata.classical "
+                f"--model_path={model_path} to fit classifiers for this model.")
+
+    def check_embeddings(self, embeddings: np.ndarray) -> None:
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
+            raise IdentityError(
+                f"Received: embeddings of shape {embeddings.shape}; these classifiers expect "
+                f"[n, {self.embedding_dim}] from layer {self.layer!r} of the model with sha256 "
+                f"{self.model_sha256[:16]}.... Extract embeddings with that model.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierParams:
+    """Hyperparameters of the classical classifiers; validates itself."""
+
+    svm_c: float = 1.0
+    svm_gamma: str = "scale"  # "scale", "auto" or a positive float as text
+    rf_trees: int = 300
+    knn_k: int = 5
+    logreg_c: float = 1.0
+    class_weight: str = "balanced"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.svm_c <= 0:
+            raise ValueError(f"Received: svm_c={self.svm_c}. Use a positive float, e.g. 1.0.")
+        if self.logreg_c <= 0:
+            raise ValueError(f"Received: logreg_c={self.logreg_c}. Use a positive float, e.g. 1.0.")
+        if self.rf_trees < 1:
+            raise ValueError(f"Received: rf_trees={self.rf_trees}. Use an integer >= 1, e.g. 300.")
+        if self.knn_k < 1:
+            raise ValueError(f"Received: knn_k={self.knn_k}. Use an integer >= 1, e.g. 5.")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ValueError(f"Received: class_weight={self.class_weight!r}. Allowed: "
+                             f"{', '.join(CLASS_WEIGHTS)}.")
+        self.gamma  # validates svm_gamma
+
+    @property
+    def gamma(self) -> str | float:
+        if self.svm_gamma in ("scale", "auto"):
+            return self.svm_gamma
+        try:
+            value = float(self.svm_gamma)
+        except ValueError:
+            value = -1.0
+        if value <= 0:
+            raise ValueError(f"Received: svm_gamma={self.svm_gamma!r}. Use 'scale', 'auto' or a "
+                             f"positive float such as 0.01.")
+        return value
+
+
+def parse_classifiers(spec: str) -> tuple[str, ...]:
+    """'svm,rf' -> ('svm', 'rf'); errors name the unknown token and the allowed names."""
+    names = tuple(dict.fromkeys(t.strip().lower() for t in spec.split(",") if t.strip()))
+    unknown = [n for n in names if n not in CLASSIFIERS]
+    if not names or unknown:
+        raise ValueError(f"Received: classifiers={spec!r}. Use a comma-separated subset of "
+                         f"{','.join(CLASSIFIERS)}.")
+    return names
+
+
+def make_classifier(name: str, params: ClassifierParams, num_train: int | None = None):
+    """A StandardScaler + classifier pipeline, seeded where the classifier is random."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    weight = None if params.class_weight == "none" else "balanced"
+    if name == "svm":
+        # probability=True: Platt-scaled scores for AUC; predictions still come from predict().
+        clf = SVC(kernel="rbf", C=params.svm_c, gamma=params.gamma, probability=True,
+                  class_weight=weight, random_state=params.seed)
+    elif name == "rf":
+        clf = RandomForestClassifier(n_estimators=params.rf_trees, class_weight=weight,
+                                     random_state=params.seed, n_jobs=1)
+    elif name == "logreg":
+        clf = LogisticRegression(C=params.logreg_c, class_weight=weight, max_iter=5000,
+                                 random_state=params.seed)
+    elif name == "knn":
+        if num_train is not None and params.knn_k > num_train:
+            raise ValueError(f"Received: knn_k={params.knn_k}, but the train split has only "
+                             f"{num_train} examples. Use --knn_k <= {num_train}.")
+        clf = KNeighborsClassifier(n_neighbors=params.knn_k)
+    else:
+        raise ValueError(f"Received: classifier={name!r}. Allowed: {', '.join(CLASSIFIERS)}.")
+    return make_pipeline(StandardScaler(), clf)
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def feature_model(model):
+    """model input -> [flattened "embedding" output, class probabilities] in one pass."""
+    import keras
+
+    try:
+        layer = model.get_layer(EMBEDDING_LAYER)
+    except ValueError as err:
+        raise ValueError(f"Model {model.name!r} has no layer named {EMBEDDING_LAYER!r}; build it "
+                         f"with xray_tfdata.models.build_model, which names the penultimate "
+                         f"features layer 'embedding'.") from err
+    embedding = layer.output
+    if len(embedding.shape) > 2:
+        embedding = keras.layers.Flatten(name="embedding_flat")(embedding)
+    return keras.Model(model.inputs, [embedding, model.outputs[0]], name=f"{model.name}_features")
+
+
+def extract(model, records_dir: str, split: str, batch_size: int = 64
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embeddings [n, d] float32, CNN probabilities [n, C], labels [n]) for one split."""
+    image_size, channels = evaluation.input_spec(model)
+    dataset = evaluation.eval_dataset(records_dir, split, image_size, channels, batch_size)
+    y, (emb, probs) = evaluation.run_model(feature_model(model), dataset)
+    return emb.astype(np.float32), probs, y
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierBundle:
+    """A fitted classifier with the identity of the embeddings it expects."""
+
+    name: str
+    classifier: Any
+    identity: EmbeddingIdentity
+    params: dict[str, Any]
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        """Class probabilities [n, NUM_CLASSES] in label order (absent classes get 0)."""
+        embeddings = np.asarray(embeddings)
+        self.identity.check_embeddings(embeddings)
+        probs = np.zeros((embeddings.shape[0], labels.NUM_CLASSES))
+        probs[:, self.classifier.classes_] = self.classifier.predict_proba(embeddings)
+        return probs
+
+    def predict(self, embeddings: np.ndarray) -> np.ndarray:
+        embeddings = np.asarray(embeddings)
+        self.identity.check_embeddings(embeddings)
+        return self.classifier.predict(embeddings).astype(np.int64)
+
+
+def save_classifier(path: str | os.PathLike, bundle: ClassifierBundle) -> Path:
+    import joblib
+    import sklearn
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    joblib.dump({"format": BUNDLE_FORMAT, "name": bundle.name, "classifier": bundle.classifier,
+                 "identity": dataclasses.asdict(bundle.identity), "params": bundle.params,
+                 "sklearn_version": sklearn.__version__}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_classifier(path: str | os.PathLike, model_path: str | os.PathLike) -> ClassifierBundle:
+    """Loads a saved classifier, refusing it unless model_path is the model it was fitted for."""
+    import joblib
+
+    data = joblib.load(path)
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a classifier saved by xray_tfdata.classical "
+                         f"(format {BUNDLE_FORMAT}); refit with python -m xray_tfdata.classical.")
+    identity = EmbeddingIdentity(**data["identity"])
+    identity.check_model_file(model_path)
+    return ClassifierBundle(name=data["name"], classifier=data["classifier"], identity=identity,
+                            params=data["params"])
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLike,
+                  classifiers: tuple[str, ...] = CLASSIFIERS,
+                  params: ClassifierParams = ClassifierParams(), *, train_split: str = "train",
+                  eval_split: str = "test", batch_size: int = 64, bootstrap: int = 1000
+                  ) -> dict[str, Any]:
+    """Fits each classifier on train embeddings; reports all and the CNN head on eval_split.
+
+    Writes metrics.json, report.txt and classifiers/<name>.joblib into output_dir; returns the
+    metrics.json dict ({"results": {"cnn_head": ..., "svm": ...}, "identity": ..., ...}).
+    """
+    for name in classifiers:
+        if name not in CLASSIFIERS:
+            raise ValueError(f"Received: classifier={name!r}. Allowed: {', '.join(CLASSIFIERS)}.")
+    output_dir = Path(output_dir)
+    model = evaluation.load_model(model_path)
+    x_train, _, y_train = extract(model, records_dir, train_split, batch_size)
+    x_eval, cnn_probs, y_eval = extract(model, records_dir, eval_split, batch_size)
+    if np.unique(y_train).size < 2:
+        raise ValueError(f"The {train_split} split holds one class only "
+                         f"({np.unique(y_train).tolist()}); classifiers need at least two.")
+    identity = EmbeddingIdentity(model_sha256=evaluation.sha256_file(model_path),
+                                 embedding_dim=int(x_train.shape[1]), model_name=model.name)
+    results = {"cnn_head": metrics.compute_metrics(y_eval, cnn_probs, n_resamples=bootstrap,
+                                                   seed=params.seed)}
+    saved = {}
+    for name in classifiers:
+        clf = make_classifier(name, params, num_train=int(y_train.size))
+        clf.fit(x_train, y_train)
+        bundle = ClassifierBundle(name=name, classifier=clf, identity=identity,
+                                  params=dataclasses.asdict(params))
+        results[name] = metrics.compute_metrics(
+            y_eval, bundle.predict_proba(x_eval), bundle.predict(x_eval),
+            n_resamples=bootstrap, seed=params.seed)
+        saved[name] = str(save_classifier(output_dir / "classifiers" / f"{name}.joblib", bundle))
+    summary = {
+        "results": results,
+        "identity": dataclasses.asdict(identity),
+        "classifier_files": saved,
+        "settings": {"model_path": str(model_path), "records_dir": str(records_dir),
+                     "train_split": train_split, "eval_split": eval_split,
+                     "num_train": int(y_train.size), "num_eval": int(y_eval.size),
+                     "classifiers": list(classifiers), "params": dataclasses.asdict(params),
+                     "bootstrap": bootstrap},
+    }
+    evaluation.write_atomic(output_dir / "metrics.json",
+                            json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    evaluation.write_atomic(output_dir / "report.txt", comparison_report(summary))
+    return summary
+
+
+def comparison_table(results: dict[str, dict[str, Any]]) -> str:
+    """One row per classifier: accuracy, macro-F1, macro AUC with their 95% CIs."""
+    header = f"{'classifier':<10} {'accuracy [95% CI]':<26} {'macro-F1 [95% CI]':<26} " \
+             f"{'macro AUC [95% CI]':<26}"
+    rows = [header, "-" * len(header)]
+    for name, m in results.items():
+        rows.append(f"{name:<10} {metrics.headline(m, 'accuracy'):<26} "
+                    f"{metrics.headline(m, 'macro_f1'):<26} {metrics.headline(m, 'macro_auc'):<26}")
+    return "\n".join(rows)
+
+
+def comparison_report(summary: dict[str, Any]) -> str:
+    s = summary["settings"]
+    ident = summary["identity"]
+    parts = [f"Classical classifiers on embeddings of {s['model_path']} "
+             f"(layer {ident['layer']!r}, {ident['embedding_dim']} features, sha256 "
+             f"{ident['model_sha256'][:16]}...)",
+             f"fitted on {s['train_split']} ({s['num_train']} examples), reported on "
+             f"{s['eval_split']} ({s['num_eval']} examples)", "",
+             comparison_table(summary["results"]), ""]
+    for name, m in summary["results"].items():
+        parts += [f"== {name} ==", metrics.format_summary(m)]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,229 @@
+"""SavedModel export whose serving signature takes encoded image files and returns probabilities.
+
+`export_serving` writes a TensorFlow SavedModel with one signature, "serving_default":
+  input  "image_bytes":   tf.string [None]   raw PNG / JPEG / BMP / GIF file contents, any size/mode
+  output "probabilities": tf.float32 [None, 3] (0 = NORMAL, 1 = COVID19, 2 = PNEUMONIA)
+The decoding mirrors the converter (xray_tfdata.image_io): 8-bit grey (RGB weighted like
+cv2.COLOR_BGR2GRAY, alpha dropped, 16-bit PNG rescaled by its actual min..max), then an area resize
+to image_size x image_size ("stretch") or an aspect-preserving area resize centred on black
+("pad"), rounded back to uint8 and repeated to the model's channel count. Serving needs TensorFlow
+only: no Keras, no xray_tfdata. The metadata (class names, image size, channels, resize mode) goes to
+<export_dir>/xray_tfdata.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+
+from xray_tfdata.labels import CLASS_NAMES
+
+RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")
+METADATA_FILE = "xray_tfdata.json"
+SIGNATURE = "serving_default"
+INPUT_KEY = "image_bytes"
+OUTPUT_KEY = "probabilities"
+
+# ITU-R BT.601 luma, the weights of cv2.COLOR_BGR2GRAY and tf.image.rgb_to_grayscale.
+_GRAY_WEIGHTS_RGB = (0.299, 0.587, 0.114)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _to_gray_float(image: tf.Tensor) -> tf.Tensor:
+    """[H, W, C] float32 with C in 1..4 -> [H, W, 1]: alpha dropped, RGB weighted to luma."""
+    channels = tf.shape(image)[-1]
+    color = tf.cond(channels >= 3, lambda: image[..., :3], lambda: image[..., :1])
+
+    def luma() -> tf.Tensor:
+        weights = tf.constant(_GRAY_WEIGHTS_RGB, tf.float32)
+        return tf.reduce_sum(color * weights, axis=-1, keepdims=True)
+
+    return tf.cond(tf.shape(color)[-1] == 3, luma, lambda: color[..., :1])
+
+
+def _is_16bit_png(data: tf.Tensor) -> tf.Tensor:
+    # PNG: 8-byte signature, IHDR length+type (8 bytes), width, height (8 bytes), bit depth at 24.
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE)
+    depth = tf.strings.substr(data, 24, 1)
+    return tf.logical_and(is_png, tf.equal(depth, b"\x10"))
+
+
+def decode_gray(data: tf.Tensor) -> tf.Tensor:
+    """Encoded image bytes (scalar string) -> [H, W, 1] uint8 grey, like the converter."""
+
+    def decode_16bit() -> tf.Tensor:
+        image = tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.float32)
+        gray = _to_gray_float(image)
+        # Stretch the image's actual range to 0..255: 16-bit X-rays rarely use the full range.
+        low, high = tf.reduce_min(gray), tf.reduce_max(gray)
+        scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1e-6), 0.0)
+        return (gray - low) * scale
+
+    def decode_jpeg() -> tf.Tensor:
+        # decode_image would use libjpeg's INTEGER_FAST DCT; OpenCV (the converter) uses the
+        # accurate one, which keeps served pixels within a grey level of the training records.
+        image = tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")
+        return _to_gray_float(tf.cast(image, tf.float32))
+
+    def decode_other() -> tf.Tensor:
+        image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
+        return _to_gray_float(tf.cast(image, tf.float32))
+
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    gray = tf.case([(_is_16bit_png(data), decode_16bit), (is_jpeg, decode_jpeg)],
+                   default=decode_other, exclusive=False)
+    gray = tf.ensure_shape(gray, [None, None, 1])
+    return tf.cast(tf.clip_by_value(tf.round(gray), 0.0, 255.0), tf.uint8)
+
+
+def resize_gray(gray: tf.Tensor, size: int, resize_mode: str) -> tf.Tensor:
+    """[H, W, 1] uint8 -> [size, size, 1] uint8 by area resize, stretched or padded centred."""
+    image = tf.cast(gray, tf.float32)
+    if resize_mode == "stretch":
+        out = tf.image.resize(image, [size, size], method="area")
+    else:
+        height = tf.cast(tf.shape(image)[0], tf.float32)
+        width = tf.cast(tf.shape(image)[1], tf.float32)
+        scale = size / tf.maximum(height, width)
+        new_h = tf.clip_by_value(tf.cast(tf.round(height * scale), tf.int32), 1, size)
+        new_w = tf.clip_by_value(tf.cast(tf.round(width * scale), tf.int32), 1, size)
+        out = tf.image.resize(image, tf.stack([new_h, new_w]), method="area")
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        out = tf.pad(out, [[top, size - new_h - top], [left, size - new_w - left], [0, 0]])
+    out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+    return tf.ensure_shape(out, [size, size, 1])
+
+
+def make_preprocess_fn(image_size: int, channels: int,
+                       resize_mode: str = "stretch") -> Callable[[tf.Tensor], tf.Tensor]:
+    """Returns fn(image_bytes [N] string) -> images [N, image_size, image_size, channels] uint8."""
+    _check(image_size, channels, resize_mode)
+
+    def one(data: tf.Tensor) -> tf.Tensor:
+        image = resize_gray(decode_gray(data), image_size, resize_mode)
+        return tf.tile(image, [1, 1, channels]) if channels == 3 else image
+
+    def preprocess(image_bytes: tf.Tensor) -> tf.Tensor:
+        return tf.map_fn(one, image_bytes,
+                         fn_output_signature=tf.TensorSpec([image_size, image_size, channels],
+                                                           tf.uint8))
+
+    return preprocess
+
+
+def _check(image_size: int, channels: int, resize_mode: str) -> None:
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer. Received: image_size={image_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(
+            f"resize_mode must be one of {RESIZE_MODES}, the converter's --resize_mode. "
+            f"Received: resize_mode={resize_mode!r}"
+        )
+
+
+class _Server(tf.Module):
+    """Holds the Keras model (so its variables are saved) and the serving function."""
+
+    def __init__(self, model: keras.Model, image_size: int, channels: int, resize_mode: str):
+        super().__init__(name="xray_tfdata_server")
+        self.model = model
+        self._preprocess = make_preprocess_fn(image_size, channels, resize_mode)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
+    def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = self._preprocess(image_bytes)
+        probabilities = self.model(images, training=False)
+        return {OUTPUT_KEY: tf.cast(probabilities, tf.float32)}
+
+
+def export_serving(model: keras.Model, export_dir: str | os.PathLike, image_size: int,
+                   channels: int, resize_mode: str = "stretch",
+                   extra_metadata: dict[str, Any] | None = None) -> str:
+    """Writes a SavedModel serving encoded image bytes; returns the export directory.
+
+    The export is written to a temporary sibling and renamed into place, so a crash never leaves a
+    half-written export behind; an existing export_dir is replaced.
+
+    Raises:
+      ValueError: bad image_size / channels / resize_mode, or a model input shape that does not
+        match [image_size, image_size, channels].
+    """
+    _check(image_size, channels, resize_mode)
+    expected = (image_size, image_size, channels)
+    got = tuple(model.inputs[0].shape[1:])
+    if got != expected:
+        raise ValueError(
+            f"The model takes images of shape {got} but the export was asked for {expected}; pass "
+            "the image_size and channels the model was built with (see the records' manifest)."
+        )
+    export_dir = Path(export_dir)
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.tmp-", dir=export_dir.parent))
+    try:
+        server = _Server(model, image_size, channels, resize_mode)
+        tf.saved_model.save(server, str(tmp_dir), signatures={SIGNATURE: server.serve})
+        metadata = {
+            "class_names": list(CLASS_NAMES),
+            "image_size": image_size,
+            "channels": channels,
+            "resize_mode": resize_mode,
+            "model_name": model.name,
+            "signature": SIGNATURE,
+            "input": INPUT_KEY,
+            "output": OUTPUT_KEY,
+            **(extra_metadata or {}),
+        }
+        (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        if export_dir.exists():
+            shutil.rmtree(export_dir)
+        os.replace(tmp_dir, export_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return str(export_dir)
+
+
+class ServingModel:
+    """A loaded export: `predict(list_of_bytes) -> np.ndarray [N, 3]` plus its metadata."""
+
+    def __init__(self, export_dir: str | os.PathLike):
+        self.export_dir = str(export_dir)
+        self.metadata = read_metadata(export_dir)
+        self._loaded = tf.saved_model.load(self.export_dir)
+        self.signature = self._loaded.signatures[SIGNATURE]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.metadata.get("class_names", CLASS_NAMES))
+
+    def predict(self, image_bytes: list[bytes]):
+        """Encoded images -> float32 probabilities [N, num_classes] (numpy)."""
+        result = self.signature(**{INPUT_KEY: tf.constant(image_bytes, tf.string)})
+        return result[OUTPUT_KEY].numpy()
+
+
+def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
+    """Reads <export_dir>/xray_tfdata.json (the export's class names, image size, ...)."""
+    path = Path(export_dir) / METADATA_FILE
+    if not (Path(export_dir) / "saved_model.pb").is_file():
+        raise ValueError(
+            f"{str(export_dir)!r} is not a SavedModel directory (no saved_model.pb); pass the "
+            "export directory written by training, e.g. workspace/model/export."
+        )
+    if not path.is_file():
+        return {"class_names": list(CLASS_NAMES)}
+    return json.loads(path.read_text())
+
+
+def load_serving(export_dir: str | os.PathLike) -> ServingModel:
+    """Loads an export written by `export_serving`."""
+    return ServingModel(export_dir)

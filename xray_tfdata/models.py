@@ -1,0 +1,290 @@
+"""Model builders: the tutorial's seed CNN and Keras applications backbones with a 3-class head.
+
+Every model takes the pipeline's images as they come off the records: uint8 (or any dtype holding
+0..255 values) of shape [H, W, C] with C = 1 or 3. Its first layer ("preprocess") casts to float32,
+scales the pixels the way the network expects and, for ImageNet backbones, repeats a grey channel
+to RGB; it then hands over in the global mixed-precision policy's compute dtype. The penultimate
+layer is named "embedding" (the features for the classical classifiers) and the output layer
+"probabilities" is a float32 softmax even under "mixed_float16" / "mixed_bfloat16", so losses and
+metrics stay in full precision. Set the global policy BEFORE calling `build_model`.
+
+Nothing is downloaded at run time: `weights` is None (random init) or the path of a local file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from xray_tfdata.labels import NUM_CLASSES
+
+MODEL_NAMES: tuple[str, ...] = (
+    "seed_cnn",
+    "resnet50",
+    "densenet121",
+    "efficientnetb0",
+    "mobilenetv3small",
+)
+
+# Input scaling per backbone, following keras.applications' own preprocess_input conventions:
+#   ResNet50: "caffe" (RGB->BGR, subtract the ImageNet mean in 0..255, no scaling);
+#   DenseNet121: "torch" (/255, then subtract mean and divide by std per RGB channel);
+#   EfficientNetB0 and MobileNetV3Small carry their own Rescaling/Normalization layers inside the
+#   application and expect raw 0..255 floats: "raw";
+#   the seed CNN: "unit" (0..1).
+SCALING_MODES: tuple[str, ...] = ("unit", "raw", "caffe", "torch")
+_BACKBONE_SCALING = {
+    "resnet50": "caffe",
+    "densenet121": "torch",
+    "efficientnetb0": "raw",
+    "mobilenetv3small": "raw",
+}
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+_TORCH_STD_RGB = (0.229, 0.224, 0.225)
+# keras.applications.efficientnet only applies this correction when weights == "imagenet" (the
+# string); a local ImageNet file needs it too (tensorflow/tensorflow#49930).
+_EFFICIENTNET_IMAGENET_STDDEV_RGB = (0.229**2, 0.224**2, 0.225**2)
+
+# Smallest image side each model accepts (keras.applications' min_size is 32; the seed CNN halves
+# the image four times).
+MIN_IMAGE_SIZE = {"seed_cnn": 16, "resnet50": 32, "densenet121": 32, "efficientnetb0": 32,
+                  "mobilenetv3small": 32}
+
+
+@keras.saving.register_keras_serializable(package="xray_tfdata")
+class ImagePreprocessing(layers.Layer):
+    """Casts 0..255 pixels to float32, scales them for the network and optionally expands grey->RGB.
+
+    The arithmetic runs in float32 whatever the policy (uint8 inputs are not auto-cast by Keras and
+    caffe-style means need more precision than bfloat16 has); the result is cast to the layer's
+    compute dtype, i.e. float16/bfloat16 under mixed precision.
+    """
+
+    def __init__(self, mode: str = "unit", to_rgb: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in SCALING_MODES:
+            raise ValueError(
+                f"ImagePreprocessing mode must be one of {SCALING_MODES}. Received: mode={mode!r}"
+            )
+        self.mode = mode
+        self.to_rgb = to_rgb
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        if self.to_rgb and x.shape[-1] == 1:
+            x = ops.concatenate([x, x, x], axis=-1)
+        if self.mode == "unit":
+            x = x / 255.0
+        elif self.mode == "caffe":
+            x = ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, "float32")
+        elif self.mode == "torch":
+            mean = ops.convert_to_tensor(_TORCH_MEAN_RGB, "float32")
+            std = ops.convert_to_tensor(_TORCH_STD_RGB, "float32")
+            x = (x / 255.0 - mean) / std
+        return ops.cast(x, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        if self.to_rgb and input_shape[-1] == 1:
+            return (*input_shape[:-1], 3)
+        return tuple(input_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode, "to_rgb": self.to_rgb}
+
+
+def _check_args(name: str, image_size: int, channels: int, dropout: float,
+                num_classes: int) -> None:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"Unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}.")
+    min_size = MIN_IMAGE_SIZE[name]
+    if not isinstance(image_size, (int, np.integer)) or image_size < min_size:
+        raise ValueError(
+            f"image_size for {name} must be an integer >= {min_size}. Received: "
+            f"image_size={image_size!r}. Rebuild the records with a larger --image_size."
+        )
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2. Received: num_classes={num_classes!r}")
+
+
+def _check_weights(weights: str | None) -> Path | None:
+    """Returns the local weights path, refusing anything that would need a download."""
+    if weights is None or weights == "":
+        return None
+    if str(weights).lower() == "imagenet":
+        raise ValueError(
+            "weights='imagenet' would need a download, and nothing is downloaded at run time. "
+            "Pass the path of a local file instead, e.g. the Keras ImageNet 'notop' file "
+            "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, "
+            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5, efficientnetb0_notop.h5, "
+            "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5) copied onto this machine, or a "
+            "'.weights.h5' file saved from a model built by build_model. Use weights=None for "
+            "random initialisation."
+        )
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(
+            f"weights file not found. Received: weights={str(weights)!r}. Pass an existing local "
+            ".h5 / .weights.h5 file, or None for random initialisation."
+        )
+    if not path.name.endswith(".h5"):
+        raise ValueError(
+            f"weights must be a Keras weights file ending in '.h5' or '.weights.h5'. Received: "
+            f"weights={str(weights)!r}."
+        )
+    return path
+
+
+def seed_cnn(image_size: int, channels: int = 1, *, dropout: float = 0.5,
+             num_classes: int = NUM_CLASSES, filters: Sequence[int] = (32, 64, 128),
+             dense_units: int = 128, stem_stride: int = 2, pooling: str = "flatten") -> keras.Model:
+    """The source tutorial's CNN: Conv2D+ReLU blocks each followed by MaxPooling2D, then Dense.
+
+    Choices (to train at 224x224, batch 64, on 2 CPU cores in usable time): the first convolution
+    has stride `stem_stride` (2 by default: a 4x cheaper network and a 4x smaller Flatten), three
+    conv+pool blocks with 32/64/128 filters, and a single Dense(dense_units, relu) named
+    "embedding" before dropout and the float32 softmax. `pooling="avg"` replaces Flatten by global
+    average pooling (fewer parameters, size independent).
+    """
+    if pooling not in ("flatten", "avg"):
+        raise ValueError(f"pooling must be 'flatten' or 'avg'. Received: pooling={pooling!r}")
+    inputs = keras.Input((image_size, image_size, channels), dtype="uint8", name="image")
+    x = ImagePreprocessing("unit", name="preprocess")(inputs)
+    for i, f in enumerate(filters):
+        stride = stem_stride if i == 0 else 1
+        x = layers.Conv2D(f, 3, strides=stride, padding="same", activation="relu",
+                          name=f"conv{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    if pooling == "flatten":
+        x = layers.Flatten(name="flatten")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = layers.Dense(dense_units, activation="relu", name="embedding")(x)
+    x = layers.Dropout(dropout, seed=0, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
+                           name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+def _application(name: str) -> Callable[..., keras.Model]:
+    apps = keras.applications
+    if name == "resnet50":
+        return apps.ResNet50
+    if name == "densenet121":
+        return apps.DenseNet121
+    if name == "efficientnetb0":
+        return apps.EfficientNetB0
+    return lambda **kw: apps.MobileNetV3Small(include_preprocessing=True, **kw)
+
+
+def backbone_model(name: str, image_size: int, channels: int = 1, *, dropout: float = 0.5,
+                   num_classes: int = NUM_CLASSES) -> keras.Model:
+    """A keras.applications backbone (random init, no top) under a new classification head."""
+    inputs = keras.Input((image_size, image_size, channels), dtype="uint8", name="image")
+    x = ImagePreprocessing(_BACKBONE_SCALING[name], to_rgb=True, name="preprocess")(inputs)
+    backbone = _application(name)(include_top=False, weights=None,
+                                  input_shape=(image_size, image_size, 3), pooling=None)
+    backbone.name = "backbone"
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="embedding")(x)
+    x = layers.Dropout(dropout, seed=0, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
+                           name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _fix_efficientnet_imagenet(backbone: keras.Model) -> None:
+    """Folds the ImageNet std correction into the Normalization layer's variance.
+
+    Normalization gives (x - mean) / sqrt(var); the original EfficientNet then divides by
+    sqrt(stddev) again, which equals using var * stddev.
+    """
+    norm = next(l for l in backbone.layers if isinstance(l, layers.Normalization))
+    mean, var = [np.asarray(w) for w in norm.get_weights()[:2]]
+    if not np.allclose(mean.ravel(), _TORCH_MEAN_RGB, atol=1e-3):
+        return  # not ImageNet statistics: leave the user's file as it is
+    weights = norm.get_weights()
+    weights[1] = var * np.asarray(_EFFICIENTNET_IMAGENET_STDDEV_RGB, var.dtype).reshape(var.shape)
+    norm.set_weights(weights)
+
+
+def load_local_weights(model: keras.Model, name: str, path: Path) -> str:
+    """Loads `path` into the whole model, or else into the backbone; returns which one took it.
+
+    Two kinds of local file are accepted: weights of a model built by `build_model` (same name and
+    image shape) and, for the backbones, Keras applications' ImageNet "notop" files.
+    """
+    errors = []
+    try:
+        model.load_weights(str(path))
+        return "model"
+    except Exception as err:  # noqa: BLE001 - Keras raises several types on a mismatch
+        errors.append(f"as full-model weights: {err}")
+    if name != "seed_cnn":
+        backbone = model.get_layer("backbone")
+        try:
+            backbone.load_weights(str(path))
+            if name == "efficientnetb0":
+                _fix_efficientnet_imagenet(backbone)
+            return "backbone"
+        except Exception as err:  # noqa: BLE001
+            errors.append(f"as {name} backbone (notop) weights: {err}")
+    raise ValueError(
+        f"Could not load weights={str(path)!r} into model {name!r}; tried "
+        + "; ".join(errors)
+        + ". Pass a file saved from the same model/image_size/channels, or the Keras ImageNet "
+        "notop file of that backbone."
+    )
+
+
+def build_model(name: str, image_size: int, channels: int = 1, *, weights: str | None = None,
+                dropout: float = 0.5, num_classes: int = NUM_CLASSES,
+                seed: int | None = 0) -> keras.Model:
+    """Builds one of MODEL_NAMES for uint8 images [image_size, image_size, channels].
+
+    Args:
+      name: one of MODEL_NAMES.
+      image_size: square input side (>= MIN_IMAGE_SIZE[name]).
+      channels: 1 (grey) or 3; backbones repeat grey to RGB in their first layer.
+      weights: None for random init, or a local .h5 / .weights.h5 file (full-model weights, or an
+        ImageNet notop file for the backbones). "imagenet" raises: nothing is downloaded.
+      dropout: rate before the output layer.
+      num_classes: output classes (3 for this project).
+      seed: seeds Python, NumPy and TF (keras.utils.set_random_seed) before creating the layers,
+        so a rerun or another worker starts from identical weights; None leaves the RNGs alone.
+
+    Raises:
+      ValueError: a bad name, size, channel count, dropout or weights value, naming the fix.
+    """
+    _check_args(name, image_size, channels, dropout, num_classes)
+    path = _check_weights(weights)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)  # same initial weights for every rerun and worker
+    if name == "seed_cnn":
+        model = seed_cnn(image_size, channels, dropout=dropout, num_classes=num_classes)
+    else:
+        model = backbone_model(name, image_size, channels, dropout=dropout,
+                               num_classes=num_classes)
+    if path is not None:
+        load_local_weights(model, name, path)
+    return model
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """A model from the same input to the "embedding" layer's output (penultimate features)."""
+    return keras.Model(model.inputs, model.get_layer("embedding").output,
+                       name=f"{model.name}_embedding")
+
+
+def num_params(model: keras.Model) -> int:
+    """Total parameter count (trainable and not)."""
+    return int(sum(math.prod(w.shape) for w in model.weights))

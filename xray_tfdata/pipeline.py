@@ -1,0 +1,340 @@
+"""Records directory -> tf.data.Dataset of (images [B,H,W,C] uint8, labels [B] int32).
+
+The straight-line pipeline (`build_dataset`), one transformation per line:
+
+    shard files by InputContext -> shuffle files -> parallel interleave of TFRecordDatasets
+    -> (element shard when files < pipelines) -> batched parse + decode -> cache (decoded uint8)
+    -> shuffle -> repeat -> batch (drop_remainder in training) -> augment whole batches
+    -> cast to output dtype -> prefetch
+
+Images stay uint8 on the host (4x smaller than float32 everywhere: cache, shuffle buffer,
+host-to-device copy); the model's first layer casts and scales them on the accelerator.
+
+Each shard is read with its record count checked against the manifest, so a corrupt or truncated
+shard fails with an error naming the file (TFRecordDataset's own "corrupted record at N" does not),
+or, with `skip_corrupt=True`, the unreadable rest of the shard is skipped, logged and counted
+(`skipped_records()`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from xray_tfdata import decode, features, manifest, online_augment
+
+CACHE_MODES = ("none", "memory")  # or any other string: a file path prefix for an on-disk cache
+OUTPUT_DTYPES = ("uint8", "float16", "bfloat16", "float32")
+# Fixed (not machine-dependent) so a deterministic pipeline yields the same order everywhere.
+INTERLEAVE_CYCLE = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """Settings of one input pipeline; only the GLOBAL batch size is stored."""
+
+    global_batch_size: int
+    image_size: int
+    channels: int = 1
+    training: bool = True  # shuffle + repeat forever + drop_remainder + augment
+    cache: str = "memory"  # "none" | "memory" | a file path prefix
+    shuffle_buffer: int = 2048
+    augment: bool = True
+    allow_flips: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    skip_corrupt: bool = False
+    ram_budget_mb: int = 2048
+    output_dtype: str = "uint8"  # or the model's compute dtype; values stay 0..255
+    augment_params: online_augment.AugmentParams = online_augment.AugmentParams()
+    # Ablation switches for benchmarks/input_pipeline.py; keep True in real use.
+    parallel_interleave: bool = True
+    vectorized_parse: bool = True
+    prefetch: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(field: str, allowed: str, fix: str = "") -> ValueError:
+            value = getattr(self, field)
+            return ValueError(
+                f"InputConfig.{field} must be {allowed}. Received: {field}={value!r}. {fix}".strip())
+
+        for name in ("global_batch_size", "image_size", "shuffle_buffer", "ram_budget_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, "an int >= 1")
+        if self.channels not in (1, 3):
+            raise bad("channels", "1 or 3", "Use the channels the records were built with.")
+        if not isinstance(self.cache, str) or not self.cache.strip():
+            raise bad("cache", "'none', 'memory' or a file path prefix")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise bad("seed", "an int >= 0")
+        if self.output_dtype not in OUTPUT_DTYPES:
+            raise bad("output_dtype", f"one of {OUTPUT_DTYPES}")
+        if not isinstance(self.augment_params, online_augment.AugmentParams):
+            raise bad("augment_params", "an online_augment.AugmentParams")
+        if self.allow_flips != self.augment_params.flip:
+            # allow_flips is the public switch; keep the params in step with it.
+            object.__setattr__(self, "augment_params",
+                               dataclasses.replace(self.augment_params, flip=self.allow_flips))
+
+
+# ---------------------------------------------------------------- corrupt-record accounting
+_skip_lock = threading.Lock()
+_skipped: dict[str, int] = {}
+
+
+def skipped_records() -> dict[str, int]:
+    """Records skipped per shard path (skip_corrupt=True) in this process so far."""
+    with _skip_lock:
+        return dict(_skipped)
+
+
+def _report_skipped(path: tf.Tensor, read: tf.Tensor, expected: tf.Tensor) -> bool:
+    shard = path.numpy().decode("utf-8")
+    missing = int(expected) - int(read)
+    with _skip_lock:
+        _skipped[shard] = _skipped.get(shard, 0) + max(missing, 0)
+        total = sum(_skipped.values())
+    logging.warning(
+        "Skipped %d unreadable record(s) of shard %s (read %d of %d; a CRC failure makes the rest "
+        "of a shard unreadable). %d skipped in total. Rebuild the records to recover them.",
+        missing, shard, int(read), int(expected), total)
+    return True
+
+
+def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
+                skip_corrupt: bool) -> tf.data.Dataset:
+    """Batches of serialized records of one shard, the count read checked against the manifest.
+
+    TFRecordDataset moves to the next file after a DataLossError, so `ignore_errors` drops the
+    unreadable tail of THIS shard only; an empty sentinel batch appended after it carries the
+    number of records read. Working on batches of PARSE_BATCH_SIZE keeps the bookkeeping (and the
+    vectorised parse that follows) per batch, not per record.
+    """
+    records = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
+    tagged = records.batch(decode.PARSE_BATCH_SIZE).map(lambda r: (r, False))
+    tagged = tagged.concatenate(
+        tf.data.Dataset.from_tensors((tf.constant([], tf.string), True)))
+    counted = tagged.scan(
+        tf.constant(0, tf.int64),
+        lambda n, item: (n + tf.size(item[0], out_type=tf.int64), (item[0], item[1], n)))
+
+    def keep(batch, is_end, count):
+        del batch
+        short = tf.logical_and(is_end, tf.not_equal(count, expected))
+        if skip_corrupt:
+            logged = tf.cond(
+                short,
+                lambda: tf.py_function(_report_skipped, [path, count, expected], tf.bool),
+                lambda: tf.constant(True))
+            with tf.control_dependencies([logged]):
+                return tf.logical_not(is_end)
+        message = tf.strings.format(
+            "Corrupt or truncated TFRecord shard {}: read {} of the {} records the manifest lists. "
+            "Rebuild the records (python -m xray_tfdata.build_records ... --overwrite) or pass "
+            "skip_corrupt=True to skip unreadable records.", [path, count, expected])
+        with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(short), [message])]):
+            return tf.logical_not(is_end)
+
+    return counted.filter(keep).map(lambda batch, is_end, count: batch)
+
+
+# ---------------------------------------------------------------- reading
+def _shard_table(records_dir, info: dict[str, Any], split: str) -> tuple[list[str], list[int]]:
+    paths = manifest.split_files(records_dir, info, split)
+    counts = [int(s["num_examples"]) for s in info["splits"][split]["shards"]]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise manifest.ManifestError(
+            f"{len(missing)} shard file(s) of split {split!r} listed in the manifest are missing, "
+            f"e.g. {missing[0]!r}. Rebuild the records in {str(records_dir)!r}.")
+    return paths, counts
+
+
+def _read_records(paths: list[str], counts: list[int], compression: str, *,
+                  num_pipelines: int, pipeline_id: int, shuffle_files: bool, seed: int,
+                  deterministic: bool, parallel: bool, skip_corrupt: bool) -> tf.data.Dataset:
+    files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64)))
+    element_shard = num_pipelines > 1 and len(paths) < num_pipelines
+    if num_pipelines > 1 and not element_shard:
+        files = files.shard(num_pipelines, pipeline_id)
+    elif element_shard:
+        logging.warning(
+            "Only %d shard file(s) for %d input pipelines: sharding by element, so every pipeline "
+            "reads every file and keeps 1/%d of the records. Build more shards (>= %d) to shard by "
+            "file.", len(paths), num_pipelines, num_pipelines, num_pipelines)
+    if shuffle_files:
+        # Same seed on every pipeline: element sharding needs the same file order everywhere.
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    records = files.interleave(
+        lambda path, expected: _read_shard(path, expected, compression, skip_corrupt),
+        cycle_length=min(len(paths), INTERLEAVE_CYCLE),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE if parallel else None,
+        # Element sharding only partitions correctly if every pipeline sees the same order.
+        deterministic=True if element_shard else deterministic,
+    )
+    if element_shard:
+        records = records.unbatch().shard(num_pipelines, pipeline_id)
+        records = records.batch(decode.PARSE_BATCH_SIZE)
+    return records
+
+
+def _options(config: InputConfig, sharded_by_us: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = config.deterministic
+    options.autotune.enabled = True
+    options.autotune.ram_budget = config.ram_budget_mb * 2**20
+    # TF performance guide / tensorflow/models: one thread per op, parallelism across elements.
+    options.threading.max_intra_op_parallelism = 1
+    if sharded_by_us:
+        # Already split by InputContext: a second (auto) shard would drop data.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return options
+
+
+def _cache_path(prefix: str, info: dict[str, Any], split: str, config: InputConfig,
+                num_pipelines: int, pipeline_id: int) -> str:
+    """A cache file name unique to these records, this split and this pipeline: a stale or
+    shared cache would silently serve the wrong images."""
+    shards = info["splits"][split]["shards"]
+    key = json.dumps([shards, info.get("image"), config.image_size, config.channels],
+                     sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    return f"{prefix}.{split}.{digest}.p{pipeline_id}of{num_pipelines}"
+
+
+def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfig,
+                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """The input pipeline for one split (see the module docstring for the order of stages).
+
+    Training: infinite; run `steps_per_epoch(...)` steps per epoch; batches are full. Evaluation:
+    one pass over this pipeline's part of the split, remainder kept.
+
+    Raises:
+      manifest.ManifestError: no manifest, unknown split, missing shards, or records whose format
+        version, image size, channels or label map differ from what `config` asks for.
+    """
+    info = manifest.read_manifest(records_dir)
+    manifest.check_compatible(info, image_size=config.image_size, channels=config.channels,
+                              records_dir=records_dir)
+    paths, counts = _shard_table(records_dir, info, split)
+    if sum(counts) == 0:
+        raise manifest.ManifestError(
+            f"Split {split!r} in {str(records_dir)!r} has no examples; rebuild the records.")
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    batch_size = (input_context.get_per_replica_batch_size(config.global_batch_size)
+                  if input_context else config.global_batch_size)
+    image_format = info["image"]["format"]
+
+    ds = _read_records(paths, counts, info.get("compression", ""),
+                       num_pipelines=num_pipelines, pipeline_id=pipeline_id,
+                       shuffle_files=config.training, seed=config.seed,
+                       deterministic=config.deterministic,
+                       parallel=config.parallel_interleave, skip_corrupt=config.skip_corrupt)
+    ds = decode.decode_records(ds, image_format, config.image_size, config.channels,
+                               vectorized_parse=config.vectorized_parse)
+    # Cache decoded uint8 images BEFORE random augmentation, so augmentation differs each epoch.
+    if config.cache == "memory":
+        ds = ds.cache()
+    elif config.cache != "none":
+        ds = ds.cache(_cache_path(config.cache, info, split, config, num_pipelines, pipeline_id))
+    if config.training:
+        # Shuffle before repeat: every epoch is a full permutation, no example twice per epoch.
+        ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+        ds = ds.repeat()
+    # Static batch shapes in training (tf.distribute, XLA); keep the tail in evaluation.
+    ds = ds.batch(batch_size, drop_remainder=config.training)
+    # Augment whole batches (one vectorised op per batch, not per image).
+    augment = None
+    if config.training and config.augment:
+        augment = online_augment.make_augment(config.augment_params, config.seed, pipeline_id)
+    dtype = tf.as_dtype(config.output_dtype)
+    if augment is not None:
+        ds = ds.enumerate().map(
+            lambda step, batch: (tf.cast(augment(step, batch[0]), dtype), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    elif dtype != tf.uint8:
+        ds = ds.map(lambda images, labels: (tf.cast(images, dtype), labels),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    if config.prefetch:
+        ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options(config, sharded_by_us=input_context is not None))
+
+
+def dataset_fn(records_dir: str | os.PathLike, split: str,
+               config: InputConfig) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """For `strategy.distribute_datasets_from_function`: one pipeline per worker, per-replica
+    batches, files split across workers."""
+    # Fail now, in the caller, rather than inside the strategy's dataset construction.
+    manifest.check_compatible(manifest.read_manifest(records_dir), image_size=config.image_size,
+                              channels=config.channels, records_dir=records_dir)
+
+    def fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return build_dataset(records_dir, split, config, input_context)
+
+    return fn
+
+
+def steps_per_epoch(records_dir: str | os.PathLike, split: str, global_batch_size: int) -> int:
+    """Full global batches per epoch (the training pipeline drops the remainder)."""
+    info = manifest.read_manifest(records_dir)
+    manifest.split_files(records_dir, info, split)  # names the known splits if `split` is unknown
+    total = manifest.num_examples(info, split)
+    if global_batch_size < 1 or total // global_batch_size == 0:
+        raise ValueError(
+            f"global_batch_size must be in [1, {total}] (split {split!r} has {total} examples). "
+            f"Received: global_batch_size={global_batch_size}.")
+    return total // global_batch_size
+
+
+METADATA_FIELDS = {
+    "label": features.LABEL,
+    "source_path": features.SOURCE_PATH,
+    "source_sha256": features.SOURCE_SHA256,
+    "source_width": features.SOURCE_WIDTH,
+    "source_height": features.SOURCE_HEIGHT,
+    "source_mode": features.SOURCE_MODE,
+    "source_format": features.SOURCE_FORMAT,
+    "source_bytes": features.SOURCE_BYTES,
+    "augmentation": features.AUGMENTATION,
+}
+
+
+def read_metadata(records_dir: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
+    """Label and source metadata of every record of a split, without decoding any image.
+
+    Order = the order of `build_dataset(records_dir, split, InputConfig(training=False,
+    deterministic=True, ...))` without an input context, so arrays line up with its predictions.
+    Keys: see METADATA_FIELDS; ints are int64 (label int32), strings are numpy str arrays.
+    """
+    info = manifest.read_manifest(records_dir)
+    manifest.check_compatible(info, records_dir=records_dir)
+    paths, counts = _shard_table(records_dir, info, split)
+    records = _read_records(paths, counts, info.get("compression", ""), num_pipelines=1,
+                            pipeline_id=0, shuffle_files=False, seed=0, deterministic=True,
+                            parallel=True, skip_corrupt=False)
+    keys = tuple(METADATA_FIELDS.values())
+    parsed = records.map(lambda batch: decode.parse_batch(batch, keys))
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in METADATA_FIELDS}
+    for batch in parsed.as_numpy_iterator():
+        for name, key in METADATA_FIELDS.items():
+            columns[name].append(batch[key])
+    out: dict[str, np.ndarray] = {}
+    for name, key in METADATA_FIELDS.items():
+        values = np.concatenate(columns[name]) if columns[name] else np.array([])
+        if key in features.INT_KEYS:
+            out[name] = values.astype(np.int32 if name == "label" else np.int64)
+        else:
+            out[name] = np.array([v.decode("utf-8") for v in values], dtype=str)
+    return out

@@ -1,0 +1,158 @@
+"""Shortcut probe: how well does source metadata alone predict the class?
+
+In the Kaggle COVID-19 chest X-ray set, NORMAL and PNEUMONIA come from a paediatric collection and
+COVID19 from adult ones, so image size, file format, colour mode and file size differ by class. A
+CNN can score well by recognising the source instead of the disease. The probe fits a small
+scikit-learn classifier on those metadata alone (never on pixels), on the train split, and scores
+its macro-F1 on the evaluated split. When it comes within `threshold` (default 80%) of the CNN's
+macro-F1, the CNN's number cannot be trusted as evidence of learning the disease.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from xray_tfdata import labels, metrics
+
+PROBE_MODELS = ("gradient_boosting", "logistic_regression")
+DEFAULT_THRESHOLD = 0.8
+
+# Column names of pipeline.read_metadata, then the tf.Example keys (features.py) as a fallback.
+# Literal strings, not imports: this module stays TensorFlow-free so the CLI validates flags fast.
+_ALIASES = {
+    "label": ("label", "image/class/label"),
+    "width": ("source_width", "width", "image/source/width"),
+    "height": ("source_height", "height", "image/source/height"),
+    "mode": ("source_mode", "mode", "image/source/mode"),
+    "format": ("source_format", "format", "image/source/format"),
+    "bytes": ("source_bytes", "bytes", "image/source/bytes"),
+}
+
+
+def column(meta: Mapping[str, Any], name: str) -> np.ndarray:
+    """One metadata column by its canonical name, whatever key read_metadata used."""
+    for key in _ALIASES[name]:
+        if key in meta:
+            values = np.asarray(meta[key])
+            if values.dtype.kind in ("S", "O"):
+                values = np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                                   for v in values])
+            return values
+    raise KeyError(f"Metadata has no {name!r} column (looked for {_ALIASES[name]}); "
+                   f"it has {sorted(meta)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataEncoder:
+    """Turns metadata columns into a numeric matrix; vocabularies come from the train split."""
+
+    formats: tuple[str, ...]
+    modes: tuple[str, ...]
+
+    @classmethod
+    def fit(cls, meta: Mapping[str, Any]) -> "MetadataEncoder":
+        return cls(formats=tuple(sorted(set(column(meta, "format").tolist()))),
+                   modes=tuple(sorted(set(column(meta, "mode").tolist()))))
+
+    @property
+    def feature_names(self) -> list[str]:
+        return (["width", "height", "aspect", "log_bytes"] + [f"format={f}" for f in self.formats]
+                + [f"mode={m}" for m in self.modes])
+
+    def transform(self, meta: Mapping[str, Any]) -> np.ndarray:
+        width = column(meta, "width").astype(np.float64)
+        height = column(meta, "height").astype(np.float64)
+        aspect = width / np.maximum(height, 1.0)
+        log_bytes = np.log1p(column(meta, "bytes").astype(np.float64))
+        fmt = column(meta, "format")
+        mode = column(meta, "mode")
+        # A value unseen in train gets an all-zero one-hot row rather than an error.
+        fmt_onehot = (fmt[:, None] == np.array(self.formats, dtype=object)[None, :]) \
+            if self.formats else np.zeros((fmt.size, 0))
+        mode_onehot = (mode[:, None] == np.array(self.modes, dtype=object)[None, :]) \
+            if self.modes else np.zeros((mode.size, 0))
+        return np.column_stack([width, height, aspect, log_bytes,
+                                fmt_onehot.astype(np.float64), mode_onehot.astype(np.float64)])
+
+
+def originals_only(meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Drops offline-augmented variants: they repeat their source's metadata and would let the
+    most augmented class (COVID19 in the Kaggle recipe) dominate the probe's training set."""
+    meta = {k: np.asarray(v) for k, v in meta.items()}
+    if "augmentation" not in meta:
+        return meta
+    keep = np.asarray([str(a) in ("none", "b'none'", "") for a in meta["augmentation"]])
+    if keep.all() or not keep.any():
+        return meta
+    return {k: v[keep] if v.shape[:1] == keep.shape else v for k, v in meta.items()}
+
+
+def _make_probe(model: str, seed: int):
+    if model == "gradient_boosting":
+        return GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=seed)
+    if model == "logistic_regression":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000,
+                                                                  random_state=seed))
+    raise ValueError(f"Received: probe model={model!r}. Allowed: {', '.join(PROBE_MODELS)}.")
+
+
+def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_macro_f1: float,
+              *, model: str = "gradient_boosting", threshold: float = DEFAULT_THRESHOLD,
+              seed: int = 0) -> dict[str, Any]:
+    """Fits the metadata-only probe on train_meta and scores it on eval_meta.
+
+    Returns a JSON-ready dict with the probe's and the CNN's macro-F1, their ratio, `warning`
+    (True when probe >= threshold * CNN) and a human `message`.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"Received: threshold={threshold}. Use a fraction in (0, 1], e.g. 0.8.")
+    if model not in PROBE_MODELS:
+        raise ValueError(f"Received: probe model={model!r}. Allowed: {', '.join(PROBE_MODELS)}.")
+    train_meta = originals_only(train_meta)
+    y_train = column(train_meta, "label").astype(np.int64)
+    y_eval = column(eval_meta, "label").astype(np.int64)
+    result: dict[str, Any] = {"probe_model": model, "threshold": threshold,
+                              "cnn_macro_f1": float(cnn_macro_f1), "num_train": int(y_train.size),
+                              "num_eval": int(y_eval.size)}
+    if np.unique(y_train).size < 2 or y_eval.size == 0:
+        result.update(skipped=True, warning=False, probe_macro_f1=None, ratio=None,
+                      message="Shortcut probe skipped: the train split needs at least two classes "
+                              "and the evaluated split at least one example.")
+        return result
+    encoder = MetadataEncoder.fit(train_meta)
+    probe = _make_probe(model, seed)
+    probe.fit(encoder.transform(train_meta), y_train)
+    x_eval = encoder.transform(eval_meta)
+    probs = np.zeros((y_eval.size, labels.NUM_CLASSES))
+    # The probe only knows the classes it saw in train; put its columns in label order.
+    probs[:, probe.classes_] = probe.predict_proba(x_eval)
+    probe_metrics = metrics.compute_metrics(y_eval, probs, n_resamples=0)
+    probe_f1 = probe_metrics["macro_f1"]
+    # None (not inf) keeps metrics.json valid JSON when the CNN scores 0.
+    ratio = probe_f1 / cnn_macro_f1 if cnn_macro_f1 > 0 else None
+    warning = bool(probe_f1 >= threshold * cnn_macro_f1)
+    ratio_text = f"{ratio:.0%}" if ratio is not None else "n/a"
+    if warning:
+        message = (
+            f"WARNING: a classifier on source metadata alone (size, format, colour mode, file "
+            f"size; no pixels) reaches macro-F1 {probe_f1:.3f}, {ratio_text} of the CNN's "
+            f"{cnn_macro_f1:.3f} (threshold {threshold:.0%}). The classes are separable by their "
+            f"source collection, so the CNN's score may reflect where an image came from rather "
+            f"than disease. Check on data where every class comes from the same sources.")
+    else:
+        message = (f"Shortcut probe: metadata-only macro-F1 {probe_f1:.3f} is {ratio_text} of the "
+                   f"CNN's {cnn_macro_f1:.3f} (below the {threshold:.0%} warning threshold).")
+    result.update(
+        skipped=False, warning=warning, probe_macro_f1=probe_f1, ratio=ratio,
+        probe_accuracy=probe_metrics["accuracy"], probe_per_class_f1={
+            name: row["f1"] for name, row in probe_metrics["per_class"].items()},
+        probe_confusion_matrix=probe_metrics["confusion_matrix"],
+        features=encoder.feature_names, message=message)
+    return result

@@ -1,0 +1,194 @@
+"""Source files in: scan the Kaggle folder, and turn one source into its encoded outputs.
+
+The Kaggle layout is `<data_dir>/{train,test[,val]}/{COVID19,NORMAL,PNEUMONIA}/*` (folder names
+case-insensitive). `scan` lists it deterministically; `process_source` is the per-image work the
+converter's worker processes run (read + decode once, perceptual hash, resize, offline
+augmentation, encode). This module imports numpy/OpenCV modules only, never TensorFlow: worker
+processes import it, and TensorFlow would cost each of them ~1 s and hundreds of MB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import cv2
+
+from xray_tfdata import dedupe, image_io, labels, offline_augment
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+SOURCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
+REQUIRED_SPLITS: tuple[str, ...] = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFile:
+    """One image file found under data_dir. `relpath` (POSIX, relative to data_dir) is its key."""
+
+    split: str
+    label: int
+    class_name: str
+    path: str
+    relpath: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanResult:
+    files: tuple[SourceFile, ...]
+    # (relpath, reason) for entries inside class folders that are not image files at all.
+    rejected: tuple[tuple[str, str], ...]
+
+
+def _subdirs(folder: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+def _match(found: dict[str, Path], expected: tuple[str, ...], where: str) -> dict[str, Path]:
+    """Maps expected names to folders (case-insensitive); unknown or ambiguous folders raise."""
+    lower = {name.lower(): name for name in expected}
+    matched: dict[str, Path] = {}
+    unknown = []
+    for name, path in found.items():
+        canonical = lower.get(name.lower())
+        if canonical is None:
+            unknown.append(name)
+        elif canonical in matched:
+            raise ValueError(
+                f"{where} has two folders for {canonical!r}: {matched[canonical].name!r} and "
+                f"{name!r} (names are case-insensitive). Merge them into one folder."
+            )
+        else:
+            matched[canonical] = path
+    if unknown:
+        raise ValueError(
+            f"Unexpected folder(s) {sorted(unknown)} in {where}. Found {sorted(found)}; expected "
+            f"only {list(expected)} (case-insensitive). Move the other folders out of the data dir."
+        )
+    return matched
+
+
+def scan_sources(data_dir: str | os.PathLike) -> ScanResult:
+    """Lists every file of the Kaggle layout, sorted by relpath.
+
+    Raises:
+      ValueError: data_dir is missing, lacks train/test, or holds unknown folders (the message
+        lists what was found and what was expected).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ValueError(
+            f"data_dir={str(data_dir)!r} is not a directory. Download the Kaggle set with "
+            "`python tools/download_dataset.py` or generate one with "
+            "`python tools/make_synthetic_dataset.py`, then pass its folder as --data_dir."
+        )
+    split_dirs = _match(_subdirs(root), SOURCE_SPLITS, f"data_dir {str(root)!r}")
+    missing = [s for s in REQUIRED_SPLITS if s not in split_dirs]
+    if missing:
+        raise ValueError(
+            f"data_dir {str(root)!r} has no {missing} folder. Found {sorted(_subdirs(root))}; "
+            f"expected {list(REQUIRED_SPLITS)} (+ optional 'val'), each holding "
+            f"{list(labels.CLASS_NAMES)} class folders (the Kaggle layout)."
+        )
+    files: list[SourceFile] = []
+    rejected: list[tuple[str, str]] = []
+    for split, split_dir in split_dirs.items():
+        where = f"{str(split_dir)!r}"
+        for class_name, class_dir in _match(_subdirs(split_dir), labels.CLASS_NAMES, where).items():
+            for entry in sorted(class_dir.iterdir()):
+                if entry.name.startswith("."):
+                    continue  # .DS_Store, editor swap files: never data
+                relpath = entry.relative_to(root).as_posix()
+                if entry.is_dir():
+                    rejected.append((relpath, "directory inside a class folder (not scanned)"))
+                elif entry.suffix.lower() not in IMAGE_EXTENSIONS:
+                    rejected.append(
+                        (relpath, f"unsupported extension {entry.suffix!r} "
+                                  f"(allowed: {', '.join(IMAGE_EXTENSIONS)})")
+                    )
+                else:
+                    files.append(SourceFile(split, labels.LABEL_MAP[class_name], class_name,
+                                            str(entry), relpath))
+    files.sort(key=lambda f: f.relpath)
+    rejected.sort()
+    return ScanResult(tuple(files), tuple(rejected))
+
+
+def scan(data_dir: str | os.PathLike) -> list[SourceFile]:
+    """The image files of `data_dir`, sorted by relpath (see `scan_sources`)."""
+    return list(scan_sources(data_dir).files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-image work, run in worker processes.
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessSettings:
+    """What every output image looks like (a picklable subset of the conversion config)."""
+
+    image_size: int
+    resize_mode: str
+    channels: int
+    image_format: str
+    jpeg_quality: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One source to process, with the augmentations the plan chose for it ("none" first)."""
+
+    key: str  # relpath
+    path: str
+    augmentations: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Processed:
+    """A worker's result: encoded outputs + provenance, or the reason the source was rejected."""
+
+    key: str
+    signature: tuple[int, int]  # (size, mtime_ns) at read time: resume reuses it only if unchanged
+    info: image_io.SourceInfo | None = None
+    phash: int = 0
+    outputs: tuple[tuple[str, bytes], ...] = ()
+    reason: str = ""
+
+
+def file_signature(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def process_source(task: Task, settings: ProcessSettings) -> Processed:
+    """Decodes one source once and produces every planned output from that single decode.
+
+    Augmentations run on the resized gray image: the network only ever sees `image_size` pixels,
+    so a 3x3 filter means the same thing for a 400 px and a 4000 px source, and it is ~80x cheaper.
+    """
+    signature = file_signature(task.path)
+    try:
+        gray, info = image_io.read_source(task.path)
+        phash = dedupe.perceptual_hash(gray)
+        small = image_io.resize(gray, settings.image_size, settings.resize_mode)
+        outputs = []
+        for name in task.augmentations:
+            image = small if name == "none" else offline_augment.parse_op(name)(small)
+            image = image_io.to_channels(image, settings.channels)
+            outputs.append((name, image_io.encode(image, settings.image_format,
+                                                  settings.jpeg_quality)))
+    except image_io.ImageReadError as err:
+        return Processed(task.key, signature, reason=err.reason)
+    except (OSError, MemoryError) as err:
+        return Processed(task.key, signature, reason=f"unreadable: {type(err).__name__}")
+    except (cv2.error, ValueError) as err:  # an odd file OpenCV chokes on must not stop the run
+        return Processed(task.key, signature, reason=f"decode error: {type(err).__name__}: {err}")
+    return Processed(task.key, signature, info, phash, tuple(outputs))
+
+
+def init_worker() -> None:
+    """Pool initializer: one OpenCV thread per worker process, so N workers use N cores."""
+    cv2.setNumThreads(1)

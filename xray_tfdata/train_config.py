@@ -1,0 +1,148 @@
+"""TrainConfig: every setting of a training run, validated up front.
+
+Field names equal the `python -m xray_tfdata.train` flag names, so an error about a field is an
+error about the flag of the same name. Only the global batch size is stored; the per-replica size
+is derived from the strategy (distribute.per_replica_batch_size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from xray_tfdata.distribute import PRECISIONS
+from xray_tfdata.models import MODEL_NAMES
+
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+# --learning_rate is the rate for this global batch; --scale_lr multiplies it by batch / this.
+LR_REFERENCE_BATCH = 32
+
+
+class ConfigError(ValueError):
+    """A setting is out of range. Carries the field, the value and what is allowed."""
+
+    def __init__(self, field: str, value: object, allowed: str, fix: str = "") -> None:
+        self.field, self.value, self.allowed = field, value, allowed
+        message = f"{field}={value!r} is not allowed; allowed: {allowed}."
+        super().__init__(message + (f" {fix}" if fix else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (see docs/trainer.md for what each does)."""
+
+    records_dir: str
+    model_dir: str
+    model: str = "seed_cnn"
+    epochs: int = 10
+    steps_per_epoch: int = 0  # 0 = train examples // global_batch_size
+    global_batch_size: int = 32
+    image_size: int | None = None  # None = the records' size (from the manifest)
+    learning_rate: float = 1e-3
+    scale_lr: bool = False
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    class_weights: str = "none"
+    precision: str = "auto"
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    cache: str = "memory"
+    shuffle_buffer: int = 2048
+    augment: bool = True
+    deterministic: bool = False
+    seed: int = 0
+    patience: int = 0  # epochs without a better val macro-F1 before stopping; 0 = never
+    checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
+    max_checkpoints: int = 3
+    profile_steps: int = 0
+    weights: str | None = None
+    dropout: float = 0.5
+    val_split: str = "val"
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "epochs")
+        _positive_int(self, "global_batch_size")
+        _positive_int(self, "steps_per_execution")
+        _positive_int(self, "max_checkpoints")
+        for name in ("steps_per_epoch", "patience", "checkpoint_every", "profile_steps",
+                     "shuffle_buffer", "seed"):
+            _non_negative_int(self, name)
+        if self.image_size is not None and (
+            not isinstance(self.image_size, int) or self.image_size < 8
+        ):
+            raise ConfigError("image_size", self.image_size, "an integer >= 8, or None to use "
+                              "the records' size")
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 10
+                and math.isfinite(self.learning_rate)):
+            raise ConfigError("learning_rate", self.learning_rate, "a number in (0, 10]",
+                              "Typical: 1e-3 for adamw, 0.05 for sgd.")
+        _in_range(self, "weight_decay", 0.0, 1.0, "a number in [0, 1)", closed_high=False)
+        _in_range(self, "momentum", 0.0, 1.0, "a number in [0, 1)", closed_high=False)
+        _in_range(self, "label_smoothing", 0.0, 1.0, "a number in [0, 1)", closed_high=False)
+        _in_range(self, "dropout", 0.0, 1.0, "a number in [0, 1)", closed_high=False)
+        if not (isinstance(self.warmup_epochs, (int, float)) and
+                0 <= self.warmup_epochs <= self.epochs):
+            raise ConfigError("warmup_epochs", self.warmup_epochs,
+                              f"a number in [0, epochs={self.epochs}]")
+        _choice(self, "optimizer", OPTIMIZERS)
+        _choice(self, "class_weights", CLASS_WEIGHTS)
+        _choice(self, "precision", PRECISIONS)
+        if not self.cache:
+            raise ConfigError("cache", self.cache, "'none', 'memory' or a file path prefix")
+        if not self.records_dir:
+            raise ConfigError("records_dir", self.records_dir, "a records directory")
+        if not self.model_dir:
+            raise ConfigError("model_dir", self.model_dir, "a directory for checkpoints/logs")
+        if self.model not in MODEL_NAMES:
+            raise ConfigError("model", self.model, ", ".join(MODEL_NAMES))
+        if self.weights and not (Path(self.weights).is_file()
+                                 and self.weights.endswith((".h5", ".keras"))):
+            raise ConfigError(
+                "weights", self.weights,
+                "unset (random init), or the path of an existing local .h5 / .weights.h5 file",
+                "Nothing is downloaded at run time: for ImageNet weights download the backbone's "
+                "'notop' .h5 file yourself and pass its path.",
+            )
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """The peak learning rate, scaled linearly with the global batch when scale_lr is set."""
+        if self.scale_lr:
+            return self.learning_rate * self.global_batch_size / LR_REFERENCE_BATCH
+        return float(self.learning_rate)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _positive_int(config: TrainConfig, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(name, value, "an integer >= 1")
+
+
+def _non_negative_int(config: TrainConfig, name: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(name, value, "an integer >= 0")
+
+
+def _in_range(config: TrainConfig, name: str, low: float, high: float, allowed: str,
+              closed_high: bool = True) -> None:
+    value = getattr(config, name)
+    ok = isinstance(value, (int, float)) and low <= value and (
+        value <= high if closed_high else value < high)
+    if not ok:
+        raise ConfigError(name, value, allowed)
+
+
+def _choice(config: TrainConfig, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in allowed:
+        raise ConfigError(name, value, ", ".join(allowed))

@@ -1,0 +1,186 @@
+"""The compiled pieces of the training loop: loss, the distributed train step, validation,
+the profiler window and the final export.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from sklearn import metrics as sk_metrics
+from tensorflow.core.framework import summary_pb2
+
+from xray_tfdata import distribute, labels
+
+
+# tf.summary.scalar lives in the optional tensorboard package; writing the same "scalars" plugin
+# summary through core tf.summary.write keeps TensorBoard logs working without it installed.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+
+def write_scalar(name: str, value: float, step: int) -> None:
+    """A TensorBoard scalar into the default summary writer."""
+    tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
+
+
+def make_loss_fn(class_weights: np.ndarray, label_smoothing: float,
+                 global_batch_size: int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """Per-replica loss: weighted, label-smoothed cross-entropy averaged over the GLOBAL batch.
+
+    Dividing by the global (not per-replica) batch makes the replicas' summed gradients equal the
+    single-device gradient of the same global batch.
+    """
+    weights = tf.constant(class_weights, tf.float32)
+
+    def loss_fn(labels_: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+        labels_ = tf.cast(tf.reshape(labels_, [-1]), tf.int32)
+        one_hot = tf.one_hot(labels_, labels.NUM_CLASSES, dtype=tf.float32)
+        per_example = keras.losses.categorical_crossentropy(
+            one_hot, tf.cast(probabilities, tf.float32), label_smoothing=label_smoothing)
+        per_example = per_example * tf.gather(weights, labels_)
+        return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+
+    return loss_fn
+
+
+def make_train_function(strategy: tf.distribute.Strategy, model: keras.Model,
+                        optimizer: keras.Optimizer, loss_fn: Callable, *, jit_compile: bool,
+                        loss_scaling: bool) -> Callable[[Any, tf.Tensor], tf.Tensor]:
+    """Returns f(distributed_iterator, num_steps) -> mean global training loss of those steps.
+
+    XLA (jit_compile) covers the forward and backward pass only: the optimizer update calls
+    merge_call under a strategy, which XLA cannot compile, so it stays outside.
+    """
+    variables = model.trainable_variables
+
+    def forward_backward(images: tf.Tensor, labels_: tf.Tensor):
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            loss = loss_fn(labels_, probabilities)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            # Under float16 the loss is scaled up so small gradients survive; the
+            # LossScaleOptimizer divides the gradients by the same scale before applying them.
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+        return loss, tape.gradient(scaled, variables)
+
+    compute = tf.function(forward_backward, jit_compile=jit_compile)
+
+    def replica_step(images: tf.Tensor, labels_: tf.Tensor) -> tf.Tensor:
+        loss, grads = compute(images, labels_)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    @tf.function
+    def train_steps(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
+        total = tf.constant(0.0, tf.float32)
+        for _ in tf.range(num_steps):
+            images, labels_ = next(iterator)
+            per_replica = strategy.run(replica_step, args=(images, labels_))
+            # Each replica's loss is already divided by the global batch: SUM = global mean.
+            total += tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None),
+                             tf.float32)
+        return total / tf.cast(num_steps, tf.float32)
+
+    return train_steps
+
+
+def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Loss, accuracy, macro-F1 and one-vs-rest macro AUC (NaN when a class is absent)."""
+    y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
+    probabilities = np.asarray(probabilities, np.float64)
+    y_pred = probabilities.argmax(axis=1)
+    picked = probabilities[np.arange(len(y_true)), y_true]
+    out = {
+        "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
+        "accuracy": float(np.mean(y_pred == y_true)),
+        "macro_f1": float(sk_metrics.f1_score(y_true, y_pred, average="macro",
+                                              labels=list(range(labels.NUM_CLASSES)),
+                                              zero_division=0)),
+    }
+    try:
+        out["auc"] = float(sk_metrics.roc_auc_score(
+            y_true, probabilities / probabilities.sum(axis=1, keepdims=True),
+            multi_class="ovr", labels=list(range(labels.NUM_CLASSES))))
+    except ValueError:  # a class missing from a tiny validation split
+        out["auc"] = float("nan")
+    return out
+
+
+def make_predict_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+
+
+def evaluate(predict: Callable[[tf.Tensor], tf.Tensor],
+             dataset: tf.data.Dataset) -> dict[str, float]:
+    """Runs `predict` over one pass of an eval-mode dataset (on every worker alike)."""
+    probs, truth = [], []
+    for images, labels_ in dataset:
+        probs.append(np.asarray(predict(images), np.float32))
+        truth.append(labels_.numpy())
+    return classification_metrics(np.concatenate(truth), np.concatenate(probs))
+
+
+class ProfileWindow:
+    """Traces `num_steps` steps with the TF profiler, starting after the first (tracing) call."""
+
+    def __init__(self, num_steps: int, steps_per_execution: int, log_dir: str | None) -> None:
+        self.start_at = steps_per_execution if num_steps else -1
+        self.stop_at = self.start_at + num_steps
+        self.log_dir = log_dir
+        self.active = False
+
+    def clip(self, done: int, n: int) -> int:
+        """Shortens a call so the trace starts and stops on a call boundary."""
+        for boundary in (self.start_at, self.stop_at):
+            if self.log_dir and done < boundary < done + n:
+                n = boundary - done
+        return n
+
+    def maybe_start(self, done: int) -> None:
+        if self.log_dir and done == self.start_at and not self.active:
+            tf.profiler.experimental.start(self.log_dir)
+            self.active = True
+
+    def maybe_stop(self, done: int | None) -> None:
+        if self.active and (done is None or done >= self.stop_at):
+            tf.profiler.experimental.stop()
+            self.active = False
+            logging.info("Profiler trace written under %s (open TensorBoard's Profile tab).",
+                         self.log_dir)
+
+
+def export_model(model: keras.Model, model_dir: Path, data: dict[str, Any],
+                 strategy: tf.distribute.Strategy, *, enabled: bool) -> str | None:
+    """Exports the serving SavedModel to <model_dir>/export via export.export_serving.
+
+    Every worker saves (saving may read mirrored variables collectively); only the chief's copy is
+    kept. Returns the chief's export path, or None when disabled or export.py is unavailable.
+    """
+    if not enabled:
+        return None
+    try:
+        from xray_tfdata import export
+    except ImportError as err:
+        logging.warning("Serving export skipped: %s", err)
+        return None
+    chief = distribute.is_chief(strategy)
+    task_type, task_id = distribute.task_info(strategy)
+    target = model_dir / "export"
+    if not chief:
+        target = model_dir / f".workertemp_{task_type}_{task_id}" / "export"
+    if target.exists():
+        shutil.rmtree(target)
+    path = export.export_serving(model, str(target), data["image_size"], data["channels"],
+                                 resize_mode=data["resize_mode"])
+    if not chief:
+        shutil.rmtree(target.parent, ignore_errors=True)
+        return None
+    logging.info("Serving SavedModel exported to %s", path)
+    return str(path)
