@@ -67,7 +67,7 @@ def test_identity_refuses_a_different_model(setup, tmp_path):
     embeddings.run_classical(str(model_path), str(records), tmp_path, ("logreg",), params,
                              bootstrap=0)
     saved = tmp_path / "classifiers" / "logreg.joblib"
-    # Same architecture, different weights file -> different sha256.
+    # Same architecture and embedding width, but another file: the sha256 must differ.
     other = tiny_model_file(tmp_path / "other.keras")
     with open(other, "ab") as f:
         f.write(b"\0")

@@ -190,7 +190,10 @@ def _bad_files(root: Path) -> dict[str, str]:
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
     good_png = next((root / "train").rglob("*.png")).read_bytes()
-    (folder / "corrupt.png").write_bytes(good_png[:40] + b"\x00garbage" * 20)
+    corrupt = bytearray(good_png)  # intact chunk structure, garbled compressed pixels
+    start = corrupt.index(b"IDAT") + 4
+    corrupt[start:start + 16] = bytes(b ^ 0xFF for b in corrupt[start:start + 16])
+    (folder / "corrupt.png").write_bytes(bytes(corrupt))
     (folder / "text.png").write_text("patient list\n" * 20)
     (folder / "readme.txt").write_text("not an image")
     unreadable = folder / "unreadable.png"

@@ -4,7 +4,6 @@ the download flow against a fake kaggle API."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import stat
 import subprocess
@@ -86,7 +85,8 @@ def test_finds_each_credential_source(dl, tmp_path, setup, env, expected):
     (lambda h: _write(h / ".kaggle" / "access_token", "  \n"), {}, None),
     (lambda h: _write(h / "empty", ""), {"KAGGLE_API_TOKEN": "{home}/empty"}, "empty or unreadable"),
     (lambda h: _write(h / ".kaggle" / "kaggle.json", "{not json"), {}, "not valid JSON"),
-    (lambda h: _write(h / ".kaggle" / "kaggle.json", '{"username": "ann"}'), {}, 'lacks "username" and "key"'),
+    (lambda h: _write(h / ".kaggle" / "kaggle.json", '{"username": "ann"}'), {},
+     'lacks "username" and "key"'),
     (lambda h: None, {"KAGGLE_USERNAME": "ann"}, None),  # a username alone is not a credential
 ])
 def test_missing_credentials_explain_how_to_set_one(dl, tmp_path, setup, env, problem):
@@ -173,6 +173,14 @@ def test_safe_extract_rejects_symlinks(dl, tmp_path):
         zf.writestr(link, "/etc")
     with pytest.raises(dl.UnsafeArchiveError, match="symbolic link"):
         dl.safe_extract(tmp_path / "link.zip", tmp_path / "raw")
+
+
+def test_safe_extract_checks_free_space_first(dl, tmp_path, monkeypatch):
+    archive = _zip(tmp_path / "a.zip", _kaggle_members())
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=10))
+    with pytest.raises(OSError, match="needs .* GB; .* has 0.00 GB free"):
+        dl.safe_extract(archive, tmp_path / "raw")
+    assert list((tmp_path / "raw").iterdir()) == []
 
 
 def test_safe_extract_rejects_a_non_zip(dl, tmp_path):

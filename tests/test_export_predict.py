@@ -49,11 +49,14 @@ def _images() -> dict[str, tuple[bytes, np.ndarray]]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     model = build_model("seed_cnn", SIZE, 1, seed=0)
-    # Train a little so the probabilities are not all ~1/3 and a mismatch would show.
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    # Train a little (brightness -> class) so the probabilities are not all ~1/3 and depend on the
+    # input: a preprocessing mismatch between serving and Keras would then show.
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, (16, SIZE, SIZE, 1), dtype=np.uint8)
-    model.fit(x, (x.mean(axis=(1, 2, 3)) // 86).astype(int), epochs=3, verbose=0)
+    labels = np.arange(24) % 3
+    levels = np.array([60.0, 128.0, 196.0])[labels]
+    x = np.clip(levels[:, None, None, None] + rng.normal(0, 40, (24, SIZE, SIZE, 1)), 0, 255)
+    model.fit(x.astype(np.uint8), labels, epochs=3, batch_size=8, verbose=0)
     export_dir = tmp_path_factory.mktemp("export") / "export"
     export.export_serving(model, export_dir, SIZE, 1)
     return model, export_dir, export.load_serving(export_dir)

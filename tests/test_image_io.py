@@ -216,7 +216,21 @@ def test_bad_bytes_have_short_reasons():
     # Corrupt compressed data with an intact chunk layout: libpng's CRC/zlib check rejects it.
     idat = png.index(b"IDAT") + 8
     corrupt = png[:idat] + bytes(b ^ 0xFF for b in png[idat:idat + 20]) + png[idat + 20:]
-    assert _reason(corrupt) == "corrupt PNG (decode failed)"
+    assert _reason(corrupt).startswith("corrupt PNG (libpng: ")
+
+
+def test_damaged_jpeg_scan_rejected_but_odd_framing_tolerated(capfd):
+    jpeg = _cv2_bytes(".jpg", _smooth((96, 128), seed=3))
+    scan = jpeg.index(b"\xff\xda") + 12
+    middle = scan + (len(jpeg) - scan) // 2
+    # Bytes cut from the entropy-coded data, EOI intact: OpenCV still returns an image, and only
+    # libjpeg's stderr warning says the lower part is garbage.
+    assert _reason(jpeg[:middle] + jpeg[middle + 64:]).startswith("corrupt JPEG (libjpeg: ")
+    # Junk before the EOI marker: libjpeg warns "extraneous bytes", but every pixel is intact.
+    padded = jpeg[:-2] + b"\x00\x01\x02" + jpeg[-2:]
+    gray, _ = decode_source_bytes(padded)
+    np.testing.assert_array_equal(gray, decode_source_bytes(jpeg)[0])
+    assert "extraneous" not in capfd.readouterr().err  # codec noise is not printed
 
 
 def test_unreadable_files(tmp_path, monkeypatch):

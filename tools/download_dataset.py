@@ -3,8 +3,8 @@
   python tools/download_dataset.py                       # -> workspace/raw/Data
   python -m xray_tfdata.build_records --data_dir=workspace/raw/Data --output_dir=workspace/records
 
-Dataset: https://www.kaggle.com/datasets/prashant268/chest-xray-covid19-pneumonia (about 2 GB zip,
-6,432 images in Data/{train,test}/{COVID19,NORMAL,PNEUMONIA}/).
+Dataset: https://www.kaggle.com/datasets/prashant268/chest-xray-covid19-pneumonia (6,432 images in
+Data/{train,test}/{COVID19,NORMAL,PNEUMONIA}/). kaggle shows the download's progress bar.
 
 Credentials (first found wins, the same order the kaggle package uses): KAGGLE_API_TOKEN (a token
 or a path to a file holding one), ~/.kaggle/access_token, KAGGLE_USERNAME + KAGGLE_KEY, kaggle.json
@@ -361,7 +361,7 @@ def define_flags() -> None:
                         "found inside (workspace/raw/Data for the Kaggle archive).")
     flags.DEFINE_string("dataset", DATASET, "Kaggle dataset owner/name.")
     flags.DEFINE_bool("force", False, "Download and extract again even if a valid extraction exists.")
-    flags.DEFINE_bool("keep_zip", False, "Keep the downloaded zip after extraction (about 2 GB).")
+    flags.DEFINE_bool("keep_zip", False, "Keep the downloaded zip after extraction (deleted by default).")
 
 
 def main(argv: list[str]) -> None:

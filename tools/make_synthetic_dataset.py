@@ -27,7 +27,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines this script's flags; called only when run as a script, so tests can import the
     module next to other entry points that define --output_dir too."""
-    flags.DEFINE_string("output_dir", "workspace/synthetic", "Dataset root; becomes build_records' --data_dir.")
+    flags.DEFINE_string("output_dir", "workspace/synthetic",
+                        "Dataset root; becomes build_records' --data_dir.")
     flags.DEFINE_enum("preset", "small", PRESETS,
                       "small: --per_class_train/--per_class_test images of every class. kaggle: the Kaggle "
                       "set's 6,432 images with its class imbalance (train 460/1266/3418, test 116/317/855 "

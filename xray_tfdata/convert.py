@@ -287,14 +287,16 @@ class _Shards:
         for e in examples:
             entry, source = self.index[e.relpath], self.files[e.relpath]
             info = entry.info
-            yield features.serialize(features.ExampleRecord(
+            # deterministic=True: tf.train.Features is a protobuf map whose default serialization
+            # order varies between processes, which would break byte-identical reruns.
+            yield features.make_example(features.ExampleRecord(
                 encoded=self.spill.outputs(entry)[e.augmentation], image_format=c.image_format,
                 height=c.image_size, width=c.image_size, channels=c.channels,
                 label=source.label, class_text=source.class_name, source_path=e.relpath,
                 source_sha256=info.sha256, source_width=info.width, source_height=info.height,
                 source_mode=info.mode, source_format=info.format, source_bytes=info.num_bytes,
                 augmentation=e.augmentation,
-            ))
+            )).SerializeToString(deterministic=True)
 
     def write(self, split: str, shards: list[list[shard_plan.PlannedExample]]) -> list[dict]:
         entries = []

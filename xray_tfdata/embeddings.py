@@ -1,4 +1,4 @@
-"""Classical classifiers on a trained CNN's embeddings (the tutorial's "machine learning classifiers").
+"""Classical classifiers on a CNN's embeddings (the tutorial's "machine learning classifiers").
 
 The CNN's penultimate layer (named "embedding" by xray_tfdata.models) is read through the same
 input pipeline as evaluation, for the train split (fit) and the test split (report). Each

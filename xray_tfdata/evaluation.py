@@ -1,4 +1,4 @@
-"""Evaluation of a saved Keras model on one split: metrics with CIs, report, confusion matrix, probe.
+"""Evaluation of a saved Keras model on one split: metrics with CIs, report, confusion matrix.
 
 `evaluate(EvalConfig(...))` runs the model over the split through the same input pipeline as
 training (evaluation mode: one pass, no augmentation), computes `metrics.compute_metrics`, runs the
@@ -47,7 +47,8 @@ class EvalConfig:
 
     def __post_init__(self):
         if self.split not in labels.SPLITS:
-            raise ValueError(f"Received: split={self.split!r}. Allowed: {', '.join(labels.SPLITS)}.")
+            raise ValueError(f"Received: split={self.split!r}. Allowed: "
+                             f"{', '.join(labels.SPLITS)}.")
         if not str(self.model_path).endswith(".keras"):
             raise ValueError(
                 f"Received: model_path={self.model_path!r}. Pass the .keras file training wrote, "
@@ -274,7 +275,7 @@ def _versions() -> dict[str, str]:
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
-    """Evaluates config.model_path on config.split; writes the outputs; returns metrics.json's dict."""
+    """Evaluates config.model_path on config.split, writes the outputs, returns metrics.json."""
     from xray_tfdata import pipeline
 
     model = load_model(config.model_path)
@@ -293,6 +294,9 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         result["shortcut_probe"] = shortcut.run_probe(
             train_meta, eval_meta, result["macro_f1"], model=config.shortcut_model,
             threshold=config.shortcut_threshold, seed=config.seed)
+        if config.split == "train":
+            result["shortcut_probe"]["message"] += (
+                " (Scored on train, the probe's own training data: its score is optimistic.)")
     result["settings"] = {**dataclasses.asdict(config),
                           "model_sha256": sha256_file(config.model_path),
                           "model_name": model.name, "image_size": image_size,

@@ -8,7 +8,8 @@ Decisions (documented in docs/imageops.md):
 - The format is sniffed from the magic bytes; the extension is not trusted.
 - PNG mode comes from the IHDR chunk (colour type + bit depth), so a palette PNG reports "P" and a
   16-bit gray PNG "I;16" even though OpenCV expands them; BMP mode comes from the decoded
-  channel count, JPEG mode from its frame header ("L", "RGB", "CMYK"). 16-bit sources are scaled to 8 bits by their actual min..max range.
+  channel count, JPEG mode from its frame header ("L", "RGB", "CMYK"). 16-bit sources are
+  scaled to 8 bits by their actual min..max range.
 - Alpha is dropped (not composited), as PIL's convert("L") and TF's decode_png(channels=3) do,
   so the serving path can mirror it. EXIF orientation is ignored, as tf.io.decode_image does.
 - JPEGs are decoded straight to gray by libjpeg (the luma channel Y = 0.299R + 0.587G + 0.114B,
@@ -18,15 +19,21 @@ Decisions (documented in docs/imageops.md):
   resize within 1 gray level on average (max 4) of a full decode. 1/4 scale is not used: it was
   no faster (entropy decoding dominates) and up to 9 levels off on fine detail.
 - Truncation is detected here, not left to OpenCV: a JPEG must end with the EOI marker (after
-  trailing zero padding), a PNG must have a well-formed chunk sequence ending in IEND, a BMP must
-  be as long as its header says.
+  trailing zero padding) and libjpeg must not report damaged scan data (its warnings go straight
+  to the process's stderr, so they are captured around the decode; harmless ones such as
+  "extraneous bytes before marker" are tolerated), a PNG must have a well-formed chunk sequence
+  ending in IEND, a BMP must be as long as its header says.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import os
+import re
 import struct
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -54,6 +61,13 @@ _OTHER_MAGICS: tuple[tuple[bytes, str], ...] = (
 _JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
 # DCT-domain reduced decode (see decode_source_bytes' target_size and the module docstring).
 _JPEG_REDUCED = ((2, cv2.IMREAD_REDUCED_GRAYSCALE_2),)
+# libjpeg warnings that mean the pixels are wrong (grey fill or garbage), not merely odd framing.
+_JPEG_FATAL = re.compile(
+    r"premature end|huffman|invalid|bogus|corrupt jpeg data: (?!\d+ extraneous bytes)", re.I
+)
+_CODEC_LINE = re.compile(
+    r"^(corrupt jpeg data|premature end|invalid|bogus|unsupported|warning|libpng)", re.I
+)
 # PNG colour type -> mode name at 8 bits (PIL's names); 16-bit variants get ";16" (gray: "I;16").
 _PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
 
@@ -104,6 +118,10 @@ def decode_source_bytes(data: bytes, *, target_size: int = 0) -> tuple[np.ndarra
         scale (its shorter side stays >= 2x target_size), so the gray array returned is smaller
         than SourceInfo's width x height. Other formats are always decoded at full size.
     """
+    if not isinstance(target_size, (int, np.integer)) or target_size < 0:
+        raise ValueError(
+            f"target_size must be an int >= 0 (0 = full resolution). Received: {target_size!r}."
+        )
     if not data:
         raise ImageReadError("empty file")
     fmt = _sniff_format(data)
@@ -118,6 +136,8 @@ def decode_source_bytes(data: bytes, *, target_size: int = 0) -> tuple[np.ndarra
                 break
         # EXIF orientation is ignored, as with IMREAD_UNCHANGED and tf.io.decode_jpeg.
         decoded = _imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION, fmt)
+        if flags == cv2.IMREAD_GRAYSCALE:
+            height, width = decoded.shape[:2]  # the decoder is the authority at full scale
     else:
         if fmt == "PNG":
             png_mode = _check_png_and_mode(data)
@@ -140,10 +160,52 @@ def decode_source_bytes(data: bytes, *, target_size: int = 0) -> tuple[np.ndarra
 
 
 def _imdecode(data: bytes, flags: int, fmt: str) -> np.ndarray:
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    with _codec_messages() as messages:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if decoded is None or decoded.size == 0:
-        raise ImageReadError(f"corrupt {fmt} (decode failed)")
+        detail = _codec_detail(fmt, messages[-1]) if messages else "decode failed"
+        raise ImageReadError(f"corrupt {fmt} ({detail})")
+    fatal = [m for m in messages if _JPEG_FATAL.search(m)] if fmt == "JPEG" else []
+    if fatal:
+        raise ImageReadError(f"corrupt JPEG ({_codec_detail(fmt, fatal[0])})")
     return decoded
+
+
+def _codec_detail(fmt: str, line: str) -> str:
+    """"Corrupt JPEG data: bad Huffman code" -> "libjpeg: bad Huffman code" (same for libpng)."""
+    prefix = r"^(corrupt jpeg data|libpng (error|warning)):\s*"
+    detail = re.sub(prefix, "", line.strip(), flags=re.I)
+    library = {"JPEG": "libjpeg", "PNG": "libpng"}.get(fmt, "decoder")
+    return f"{library}: {detail}"
+
+
+@contextlib.contextmanager
+def _codec_messages():
+    """Captures what native code writes to fd 2 meanwhile; yields its lines (filled on exit).
+
+    libjpeg reports damaged data only as a warning printed to stderr while OpenCV returns an
+    image anyway; libpng prints its errors there too. Codec lines become the rejection reason
+    (instead of noise in every worker's log); any other line is written back to stderr.
+    """
+    lines: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: decode without the check
+        yield lines
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            lines.extend(line for line in text.splitlines() if line.strip())
+            foreign = [line for line in lines if not _CODEC_LINE.match(line)]
+            if foreign:
+                os.write(2, ("\n".join(foreign) + "\n").encode())
 
 
 def _sniff_format(data: bytes) -> str:

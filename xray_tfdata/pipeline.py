@@ -209,7 +209,9 @@ def _cache_path(prefix: str, info: dict[str, Any], split: str, config: InputConf
     key = json.dumps([shards, info.get("image"), config.image_size, config.channels],
                      sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    parent = os.path.dirname(prefix)
+    if parent:
+        tf.io.gfile.makedirs(parent)  # gfile: also works for gs:// cache prefixes
     return f"{prefix}.{split}.{digest}.p{pipeline_id}of{num_pipelines}"
 
 

@@ -23,6 +23,8 @@ from xray_tfdata import labels, metrics
 
 PROBE_MODELS = ("gradient_boosting", "logistic_regression")
 DEFAULT_THRESHOLD = 0.8
+# Above this macro-F1 the metadata alone clearly separate classes (3-class chance is about 1/3).
+STRONG_PROBE_F1 = 0.5
 
 # Column names of pipeline.read_metadata, then the tf.Example keys (features.py) as a fallback.
 # Literal strings, not imports: this module stays TensorFlow-free so the CLI validates flags fast.
@@ -139,13 +141,17 @@ def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_m
     ratio = probe_f1 / cnn_macro_f1 if cnn_macro_f1 > 0 else None
     warning = bool(probe_f1 >= threshold * cnn_macro_f1)
     ratio_text = f"{ratio:.0%}" if ratio is not None else "n/a"
-    if warning:
-        message = (
-            f"WARNING: a classifier on source metadata alone (size, format, colour mode, file "
+    head = (f"WARNING: a classifier on source metadata alone (size, format, colour mode, file "
             f"size; no pixels) reaches macro-F1 {probe_f1:.3f}, {ratio_text} of the CNN's "
-            f"{cnn_macro_f1:.3f} (threshold {threshold:.0%}). The classes are separable by their "
-            f"source collection, so the CNN's score may reflect where an image came from rather "
-            f"than disease. Check on data where every class comes from the same sources.")
+            f"{cnn_macro_f1:.3f} (threshold {threshold:.0%}).")
+    if warning and probe_f1 >= STRONG_PROBE_F1:
+        message = (f"{head} The classes are separable by their source collection, so the CNN's "
+                   f"score may reflect where an image came from rather than disease. Check on "
+                   f"data where every class comes from the same sources.")
+    elif warning:
+        # Both are weak: the CNN does no better than metadata, which itself is near chance.
+        message = (f"{head} Both are weak: the CNN's score is no evidence that it learned the "
+                   f"disease from pixels; train longer or check the data.")
     else:
         message = (f"Shortcut probe: metadata-only macro-F1 {probe_f1:.3f} is {ratio_text} of the "
                    f"CNN's {cnn_macro_f1:.3f} (below the {threshold:.0%} warning threshold).")

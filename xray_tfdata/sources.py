@@ -9,8 +9,11 @@ processes import it, and TensorFlow would cost each of them ~1 s and hundreds of
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
+import signal
+import sys
 from pathlib import Path
 
 import cv2
@@ -20,6 +23,7 @@ from xray_tfdata import dedupe, image_io, labels, offline_augment
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 SOURCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_SPLITS: tuple[str, ...] = ("train", "test")
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,5 +194,14 @@ def process_source(task: Task, settings: ProcessSettings) -> Processed:
 
 
 def init_worker() -> None:
-    """Pool initializer: one OpenCV thread per worker process, so N workers use N cores."""
+    """Pool initializer: one OpenCV thread per worker process, so N workers use N cores.
+
+    On Linux the worker also asks to be killed when its parent dies: after a `kill -9` of the
+    converter, pool workers blocked on their task queue would otherwise linger forever.
+    """
     cv2.setNumThreads(1)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # best effort: not every libc exposes prctl

@@ -230,7 +230,7 @@ def _add_grain(image: np.ndarray, amplitude: int, rng: np.random.Generator) -> n
     height, width = image.shape
     half = rng.integers(0, 2 * amplitude + 1, ((height + 1) // 2, (width + 1) // 2), dtype=np.uint8)
     grain = cv2.resize(half, (width, height), interpolation=cv2.INTER_LINEAR)
-    return cv2.subtract(cv2.add(image, grain), np.full_like(image, amplitude))
+    return cv2.subtract(cv2.add(image, grain), amplitude)  # image is single-channel
 
 
 def _pathology(label: int, shape, lungs, cx, cy, u, rng) -> np.ndarray:
@@ -245,7 +245,8 @@ def _pathology(label: int, shape, lungs, cx, cy, u, rng) -> np.ndarray:
                 bx = lateral_x - side * u * rng.uniform(0.02, 0.09)
                 by = cy + u * rng.uniform(-0.12, 0.2)
                 haze += rng.uniform(0.6, 1.0) * _blob(shape, (bx, by), u * rng.uniform(0.05, 0.08))
-            texture = 1.0 + 0.35 * cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), 1.0)
+            grain = rng.standard_normal(shape).astype(np.float32)
+            texture = 1.0 + 0.35 * cv2.GaussianBlur(grain, (0, 0), 1.0)
             extra += rng.uniform(0.18, 0.28) * np.minimum(haze, 1.0) * texture * mask
     elif name == "PNEUMONIA":
         mask, lateral_x = lungs[int(rng.integers(0, 2))]  # one side only
@@ -299,8 +300,10 @@ def _write_one(task: tuple) -> tuple[str, str, str, str, str, int]:
     """Renders, encodes and atomically writes one image (runs in the caller or a pool worker)."""
     spec, out_dir, split, name, index, number = task
     rng = np.random.default_rng([spec.seed, _SPLIT_KEYS[split], labels.LABEL_MAP[name], index])
-    pairs = [(f, m) for f in spec.formats for m in spec.modes if _compatible(f, m)]
-    image_format, mode = pairs[int(rng.integers(0, len(pairs)))]
+    usable = [f for f in spec.formats if any(_compatible(f, m) for m in spec.modes)]
+    image_format = usable[int(rng.integers(0, len(usable)))]
+    modes = [m for m in spec.modes if _compatible(image_format, m)]
+    mode = modes[int(rng.integers(0, len(modes)))]
     gray = render_xray(labels.LABEL_MAP[name], _image_size(spec, rng), rng)
     data = _encode(gray, image_format, mode, rng)
     path = Path(out_dir) / split / name / f"{name}({number}){_EXTENSIONS[image_format]}"

@@ -140,7 +140,19 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes(children: bool = False) -> int:
-    """Peak resident set size of this process (or of its waited-for children) so far."""
+    """Peak resident set size of this process (or of its largest waited-for child) so far.
+
+    Linux: VmHWM, the high-water mark of this process's own address space. ru_maxrss is not used
+    for the process itself because Linux carries it across fork + exec, so a child started by a
+    parent holding 700 MB of TensorFlow would report at least 700 MB whatever it does.
+    """
+    if not children:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+        except OSError:
+            pass
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     maxrss = resource.getrusage(who).ru_maxrss
     # Linux reports kilobytes, macOS bytes.
