@@ -16,7 +16,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
-if _cpus and len(tf.config.list_logical_devices("CPU")) < 2:
+# get_logical_device_configuration does not start the runtime (list_logical_devices would).
+if _cpus and tf.config.get_logical_device_configuration(_cpus[0]) is None:
     try:
         tf.config.set_logical_device_configuration(
             _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2

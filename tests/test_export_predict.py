@@ -66,7 +66,8 @@ def test_signature_and_metadata(exported):
     _, export_dir, serving = exported
     inputs = serving.signature.structured_input_signature[1]
     outputs = serving.signature.structured_outputs
-    assert inputs["image_bytes"].dtype == tf.string and inputs["image_bytes"].shape.as_list() == [None]
+    assert inputs["image_bytes"].dtype == tf.string
+    assert inputs["image_bytes"].shape.as_list() == [None]
     assert outputs["probabilities"].dtype == tf.float32
     assert outputs["probabilities"].shape.as_list() == [None, 3]
     meta = json.loads((export_dir / "xray_tfdata.json").read_text())
@@ -85,6 +86,30 @@ def test_decoding_matches_opencv_converter_conventions():
         assert diff.max() <= 1 and diff.mean() < 0.1, name
         want = cv2.resize(gray, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
         got = preprocess(tf.constant([data])).numpy()[0, ..., 0]
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
+
+
+def test_small_images_are_enlarged_bilinearly_like_opencv():
+    small = np.random.default_rng(2).integers(0, 256, (20, 24), dtype=np.uint8)
+    data = cv2.imencode(".png", small)[1].tobytes()
+    got = export.make_preprocess_fn(SIZE, 1)(tf.constant([data])).numpy()[0, ..., 0]
+    want = cv2.resize(small, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("resize_mode", ["stretch", "pad"])
+def test_serving_pixels_match_the_converter(resize_mode):
+    """The export's bytes -> pixels equals image_io's (the converter's) within one grey level."""
+    image_io = pytest.importorskip("xray_tfdata.image_io")
+    preprocess = export.make_preprocess_fn(SIZE, 3, resize_mode)
+    for name, (data, _) in _images().items():
+        try:
+            gray, _ = image_io.decode_source_bytes(data)
+            want = image_io.resize(image_io.to_channels(gray, 3), SIZE, resize_mode)
+        except NotImplementedError:
+            pytest.skip("xray_tfdata.image_io is not implemented yet")
+        got = preprocess(tf.constant([data])).numpy()[0]
+        assert got.shape == want.shape, name
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
 
 
@@ -185,3 +210,23 @@ def test_predict_cli_good_and_bad_files(exported, tmp_path):
     assert sum("probabilities" in r for r in results) == 2
     assert {Path(r["file"]).name for r in results if "error" in r} == {
         "notes.png", "empty.jpg", "truncated.jpg", "missing.png"}
+
+
+def test_real_xrays_serve_like_the_converter(exported, real_sample_dir):
+    """Real files (8/16-bit, grey/RGB/RGBA, PNG/JPEG of many sizes) decode as the converter does
+    and are served in one batch."""
+    image_io = pytest.importorskip("xray_tfdata.image_io")
+    paths = sorted(p for p in real_sample_dir.glob("*/*") if p.suffix.lower() != ".md")
+    data = [p.read_bytes() for p in paths]
+    preprocess = export.make_preprocess_fn(SIZE, 1)
+    got = preprocess(tf.constant(data)).numpy()
+    for path, blob, pixels in zip(paths, data, got):
+        try:
+            gray, _ = image_io.decode_source_bytes(blob)
+        except NotImplementedError:
+            pytest.skip("xray_tfdata.image_io is not implemented yet")
+        want = image_io.resize(image_io.to_channels(gray, 1), SIZE, "stretch")
+        assert np.abs(pixels.astype(int) - want.astype(int)).max() <= 1, path.name
+    served = exported[2].predict(data)
+    assert served.shape == (len(paths), 3)
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)

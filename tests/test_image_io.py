@@ -369,3 +369,15 @@ def test_worker_modules_do_not_import_tensorflow():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_concurrent_decodes_leave_stderr_intact():
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = os.fstat(2)
+    data = _cv2_bytes(".jpg", _smooth((64, 64)))
+    with ThreadPoolExecutor(4) as pool:
+        shapes = list(pool.map(lambda _: decode_source_bytes(data)[0].shape, range(16)))
+    after = os.fstat(2)
+    assert shapes == [(64, 64)] * 16
+    assert (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino)

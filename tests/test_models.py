@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from xray_tfdata import models
-from xray_tfdata.models import MODEL_NAMES, ImagePreprocessing, build_model
+from xray_tfdata.models import MODEL_NAMES, build_model
 
 SIZE = 32  # keras.applications' minimum input side
 
@@ -70,23 +70,26 @@ def test_seed_cnn_bfloat16_outputs_float32(policy):
     assert model.get_layer("conv1").compute_dtype == "bfloat16"
 
 
+def _preprocessed(images: np.ndarray, mode: str, to_rgb: bool = False) -> np.ndarray:
+    inputs = keras.Input(images.shape[1:], dtype="uint8")
+    return keras.Model(inputs, models.preprocess_layers(inputs, mode, to_rgb))(images).numpy()
+
+
 def test_preprocessing_follows_keras_applications_conventions():
     rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (2, 8, 8, 1)).astype(np.uint8)
+    grey_rgb = np.repeat(grey, 3, axis=-1).astype(np.float32)  # what the backbones see
     rgb = rng.integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
-    as_float = rgb.astype(np.float32)
-    caffe = ImagePreprocessing("caffe")(rgb).numpy()
     np.testing.assert_allclose(
-        caffe, keras.applications.resnet50.preprocess_input(as_float.copy()), atol=1e-4)
-    torch = ImagePreprocessing("torch")(rgb).numpy()
+        _preprocessed(grey, "caffe", to_rgb=True),
+        keras.applications.resnet50.preprocess_input(grey_rgb.copy()), atol=1e-4)
     np.testing.assert_allclose(
-        torch, keras.applications.densenet.preprocess_input(as_float.copy()), atol=1e-4)
-    np.testing.assert_allclose(ImagePreprocessing("raw")(rgb).numpy(), as_float)
-    np.testing.assert_allclose(ImagePreprocessing("unit")(rgb).numpy(), as_float / 255.0,
-                               atol=1e-7)
-    grey = rgb[..., :1]
-    expanded = ImagePreprocessing("raw", to_rgb=True)(grey).numpy()
-    assert expanded.shape == (2, 8, 8, 3)
-    np.testing.assert_array_equal(expanded[..., 2], grey[..., 0].astype(np.float32))
+        _preprocessed(rgb, "torch"),
+        keras.applications.densenet.preprocess_input(rgb.astype(np.float32)), atol=1e-4)
+    np.testing.assert_allclose(_preprocessed(grey, "raw", to_rgb=True), grey_rgb)
+    np.testing.assert_allclose(_preprocessed(grey, "unit"), grey / 255.0, atol=1e-7)
+    with pytest.raises(ValueError, match="needs 3 channels"):
+        _preprocessed(grey, "torch")
 
 
 def test_imagenet_without_file_is_refused():
@@ -151,3 +154,22 @@ def test_keras_file_roundtrip_and_embedding_model(tmp_path):
                                   loaded.predict(images, verbose=0))
     features = models.embedding_model(loaded).predict(images, verbose=0)
     assert features.shape == (2, 128)
+
+
+def test_efficientnet_imagenet_file_gets_keras_std_correction():
+    # What keras.applications.EfficientNetB0(weights="imagenet") computes after its Normalization
+    # layer: (x - mean) / sqrt(var) / sqrt(stddev). A local ImageNet file must give the same.
+    backbone = keras.applications.EfficientNetB0(include_top=False, weights=None,
+                                                 input_shape=(SIZE, SIZE, 3))
+    norm = next(l for l in backbone.layers if isinstance(l, keras.layers.Normalization))
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    stddev = np.array([0.229, 0.224, 0.225], np.float32)
+    weights = norm.get_weights()
+    weights[0] = mean.reshape(weights[0].shape)
+    weights[1] = (stddev**2).reshape(weights[1].shape)
+    norm.set_weights(weights)
+    norm.finalize_state()  # as Keras' weight loaders do
+    x = np.random.default_rng(3).random((1, 4, 4, 3)).astype(np.float32)
+    want = (x - mean) / stddev / np.sqrt(stddev)
+    models._fix_efficientnet_imagenet(backbone)
+    np.testing.assert_allclose(norm(x).numpy(), want, rtol=1e-4)

@@ -19,10 +19,12 @@ def _batch(batch: int = 6, size: int = 24, channels: int = 1) -> np.ndarray:
     return images
 
 
+@pytest.mark.parametrize("jit_compile", [True, False])
 @pytest.mark.parametrize("dtype", [tf.uint8, tf.float32])
-def test_keeps_shape_dtype_and_changes_pixels(dtype):
+def test_keeps_shape_dtype_and_changes_pixels(dtype, jit_compile):
     images = tf.cast(_batch(channels=3), dtype)
-    out = online_augment.augment_batch(images, SEED, online_augment.AugmentParams())
+    out = online_augment.augment_batch(images, SEED, online_augment.AugmentParams(),
+                                       jit_compile=jit_compile)
     assert out.dtype == dtype and out.shape == images.shape
     assert not np.array_equal(out.numpy(), images.numpy())
     assert float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 255
@@ -42,12 +44,26 @@ def test_reproducible_with_same_seed_and_differs_with_another():
     assert not np.array_equal(out[0], out[1])
 
 
-def test_zero_ranges_are_the_identity():
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_zero_ranges_are_the_identity(jit_compile):
     images = _batch()
     params = online_augment.AugmentParams(max_rotation_deg=0, max_zoom=0, max_translate=0,
                                           max_brightness=0, max_contrast=0)
-    out = online_augment.augment_batch(images, SEED, params)
+    out = online_augment.augment_batch(images, SEED, params, jit_compile=jit_compile)
     np.testing.assert_array_equal(out.numpy(), images)
+
+
+@pytest.mark.parametrize("fill_mode", online_augment.FILL_MODES)
+def test_xla_gather_warp_matches_tf_kernel(fill_mode):
+    """The fast XLA path and ImageProjectiveTransformV3 agree to 1 grey level, border included."""
+    images = _batch(batch=8, size=20, channels=2)
+    # Warp only: the kernel rounds to uint8 before the jitter, which would amplify rounding.
+    params = online_augment.AugmentParams(max_rotation_deg=20, max_zoom=0.3, max_translate=0.2,
+                                          max_brightness=0, max_contrast=0, fill_mode=fill_mode)
+    fast = online_augment.augment_batch(images, SEED, params, jit_compile=True).numpy()
+    kernel = online_augment.augment_batch(images, SEED, params, jit_compile=False).numpy()
+    diff = np.abs(fast.astype(int) - kernel.astype(int))
+    assert diff.max() <= 1, (fill_mode, diff.max())
 
 
 def test_no_flips_by_default_flips_when_allowed():
@@ -70,7 +86,10 @@ def test_make_augment_runs_eagerly_and_inside_tf_data():
     eager = augment(tf.constant(3, tf.int64), images).numpy()
     ds = tf.data.Dataset.from_tensors(images).repeat(4).enumerate().map(augment)
     batches = [b.numpy() for b in ds]
-    np.testing.assert_array_equal(batches[3], eager)  # step 3 -> same seed as the eager call
+    # Step 3 -> the eager call's seed. XLA may fuse differently in and out of tf.data, so allow
+    # the odd pixel rounded the other way.
+    diff = np.abs(batches[3].astype(int) - eager.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     assert not np.array_equal(batches[0], batches[1])
     other_stream = online_augment.make_augment(online_augment.AugmentParams(), seed=5, stream=1)
     assert not np.array_equal(other_stream(tf.constant(3, tf.int64), images).numpy(), eager)

@@ -1,17 +1,17 @@
 """The converter: Kaggle folder -> sharded TFRecords + dataset_info.json, resumable and reproducible.
 
-Design (why one decode pass with a spill file): dedupe --dedupe=drop, the reject threshold and
-shard sizes all need every source's hash / validity / encoded size *before* the final shard plan,
-yet decoding a 1000-2000 px JPEG is ~90% of the cost, so decoding twice (a hashing pass, then a
-writing pass) would halve throughput. Instead:
-  1. plan the inputs (pure, from relative paths + seed): val carve, which train sources get
-     which offline augmentations;
-  2. ONE pass over the sources in a spawn-context worker pool: each source is read and decoded
-     once; the worker returns its SourceInfo, perceptual hash and every encoded output (original +
-     variants). The main process appends each result to an append-only spill file in
-     `<output_dir>/.build/` and keeps only a small index in memory (no 6.4k images in RAM);
-  3. plan the shards (pure: stable key + seed, sizes from the actual encoded bytes);
-  4. write shards in plan order in the main process, reading the bytes back from the spill.
+Design (why one decode pass with a spill file): the val carve, --dedupe=drop, the reject
+threshold and shard sizes all need every source's validity / hash / encoded size *before* the
+final plan, yet decoding a 1000-2000 px JPEG is most of the cost, so decoding twice (a hashing
+pass, then a writing pass) would halve throughput. Instead:
+  1. ONE pass over the sources in a spawn-context worker pool: each source is read and decoded
+     once; the worker returns its SourceInfo, perceptual hash and every encoded output it may
+     need (original + all variants of its class if it is in train/). The main process appends
+     each result to an append-only spill file in `<output_dir>/.build/` and keeps only a small
+     index in memory (no 6.4k images in RAM);
+  2. plan (pure, stable key + seed): drop rejects, carve val from the usable train sources
+     (stratified), dedupe, choose the augmented sources, cut shards by actual encoded bytes;
+  3. write shards in plan order in the main process, reading the bytes back from the spill.
 Resume: the spill survives a kill -9 (a torn last frame is cut off), so a rerun decodes only the
 sources not yet in it; complete shards recorded in `.build/shards.json` are kept. Output depends
 only on per-source results, never on worker count or order.
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import cv2
 from absl import logging
 
 from xray_tfdata import __version__, dedupe, features, image_io, labels, manifest
@@ -201,9 +202,15 @@ def _process(tasks: Sequence[sources.Task], config: ConversionConfig
     workers = min(config.workers(), len(tasks))
     settings = config.settings()
     if workers <= 1:
-        # In-process: no pickling, no pool start-up; same function, so same bytes.
-        for task in tasks:
-            yield sources.process_source(task, settings)
+        # In-process: no pickling, no pool start-up; same function, so same bytes. One OpenCV
+        # thread, as in a pool worker, so --num_workers=1 really means one core.
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            for task in tasks:
+                yield sources.process_source(task, settings)
+        finally:
+            cv2.setNumThreads(threads)
         return
     # spawn (not fork): the parent holds TensorFlow's threads and state, which fork would copy
     # unsafely. Workers import sources.py, which never imports TensorFlow.

@@ -1,14 +1,14 @@
 """SavedModel export whose serving signature takes encoded image files and returns probabilities.
 
 `export_serving` writes a TensorFlow SavedModel with one signature, "serving_default":
-  input  "image_bytes":   tf.string [None]   raw PNG / JPEG / BMP / GIF file contents, any size/mode
+  input  "image_bytes":   tf.string [None], raw PNG/JPEG/BMP/GIF file contents, any size or mode
   output "probabilities": tf.float32 [None, 3] (0 = NORMAL, 1 = COVID19, 2 = PNEUMONIA)
 The decoding mirrors the converter (xray_tfdata.image_io): 8-bit grey (RGB weighted like
-cv2.COLOR_BGR2GRAY, alpha dropped, 16-bit PNG rescaled by its actual min..max), then an area resize
-to image_size x image_size ("stretch") or an aspect-preserving area resize centred on black
-("pad"), rounded back to uint8 and repeated to the model's channel count. Serving needs TensorFlow
-only: no Keras, no xray_tfdata. The metadata (class names, image size, channels, resize mode) goes to
-<export_dir>/xray_tfdata.json.
+cv2.COLOR_BGR2GRAY, alpha dropped, 16-bit PNG rescaled by its actual min..max), then a resize
+(area when shrinking, bilinear when only enlarging) to image_size x image_size ("stretch") or an
+aspect-preserving one centred on black ("pad"), rounded back to uint8 and repeated to the model's
+channel count. Serving needs TensorFlow only: no Keras, no xray_tfdata. The metadata (class names,
+image size, channels, resize mode) goes to <export_dir>/xray_tfdata.json.
 """
 
 from __future__ import annotations
@@ -83,18 +83,27 @@ def decode_gray(data: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(gray), 0.0, 255.0), tf.uint8)
 
 
+def _resize_to(image: tf.Tensor, size_hw: tf.Tensor) -> tf.Tensor:
+    """Area averaging when any side shrinks, bilinear for pure enlargement: image_io.resize's rule
+    (area averaging is undefined when enlarging). Both use half-pixel centres, as OpenCV does."""
+    shrinking = tf.reduce_any(size_hw < tf.shape(image)[:2])
+    return tf.cond(shrinking,
+                   lambda: tf.image.resize(image, size_hw, method="area"),
+                   lambda: tf.image.resize(image, size_hw, method="bilinear"))
+
+
 def resize_gray(gray: tf.Tensor, size: int, resize_mode: str) -> tf.Tensor:
-    """[H, W, 1] uint8 -> [size, size, 1] uint8 by area resize, stretched or padded centred."""
+    """[H, W, 1] uint8 -> [size, size, 1] uint8, stretched or padded centred on black."""
     image = tf.cast(gray, tf.float32)
     if resize_mode == "stretch":
-        out = tf.image.resize(image, [size, size], method="area")
+        out = _resize_to(image, tf.constant([size, size]))
     else:
         height = tf.cast(tf.shape(image)[0], tf.float32)
         width = tf.cast(tf.shape(image)[1], tf.float32)
         scale = size / tf.maximum(height, width)
         new_h = tf.clip_by_value(tf.cast(tf.round(height * scale), tf.int32), 1, size)
         new_w = tf.clip_by_value(tf.cast(tf.round(width * scale), tf.int32), 1, size)
-        out = tf.image.resize(image, tf.stack([new_h, new_w]), method="area")
+        out = _resize_to(image, tf.stack([new_h, new_w]))
         top, left = (size - new_h) // 2, (size - new_w) // 2
         out = tf.pad(out, [[top, size - new_h - top], [left, size - new_w - left], [0, 0]])
     out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
@@ -120,7 +129,8 @@ def make_preprocess_fn(image_size: int, channels: int,
 
 def _check(image_size: int, channels: int, resize_mode: str) -> None:
     if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer. Received: image_size={image_size!r}")
+        raise ValueError(
+            f"image_size must be a positive integer. Received: image_size={image_size!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
     if resize_mode not in RESIZE_MODES:

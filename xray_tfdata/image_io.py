@@ -34,6 +34,7 @@ import os
 import re
 import struct
 import tempfile
+import threading
 from pathlib import Path
 
 import cv2
@@ -186,7 +187,19 @@ def _codec_messages():
     libjpeg reports damaged data only as a warning printed to stderr while OpenCV returns an
     image anyway; libpng prints its errors there too. Codec lines become the rejection reason
     (instead of noise in every worker's log); any other line is written back to stderr.
+    fd 2 is process-wide, so the capture is serialised by a lock: decode in parallel with
+    processes (as the converter does), not threads.
     """
+    with _FD2_LOCK:
+        with _capture_fd2() as lines:
+            yield lines
+
+
+_FD2_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _capture_fd2():
     lines: list[str] = []
     try:
         saved = os.dup(2)

@@ -1,9 +1,9 @@
 """Model builders: the tutorial's seed CNN and Keras applications backbones with a 3-class head.
 
 Every model takes the pipeline's images as they come off the records: uint8 (or any dtype holding
-0..255 values) of shape [H, W, C] with C = 1 or 3. Its first layer ("preprocess") casts to float32,
-scales the pixels the way the network expects and, for ImageNet backbones, repeats a grey channel
-to RGB; it then hands over in the global mixed-precision policy's compute dtype. The penultimate
+0..255 values) of shape [H, W, C] with C = 1 or 3. Its first layers repeat a grey channel to RGB
+for ImageNet backbones ("to_rgb"), then cast to the global mixed-precision policy's compute dtype
+and scale the pixels the way the network expects ("preprocess"). The penultimate
 layer is named "embedding" (the features for the classical classifiers) and the output layer
 "probabilities" is a float32 softmax even under "mixed_float16" / "mixed_bfloat16", so losses and
 metrics stay in full precision. Set the global policy BEFORE calling `build_model`.
@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import layers
 
 from xray_tfdata.labels import NUM_CLASSES
 
@@ -32,7 +32,8 @@ MODEL_NAMES: tuple[str, ...] = (
 )
 
 # Input scaling per backbone, following keras.applications' own preprocess_input conventions:
-#   ResNet50: "caffe" (RGB->BGR, subtract the ImageNet mean in 0..255, no scaling);
+#   ResNet50: "caffe" (subtract the ImageNet BGR mean in 0..255, no scaling; see preprocess_layers
+#   for why the RGB->BGR flip is omitted);
 #   DenseNet121: "torch" (/255, then subtract mean and divide by std per RGB channel);
 #   EfficientNetB0 and MobileNetV3Small carry their own Rescaling/Normalization layers inside the
 #   application and expect raw 0..255 floats: "raw";
@@ -47,9 +48,10 @@ _BACKBONE_SCALING = {
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 _TORCH_STD_RGB = (0.229, 0.224, 0.225)
-# keras.applications.efficientnet only applies this correction when weights == "imagenet" (the
-# string); a local ImageNet file needs it too (tensorflow/tensorflow#49930).
-_EFFICIENTNET_IMAGENET_STDDEV_RGB = (0.229**2, 0.224**2, 0.225**2)
+# keras.applications.efficientnet divides by sqrt(IMAGENET_STDDEV_RGB) after its Normalization
+# layer only when weights == "imagenet" (the string); a local ImageNet file needs the same
+# correction (tensorflow/tensorflow#49930).
+_EFFICIENTNET_IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
 
 # Smallest image side each model accepts (keras.applications' min_size is 32; the seed CNN halves
 # the image four times).
@@ -57,45 +59,34 @@ MIN_IMAGE_SIZE = {"seed_cnn": 16, "resnet50": 32, "densenet121": 32, "efficientn
                   "mobilenetv3small": 32}
 
 
-@keras.saving.register_keras_serializable(package="xray_tfdata")
-class ImagePreprocessing(layers.Layer):
-    """Casts 0..255 pixels to float32, scales them for the network and optionally expands grey->RGB.
+def preprocess_layers(inputs: keras.KerasTensor, mode: str,
+                      to_rgb: bool = False) -> keras.KerasTensor:
+    """The model's first layers: optional grey->RGB repeat ("to_rgb"), then cast + scale
+    ("preprocess", a Rescaling layer, which casts to the policy's compute dtype itself).
 
-    The arithmetic runs in float32 whatever the policy (uint8 inputs are not auto-cast by Keras and
-    caffe-style means need more precision than bfloat16 has); the result is cast to the layer's
-    compute dtype, i.e. float16/bfloat16 under mixed precision.
+    Only built-in Keras layers, so a saved `.keras` model loads anywhere without importing this
+    package. ResNet50's "caffe" convention also reverses RGB to BGR; the images here are grey
+    repeated to three equal channels, for which that reversal is the identity, so only the BGR
+    means are subtracted (in BGR order, exactly as preprocess_input does after its flip).
     """
-
-    def __init__(self, mode: str = "unit", to_rgb: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        if mode not in SCALING_MODES:
-            raise ValueError(
-                f"ImagePreprocessing mode must be one of {SCALING_MODES}. Received: mode={mode!r}"
-            )
-        self.mode = mode
-        self.to_rgb = to_rgb
-
-    def call(self, inputs):
-        x = ops.cast(inputs, "float32")
-        if self.to_rgb and x.shape[-1] == 1:
-            x = ops.concatenate([x, x, x], axis=-1)
-        if self.mode == "unit":
-            x = x / 255.0
-        elif self.mode == "caffe":
-            x = ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, "float32")
-        elif self.mode == "torch":
-            mean = ops.convert_to_tensor(_TORCH_MEAN_RGB, "float32")
-            std = ops.convert_to_tensor(_TORCH_STD_RGB, "float32")
-            x = (x / 255.0 - mean) / std
-        return ops.cast(x, self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        if self.to_rgb and input_shape[-1] == 1:
-            return (*input_shape[:-1], 3)
-        return tuple(input_shape)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "mode": self.mode, "to_rgb": self.to_rgb}
+    if mode not in SCALING_MODES:
+        raise ValueError(f"mode must be one of {SCALING_MODES}. Received: mode={mode!r}")
+    x = inputs
+    if to_rgb and inputs.shape[-1] == 1:
+        x = layers.Concatenate(axis=-1, name="to_rgb")([inputs, inputs, inputs])
+    channels = x.shape[-1]
+    if mode == "unit":
+        scale, offset = 1.0 / 255.0, 0.0
+    elif mode == "raw":
+        scale, offset = 1.0, 0.0
+    elif mode == "caffe":
+        scale, offset = 1.0, [-m for m in _CAFFE_MEAN_BGR]
+    else:  # torch: (x / 255 - mean) / std
+        scale = [1.0 / (255.0 * s) for s in _TORCH_STD_RGB]
+        offset = [-m / s for m, s in zip(_TORCH_MEAN_RGB, _TORCH_STD_RGB)]
+    if isinstance(offset, list) and channels != 3:
+        raise ValueError(f"mode={mode!r} needs 3 channels; pass to_rgb=True for grey images.")
+    return layers.Rescaling(scale, offset, name="preprocess")(x)
 
 
 def _check_args(name: str, image_size: int, channels: int, dropout: float,
@@ -158,7 +149,7 @@ def seed_cnn(image_size: int, channels: int = 1, *, dropout: float = 0.5,
     if pooling not in ("flatten", "avg"):
         raise ValueError(f"pooling must be 'flatten' or 'avg'. Received: pooling={pooling!r}")
     inputs = keras.Input((image_size, image_size, channels), dtype="uint8", name="image")
-    x = ImagePreprocessing("unit", name="preprocess")(inputs)
+    x = preprocess_layers(inputs, "unit")
     for i, f in enumerate(filters):
         stride = stem_stride if i == 0 else 1
         x = layers.Conv2D(f, 3, strides=stride, padding="same", activation="relu",
@@ -190,7 +181,7 @@ def backbone_model(name: str, image_size: int, channels: int = 1, *, dropout: fl
                    num_classes: int = NUM_CLASSES) -> keras.Model:
     """A keras.applications backbone (random init, no top) under a new classification head."""
     inputs = keras.Input((image_size, image_size, channels), dtype="uint8", name="image")
-    x = ImagePreprocessing(_BACKBONE_SCALING[name], to_rgb=True, name="preprocess")(inputs)
+    x = preprocess_layers(inputs, _BACKBONE_SCALING[name], to_rgb=True)
     backbone = _application(name)(include_top=False, weights=None,
                                   input_shape=(image_size, image_size, 3), pooling=None)
     backbone.name = "backbone"
@@ -215,6 +206,7 @@ def _fix_efficientnet_imagenet(backbone: keras.Model) -> None:
     weights = norm.get_weights()
     weights[1] = var * np.asarray(_EFFICIENTNET_IMAGENET_STDDEV_RGB, var.dtype).reshape(var.shape)
     norm.set_weights(weights)
+    norm.finalize_state()  # Normalization caches mean/variance; Keras' loaders call this too
 
 
 def load_local_weights(model: keras.Model, name: str, path: Path) -> str:

@@ -1,6 +1,7 @@
-"""Class probabilities for image files from an exported model.
+r"""Class probabilities for image files from an exported model.
 
-  python -m xray_tfdata.predict --model_path=workspace/model/export [--output_json=preds.json] a.png b.jpg c.bmp
+  python -m xray_tfdata.predict --model_path=workspace/model/export \
+      [--output_json=preds.json] [--batch_size=32] a.png b.jpg c.bmp
 
 Any size and mode the converter accepts (8/16-bit grey, RGB, RGBA, palette; PNG, JPEG, BMP). Prints
 one table row per file; a file that cannot be read or decoded gets an error row with the reason,
