@@ -198,26 +198,28 @@ def test_mixed_float16_step_runs_on_cpu_with_float32_outputs(records):
 def test_short_run_learns_and_writes_outputs(records, tmp_path):
     from xray_tfdata import models, pipeline
 
-    config = _config(records, tmp_path, epochs=12, learning_rate=1e-3, augment=False,
-                     steps_per_execution=5, checkpoint_every=10, export=True)
+    config = _config(records, tmp_path, epochs=20, learning_rate=1e-3, augment=False,
+                     dropout=0.0, deterministic=True, steps_per_execution=5,
+                     checkpoint_every=10, export=True)
     summary = training.train(config)
     assert summary["status"] == "completed"
-    assert summary["steps_completed"] == 12 * 22 and summary["resumed_from_step"] == 0
+    assert summary["steps_completed"] == 20 * 22 and summary["resumed_from_step"] == 0
     assert summary["resolved"]["precision"] == "float32"
     assert summary["images_per_sec"] > 0 and summary["versions"]["tensorflow"] == tf.__version__
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
     rows = _history(tmp_path)
-    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))
-    assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 0.2
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 21))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 0.3
     assert float(rows[-1]["learning_rate"]) == pytest.approx(0.0, abs=1e-9)
     assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))
-    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-264")
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-440")
     # The best model, reloaded, classifies the held-out test split well above chance (1/3).
     best = keras.models.load_model(tmp_path / "best.keras", compile=False)
     test = pipeline.build_dataset(str(records), "test", pipeline.InputConfig(
         global_batch_size=30, image_size=64, training=False))
     probs, truth = zip(*[(best(x, training=False).numpy(), y.numpy()) for x, y in test])
     accuracy = np.mean(np.concatenate(probs).argmax(1) == np.concatenate(truth))
+    print(f"test accuracy {accuracy:.3f}, losses {[r['loss'] for r in rows]}")
     assert accuracy >= 0.6, f"test accuracy {accuracy:.3f} is not well above chance"
     assert summary["best"]["val_macro_f1"] >= 0.6
     if (tmp_path / "export").exists():  # export.py present: the serving SavedModel was written
@@ -227,18 +229,22 @@ def test_short_run_learns_and_writes_outputs(records, tmp_path):
 
 def test_two_replicas_match_one_device(records, tmp_path):
     """Same global batch on 1 device and on 2 mirrored logical CPUs: same loss trajectory."""
+    # SGD, not Adam: Adam's update ignores the gradient's scale, so it would hide a replica
+    # gradient summed instead of averaged; SGD's would not.
     common = dict(epochs=3, steps_per_epoch=5, global_batch_size=16, steps_per_execution=1,
-                  augment=False, deterministic=True, dropout=0.0, learning_rate=2e-3)
+                  augment=False, deterministic=True, dropout=0.0, optimizer="sgd",
+                  learning_rate=0.3)
     one = training.train(_config(records, tmp_path / "one", **common),
                          tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two = training.train(_config(records, tmp_path / "two", **common),
+    # XLA on the replicas too: jit_compile set explicitly must work under a strategy.
+    two = training.train(_config(records, tmp_path / "two", jit_compile=True, **common),
                          tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     assert two["resolved"]["replicas"] == 2 and two["resolved"]["per_replica_batch_size"] == 8
     loss_one = [float(r["loss"]) for r in _history(tmp_path / "one")]
     loss_two = [float(r["loss"]) for r in _history(tmp_path / "two")]
     # Reported loss is the global-batch mean on both (a summed-not-averaged bug would double it).
     np.testing.assert_allclose(loss_two, loss_one, rtol=2e-3)
-    assert loss_one[-1] < loss_one[0]
+    assert max(loss_one) - min(loss_one) > 0.01, "the updates must move the loss to be compared"
     for key in ("val_loss", "val_accuracy"):
         assert two["final_metrics"][key] == pytest.approx(one["final_metrics"][key], abs=2e-2)
 

@@ -91,9 +91,20 @@ def make_strategy(
             strategy = tf.distribute.MirroredStrategy(devices)
     logging.info(
         "Strategy %s (%s): %d replica(s) in sync.",
-        name, type(strategy).__name__, strategy.num_replicas_in_sync,
+        name, strategy_name(strategy), strategy.num_replicas_in_sync,
     )
     return strategy
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The public tf.distribute name (MultiWorkerMirroredStrategy's class is named otherwise)."""
+    for cls, name in ((tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
+                      (tf.distribute.TPUStrategy, "TPUStrategy"),
+                      (tf.distribute.MirroredStrategy, "MirroredStrategy"),
+                      (tf.distribute.OneDeviceStrategy, "OneDeviceStrategy")):
+        if isinstance(strategy, cls):
+            return name
+    return "default"
 
 
 def task_info(strategy: tf.distribute.Strategy) -> tuple[str | None, int]:

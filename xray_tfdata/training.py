@@ -282,6 +282,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
                          int(state.best_epoch.numpy()))
             break
     profile.maybe_stop(None)
+    if not last_row and history.rows:  # resumed a finished run: report its last epoch
+        last_row = dict(history.rows[-1])
 
     fingerprint = weights_fingerprint(model)
     logging.info("Final weights fingerprint: %s (step %d)", fingerprint, step)
@@ -297,7 +299,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
         "status": stop_reason,
         "settings": config.to_dict(),
         "resolved": {
-            "precision": precision, "strategy": type(strategy).__name__,
+            "precision": precision, "strategy": distribute.strategy_name(strategy),
             "replicas": strategy.num_replicas_in_sync,
             "per_replica_batch_size": config.global_batch_size // strategy.num_replicas_in_sync,
             "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,

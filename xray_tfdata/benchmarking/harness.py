@@ -139,22 +139,20 @@ def current_rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
-def peak_rss_bytes(children: bool = False) -> int:
-    """Peak resident set size of this process (or of its largest waited-for child) so far.
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far.
 
-    Linux: VmHWM, the high-water mark of this process's own address space. ru_maxrss is not used
-    for the process itself because Linux carries it across fork + exec, so a child started by a
-    parent holding 700 MB of TensorFlow would report at least 700 MB whatever it does.
+    Linux: VmHWM, the high-water mark of this process's own address space. ru_maxrss is only the
+    fallback because Linux carries it across fork + exec: a child started by a parent holding
+    700 MB of TensorFlow would report at least 700 MB whatever it does.
     """
-    if not children:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-        except OSError:
-            pass
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    maxrss = resource.getrusage(who).ru_maxrss
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports kilobytes, macOS bytes.
     return int(maxrss) if sys.platform == "darwin" else int(maxrss) * 1024
 

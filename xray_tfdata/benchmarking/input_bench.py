@@ -21,11 +21,14 @@ import gc
 import time
 from typing import Any
 
+import psutil
+
 from xray_tfdata.benchmarking import harness
 from xray_tfdata.benchmarking.isolate import Task
 
 _HERE = "xray_tfdata.benchmarking.input_bench"
 SPLIT = "train"
+TUTORIAL_PEAK_FACTOR = 4.5  # peak RSS / size of the float32 array, measured (see below)
 
 # (name, InputConfig overrides): each switches ONE optimisation off, on jpeg 1-channel records.
 ABLATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -110,6 +113,15 @@ def measure_tutorial_loader(data_dir: str, image_size: int, batch_size: int,
     files = datasets.source_files(data_dir, SPLIT)
     paths = [p for p, _ in files]
     labels = np.array([label for _, label in files], np.int32)
+    # Measured on TF 2.21: from_tensor_slices of an N-byte float32 array peaks near 4N (copies
+    # into a tensor and the dataset's constant), so refuse before the machine starts swapping.
+    needed = TUTORIAL_PEAK_FACTOR * len(paths) * image_size * image_size * 3 * 4
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise MemoryError(
+            f"The tutorial loader would need about {needed / 1024**3:.1f} GB for {len(paths)} "
+            f"images at {image_size}px, but only {available / 1024**3:.1f} GB are available. "
+            "Free memory, or run the input mode on a smaller set (--synthetic=small).")
     first, steady, load_s, array_gb = [], [], [], 0.0
     for _ in range(repeats):
         start = time.perf_counter()

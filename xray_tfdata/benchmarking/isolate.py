@@ -151,7 +151,6 @@ def _child_main(spec_path: str, result_path: str) -> int:
         out["baseline_rss_mb"] = harness.to_mb(baseline)
         out["peak_rss_mb"] = harness.to_mb(peak)
         out["peak_rss_above_baseline_mb"] = harness.to_mb(peak - baseline)
-        out["children_peak_rss_mb"] = harness.to_mb(harness.peak_rss_bytes(children=True))
         code = 0
     except Exception:  # the parent shows this traceback with the variant's name
         out = {"error": traceback.format_exc()}

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from absl import logging
 
 from xray_tfdata.benchmarking import datasets, harness, isolate
 
@@ -48,7 +47,7 @@ class BenchConfig:
     warmup_steps: int = 3
     repeats: int = 3
     workers: tuple[int, ...] = (1, 2)
-    convert_images: int = 600  # sources for the convert mode (0 = all of data_dir)
+    convert_images: int = 2000  # sources for the convert mode (0 = all of data_dir)
     ablation: bool = True
     isolate: bool = True  # each variant in its own process (fair peak RSS, fresh TF runtime)
     plot: bool = False
@@ -207,7 +206,11 @@ def run(config: BenchConfig, echo: Callable[[str], None] = print) -> list[dict[s
                             "variant": task.name, "task": task.kwargs, "metrics": metrics,
                             "details": details, "isolated": result["isolated"],
                             "wall_s": result["wall_s"]})
-            logging.info("%s done in %.1f s", task.name, time.perf_counter() - start)
+            rates = ", ".join(f"{key} {harness.format_number(value['median'])} "
+                              f"(±{value['spread_pct']:.0f}%)"
+                              for key, value in metrics.items() if isinstance(value, dict))
+            echo(f"    {rates}; peak RSS {result.get('peak_rss_mb')} MB; "
+                 f"{time.perf_counter() - start:.0f} s")
         summary = module.report(results)
         records.append({**base, "kind": "summary", "timestamp": harness.utc_now(),
                         "ratios": summary["ratios"], "targets": summary["targets"]})

@@ -1,0 +1,105 @@
+"""`python -m xray_tfdata.train` as a user runs it: flag errors, --flagfile, kill -9 and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from test_training import make_records
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    return make_records(tmp_path_factory.mktemp("records"), {"train": 30, "val": 8, "test": 4},
+                        image_size=32)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _train_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "xray_tfdata.train", *args]
+
+
+def test_invalid_flags_exit_with_documented_messages(records, tmp_path):
+    flagfile = tmp_path / "bad.flags"
+    flagfile.write_text(f"--records_dir={records}\n--model_dir={tmp_path / 'm'}\n"
+                        "--global_batch_size=0\n")
+    base = [f"--records_dir={records}", f"--model_dir={tmp_path / 'm'}"]
+    cases = {
+        # A bad value read from --flagfile: TrainConfig's check, reported with the flag name.
+        "--global_batch_size=0 is not allowed; allowed: an integer >= 1":
+            [f"--flagfile={flagfile}"],
+        # absl's own enum check, before main() runs.
+        "flag --strategy=gpu: value should be one of "
+        "<auto|one_device|mirrored|multi_worker|tpu>": [*base, "--strategy=gpu"],
+        # The records' manifest disagrees with the flag.
+        "hold 32x32 images, but image_size=48 was requested. Pass --image_size=32":
+            [*base, "--image_size=48"],
+        "--weights='imagenet' is not allowed; allowed: unset (random init), or the path of an "
+        "existing local .h5 / .weights.h5 file. Nothing is downloaded at run time":
+            [*base, "--weights=imagenet"],
+    }
+    # Run them side by side: each pays TensorFlow's import once.
+    procs = {msg: subprocess.Popen(_train_cmd(*args), env=_env(), cwd=tmp_path,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for msg, args in cases.items()}
+    for message, proc in procs.items():
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (message, stderr[-2000:])
+        assert message in stderr, stderr[-2000:]
+    assert not (tmp_path / "m").exists(), "a rejected run must not create the model_dir"
+
+
+def _read_history(model_dir: Path) -> list[dict[str, str]]:
+    with (model_dir / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_killed_run_resumes_from_checkpoint(records, tmp_path):
+    model_dir = tmp_path / "model"
+    args = _train_cmd(
+        f"--records_dir={records}", f"--model_dir={model_dir}", "--epochs=30",
+        "--steps_per_epoch=10", "--global_batch_size=8", "--checkpoint_every=5",
+        "--warmup_epochs=0", "--noexport", "--noaugment", "--shuffle_buffer=64")
+    first = subprocess.Popen(args, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    index = model_dir / "checkpoints" / "checkpoint"
+    deadline = time.monotonic() + 120
+    while not index.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    killed_at = int(latest.rsplit("-", 1)[1])
+    assert 5 <= killed_at < 300 and killed_at % 5 == 0
+    assert not (model_dir / "summary.json").exists()
+
+    second = subprocess.run(args, env=_env(), cwd=tmp_path, capture_output=True, text=True,
+                            timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"step {killed_at}, {killed_at // 10} epoch(s) completed" in second.stderr
+    summary = json.loads((model_dir / "summary.json").read_text())
+    # Resumed where the checkpoint was, not from step 0: only the remaining steps ran.
+    assert summary["resumed_from_step"] == killed_at
+    assert summary["steps_this_session"] == 300 - killed_at
+    assert summary["steps_completed"] == 300 and summary["epochs_completed"] == 30
+    rows = _read_history(model_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 31))
+    assert [int(r["step"]) for r in rows] == list(range(10, 301, 10))
+    assert "Training completed: 30 epoch(s), 300 steps" in second.stdout
