@@ -11,7 +11,11 @@ import pytest
 from xray_tfdata import dedupe
 from xray_tfdata.dedupe import HashedItem, find_duplicates, hamming, perceptual_hash, plan_drops
 
-ALL_ONES = (1 << 64) - 1
+ALL_ONES = (1 << 256) - 1
+
+
+def _random_hash(rng: np.random.Generator) -> int:
+    return int.from_bytes(rng.integers(0, 256, 32, dtype=np.uint8).tobytes(), "big")
 
 
 def _item(key: str, split: str, sha: str = "", phash: int = 0) -> HashedItem:
@@ -20,26 +24,31 @@ def _item(key: str, split: str, sha: str = "", phash: int = 0) -> HashedItem:
 
 def test_hamming_hand_values():
     assert hamming(0b1011, 0b0001) == 2
-    assert hamming(0, ALL_ONES) == 64
-    assert hamming(1 << 63, 1 << 63) == 0
+    assert hamming(0, ALL_ONES) == 256
+    assert hamming(1 << 255, 1 << 255) == 0
 
 
 def test_perceptual_hash_bits_by_hand():
-    # An 8x9 image is its own thumbnail; bit = pixel brighter than its right neighbour,
-    # row-major, most significant bit first.
-    decreasing = np.tile(np.arange(90, 0, -10, dtype=np.uint8), (8, 1))  # every pixel > right
-    assert perceptual_hash(decreasing) == ALL_ONES
-    assert perceptual_hash(decreasing[:, ::-1].copy()) == 0
-    one_step = np.zeros((8, 9), np.uint8)
-    one_step[0, 0] = 50  # only row 0, column 0 is brighter than its right neighbour
-    assert perceptual_hash(one_step) == 1 << 63
-    one_step_last = np.zeros((8, 9), np.uint8)
-    one_step_last[7, 7] = 50  # the last comparison of the last row: least significant bit
-    assert perceptual_hash(one_step_last) == 1
+    # A 64x64 image is its own thumbnail. A vertical cosine of frequency 1 puts its energy
+    # (besides DC) into DCT coefficient (row 1, col 0), far above the median of the AC terms
+    # (~0); the same wave upside down makes that coefficient strongly negative.
+    y = np.arange(64, dtype=np.float64)
+    wave = 100 * np.cos(np.pi * (2 * y + 1) / 128)
+    up = np.repeat(128 + wave[:, None], 64, axis=1).round().astype(np.uint8)
+    down = np.repeat(128 - wave[:, None], 64, axis=1).round().astype(np.uint8)
+
+    def bit(value: int, row: int, col: int) -> int:
+        return (value >> (255 - (row * 16 + col))) & 1
+
+    assert bit(perceptual_hash(up), 0, 0) == 1  # DC: the image is bright on average
+    assert bit(perceptual_hash(up), 1, 0) == 1
+    assert bit(perceptual_hash(down), 1, 0) == 0
+    assert bit(perceptual_hash(up), 0, 1) == 0  # no horizontal variation
+    assert perceptual_hash(np.full((64, 64), 9, np.uint8)) >> 255 == 1  # flat: only DC
 
 
 def test_perceptual_hash_layouts_and_tiny_images():
-    assert perceptual_hash(np.full((1, 1), 9, np.uint8)) == 0  # flat: no pixel brighter
+    assert perceptual_hash(np.full((1, 1), 9, np.uint8)) == 1 << 255  # flat: only DC
     noise = np.random.default_rng(1).integers(0, 256, (64, 72), np.uint8)
     image = cv2.GaussianBlur(noise, (0, 0), 6)
     assert perceptual_hash(image[..., None]) == perceptual_hash(image)
@@ -59,9 +68,9 @@ def test_perceptual_hash_near_for_reencoded_far_for_different():
     other = cv2.normalize(cv2.GaussianBlur(rng.integers(0, 256, (240, 200), np.uint8), (0, 0), 12),
                           None, 0, 255, cv2.NORM_MINMAX)
     base = perceptual_hash(image)
-    assert hamming(base, perceptual_hash(reencoded)) <= 4
-    assert hamming(base, perceptual_hash(brighter)) <= 2
-    assert hamming(base, perceptual_hash(other)) > 12
+    assert hamming(base, perceptual_hash(reencoded)) <= dedupe.DEFAULT_NEAR_DISTANCE // 2
+    assert hamming(base, perceptual_hash(brighter)) <= dedupe.DEFAULT_NEAR_DISTANCE // 2
+    assert hamming(base, perceptual_hash(other)) > 2 * dedupe.DEFAULT_NEAR_DISTANCE
 
 
 def test_find_duplicates_exact_and_near():
@@ -98,11 +107,11 @@ def test_find_duplicates_exact_and_near():
 
 def test_find_duplicates_matches_brute_force_and_is_order_independent():
     rng = np.random.default_rng(7)
-    centres = [int(v) for v in rng.integers(0, 2**63, 40, dtype=np.int64)]
+    centres = [_random_hash(rng) for _ in range(40)]
     items = []
-    for i in range(700):  # > one 512-row block, clustered so there are many near pairs
+    for i in range(700):  # > one 256-row block, clustered so there are many near pairs
         h = centres[i % 40]
-        for bit in rng.choice(64, size=int(rng.integers(0, 4)), replace=False):
+        for bit in rng.choice(256, size=int(rng.integers(0, 4)), replace=False):
             h ^= 1 << int(bit)
         items.append(_item(f"k{i:04d}", ("train", "val", "test")[i % 3], f"s{i % 650}", h))
     result = find_duplicates(items, near_distance=3)
@@ -120,14 +129,14 @@ def test_find_duplicates_matches_brute_force_and_is_order_independent():
 
 def test_find_duplicates_full_kaggle_scale_finds_planted_pairs():
     rng = np.random.default_rng(11)
-    hashes = [int(v) for v in rng.integers(0, 2**63, 6432, dtype=np.int64) | (1 << 62)]
+    hashes = [_random_hash(rng) for _ in range(6432)]
     items = [_item(f"x{i:05d}", "train" if i % 5 else "test", phash=h)
              for i, h in enumerate(hashes)]
     planted = {(7, 6000): 2, (100, 3210): 0, (6431, 5): 1}
     for (i, j), flips in planted.items():
         items[j] = _item(items[j].key, items[j].split, phash=items[i].phash ^ ((1 << flips) - 1))
     found = {tuple(p["paths"]): p["distance"] for p in find_duplicates(items)["near"]}
-    # 64-bit random hashes are >= 5 bits apart with overwhelming probability: only the plants.
+    # 256-bit random hashes are > 10 bits apart with overwhelming probability: only the plants.
     expected = {tuple(sorted((f"x{i:05d}", f"x{j:05d}"))): f for (i, j), f in planted.items()}
     assert found == expected
 
@@ -137,7 +146,7 @@ def test_find_duplicates_validates():
         find_duplicates([], near_distance=-1)
     with pytest.raises(ValueError, match="'a' twice"):
         find_duplicates([_item("a", "train"), _item("a", "test")])
-    with pytest.raises(ValueError, match="64-bit"):
+    with pytest.raises(ValueError, match="256-bit"):
         find_duplicates([_item("a", "train", phash=-1), _item("b", "train")])
 
 
@@ -171,3 +180,18 @@ def test_plan_drops_near_chain_keeps_item_whose_neighbour_was_dropped():
              _item("c", "train", phash=0b11111111)]  # a-b 4, b-c 4, a-c 8
     drops = plan_drops(items, find_duplicates(items, near_distance=4))
     assert drops == {"b": "near duplicate (distance 4) of test:a"}
+
+
+def test_perceptual_hash_separates_real_xrays_from_their_copies(real_sample_dir):
+    """The threshold's margin, measured on real chest X-rays (see the module docstring)."""
+    from xray_tfdata import image_io
+
+    grays = [image_io.read_source(p)[0] for p in sorted(real_sample_dir.glob("*/*"))[:12]]
+    hashes = [perceptual_hash(g) for g in grays]
+    distinct = [hamming(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1:]]
+    copies = []
+    for gray, h in zip(grays, hashes):
+        small = cv2.resize(gray, (gray.shape[1] // 2, gray.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 70])
+        copies.append(hamming(h, perceptual_hash(cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE))))
+    assert max(copies) < dedupe.DEFAULT_NEAR_DISTANCE < min(distinct)

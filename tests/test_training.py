@@ -219,7 +219,6 @@ def test_short_run_learns_and_writes_outputs(records, tmp_path):
         global_batch_size=30, image_size=64, training=False))
     probs, truth = zip(*[(best(x, training=False).numpy(), y.numpy()) for x, y in test])
     accuracy = np.mean(np.concatenate(probs).argmax(1) == np.concatenate(truth))
-    print(f"test accuracy {accuracy:.3f}, losses {[r['loss'] for r in rows]}")
     assert accuracy >= 0.6, f"test accuracy {accuracy:.3f} is not well above chance"
     assert summary["best"]["val_macro_f1"] >= 0.6
     if (tmp_path / "export").exists():  # export.py present: the serving SavedModel was written

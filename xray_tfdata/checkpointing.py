@@ -67,7 +67,7 @@ class Checkpointer:
         )
 
     def restore(self) -> int:
-        """Restores the newest chief checkpoint if there is one; returns the restored step (0 if none)."""
+        """Restores the newest chief checkpoint, if any; returns its step (0 if none)."""
         latest = tf.train.latest_checkpoint(self.chief_dir)
         if latest is None:
             return 0
@@ -89,7 +89,7 @@ class Checkpointer:
 
 
 class History:
-    """history.csv: one row per completed epoch; rows of epochs redone after a resume are replaced."""
+    """history.csv: a row per completed epoch; rows of epochs redone after a resume are replaced."""
 
     def __init__(self, path: str | os.PathLike, enabled: bool, keep_epochs: int) -> None:
         self.path = Path(path)

@@ -23,7 +23,8 @@ from xray_tfdata.manifest import ManifestError
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("records_dir", "workspace/records", "Records directory (with dataset_info.json).")
+flags.DEFINE_string("records_dir", "workspace/records",
+                    "Records directory (with dataset_info.json).")
 flags.DEFINE_string("model_dir", "workspace/model",
                     "Output: checkpoints/, logs/, history.csv, best.keras, export/, summary.json. "
                     "An existing run here is resumed unless --overwrite.")

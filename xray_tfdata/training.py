@@ -73,7 +73,8 @@ def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.nda
     return weights.astype(np.float32)
 
 
-def make_lr_schedule(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+def make_lr_schedule(config: TrainConfig,
+                     steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
     """Linear warmup from 0 to the (optionally batch-scaled) peak, then cosine decay to 0."""
     total = config.epochs * steps_per_epoch
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
@@ -120,9 +121,21 @@ def weights_fingerprint(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None (strict JSON has no NaN; e.g. AUC of a val split missing a class)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _atomic_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=True, default=str,
+                              allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
