@@ -336,3 +336,27 @@ def test_real_sample_converts_every_file_with_its_provenance(real_sample_dir, tm
         assert r[features.SOURCE_MODE].decode().split(";")[0] == row["mode"]
         image = tf.io.decode_jpeg(r[features.ENCODED]).numpy()
         assert image.shape == (SIZE, SIZE, 1) and image.std() > 5  # a real picture, not a fill
+
+
+def test_workers_never_import_tensorflow_even_if_the_main_script_does(tmp_path, monkeypatch):
+    import multiprocessing
+    import types
+
+    script = tmp_path / "train_script.py"
+    script.write_text("import tensorflow\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(script)  # what spawn would re-run in every worker
+    monkeypatch.setitem(__import__("sys").modules, "__main__", fake_main)
+    with convert._main_module_hidden():
+        pool = multiprocessing.get_context("spawn").Pool(1, initializer=sources.init_worker)
+    with pool:
+        assert pool.apply(eval, ("'tensorflow' in __import__('sys').modules",)) is False
+        assert pool.apply(eval, ("'xray_tfdata.sources' in __import__('sys').modules",))
+
+
+def test_progress_line_and_summary_are_logged(data_dir, tmp_path, caplog):
+    caplog.set_level("INFO", logger="absl")
+    convert.build_records(_config(data_dir, tmp_path, augment=""), progress=True)
+    text = caplog.text
+    assert "Converting: 23/23 images (100%)" in text and "images/s, ETA" in text
+    assert "Done in" in text and "train 14 examples in 2 shards" in text

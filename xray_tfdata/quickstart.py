@@ -25,8 +25,8 @@ flags.DEFINE_string("workdir", "workspace/quickstart", "Everything the run write
 flags.DEFINE_integer("per_class_train", 120, "Synthetic training images per class.")
 flags.DEFINE_integer("per_class_test", 40, "Synthetic test images per class.")
 flags.DEFINE_integer("image_size", 64, "Side of the square images written to the records.")
-flags.DEFINE_integer("epochs", 6, "Training epochs for the seed CNN.")
-flags.DEFINE_integer("global_batch_size", 32, "Global batch size for training.")
+flags.DEFINE_integer("epochs", 12, "Training epochs for the seed CNN.")
+flags.DEFINE_integer("global_batch_size", 16, "Global batch size for training.")
 flags.DEFINE_integer("seed", 0, "Seed for data generation, splits and training.")
 flags.DEFINE_bool("overwrite", True, "Start from scratch (remove a previous quickstart's records and model).")
 
@@ -39,6 +39,12 @@ def _run(step: str, args: list[str]) -> None:
     if result.returncode != 0:
         raise SystemExit(f"quickstart: step '{step}' failed with exit code {result.returncode}.")
     print(f"--- {step}: done in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, dict):  # {"value": v, "ci95": [lo, hi]} or similar
+        value = value.get("value", value.get("point"))
+    return f"{value:.3f}" if isinstance(value, (int, float)) else str(value)
 
 
 def _validate() -> None:
@@ -102,8 +108,8 @@ def main(argv: list[str]) -> None:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     print("\n=== quickstart finished in %.0f s" % (time.perf_counter() - start))
     if metrics:
-        print(f"test accuracy {metrics.get('accuracy')}  macro-F1 {metrics.get('macro_f1')} "
-              f"(chance is about 0.33)")
+        print(f"test accuracy {_fmt(metrics.get('accuracy'))}, macro-F1 "
+              f"{_fmt(metrics.get('macro_f1'))} (chance is about 0.33)")
     for what, path in (
         ("synthetic data", data_dir), ("records + manifest", records_dir),
         ("checkpoints, TensorBoard logs, history.csv, summary.json", model_dir),
