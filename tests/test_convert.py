@@ -10,7 +10,6 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -80,10 +79,11 @@ def test_round_trip_checks_every_field(data_dir, reference):
             assert (r[features.FORMAT], r[features.HEIGHT], r[features.WIDTH],
                     r[features.CHANNELS]) == (b"png", SIZE, SIZE, 1)
             data = (data_dir / path).read_bytes()
-            gray, src = image_io.read_source(data_dir / path)
+            gray, src = image_io.read_source(data_dir / path, target_size=SIZE)  # as the converter
             assert r[features.SOURCE_SHA256].decode() == hashlib.sha256(data).hexdigest()
             assert r[features.SOURCE_BYTES] == len(data)
-            assert (r[features.SOURCE_WIDTH], r[features.SOURCE_HEIGHT]) == gray.shape[::-1]
+            assert (r[features.SOURCE_WIDTH], r[features.SOURCE_HEIGHT]) == (src.width, src.height)
+            assert src.width >= gray.shape[1] and src.height >= gray.shape[0]
             assert r[features.SOURCE_MODE].decode() == src.mode
             assert r[features.SOURCE_FORMAT].decode() == src.format
             expected = image_io.resize(gray, SIZE, "stretch")

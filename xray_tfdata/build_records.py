@@ -12,9 +12,9 @@ import sys
 
 from absl import app, flags
 
-# Only TensorFlow-free modules at import time: spawn-started worker processes re-import this entry
-# module, and must stay light (the converter itself is imported inside main()).
-from xray_tfdata import image_io
+# Only TensorFlow-free modules at import time, so `--help` and flag errors answer instantly; the
+# converter (which imports TensorFlow) is imported inside main().
+from xray_tfdata import dedupe, image_io
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "workspace/raw/Data",
                                 "The extracted Kaggle folder: {train,test[,val]}/{class}/*.")
@@ -46,7 +46,7 @@ _AUGMENT_MAX_SOURCE = flags.DEFINE_integer(
 _DEDUPE = flags.DEFINE_enum("dedupe", "report", ["report", "drop"],
                             "report duplicates, or drop train/val copies of test images and "
                             "repeats within a split.")
-_NEAR_DISTANCE = flags.DEFINE_integer("near_distance", 4,
+_NEAR_DISTANCE = flags.DEFINE_integer("near_distance", dedupe.DEFAULT_NEAR_DISTANCE,
                                       "Max perceptual-hash Hamming distance of near duplicates.")
 _MAX_REJECT_FRACTION = flags.DEFINE_float(
     "max_reject_fraction", 0.01, "Fail if more than this fraction of files is unusable.")

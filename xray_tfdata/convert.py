@@ -41,6 +41,7 @@ from xray_tfdata import offline_augment, shard_plan, sources, writer
 from xray_tfdata.writer import Spill, SpillEntry
 
 DEDUPE_MODES: tuple[str, ...] = ("report", "drop")
+_DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shadows the module
 # Not written to the manifest: they change how the run executes, not what it writes (so 1 and 8
 # workers give byte-identical manifests), or would make a copied records dir lie (output_dir).
 _NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite")
@@ -77,7 +78,7 @@ class ConversionConfig:
     augment: str = ""
     augment_max_source: int = 0
     dedupe: str = "report"
-    near_distance: int = 4
+    near_distance: int = _DEFAULT_NEAR_DISTANCE
     max_reject_fraction: float = 0.01
     num_workers: int = 0
     overwrite: bool = False
@@ -115,8 +116,9 @@ class ConversionConfig:
                  "augment_max_source", self.augment_max_source,
                  "an int >= 0 (0 = every train image of the class)")
         _require(self.dedupe in DEDUPE_MODES, "dedupe", self.dedupe, f"one of {DEDUPE_MODES}")
-        _require(isinstance(self.near_distance, int) and 0 <= self.near_distance <= 64,
-                 "near_distance", self.near_distance, "an int in [0, 64] (Hamming bits)")
+        _require(isinstance(self.near_distance, int)
+                 and 0 <= self.near_distance <= dedupe.HASH_BITS, "near_distance",
+                 self.near_distance, f"an int in [0, {dedupe.HASH_BITS}] (Hamming bits)")
         _require(0.0 <= self.max_reject_fraction <= 1.0, "max_reject_fraction",
                  self.max_reject_fraction, "in [0, 1]")
         _require(isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers",
@@ -271,7 +273,7 @@ def _check_rejects(rejected: list[dict[str, str]], total: int, usable: int,
     for item in rejected[:20]:
         logging.warning("Rejected %s: %s", item["path"], item["reason"])
     if len(rejected) > 20:
-        logging.warning("... and %d more rejected files (all listed in the log's caller).",
+        logging.warning("... and %d more rejected files (the manifest lists all of them).",
                         len(rejected) - 20)
     first = "; ".join(f"{r['path']}: {r['reason']}" for r in rejected[:3])
     if usable == 0:
@@ -285,7 +287,7 @@ def _check_rejects(rejected: list[dict[str, str]], total: int, usable: int,
         raise ConversionError(
             f"Rejected {len(rejected)} of {total} files ({fraction:.2%}), more than "
             f"max_reject_fraction={config.max_reject_fraction} ({first}...). Fix or remove the "
-            "bad files (all are listed in the log above), or accept the loss with "
+            "bad files (the log above lists up to 20), or accept the loss with "
             f"--max_reject_fraction={min(1.0, round(fraction + 0.005, 3))}."
         )
 

@@ -117,7 +117,9 @@ def make_example(record: ExampleRecord) -> tf.train.Example:
 
 
 def serialize(record: ExampleRecord) -> bytes:
-    return make_example(record).SerializeToString()
+    # deterministic=True: protobuf map order otherwise varies between processes, and shards must
+    # be byte-identical across reruns and worker counts.
+    return make_example(record).SerializeToString(deterministic=True)
 
 
 def parse_spec(keys: tuple[str, ...] | None = None) -> Mapping[str, tf.io.FixedLenFeature]:

@@ -132,6 +132,21 @@ def convert_subset(data_dir: str | os.PathLike, work_dir: str | os.PathLike, lim
     return folder
 
 
+# The modules whose code decides what the records hold: records are rebuilt when one changes.
+_CONVERTER_MODULES = ("convert", "sources", "image_io", "dedupe", "shard_plan", "writer",
+                      "offline_augment", "features", "manifest")
+
+
+def converter_code_key() -> str:
+    """A hash of the converter's source files (cached records must match the current code)."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for name in _CONVERTER_MODULES:
+        path = package / f"{name}.py"
+        digest.update(path.read_bytes() if path.is_file() else name.encode())
+    return digest.hexdigest()[:10]
+
+
 def records_for(data_dir: str | os.PathLike, work_dir: str | os.PathLike, *, image_size: int,
                 channels: int, image_format: str) -> Path:
     """Records of data_dir in the given geometry/format, built once and reused.
@@ -142,7 +157,8 @@ def records_for(data_dir: str | os.PathLike, work_dir: str | os.PathLike, *, ima
     from xray_tfdata import convert, sources  # pylint: disable=import-outside-toplevel
 
     settings = {"data_dir": str(Path(data_dir).resolve()), "image_size": image_size,
-                "channels": channels, "image_format": image_format}
+                "channels": channels, "image_format": image_format,
+                "converter_code": converter_code_key()}
     folder = Path(work_dir) / (
         f"records-{image_format}-{channels}ch-{image_size}-{_key(settings)}")
     if (folder / "dataset_info.json").is_file():
