@@ -202,6 +202,27 @@ def test_convert_mode_end_to_end(work_dir, tmp_path):
     assert "| tutorial cv2 loop" in printed and "2 workers >= 1.8x 1 worker" in printed
 
 
+def test_a_failing_variant_is_recorded_and_the_run_goes_on(work_dir, tmp_path, monkeypatch):
+    real_run_task = isolate.run_task
+
+    def flaky(task, **kwargs):
+        if task.name == "ours build_records 1 worker":
+            raise isolate.BenchmarkError(f"Variant {task.name!r} failed: simulated")
+        return real_run_task(task, **kwargs)
+
+    monkeypatch.setattr(isolate, "run_task", flaky)
+    with pytest.raises(isolate.BenchmarkError, match="1 variant.s. failed: convert: ours "
+                                                     "build_records 1 worker"):
+        _run(work_dir, tmp_path, "convert", repeats=1)
+    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r.get("variant") for r in lines] == [
+        "tutorial cv2 loop", "ours build_records 1 worker", "ours build_records 2 workers", None]
+    assert "simulated" in lines[1]["details"]["error"] and lines[1]["metrics"] == {}
+    assert lines[2]["metrics"]["images_per_sec"]["median"] > 0
+    # Ratios needing the failed variant are left out, not invented.
+    assert lines[3]["ratios"] == {}
+
+
 def test_input_mode_end_to_end_with_ablation(work_dir, tmp_path):
     # One repeat: eleven variants, each building several pipelines, must stay within seconds.
     lines, printed = _run(work_dir, tmp_path, "input", plot=True, plot_dir=str(tmp_path),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import features, labels, manifest, pipeline
+from xray_tfdata import distribute, features, labels, manifest, pipeline
 
 SIZE = 16
 STEP = 6  # pixel value = example id * STEP: survives JPEG on flat images, fits in uint8 for 40 ids
@@ -224,7 +224,7 @@ def test_mirrored_strategy_two_replicas_per_replica_batches(tmp_path):
     if len(devices) < 2:
         pytest.skip("needs 2 logical CPU devices (tests/conftest.py sets them up)")
     records = write_records(tmp_path / "r", n=24, shards=4)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     config = pipeline.InputConfig(global_batch_size=8, image_size=SIZE, deterministic=True)
     dist = strategy.distribute_datasets_from_function(
         pipeline.dataset_fn(records, "train", config))

@@ -237,7 +237,7 @@ def test_two_replicas_match_one_device(records, tmp_path):
                          tf.distribute.OneDeviceStrategy("/cpu:0"))
     # XLA on the replicas too: jit_compile set explicitly must work under a strategy.
     two = training.train(_config(records, tmp_path / "two", jit_compile=True, **common),
-                         tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+                         distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]))
     assert two["resolved"]["replicas"] == 2 and two["resolved"]["per_replica_batch_size"] == 8
     loss_one = [float(r["loss"]) for r in _history(tmp_path / "one")]
     loss_two = [float(r["loss"]) for r in _history(tmp_path / "two")]

@@ -17,10 +17,11 @@ Example (the README's numbers):
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 
-from xray_tfdata.benchmarking import datasets, suite
+from xray_tfdata.benchmarking import datasets, isolate, suite
 
 FLAGS = flags.FLAGS
 _DEFAULTS = suite.BenchConfig(mode="all")
@@ -115,7 +116,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config = config_from_flags()
-    suite.run(config)
+    try:
+        suite.run(config)
+    except isolate.BenchmarkError as err:
+        sys.exit(f"Benchmark incomplete: {err}")
 
 
 if __name__ == "__main__":

@@ -88,12 +88,30 @@ def make_strategy(
         elif name == "one_device":
             strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
         else:
-            strategy = tf.distribute.MirroredStrategy(devices)
+            strategy = mirrored_strategy(devices)
     logging.info(
         "Strategy %s (%s): %d replica(s) in sync.",
         name, strategy_name(strategy), strategy.num_replicas_in_sync,
     )
     return strategy
+
+
+def mirrored_strategy(devices: list[str] | None = None) -> tf.distribute.MirroredStrategy:
+    """MirroredStrategy whose gradient reduction also works for a second strategy in one process.
+
+    On GPUs TF's default (NCCL) all-reduce is kept. Replicas on CPU devices (logical CPUs in tests
+    and benchmarks) share host memory, so ReductionToOneDevice costs nothing there, and it avoids
+    CollectiveReduceV2: its instance keys restart with every new strategy, so a second
+    MirroredStrategy training another model in the same process aborts with "Shape mismatch in
+    the collective instance 100" (tensorflow/tensorflow#62790; reproduced here on TF 2.21).
+    """
+    names = devices or [d.name for d in tf.config.list_logical_devices("GPU")] or None
+    on_cpu = names is None or all("cpu" in name.lower() for name in names)
+    if on_cpu:
+        return tf.distribute.MirroredStrategy(
+            names, cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
+    return tf.distribute.MirroredStrategy(names)
 
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:

@@ -2,9 +2,10 @@
 
 JSON lines (one object per line, appended to `output`), schema_version 1:
   kind="measurement": run_id, timestamp, mode, variant, machine, versions, settings, task (the
-      variant's arguments), metrics (each timed quantity as {median, min, max, mean, stdev,
+      variant's arguments), load_average_at_start, metrics (each timed quantity as {median, min, max, mean, stdev,
       spread_pct, n, values} plus peak_rss_mb / baseline_rss_mb / peak_rss_above_baseline_mb),
-      details (everything else the variant reported), isolated, wall_s.
+      details (everything else the variant reported; {"error": ...} if it failed), isolated,
+      wall_s.
   kind="summary": run_id, timestamp, mode, machine, versions, settings, ratios, targets
       ([{target, value, needed, comparison, met}]).
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -186,6 +186,7 @@ def run(config: BenchConfig, echo: Callable[[str], None] = print) -> list[dict[s
          f"cores, {machine['ram_gb']} GB RAM, GPUs: {len(machine['gpus'])}), "
          f"load average {machine['load_average_1_5_15']}")
     all_records: list[dict[str, Any]] = []
+    failures: list[str] = []
     for mode in config.modes:
         mode_data = dict(data)
         module, tasks = _PLANNERS[mode](config, source, mode_data)
@@ -196,21 +197,28 @@ def run(config: BenchConfig, echo: Callable[[str], None] = print) -> list[dict[s
         records = []
         for i, task in enumerate(tasks, 1):
             echo(f"[{mode} {i}/{len(tasks)}] {task.name} ...")
-            start = time.perf_counter()
-            result = isolate.run_task(task, isolate=config.isolate,
-                                      log_dir=Path(config.work_dir) / "logs" / run_id,
-                                      timeout_s=config.timeout_s)
+            load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+            record = {**base, "kind": "measurement", "timestamp": harness.utc_now(),
+                      "variant": task.name, "task": task.kwargs, "load_average_at_start": load}
+            try:
+                result = isolate.run_task(task, isolate=config.isolate,
+                                          log_dir=Path(config.work_dir) / "logs" / run_id,
+                                          timeout_s=config.timeout_s)
+            except isolate.BenchmarkError as err:
+                # Keep going: one broken variant should not cost the other measurements.
+                echo(f"    FAILED: {err}")
+                failures.append(f"{mode}: {task.name}")
+                records.append({**record, "metrics": {}, "details": {"error": str(err)},
+                                "isolated": config.isolate, "wall_s": None})
+                continue
             results[task.name] = result
             metrics, details = _split_metrics(result)
-            records.append({**base, "kind": "measurement", "timestamp": harness.utc_now(),
-                            "variant": task.name, "task": task.kwargs, "metrics": metrics,
-                            "details": details, "isolated": result["isolated"],
-                            "wall_s": result["wall_s"]})
+            records.append({**record, "metrics": metrics, "details": details,
+                            "isolated": result["isolated"], "wall_s": result["wall_s"]})
             rates = ", ".join(f"{key} {harness.format_number(value['median'])} "
                               f"(±{value['spread_pct']:.0f}%)"
                               for key, value in metrics.items() if isinstance(value, dict))
-            echo(f"    {rates}; peak RSS {result.get('peak_rss_mb')} MB; "
-                 f"{time.perf_counter() - start:.0f} s")
+            echo(f"    {rates}; peak RSS {result.get('peak_rss_mb')} MB; {result['wall_s']:.0f} s")
         summary = module.report(results)
         records.append({**base, "kind": "summary", "timestamp": harness.utc_now(),
                         "ratios": summary["ratios"], "targets": summary["targets"]})
@@ -232,4 +240,9 @@ def run(config: BenchConfig, echo: Callable[[str], None] = print) -> list[dict[s
                                         f"{machine['cpu_usable_cores']} cores")
             echo(f"\nChart: {path}")
     echo(f"\nJSON lines appended to {os.path.abspath(config.output)}")
+    if failures:
+        raise isolate.BenchmarkError(
+            f"{len(failures)} variant(s) failed: {'; '.join(failures)}. Their errors are in the "
+            f"JSON lines (details.error) and the logs under "
+            f"{Path(config.work_dir) / 'logs' / run_id}.")
     return all_records

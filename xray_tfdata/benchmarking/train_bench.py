@@ -74,7 +74,9 @@ def make_strategy(name: str, replicas: int):
             raise ValueError(f"strategy=one_device runs 1 replica. Received: replicas={replicas}. "
                              "Use --strategy=mirrored for several replicas.")
         return tf.distribute.OneDeviceStrategy(devices[0])
-    return tf.distribute.MirroredStrategy(devices[:replicas])
+    from xray_tfdata import distribute
+
+    return distribute.mirrored_strategy(devices[:replicas])
 
 
 def synthetic_dataset_fn(element_spec, seed: int):
