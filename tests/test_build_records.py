@@ -13,7 +13,7 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
-from xray_tfdata import build_records, convert, manifest, synthetic, writer
+from xray_tfdata import build_records, convert, files, manifest, synthetic, writer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,5 +95,5 @@ def test_kill_9_mid_run_then_rerun_gives_identical_shards_and_manifest(data_dir,
     assert (out / writer.WORK_DIR / "state.json").is_file()
     convert.build_records(convert.ConversionConfig(output_dir=str(out), num_workers=2, **config),
                           progress=False)
-    shas = lambda d: {p.name: writer.file_sha256(p) for p in d.iterdir()}  # noqa: E731
+    shas = lambda d: {p.name: files.sha256_file(p) for p in d.iterdir()}  # noqa: E731
     assert shas(out) == shas(reference)

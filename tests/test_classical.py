@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xray_tfdata import embeddings, evaluation, metrics
+from xray_tfdata import embeddings, evaluation, files, metrics
 
 # Shared tiny-records / tiny-model builders (pytest puts tests/ on sys.path).
 from test_evaluate import BRIGHTNESS, tiny_model_file, write_records  # noqa: E402
@@ -48,7 +48,7 @@ def test_classifiers_beat_chance_and_are_saved_with_identity(setup, tmp_path):
         assert m["num_examples"] == 18
         assert m["accuracy"] > 0.8, (name, m["accuracy"])  # chance is 1/3
     assert summary["identity"]["embedding_dim"] == 4
-    assert summary["identity"]["model_sha256"] == evaluation.sha256_file(model_path)
+    assert summary["identity"]["model_sha256"] == files.sha256_file(model_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["results"]["svm"] == results["svm"]
     report = (tmp_path / "report.txt").read_text()
     assert "cnn_head" in report and "knn" in report

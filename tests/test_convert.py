@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from xray_tfdata import convert, features, image_io, labels, manifest, offline_augment, sources
-from xray_tfdata import synthetic, writer
+from xray_tfdata import files, synthetic, writer
 
 SIZE = 16
 COUNTS = {"train": {"NORMAL": 6, "COVID19": 5, "PNEUMONIA": 6},
@@ -37,7 +37,7 @@ def _config(data: Path, out: Path, **kwargs) -> convert.ConversionConfig:
 
 
 def _shas(out: Path) -> dict[str, str]:
-    return {p.name: writer.file_sha256(p) for p in sorted(out.iterdir()) if p.is_file()}
+    return {p.name: files.sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}
 
 
 def _read(out: Path, split: str) -> list[dict]:
@@ -67,7 +67,7 @@ def test_round_trip_checks_every_field(data_dir, reference):
         info = result["splits"][split]
         assert len(records) == info["num_examples"] == sum(s["num_examples"] for s in info["shards"])
         for shard in info["shards"]:
-            assert writer.file_sha256(out / shard["file"]) == shard["sha256"]
+            assert files.sha256_file(out / shard["file"]) == shard["sha256"]
             assert (out / shard["file"]).stat().st_size == shard["bytes"]
         for r in records:
             path = r[features.SOURCE_PATH].decode()

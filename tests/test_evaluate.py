@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import evaluation, features, labels, manifest, shortcut
+from xray_tfdata import evaluation, features, files, labels, manifest, shortcut
 
 SIZE = 16
 BRIGHTNESS = (50, 130, 210)  # NORMAL, COVID19, PNEUMONIA: a class signal a tiny model learns
@@ -128,7 +128,7 @@ def test_evaluate_writes_every_output(tiny_model, shortcut_records, tmp_path):
     assert saved["accuracy"] > 0.9
     ci = saved["confidence_intervals"]["accuracy"]
     assert ci["low"] <= saved["accuracy"] <= ci["high"]
-    assert saved["settings"]["model_sha256"] == evaluation.sha256_file(tiny_model)
+    assert saved["settings"]["model_sha256"] == files.sha256_file(tiny_model)
     # COVID19's sources differ (size, format, mode): the metadata probe finds them.
     probe = saved["shortcut_probe"]
     assert probe["probe_per_class_f1"]["COVID19"] == pytest.approx(1.0)

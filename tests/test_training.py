@@ -196,7 +196,7 @@ def test_mixed_float16_step_runs_on_cpu_with_float32_outputs(records):
 
 # ------------------------------------------------------------------ the loop
 def test_short_run_learns_and_writes_outputs(records, tmp_path):
-    from xray_tfdata import models, pipeline
+    from xray_tfdata import pipeline
 
     config = _config(records, tmp_path, epochs=20, learning_rate=1e-3, augment=False,
                      dropout=0.0, deterministic=True, steps_per_execution=5,

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Sequence
 import cv2
 from absl import logging
 
-from xray_tfdata import __version__, dedupe, features, image_io, labels, manifest
+from xray_tfdata import __version__, dedupe, features, files, image_io, labels, manifest
 from xray_tfdata import offline_augment, shard_plan, sources, writer
 from xray_tfdata.writer import Spill, SpillEntry
 
@@ -336,7 +336,7 @@ class _Shards:
             path, fingerprint, known = self.out / name, self._fingerprint(examples), self.journal.get(name)
             if (known and known["fingerprint"] == fingerprint and path.is_file()
                     and path.stat().st_size == known["entry"]["bytes"]
-                    and writer.file_sha256(path) == known["entry"]["sha256"]):
+                    and files.sha256_file(path) == known["entry"]["sha256"]):
                 entries.append(known["entry"])
                 continue
             entry = writer.write_shard(path, self._records(examples), self.config.compression)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_tfdata import evaluation, labels, metrics
+from xray_tfdata import evaluation, files, labels, metrics
 
 CLASSIFIERS = ("svm", "rf", "logreg", "knn")
 CLASS_WEIGHTS = ("balanced", "none")
@@ -43,7 +43,7 @@ class EmbeddingIdentity:
     layer: str = EMBEDDING_LAYER
 
     def check_model_file(self, model_path: str | os.PathLike) -> None:
-        actual = evaluation.sha256_file(model_path)
+        actual = files.sha256_file(model_path)
         if actual != self.model_sha256:
             raise IdentityError(
                 f"These classifiers were fitted on embeddings of a model with sha256 "
@@ -112,6 +112,7 @@ def parse_classifiers(spec: str) -> tuple[str, ...]:
 
 def make_classifier(name: str, params: ClassifierParams, num_train: int | None = None):
     """A StandardScaler + classifier pipeline, seeded where the classifier is random."""
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -121,9 +122,14 @@ def make_classifier(name: str, params: ClassifierParams, num_train: int | None =
 
     weight = None if params.class_weight == "none" else "balanced"
     if name == "svm":
-        # probability=True: Platt-scaled scores for AUC; predictions still come from predict().
-        clf = SVC(kernel="rbf", C=params.svm_c, gamma=params.gamma, probability=True,
-                  class_weight=weight, random_state=params.seed)
+        # Platt-scaled scores for AUC (what SVC(probability=True) did before scikit-learn 1.9
+        # deprecated it); with ensemble=False one SVC is fitted on all of train, the folds only fit
+        # the calibration.
+        clf = CalibratedClassifierCV(
+            SVC(kernel="rbf", C=params.svm_c, gamma=params.gamma, class_weight=weight,
+                random_state=params.seed),
+            method="sigmoid", ensemble=False,
+        )
     elif name == "rf":
         clf = RandomForestClassifier(n_estimators=params.rf_trees, class_weight=weight,
                                      random_state=params.seed, n_jobs=1)
@@ -245,7 +251,7 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
     if np.unique(y_train).size < 2:
         raise ValueError(f"The {train_split} split holds one class only "
                          f"({np.unique(y_train).tolist()}); classifiers need at least two.")
-    identity = EmbeddingIdentity(model_sha256=evaluation.sha256_file(model_path),
+    identity = EmbeddingIdentity(model_sha256=files.sha256_file(model_path),
                                  embedding_dim=int(x_train.shape[1]), model_name=model.name)
     results = {"cnn_head": metrics.compute_metrics(y_eval, cnn_probs, n_resamples=bootstrap,
                                                    seed=params.seed)}
@@ -269,9 +275,9 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
                      "classifiers": list(classifiers), "params": dataclasses.asdict(params),
                      "bootstrap": bootstrap},
     }
-    evaluation.write_atomic(output_dir / "metrics.json",
+    files.write_atomic(output_dir / "metrics.json",
                             json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    evaluation.write_atomic(output_dir / "report.txt", comparison_report(summary))
+    files.write_atomic(output_dir / "report.txt", comparison_report(summary))
     return summary
 
 

@@ -13,7 +13,6 @@ Each file is written to a temporary name and renamed, so a crash never leaves a 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -22,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import labels, metrics, shortcut
+from xray_tfdata import files, labels, metrics, shortcut
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.txt"
@@ -74,14 +73,6 @@ class EvalConfig:
 
 
 # ----------------------------------------------------------------------------- model + data
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model(model_path: str | os.PathLike):
@@ -150,25 +141,13 @@ def run_model(model, dataset) -> tuple[np.ndarray, list[np.ndarray]]:
 # ----------------------------------------------------------------------------- outputs
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Writes to a temporary sibling, then renames: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
-    return path
-
-
 def confusion_png(cm: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> bytes:
     """PNG of the confusion matrix: counts and row fractions in each cell, class names on axes."""
     cm = np.asarray(cm, dtype=np.int64)
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
-    try:
-        from matplotlib.figure import Figure  # Agg rendering, no global backend switch
-    except ImportError:
-        return _confusion_png_cv2(cm, frac, class_names)
+    from matplotlib.figure import Figure  # Agg rendering, no global backend switch
+
     fig = Figure(figsize=(6.0, 5.0), dpi=100)
     ax = fig.add_subplot()
     image = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
@@ -187,31 +166,6 @@ def confusion_png(cm: Sequence[Sequence[int]], class_names: Sequence[str], title
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
-
-
-def _confusion_png_cv2(cm: np.ndarray, frac: np.ndarray, class_names: Sequence[str]) -> bytes:
-    """Fallback when matplotlib is not installed (it is an optional extra)."""
-    import cv2
-
-    cell, margin = 110, 120
-    n = cm.shape[0]
-    canvas = np.full((margin + n * cell + 10, margin + n * cell + 10, 3), 255, np.uint8)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for i in range(n):
-        for j in range(n):
-            shade = int(255 - 200 * frac[i, j])
-            y0, x0 = margin + i * cell, margin + j * cell
-            canvas[y0:y0 + cell, x0:x0 + cell] = (255, shade, shade)
-            colour = (255, 255, 255) if frac[i, j] > 0.5 else (0, 0, 0)
-            cv2.putText(canvas, str(cm[i, j]), (x0 + 10, y0 + 50), font, 0.7, colour, 2)
-            cv2.putText(canvas, f"{frac[i, j]:.1%}", (x0 + 10, y0 + 80), font, 0.5, colour, 1)
-    for k, name in enumerate(class_names):
-        cv2.putText(canvas, name[:10], (5, margin + k * cell + 55), font, 0.45, (0, 0, 0), 1)
-        cv2.putText(canvas, name[:10], (margin + k * cell + 5, margin - 10), font, 0.45,
-                    (0, 0, 0), 1)
-    cv2.putText(canvas, "true \\ predicted", (5, 30), font, 0.5, (0, 0, 0), 1)
-    ok, png = cv2.imencode(".png", canvas)
-    return png.tobytes()
 
 
 def _plugin(name: str):
@@ -298,7 +252,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             result["shortcut_probe"]["message"] += (
                 " (Scored on train, the probe's own training data: its score is optimistic.)")
     result["settings"] = {**dataclasses.asdict(config),
-                          "model_sha256": sha256_file(config.model_path),
+                          "model_sha256": files.sha256_file(config.model_path),
                           "model_name": model.name, "image_size": image_size,
                           "channels": channels, "versions": _versions()}
     write_outputs(config.resolved_output_dir, result, config.split,
@@ -320,10 +274,10 @@ def write_outputs(output_dir: Path, result: dict[str, Any], split: str, title: s
     report = report_text(result, title)
     png = confusion_png(result["confusion_matrix"], result["class_names"], title)
     paths = {
-        "metrics": write_atomic(output_dir / METRICS_FILE,
+        "metrics": files.write_atomic(output_dir / METRICS_FILE,
                                 json.dumps(result, indent=2, sort_keys=True) + "\n"),
-        "report": write_atomic(output_dir / REPORT_FILE, report),
-        "confusion_matrix": write_atomic(output_dir / CONFUSION_FILE, png),
+        "report": files.write_atomic(output_dir / REPORT_FILE, report),
+        "confusion_matrix": files.write_atomic(output_dir / CONFUSION_FILE, png),
     }
     write_tensorboard(output_dir / TENSORBOARD_DIR, split, result, png, report)
     paths["tensorboard"] = output_dir / TENSORBOARD_DIR

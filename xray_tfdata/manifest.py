@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xray_tfdata import features, labels
+from xray_tfdata import features, files, labels
 
 MANIFEST_NAME = "dataset_info.json"
 
@@ -45,11 +45,7 @@ def manifest_path(records_dir: str | os.PathLike) -> Path:
 
 def write_manifest(records_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
     """Writes the manifest atomically (temp file + rename), sorted keys, trailing newline."""
-    path = manifest_path(records_dir)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return files.write_json(manifest_path(records_dir), manifest)
 
 
 def read_manifest(records_dir: str | os.PathLike) -> dict[str, Any]:

@@ -10,7 +10,6 @@ the good files are still predicted, and the exit status is 1 if any file failed.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -126,8 +125,8 @@ def format_table(results: list[dict], class_names: Sequence[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    files = argv[1:]
-    if not files:
+    image_paths = argv[1:]
+    if not image_paths:
         raise app.UsageError("No image files given; usage: python -m xray_tfdata.predict "
                              "--model_path=<export dir> file1.png [file2.jpg ...]")
     if not (Path(FLAGS.model_path) / "saved_model.pb").is_file():
@@ -136,20 +135,17 @@ def main(argv: list[str]) -> int:
             "pass the export written by training, e.g. workspace/model/export.")
 
     from xray_tfdata.export import load_serving  # noqa: PLC0415 - TF import after flag checks
+    from xray_tfdata import files  # noqa: PLC0415
 
     serving = load_serving(FLAGS.model_path)
-    results = predict_files(serving, files, FLAGS.batch_size)
+    results = predict_files(serving, image_paths, FLAGS.batch_size)
     print(format_table(results, serving.class_names))
     failed = sum("error" in r for r in results)
     print(f"\n{len(results) - failed} predicted, {failed} failed.")
     if FLAGS.output_json:
-        out = Path(FLAGS.output_json)
-        out.parent.mkdir(parents=True, exist_ok=True)
         payload = {"model_path": FLAGS.model_path, "metadata": serving.metadata,
                    "results": results}
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, out)
+        out = files.write_json(FLAGS.output_json, payload, sort_keys=False)
         print(f"Wrote {out}")
     return 1 if failed else 0
 

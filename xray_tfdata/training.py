@@ -11,7 +11,6 @@ Only the chief writes files (checkpointing.py has the multi-worker details).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import checkpointing, distribute, labels
+from xray_tfdata import checkpointing, distribute, files, labels
 from xray_tfdata import manifest as manifest_lib
 from xray_tfdata import training_steps
 from xray_tfdata.train_config import ConfigError, TrainConfig
@@ -133,10 +132,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=True, default=str,
-                              allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    files.write_json(path, _json_safe(data), default=str, allow_nan=False)
 
 
 def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, *,

@@ -7,7 +7,6 @@ most a `.{name}.tmp-{pid}` file, which the converter deletes on the next run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pickle
 import struct
@@ -19,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import tensorflow as tf
 
-from xray_tfdata import manifest
+from xray_tfdata import files, manifest
 
 COMPRESSIONS: tuple[str, ...] = ("", "GZIP")
 TMP_MARKER = ".tmp-"
@@ -37,14 +36,6 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 def is_tmp_name(name: str) -> bool:
     return name.startswith(".") and TMP_MARKER in name
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -83,7 +74,7 @@ def write_shard(
                 count += 1
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        sha256 = file_sha256(tmp)
+        sha256 = files.sha256_file(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, path)
     except BaseException:
@@ -256,7 +247,7 @@ def complete_manifest(out: Path, args: dict[str, Any],
             path = out / shard["file"]
             if not path.is_file() or path.stat().st_size != shard["bytes"]:
                 return None
-            if file_sha256(path) != shard["sha256"]:
+            if files.sha256_file(path) != shard["sha256"]:
                 return None
     return previous
 
