@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
         "xray_tfdata.train", f"--records_dir={records_dir}", f"--model_dir={model_dir}",
         "--model=seed_cnn", f"--epochs={FLAGS.epochs}",
         f"--global_batch_size={FLAGS.global_batch_size}", f"--seed={FLAGS.seed}",
-        "--class_weights=balanced", *overwrite,
+        "--class_weights=balanced", "--deterministic", *overwrite,
     ])
     best = model_dir / "best.keras"
     _run("evaluate on test", [

@@ -66,7 +66,8 @@ flags.DEFINE_string("tpu_address", "", "TPU name or grpc:// address for --strate
 flags.DEFINE_string("cache", "memory", "Decoded-image cache: none, memory, or a file path prefix.")
 flags.DEFINE_integer("shuffle_buffer", 2048, "Shuffle buffer (examples).")
 flags.DEFINE_bool("augment", True, "Online augmentation of training batches.")
-flags.DEFINE_bool("deterministic", False, "Deterministic input order (slower).")
+flags.DEFINE_bool("deterministic", False,
+                  "Reproducible runs: deterministic input order and deterministic TF ops (slower).")
 flags.DEFINE_integer("seed", 0, "Seed for weights, data order and augmentation.")
 flags.DEFINE_integer("patience", 0, "Early stopping: epochs without a better val macro-F1; 0=off.")
 flags.DEFINE_integer("checkpoint_every", 0,
@@ -118,6 +119,12 @@ def main(argv: list[str]) -> None:
         distribute.per_replica_batch_size(config.global_batch_size, strategy)
     except ValueError as err:
         raise app.UsageError(f"--{err}" if "=" in str(err).split(" ")[0] else str(err)) from err
+    if config.deterministic:
+        # Process-wide, so it is set here at the entry point, not in the library: the same seed
+        # then gives the same weights bit for bit (thread-order reductions otherwise differ).
+        import tensorflow as tf  # noqa: PLC0415
+
+        tf.config.experimental.enable_op_determinism()
     if FLAGS.overwrite and distribute.is_chief(strategy):
         _remove_previous_run(Path(config.model_dir))
 

@@ -136,6 +136,9 @@ def memory_probe(megabytes: int) -> dict[str, Any]:
 
 
 def _child_main(spec_path: str, result_path: str) -> int:
+    from absl import logging  # pylint: disable=import-outside-toplevel
+
+    logging.set_verbosity(logging.INFO)  # the measured code's own summaries go to the log file
     spec = json.loads(Path(spec_path).read_text())
     out: dict[str, Any]
     try:

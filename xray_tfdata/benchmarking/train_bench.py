@@ -7,7 +7,12 @@ is the ceiling when input costs nothing; `1 - real/synthetic` is the input-bound
 The step is the training loop's own computation (training_steps.make_loss_fn + the same
 GradientTape / LossScaleOptimizer / apply_gradients sequence as training_steps), but the batch is
 fetched eagerly with `next(iterator)` outside the compiled step, so the time spent waiting for the
-next batch can be measured per step. Both feeds use exactly the same step.
+next batch can be measured per step.
+
+Both feeds run in ONE process through the SAME compiled step and model, their repeats
+interleaved (real, synthetic, synthetic, real, ...): a drift in machine load then hits both
+alike, so the real/synthetic ratio stays trustworthy on a shared machine. The process's peak
+memory is the real pipeline's (cache included) plus the model's.
 """
 
 from __future__ import annotations
@@ -25,28 +30,27 @@ PRECISION_NAMES = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")
 STRATEGY_NAMES = ("mirrored", "one_device")
 
 
-def variant_name(feed: str, precision: str, replicas: int) -> str:
-    return f"{feed} {precision} x{replicas}"
+FEEDS = ("real", "synthetic")
+
+
+def variant_name(precision: str, replicas: int) -> str:
+    return f"{precision} x{replicas}"
 
 
 def plan(*, records_dir: str, model: str, image_size: int, channels: int, batch_size: int,
          precisions: tuple[str, ...], strategy: str, replicas: tuple[int, ...],
          warmup_steps: int, steps: int, repeats: int, seed: int) -> list[Task]:
     """Every precision at the first replica count, then every further replica count in the
-    first precision; real and synthetic feed for each."""
+    first precision; each task measures the real and the synthetic feed."""
     combos = [(p, replicas[0]) for p in precisions]
     combos += [(precisions[0], r) for r in replicas[1:]]
-    tasks = []
-    for precision, n in combos:
-        for feed in ("real", "synthetic"):
-            tasks.append(Task(
-                variant_name(feed, precision, n), f"{_HERE}:measure_training",
-                {"records_dir": records_dir, "model": model, "image_size": image_size,
-                 "channels": channels, "per_replica_batch": batch_size, "precision": precision,
-                 "strategy": strategy, "replicas": n, "feed": feed,
-                 "warmup_steps": warmup_steps, "steps": steps, "repeats": repeats, "seed": seed},
-                logical_cpus=n))
-    return tasks
+    return [Task(variant_name(precision, n), f"{_HERE}:measure_training",
+                 {"records_dir": records_dir, "model": model, "image_size": image_size,
+                  "channels": channels, "per_replica_batch": batch_size, "precision": precision,
+                  "strategy": strategy, "replicas": n, "warmup_steps": warmup_steps,
+                  "steps": steps, "repeats": repeats, "seed": seed},
+                 logical_cpus=n)
+            for precision, n in combos]
 
 
 def resolve_precision(name: str) -> str:
@@ -141,11 +145,24 @@ def make_step(strategy, model, optimizer, global_batch: int, loss_scaling: bool)
     return step
 
 
+def _timed_steps(step, iterator, steps: int, global_batch: int) -> tuple[float, float, float]:
+    """Runs `steps` steps; returns (images/s, ms per step, ms waited for input per step)."""
+    waited = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        batch = next(iterator)
+        waited += time.perf_counter() - t0
+        loss = step(*batch)
+    float(loss)  # the last step has finished
+    elapsed = time.perf_counter() - start
+    return steps * global_batch / elapsed, 1000.0 * elapsed / steps, 1000.0 * waited / steps
+
+
 def measure_training(records_dir: str, model: str, image_size: int, channels: int,
                      per_replica_batch: int, precision: str, strategy: str, replicas: int,
-                     feed: str, warmup_steps: int, steps: int, repeats: int,
-                     seed: int) -> dict[str, Any]:
-    """Images/s, step time and input wait per step for one feed, precision and replica count."""
+                     warmup_steps: int, steps: int, repeats: int, seed: int) -> dict[str, Any]:
+    """Images/s, step time and input wait per step, real vs synthetic feed, one configuration."""
     import keras  # pylint: disable=import-outside-toplevel
 
     from xray_tfdata import models, pipeline  # pylint: disable=import-outside-toplevel
@@ -166,43 +183,39 @@ def measure_training(records_dir: str, model: str, image_size: int, channels: in
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(net.trainable_variables)
         step = make_step(dist, net, optimizer, global_batch, policy == "mixed_float16")
-        iterator = iter(dist.distribute_datasets_from_function(feeds[feed]))
+        iterators = {feed: iter(dist.distribute_datasets_from_function(feeds[feed]))
+                     for feed in FEEDS}
 
-        fill_steps = 0
-        if feed == "real":
-            # Fill the pipeline's cache first (an epoch plus the shuffle buffer's read-ahead):
-            # the steady state a long training run sees. Pulled without training: decoding 6k
-            # images costs seconds, training on them minutes.
-            per_epoch = pipeline.steps_per_epoch(records_dir, SPLIT, global_batch)
-            fill_steps = per_epoch + math.ceil(feeds["config"].shuffle_buffer / global_batch) + 1
-            for _ in range(fill_steps):
-                next(iterator)
-        for _ in range(max(warmup_steps, 1)):  # at least one: tracing is not training speed
-            float(step(*next(iterator)))
+        # Fill the real pipeline's cache first (an epoch plus the shuffle buffer's read-ahead):
+        # the steady state a long training run sees. Pulled without training: decoding the
+        # images costs seconds, training on them minutes.
+        per_epoch = pipeline.steps_per_epoch(records_dir, SPLIT, global_batch)
+        fill_steps = per_epoch + math.ceil(feeds["config"].shuffle_buffer / global_batch) + 1
+        for _ in range(fill_steps):
+            next(iterators["real"])
+        for feed in FEEDS:
+            for _ in range(max(warmup_steps, 1)):  # at least one: tracing is not training
+                float(step(*next(iterators[feed])))
 
-        rates, step_ms, wait_ms = [], [], []
-        for _ in range(repeats):
-            waited = 0.0
-            start = time.perf_counter()
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                batch = next(iterator)
-                waited += time.perf_counter() - t0
-                loss = step(*batch)
-            float(loss)  # the last step has finished
-            elapsed = time.perf_counter() - start
-            rates.append(steps * global_batch / elapsed)
-            step_ms.append(1000.0 * elapsed / steps)
-            wait_ms.append(1000.0 * waited / steps)
+        measured = {feed: {"rate": [], "step": [], "wait": []} for feed in FEEDS}
+        for r in range(repeats):
+            for feed in (FEEDS if r % 2 == 0 else FEEDS[::-1]):  # ABBA against load drift
+                rate, step_ms, wait_ms = _timed_steps(step, iterators[feed], steps, global_batch)
+                measured[feed]["rate"].append(rate)
+                measured[feed]["step"].append(step_ms)
+                measured[feed]["wait"].append(wait_ms)
         spec = feeds["element_spec"]
+        out: dict[str, Any] = {}
+        for feed in FEEDS:
+            out[f"{feed}_images_per_sec"] = harness.summarize(measured[feed]["rate"])
+            out[f"{feed}_step_time_ms"] = harness.summarize(measured[feed]["step"])
+            out[f"{feed}_input_wait_ms_per_step"] = harness.summarize(measured[feed]["wait"])
         return {
-            "images_per_sec": harness.summarize(rates),
-            "step_time_ms": harness.summarize(step_ms),
-            "input_wait_ms_per_step": harness.summarize(wait_ms),
-            "final_loss": float(loss),
+            **out,
+            "final_loss": float(step(*next(iterators["real"]))),
             "precision_resolved": policy, "replicas_resolved": n, "global_batch": global_batch,
             "per_replica_batch": per_replica_batch, "cache_fill_steps": fill_steps,
-            "devices": [d for d in dist.extended.worker_devices],
+            "devices": list(dist.extended.worker_devices),
             "element_spec": {"images": [list(spec[0].shape), spec[0].dtype.name],
                              "labels": [list(spec[1].shape), spec[1].dtype.name]},
         }
@@ -210,9 +223,10 @@ def measure_training(records_dir: str, model: str, image_size: int, channels: in
         keras.mixed_precision.set_global_policy(previous)
 
 
-TABLE_COLUMNS = (("variant", "variant"), ("median", "images/s"), ("spread_pct", "spread %"),
-                 ("step_ms", "step ms"), ("wait_ms", "input wait ms/step"),
-                 ("peak_rss_mb", "peak RSS MB"), ("vs_synthetic", "real / synthetic"),
+TABLE_COLUMNS = (("variant", "variant"), ("real", "real img/s"), ("synthetic", "synthetic img/s"),
+                 ("vs_synthetic", "real / synthetic"), ("spread_pct", "real spread %"),
+                 ("real_step_ms", "real step ms"), ("synthetic_step_ms", "synth. step ms"),
+                 ("wait_ms", "input wait ms/step"), ("peak_rss_mb", "peak RSS MB"),
                  ("scaling_eff", "scaling eff."))
 REAL_VS_SYNTHETIC_TARGET = 0.95
 
@@ -221,34 +235,34 @@ def report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Rows, real/synthetic ratios, input-bound fractions, scaling efficiency, the target."""
     by_key = {}
     for name, result in results.items():
-        feed, precision, replicas = name.split(" ")
-        by_key[(feed, precision, int(replicas[1:]))] = result
+        precision, replicas = name.split(" ")
+        by_key[(precision, int(replicas[1:]))] = result
     rows, ratios = [], {}
-    for (feed, precision, n), result in by_key.items():
-        rate = result["images_per_sec"]["median"]
-        synth = by_key.get(("synthetic", precision, n), {}).get("images_per_sec", {}).get("median")
-        base = by_key.get((feed, precision, 1), {}).get("images_per_sec", {}).get("median")
-        eff = rate / (n * base) if base and n > 1 else (1.0 if n == 1 else None)
-        rows.append({
-            "variant": variant_name(feed, precision, n), "median": rate,
-            "spread_pct": result["images_per_sec"]["spread_pct"],
-            "step_ms": result["step_time_ms"]["median"],
-            "wait_ms": result["input_wait_ms_per_step"]["median"],
-            "peak_rss_mb": result.get("peak_rss_mb"),
-            "vs_synthetic": rate / synth if feed == "real" and synth else None,
-            "scaling_eff": eff,
-        })
+    for (precision, n), result in by_key.items():
+        real = result["real_images_per_sec"]["median"]
+        synth = result["synthetic_images_per_sec"]["median"]
+        base = by_key.get((precision, 1), {}).get("real_images_per_sec", {}).get("median")
+        eff = real / (n * base) if base and n > 1 else (1.0 if n == 1 else None)
         tag = f"{precision}_x{n}"
-        if feed == "real" and synth:
-            ratios[f"real_vs_synthetic_{tag}"] = rate / synth
-            ratios[f"input_bound_fraction_{tag}"] = 1.0 - rate / synth
+        rows.append({
+            "variant": variant_name(precision, n), "real": real, "synthetic": synth,
+            "vs_synthetic": real / synth,
+            "spread_pct": result["real_images_per_sec"]["spread_pct"],
+            "real_step_ms": result["real_step_time_ms"]["median"],
+            "synthetic_step_ms": result["synthetic_step_time_ms"]["median"],
+            "wait_ms": result["real_input_wait_ms_per_step"]["median"],
+            "peak_rss_mb": result.get("peak_rss_mb"), "scaling_eff": eff,
+        })
+        ratios[f"real_vs_synthetic_{tag}"] = real / synth
+        ratios[f"input_bound_fraction_{tag}"] = 1.0 - real / synth
         if n > 1 and base:
-            ratios[f"scaling_efficiency_{feed}_{tag}"] = eff
+            ratios[f"scaling_efficiency_{tag}"] = eff
+            synth_base = by_key[(precision, 1)]["synthetic_images_per_sec"]["median"]
+            ratios[f"scaling_efficiency_synthetic_{tag}"] = synth / (n * synth_base)
     targets = []
     first = next(iter(by_key), None)
     if first is not None:
-        tag = f"{first[1]}_x{first[2]}"
         targets.append(harness.target(
-            f"real >= {REAL_VS_SYNTHETIC_TARGET} x synthetic ({first[1]}, {first[2]} replica)",
-            ratios.get(f"real_vs_synthetic_{tag}"), REAL_VS_SYNTHETIC_TARGET))
+            f"real >= {REAL_VS_SYNTHETIC_TARGET} x synthetic ({first[0]}, {first[1]} replica)",
+            ratios.get(f"real_vs_synthetic_{first[0]}_x{first[1]}"), REAL_VS_SYNTHETIC_TARGET))
     return {"rows": rows, "columns": TABLE_COLUMNS, "ratios": ratios, "targets": targets}
