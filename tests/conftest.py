@@ -7,8 +7,10 @@ running on /cpu:0 unchanged.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,3 +38,12 @@ def real_sample_dir() -> Path:
     if not (REAL_SAMPLE_DIR / "labels.csv").is_file():
         pytest.skip(f"real X-ray sample not found at {REAL_SAMPLE_DIR}")
     return REAL_SAMPLE_DIR
+
+
+def load_tool(name: str) -> ModuleType:
+    """Imports `tools/<name>.py` by path: tools/ is not a package (its flags are defined only
+    under __main__, so importing two tools in one process does not clash)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", REPO_ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

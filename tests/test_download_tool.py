@@ -3,7 +3,6 @@ the download flow against a fake kaggle API."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import stat
 import subprocess
@@ -13,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "download_dataset.py"
@@ -21,11 +21,7 @@ CLASSES = ("COVID19", "NORMAL", "PNEUMONIA")
 
 @pytest.fixture(scope="module")
 def dl():
-    """tools/ is not a package: load the script from its path (its flags are defined only in __main__)."""
-    spec = importlib.util.spec_from_file_location("download_dataset_under_test", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("download_dataset")
 
 
 def _kaggle_tree(root: Path, classes=CLASSES, splits=("train", "test"), files: int = 1) -> Path:

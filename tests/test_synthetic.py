@@ -3,7 +3,6 @@ the tools/make_synthetic_dataset.py script."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import load_tool
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -25,11 +25,7 @@ TOOL = REPO_ROOT / "tools" / "make_synthetic_dataset.py"
 
 @pytest.fixture(scope="module")
 def tool():
-    """tools/ is not a package: load the script from its path (its flags are defined only in __main__)."""
-    spec = importlib.util.spec_from_file_location("make_synthetic_dataset_under_test", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("make_synthetic_dataset")
 
 
 def _files(root: Path) -> dict[str, bytes]:
