@@ -189,7 +189,8 @@ def _check_summary(summary: dict, repeats: int = REPEATS) -> None:
 def test_convert_mode_end_to_end(work_dir, tmp_path):
     lines, printed = _run(work_dir, tmp_path, "convert")
     measured = {r["variant"]: r for r in lines if r["kind"] == "measurement"}
-    assert list(measured) == ["tutorial cv2 loop", "ours build_records 1 worker",
+    assert list(measured) == ["tutorial cv2 loop", "cv2 loop, 1 thread",
+                              "cv2 loop, 1 thread x 2 processes", "ours build_records 1 worker",
                               "ours build_records 2 workers"]
     num_sources = datasets.PRESETS["tiny"].num_images
     for record in measured.values():
@@ -197,7 +198,9 @@ def test_convert_mode_end_to_end(work_dir, tmp_path):
         assert record["metrics"]["peak_rss_mb"] > 0
         assert record["details"]["images"] == num_sources
     summary = lines[-1]
-    assert set(summary["ratios"]) == {"1_worker_vs_tutorial", "2_workers_vs_1"}
+    assert set(summary["ratios"]) == {"1_worker_vs_tutorial", "2_workers_vs_1",
+                                      "machine_2_process_scaling"}
+    assert measured["cv2 loop, 1 thread x 2 processes"]["details"]["processes"] == 2
     assert [t["needed"] for t in summary["targets"]] == [1.0, 1.8]
     assert "| tutorial cv2 loop" in printed and "2 workers >= 1.8x 1 worker" in printed
 
@@ -216,11 +219,12 @@ def test_a_failing_variant_is_recorded_and_the_run_goes_on(work_dir, tmp_path, m
         _run(work_dir, tmp_path, "convert", repeats=1)
     lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r.get("variant") for r in lines] == [
-        "tutorial cv2 loop", "ours build_records 1 worker", "ours build_records 2 workers", None]
-    assert "simulated" in lines[1]["details"]["error"] and lines[1]["metrics"] == {}
-    assert lines[2]["metrics"]["images_per_sec"]["median"] > 0
+        "tutorial cv2 loop", "cv2 loop, 1 thread", "cv2 loop, 1 thread x 2 processes",
+        "ours build_records 1 worker", "ours build_records 2 workers", None]
+    assert "simulated" in lines[3]["details"]["error"] and lines[3]["metrics"] == {}
+    assert lines[4]["metrics"]["images_per_sec"]["median"] > 0
     # Ratios needing the failed variant are left out, not invented.
-    assert lines[3]["ratios"] == {}
+    assert set(lines[5]["ratios"]) == {"machine_2_process_scaling"}
 
 
 def test_input_mode_end_to_end_with_ablation(work_dir, tmp_path):

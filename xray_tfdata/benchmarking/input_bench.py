@@ -30,7 +30,7 @@ from xray_tfdata.benchmarking.isolate import Task
 
 _HERE = "xray_tfdata.benchmarking.input_bench"
 SPLIT = "train"
-TUTORIAL_PEAK_FACTOR = 4.5  # peak RSS / size of the float32 array, measured (see below)
+TUTORIAL_PEAK_FACTOR = 4.5  # peak RSS / size of the float32 array, measured on TF 2.21
 MIN_REPEAT_SECONDS = 1.0
 MAX_EPOCHS_PER_REPEAT = 50
 
@@ -117,8 +117,8 @@ def measure_tutorial_loader(data_dir: str, image_size: int, batch_size: int,
     files = datasets.source_files(data_dir, SPLIT)
     paths = [p for p, _ in files]
     labels = np.array([label for _, label in files], np.int32)
-    # Measured on TF 2.21: from_tensor_slices of an N-byte float32 array peaks near 4N (copies
-    # into a tensor and the dataset's constant), so refuse before the machine starts swapping.
+    # Measured on TF 2.21: the process peaks near 4x the float32 array (the array, TF's copy of
+    # it for from_tensor_slices, batch buffers), so refuse before the machine runs out of RAM.
     needed = TUTORIAL_PEAK_FACTOR * len(paths) * image_size * image_size * 3 * 4
     available = psutil.virtual_memory().available
     if needed > available:
@@ -126,7 +126,7 @@ def measure_tutorial_loader(data_dir: str, image_size: int, batch_size: int,
             f"The tutorial loader would need about {needed / 1024**3:.1f} GB for {len(paths)} "
             f"images at {image_size}px, but only {available / 1024**3:.1f} GB are available. "
             "Free memory, or run the input mode on a smaller set (--synthetic=small).")
-    first, steady, load_s, array_gb = [], [], [], 0.0
+    first, steady, load_s, array_gb, shape = [], [], [], 0.0, None
     for _ in range(repeats):
         start = time.perf_counter()
         data = convert_bench.tutorial_load(paths, image_size)
@@ -136,7 +136,10 @@ def measure_tutorial_loader(data_dir: str, image_size: int, batch_size: int,
         array_gb = images.nbytes / 1024**3
         ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
         loaded = time.perf_counter()
-        n = sum(int(batch.shape[0]) for batch, _ in ds)
+        n = 0
+        for batch, _ in ds:
+            n += int(batch.shape[0])
+            shape = shape or list(batch.shape)
         done = time.perf_counter()
         n2 = sum(int(batch.shape[0]) for batch, _ in ds)  # a second epoch: all in memory
         steady.append(n2 / (time.perf_counter() - done))
@@ -148,7 +151,7 @@ def measure_tutorial_loader(data_dir: str, image_size: int, batch_size: int,
             "steady_images_per_sec": harness.summarize(steady),
             "load_seconds": harness.summarize(load_s), "array_gb": round(array_gb, 2),
             "images": len(paths),
-            "batch_shape": [batch_size, image_size, image_size, 3],
+            "batch_shape": shape,
             "note": "first epoch counts the load; steady = iterating the in-memory array"}
 
 
