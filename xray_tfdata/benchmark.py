@@ -59,7 +59,7 @@ flags.DEFINE_bool("ablation", _DEFAULTS.ablation,
 flags.DEFINE_bool("isolate", _DEFAULTS.isolate,
                   "Run each variant in its own process (fair peak memory; needed for several "
                   "logical CPU replicas). --noisolate: in-process, for quick smoke runs.")
-flags.DEFINE_bool("plot", False, "Also write a PNG chart per mode (needs matplotlib).")
+flags.DEFINE_bool("plot", False, "Also write a PNG chart per mode.")
 flags.DEFINE_string("plot_dir", "", "Where the PNGs go (default: beside --output).")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for shuffling and synthetic batches.")
 flags.DEFINE_float("timeout", _DEFAULTS.timeout_s, "Seconds before a variant is stopped.")

@@ -18,7 +18,11 @@ Schema (format_version = features.FORMAT_VERSION):
     }, "val": {...}, "test": {...}
   },
   "rejected": [{"path": "train/NORMAL/x.jpg", "reason": "truncated JPEG"}],
-  "duplicates": {"exact": [...], "near": [...]}
+  "duplicates": {"exact": [{"sha256", "paths", "splits", "cross_split"}],
+                 "near": [{"paths", "splits", "distance", "cross_split"}] (at most 10,000: the
+                          closest, cross-split first), "near_pairs_total",
+                 "near_cross_split_total", "near_pairs_listed",
+                 "dropped": [{"path", "reason"}]}
 }
 No timestamps or host names: reruns of the same command produce byte-identical files.
 """

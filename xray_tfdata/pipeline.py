@@ -177,7 +177,8 @@ def _read_records(paths: list[str], counts: list[int], compression: str, *,
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE if parallel else None,
         # Element sharding only partitions correctly if every pipeline sees the same order.
-        deterministic=True if element_shard else deterministic,
+        # (deterministic only means something to a parallel interleave; TF warns otherwise.)
+        deterministic=(True if element_shard else deterministic) if parallel else None,
     )
     if element_shard:
         records = records.unbatch().shard(num_pipelines, pipeline_id)
