@@ -122,5 +122,13 @@ def main(argv: list[str]) -> None:
         sys.exit(f"Benchmark incomplete: {err}")
 
 
+def run_with_mode(mode: str) -> None:
+    """Entry for the thin scripts in benchmarks/: this tool with --mode fixed, other flags passed."""
+    if any(arg.lstrip("-").startswith("mode") for arg in sys.argv[1:]):
+        sys.exit(f"{sys.argv[0]} always runs --mode={mode}; for another mode run "
+                 "python -m xray_tfdata.benchmark --mode=...")
+    app.run(main, argv=[sys.argv[0], f"--mode={mode}", *sys.argv[1:]])
+
+
 if __name__ == "__main__":
     app.run(main)
