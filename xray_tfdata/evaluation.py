@@ -116,12 +116,20 @@ def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, b
     return pipeline.build_dataset(records_dir, split, config)
 
 
-def run_model(model, dataset) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Runs the model over (images, labels) batches; returns labels and each output, float32."""
+def predict_fn(model):
+    """The model's inference step as a tf.function; build it once and reuse it across passes."""
     import tensorflow as tf
 
     # reduce_retracing: the last batch is smaller; one extra trace at most.
-    step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+
+def run_model(model, dataset, *, predict=None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Runs the model (or a ready `predict` step from `predict_fn`) over (images, labels)
+    batches; returns labels and each output, float32."""
+    import tensorflow as tf
+
+    step = predict or predict_fn(model)
     all_labels: list[np.ndarray] = []
     outputs: list[list[np.ndarray]] = []
     for images, batch_labels in dataset:

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import checkpointing, distribute, files, labels
+from xray_tfdata import checkpointing, distribute, evaluation, files, labels
 from xray_tfdata import manifest as manifest_lib
 from xray_tfdata import training_steps
 from xray_tfdata.train_config import ConfigError, TrainConfig
@@ -196,7 +196,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
     train_ds = strategy.distribute_datasets_from_function(
         pipeline.dataset_fn(config.records_dir, "train", input_config))
     iterator = iter(train_ds)
-    predict = training_steps.make_predict_function(model)
+    predict = evaluation.predict_fn(model)
     val_ds = pipeline.build_dataset(config.records_dir, config.val_split, pipeline.InputConfig(
         global_batch_size=config.global_batch_size, image_size=data["image_size"],
         channels=data["channels"], training=False, augment=False,

@@ -15,7 +15,7 @@ from absl import logging
 from sklearn import metrics as sk_metrics
 from tensorflow.core.framework import summary_pb2
 
-from xray_tfdata import distribute, labels
+from xray_tfdata import distribute, evaluation, labels, metrics
 
 
 # tf.summary.scalar lives in the optional tensorboard package; writing the same "scalars" plugin
@@ -95,36 +95,27 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dic
     """Loss, accuracy, macro-F1 and one-vs-rest macro AUC (NaN when a class is absent)."""
     y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
     probabilities = np.asarray(probabilities, np.float64)
-    y_pred = probabilities.argmax(axis=1)
     picked = probabilities[np.arange(len(y_true)), y_true]
-    out = {
+    label_ids = list(range(labels.NUM_CLASSES))
+    cm = sk_metrics.confusion_matrix(y_true, probabilities.argmax(axis=1), labels=label_ids)
+    rates = metrics.rates_from_confusion(cm)
+    aucs = metrics.auc_ovr(y_true, probabilities / probabilities.sum(axis=1, keepdims=True))
+    return {
         "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
-        "accuracy": float(np.mean(y_pred == y_true)),
-        "macro_f1": float(sk_metrics.f1_score(y_true, y_pred, average="macro",
-                                              labels=list(range(labels.NUM_CLASSES)),
-                                              zero_division=0)),
+        "accuracy": float(rates["accuracy"]),
+        "macro_f1": float(rates["macro_f1"]),
+        # NaN, not a mean of the defined classes: a tiny validation split missing a class must
+        # not look comparable to a full one when choosing the best epoch.
+        "auc": float("nan") if None in aucs else float(np.mean(aucs)),
     }
-    try:
-        out["auc"] = float(sk_metrics.roc_auc_score(
-            y_true, probabilities / probabilities.sum(axis=1, keepdims=True),
-            multi_class="ovr", labels=list(range(labels.NUM_CLASSES))))
-    except ValueError:  # a class missing from a tiny validation split
-        out["auc"] = float("nan")
-    return out
-
-
-def make_predict_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
 
 
 def evaluate(predict: Callable[[tf.Tensor], tf.Tensor],
              dataset: tf.data.Dataset) -> dict[str, float]:
-    """Runs `predict` over one pass of an eval-mode dataset (on every worker alike)."""
-    probs, truth = [], []
-    for images, labels_ in dataset:
-        probs.append(np.asarray(predict(images), np.float32))
-        truth.append(labels_.numpy())
-    return classification_metrics(np.concatenate(truth), np.concatenate(probs))
+    """Runs `predict` (from evaluation.predict_fn) over one pass of an eval-mode dataset (on
+    every worker alike)."""
+    truth, (probs, *_) = evaluation.run_model(None, dataset, predict=predict)
+    return classification_metrics(truth, probs)
 
 
 class ProfileWindow:
