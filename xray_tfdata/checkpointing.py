@@ -15,6 +15,7 @@ chief's directory (a shared filesystem, or one machine, is assumed).
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import distribute
+from xray_tfdata import distribute, files
 
 CHECKPOINT_SUBDIR = "checkpoints"
 HISTORY_NAME = "history.csv"
@@ -108,13 +109,11 @@ class History:
             self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        files.write_atomic(self.path, text.getvalue())
 
 
 def _fmt(value: Any) -> str:

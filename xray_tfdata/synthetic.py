@@ -37,7 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from xray_tfdata import labels
+from xray_tfdata import files, labels
 
 # Folder order of the Kaggle archive; label ids come from labels.LABEL_MAP, never from this order.
 KAGGLE_CLASSES: tuple[str, ...] = ("COVID19", "NORMAL", "PNEUMONIA")
@@ -307,9 +307,7 @@ def _write_one(task: tuple) -> tuple[str, str, str, str, str, int]:
     gray = render_xray(labels.LABEL_MAP[name], _image_size(spec, rng), rng)
     data = _encode(gray, image_format, mode, rng)
     path = Path(out_dir) / split / name / f"{name}({number}){_EXTENSIONS[image_format]}"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # never a half-written image under a real name
+    files.write_atomic(path, data)  # never a half-written image under a real name
     return split, name, str(path), image_format, mode, len(data)
 
 
