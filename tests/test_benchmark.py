@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import synthetic
+from xray_tfdata.records import synthetic
 from xray_tfdata.benchmarking import datasets, harness, isolate, plot, suite, train_bench
 
 REPEATS = 2

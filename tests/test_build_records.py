@@ -13,7 +13,9 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
-from xray_tfdata import build_records, convert, files, manifest, synthetic, writer
+from xray_tfdata import build_records, files
+
+from xray_tfdata.records import convert, manifest, synthetic, shard_writer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +81,7 @@ def test_kill_9_mid_run_then_rerun_gives_identical_shards_and_manifest(data_dir,
     # also proves records are byte-identical across processes (protobuf map order, hashing).
     proc = subprocess.Popen(_cli(data_dir, out), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
-    spill = out / writer.WORK_DIR / "pass1.spill"
+    spill = out / shard_writer.WORK_DIR / "pass1.spill"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if spill.is_file() and spill.stat().st_size > 0:
@@ -92,7 +94,7 @@ def test_kill_9_mid_run_then_rerun_gives_identical_shards_and_manifest(data_dir,
 
     # Rerunning the same command completes the job: identical to an uninterrupted run. (In
     # process, to save a TensorFlow start-up; test_convert checks that CLI-equal args resume.)
-    assert (out / writer.WORK_DIR / "state.json").is_file()
+    assert (out / shard_writer.WORK_DIR / "state.json").is_file()
     convert.build_records(convert.ConversionConfig(output_dir=str(out), num_workers=2, **config),
                           progress=False)
     shas = lambda d: {p.name: files.sha256_file(p) for p in d.iterdir()}  # noqa: E731

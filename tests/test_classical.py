@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xray_tfdata import embeddings, evaluation, files, metrics
+from xray_tfdata import files
 
 # Shared tiny-records / tiny-model builders (pytest puts tests/ on sys.path).
+
+from xray_tfdata.evaluation import classical, evaluator, metrics
 from test_evaluate import BRIGHTNESS, tiny_model_file, write_records  # noqa: E402
 
 
@@ -27,8 +29,8 @@ def setup(tmp_path_factory):
 
 def test_embeddings_come_from_the_embedding_layer(setup):
     model_path, records, _ = setup
-    model = evaluation.load_model(model_path)
-    emb, probs, y = embeddings.extract(model, str(records), "test", batch_size=7)
+    model = evaluator.load_model(model_path)
+    emb, probs, y = classical.extract(model, str(records), "test", batch_size=7)
     assert emb.shape == (18, 4) and emb.dtype == np.float32 and probs.shape == (18, 3)
     # Hand-set units: [1, m, relu(m - 0.35), relu(0.65 - m)], m = mean brightness in [0, 1].
     np.testing.assert_allclose(emb[:, 0], 1.0, atol=1e-6)
@@ -39,8 +41,8 @@ def test_embeddings_come_from_the_embedding_layer(setup):
 
 def test_classifiers_beat_chance_and_are_saved_with_identity(setup, tmp_path):
     model_path, records, _ = setup
-    params = embeddings.ClassifierParams(rf_trees=25, knn_k=3, seed=0)
-    summary = embeddings.run_classical(str(model_path), str(records), tmp_path, params=params,
+    params = classical.ClassifierParams(rf_trees=25, knn_k=3, seed=0)
+    summary = classical.run_classical(str(model_path), str(records), tmp_path, params=params,
                                        bootstrap=100)
     results = summary["results"]
     assert list(results) == ["cnn_head", "svm", "rf", "logreg", "knn"]
@@ -53,8 +55,8 @@ def test_classifiers_beat_chance_and_are_saved_with_identity(setup, tmp_path):
     report = (tmp_path / "report.txt").read_text()
     assert "cnn_head" in report and "knn" in report
     # A reloaded classifier reproduces the reported metrics on freshly extracted embeddings.
-    bundle = embeddings.load_classifier(tmp_path / "classifiers" / "logreg.joblib", model_path)
-    emb, _, y = embeddings.extract(evaluation.load_model(model_path), str(records), "test")
+    bundle = classical.load_classifier(tmp_path / "classifiers" / "logreg.joblib", model_path)
+    emb, _, y = classical.extract(evaluator.load_model(model_path), str(records), "test")
     again = metrics.compute_metrics(y, bundle.predict_proba(emb), bundle.predict(emb),
                                     n_resamples=100, seed=0)
     assert again["macro_f1"] == pytest.approx(results["logreg"]["macro_f1"])
@@ -63,18 +65,18 @@ def test_classifiers_beat_chance_and_are_saved_with_identity(setup, tmp_path):
 
 def test_identity_refuses_a_different_model(setup, tmp_path):
     model_path, records, root = setup
-    params = embeddings.ClassifierParams(seed=0)
-    embeddings.run_classical(str(model_path), str(records), tmp_path, ("logreg",), params,
+    params = classical.ClassifierParams(seed=0)
+    classical.run_classical(str(model_path), str(records), tmp_path, ("logreg",), params,
                              bootstrap=0)
     saved = tmp_path / "classifiers" / "logreg.joblib"
     # Same architecture and embedding width, but another file: the sha256 must differ.
     other = tiny_model_file(tmp_path / "other.keras")
     with open(other, "ab") as f:
         f.write(b"\0")
-    with pytest.raises(embeddings.IdentityError, match="sha256"):
-        embeddings.load_classifier(saved, other)
-    bundle = embeddings.load_classifier(saved, model_path)
-    with pytest.raises(embeddings.IdentityError, match=r"\[n, 4\]"):
+    with pytest.raises(classical.IdentityError, match="sha256"):
+        classical.load_classifier(saved, other)
+    bundle = classical.load_classifier(saved, model_path)
+    with pytest.raises(classical.IdentityError, match=r"\[n, 4\]"):
         bundle.predict_proba(np.zeros((2, 5)))
 
 
@@ -84,16 +86,16 @@ def test_identity_refuses_a_different_model(setup, tmp_path):
 ])
 def test_params_reject_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        embeddings.ClassifierParams(**kwargs)
+        classical.ClassifierParams(**kwargs)
 
 
 def test_classifier_names_and_knn_size_are_checked():
-    assert embeddings.parse_classifiers(" SVM,knn,svm ") == ("svm", "knn")
+    assert classical.parse_classifiers(" SVM,knn,svm ") == ("svm", "knn")
     with pytest.raises(ValueError, match="xgb"):
-        embeddings.parse_classifiers("svm,xgb")
+        classical.parse_classifiers("svm,xgb")
     with pytest.raises(ValueError, match="knn_k=9"):
-        embeddings.make_classifier("knn", embeddings.ClassifierParams(knn_k=9), num_train=6)
-    assert embeddings.ClassifierParams(svm_gamma="0.5").gamma == 0.5
+        classical.make_classifier("knn", classical.ClassifierParams(knn_k=9), num_train=6)
+    assert classical.ClassifierParams(svm_gamma="0.5").gamma == 0.5
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import convert, features, image_io, labels, manifest, offline_augment, sources
-from xray_tfdata import files, synthetic, writer
+from xray_tfdata import labels
+
+from xray_tfdata.records import convert, features, image_io, manifest, offline_augment, sources
+from xray_tfdata import files
+from xray_tfdata.records import synthetic, shard_writer
 
 SIZE = 16
 COUNTS = {"train": {"NORMAL": 6, "COVID19": 5, "PNEUMONIA": 6},
@@ -146,7 +149,7 @@ def test_rerun_restores_a_deleted_shard_and_discards_a_stale_tmp(data_dir, refer
 def test_resume_after_crashes_in_both_passes_gives_identical_output(
         data_dir, reference, tmp_path, monkeypatch):
     out, _ = reference
-    real_process, real_write = sources.process_source, writer.write_shard
+    real_process, real_write = sources.process_source, shard_writer.write_shard
     calls = []
 
     def crash_after_five(task, settings):
@@ -158,7 +161,7 @@ def test_resume_after_crashes_in_both_passes_gives_identical_output(
     monkeypatch.setattr(sources, "process_source", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         convert.build_records(_config(data_dir, tmp_path), progress=False)
-    spill = tmp_path / writer.WORK_DIR / "pass1.spill"
+    spill = tmp_path / shard_writer.WORK_DIR / "pass1.spill"
     with open(spill, "ab") as f:
         f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00torn frame")  # a kill mid-append
     assert not (tmp_path / manifest.MANIFEST_NAME).exists()
@@ -172,15 +175,15 @@ def test_resume_after_crashes_in_both_passes_gives_identical_output(
     written, calls[:] = [], []
     monkeypatch.setattr(sources, "process_source", lambda t, s: (calls.append(t.key),
                                                                  real_process(t, s))[1])
-    monkeypatch.setattr(writer, "write_shard", crash_on_second_shard)
+    monkeypatch.setattr(shard_writer, "write_shard", crash_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         convert.build_records(_config(data_dir, tmp_path), progress=False)
     assert len(calls) == 23 - 5  # the five sources already in the spill are not decoded again
-    monkeypatch.setattr(writer, "write_shard", real_write)
+    monkeypatch.setattr(shard_writer, "write_shard", real_write)
     calls[:] = []
     convert.build_records(_config(data_dir, tmp_path), progress=False)
     assert calls == [] and _shas(tmp_path) == _shas(out)
-    assert not (tmp_path / writer.WORK_DIR).exists()
+    assert not (tmp_path / shard_writer.WORK_DIR).exists()
 
 
 def _bad_files(root: Path) -> dict[str, str]:
@@ -351,7 +354,7 @@ def test_workers_never_import_tensorflow_even_if_the_main_script_does(tmp_path, 
         pool = multiprocessing.get_context("spawn").Pool(1, initializer=sources.init_worker)
     with pool:
         assert pool.apply(eval, ("'tensorflow' in __import__('sys').modules",)) is False
-        assert pool.apply(eval, ("'xray_tfdata.sources' in __import__('sys').modules",))
+        assert pool.apply(eval, ("'xray_tfdata.records.sources' in __import__('sys').modules",))
 
 
 def test_progress_line_and_summary_are_logged(data_dir, tmp_path, caplog):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import decode, features
+from xray_tfdata.inputs import decode
+
+from xray_tfdata.records import features
 
 SIZE = 12
 

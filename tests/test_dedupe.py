@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from xray_tfdata import dedupe
-from xray_tfdata.dedupe import HashedItem, find_duplicates, hamming, perceptual_hash, plan_drops
+from xray_tfdata.records import dedupe
+from xray_tfdata.records.dedupe import HashedItem, find_duplicates, hamming, perceptual_hash, plan_drops
 
 ALL_ONES = (1 << 256) - 1
 
@@ -184,7 +184,7 @@ def test_plan_drops_near_chain_keeps_item_whose_neighbour_was_dropped():
 
 def test_perceptual_hash_separates_real_xrays_from_their_copies(real_sample_dir):
     """The threshold's margin, measured on real chest X-rays (see the module docstring)."""
-    from xray_tfdata import image_io
+    from xray_tfdata.records import image_io
 
     grays = [image_io.read_source(p)[0] for p in sorted(real_sample_dir.glob("*/*"))[:12]]
     hashes = [perceptual_hash(g) for g in grays]

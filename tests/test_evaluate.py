@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import evaluation, features, files, labels, manifest, shortcut
+from xray_tfdata import files, labels
+
+from xray_tfdata.evaluation import evaluator, shortcut
+
+from xray_tfdata.records import features, manifest
 
 SIZE = 16
 BRIGHTNESS = (50, 130, 210)  # NORMAL, COVID19, PNEUMONIA: a class signal a tiny model learns
@@ -116,9 +120,9 @@ def shortcut_records(tmp_path_factory) -> Path:
 
 
 def test_evaluate_writes_every_output(tiny_model, shortcut_records, tmp_path):
-    config = evaluation.EvalConfig(model_path=str(tiny_model), records_dir=str(shortcut_records),
+    config = evaluator.EvalConfig(model_path=str(tiny_model), records_dir=str(shortcut_records),
                                    split="test", output_dir=str(tmp_path / "eval"), bootstrap=200)
-    result = evaluation.evaluate(config)
+    result = evaluator.evaluate(config)
     out = tmp_path / "eval"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["num_examples"] == 18
@@ -148,7 +152,7 @@ def test_evaluate_writes_every_output(tiny_model, shortcut_records, tmp_path):
 
 
 def test_default_output_dir_is_next_to_the_model():
-    config = evaluation.EvalConfig(model_path="/m/best.keras", records_dir="r", split="val")
+    config = evaluator.EvalConfig(model_path="/m/best.keras", records_dir="r", split="val")
     assert config.resolved_output_dir == Path("/m/eval/val")
 
 
@@ -160,7 +164,7 @@ def test_config_rejects_bad_values(field, value, match):
     args = dict(model_path="/m/best.keras", records_dir="r")
     args[field] = value
     with pytest.raises(ValueError, match=match):
-        evaluation.EvalConfig(**args)
+        evaluator.EvalConfig(**args)
 
 
 def _meta(labels_: np.ndarray, rng: np.random.Generator, shortcut_sources: bool) -> dict:

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from xray_tfdata import image_io
-from xray_tfdata.image_io import ImageReadError, decode_source_bytes, encode, read_source, resize
+from xray_tfdata.records import image_io
+from xray_tfdata.records.image_io import ImageReadError, decode_source_bytes, encode, read_source, resize
 
 
 def _png(width: int, height: int, bit_depth: int, colour_type: int, rows: list[bytes],
@@ -364,7 +364,7 @@ def test_encode_rejects_bad_input():
 
 def test_worker_modules_do_not_import_tensorflow():
     code = (
-        "import sys; import xray_tfdata.image_io, xray_tfdata.offline_augment, xray_tfdata.dedupe; "
+        "import sys; import xray_tfdata.records.image_io, xray_tfdata.records.offline_augment, xray_tfdata.records.dedupe; "
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)

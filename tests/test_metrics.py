@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from xray_tfdata import metrics
+from xray_tfdata.evaluation import metrics
 
 # 10 examples, hand-built: confusion matrix rows = true, columns = predicted
 #   NORMAL    [2, 1, 0]

@@ -11,7 +11,7 @@ import pickle
 import numpy as np
 import pytest
 
-from xray_tfdata import offline_augment as oa
+from xray_tfdata.records import offline_augment as oa
 
 # Centre 90 on a background of 50.
 #   mean at centre  = (8*50 + 90) / 9            = 54.44 -> 54

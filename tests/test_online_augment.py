@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import online_augment
+from xray_tfdata.inputs import online_augment
 
 SEED = tf.constant([7, 1], tf.int64)
 

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import distribute, features, labels, manifest, pipeline
+from xray_tfdata import labels
+
+from xray_tfdata.training import distribute
+
+from xray_tfdata.records import features, manifest
+
+from xray_tfdata.inputs import pipeline
 
 SIZE = 16
 STEP = 6  # pixel value = example id * STEP: survives JPEG on flat images, fits in uint8 for 40 ids

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from xray_tfdata import shard_plan as sp
+from xray_tfdata.records import shard_plan as sp
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from xray_tfdata import image_io, labels, sources
+from xray_tfdata import labels
+
+from xray_tfdata.records import image_io, sources
 
 
 def _png(path: Path, value: int = 100, shape: tuple[int, ...] = (40, 30)) -> Path:

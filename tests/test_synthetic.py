@@ -17,7 +17,9 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from xray_tfdata import labels, synthetic
+from xray_tfdata import labels
+
+from xray_tfdata.records import synthetic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "make_synthetic_dataset.py"

@@ -17,9 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import distribute, features, labels, manifest, synthetic, training
-from xray_tfdata import training_steps
-from xray_tfdata.train_config import ConfigError, TrainConfig
+from xray_tfdata import labels
+
+from xray_tfdata.training import distribute, loop
+
+from xray_tfdata.records import features, manifest, synthetic
+from xray_tfdata.training import steps
+from xray_tfdata.training.config import ConfigError, TrainConfig
 
 
 def make_records(records_dir: Path, per_class: dict[str, int], image_size: int = 64,
@@ -119,21 +123,21 @@ def test_config_errors_name_field_value_and_allowed(tmp_path, overrides, message
 
 
 def test_resolve_data_checks_records(records, tmp_path):
-    data = training.resolve_data(_config(records, tmp_path))
+    data = loop.resolve_data(_config(records, tmp_path))
     assert (data["image_size"], data["channels"], data["steps_per_epoch"]) == (64, 1, 180 // 8)
     with pytest.raises(manifest.ManifestError, match=r"hold 64x64 images, but image_size=48"):
-        training.resolve_data(_config(records, tmp_path, image_size=48))
+        loop.resolve_data(_config(records, tmp_path, image_size=48))
     with pytest.raises(ConfigError, match=r"global_batch_size=256 .* at most the 180 training"):
-        training.resolve_data(_config(records, tmp_path, global_batch_size=256))
+        loop.resolve_data(_config(records, tmp_path, global_batch_size=256))
     with pytest.raises(ConfigError, match=r"val_split='holdout'.*found: \['test', 'train', 'val'\]"):
-        training.resolve_data(_config(records, tmp_path, val_split="holdout"))
+        loop.resolve_data(_config(records, tmp_path, val_split="holdout"))
 
 
 def test_balanced_class_weights_from_kaggle_counts():
     info = {"splits": {"train": {"per_class": {"NORMAL": 1266, "COVID19": 460,
                                                "PNEUMONIA": 3418}}}}
     config = _config(Path("r"), Path("m"), class_weights="balanced")
-    weights = training.class_weight_vector(config, info)
+    weights = loop.class_weight_vector(config, info)
     np.testing.assert_allclose(weights, [5144 / (3 * 1266), 5144 / (3 * 460), 5144 / (3 * 3418)],
                                rtol=1e-6)
     # Weighted counts are equal per class: each class contributes the same total loss weight.
@@ -143,18 +147,18 @@ def test_balanced_class_weights_from_kaggle_counts():
 def test_optimizer_schedule_warmup_cosine_and_lr_scaling():
     config = _config(Path("r"), Path("m"), epochs=4, warmup_epochs=1, learning_rate=1e-3,
                      global_batch_size=64, scale_lr=True, optimizer="sgd")
-    schedule = training.make_lr_schedule(config, steps_per_epoch=10)
+    schedule = loop.make_lr_schedule(config, steps_per_epoch=10)
     lr = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
     peak = 1e-3 * 64 / 32
     assert lr[0] == 0.0 and lr[1] == pytest.approx(peak / 2) and lr[2] == pytest.approx(peak)
     assert lr[2] > lr[3] > lr[4] and lr[4] == pytest.approx(0.0, abs=1e-9)
-    fp16 = training.make_optimizer(config, 10, "mixed_float16")
+    fp16 = loop.make_optimizer(config, 10, "mixed_float16")
     assert isinstance(fp16, keras.optimizers.LossScaleOptimizer)
 
 
 def test_metrics_in_numpy():
     probs = np.array([[.8, .1, .1], [.1, .8, .1], [.1, .1, .8], [.6, .3, .1]])
-    out = training_steps.classification_metrics(np.array([0, 1, 2, 1]), probs)
+    out = steps.classification_metrics(np.array([0, 1, 2, 1]), probs)
     assert out["accuracy"] == 0.75
     # F1 per class: 2/3 (P=.5, R=1), 2/3 (P=1, R=.5), 1.
     assert out["macro_f1"] == pytest.approx(7 / 9)
@@ -164,7 +168,8 @@ def test_metrics_in_numpy():
 
 # ------------------------------------------------------------------ mixed precision
 def test_mixed_float16_step_runs_on_cpu_with_float32_outputs(records):
-    from xray_tfdata import models, pipeline
+    from xray_tfdata import models
+    from xray_tfdata.inputs import pipeline
 
     before = keras.mixed_precision.global_policy().name
     strategy = tf.distribute.get_strategy()
@@ -172,10 +177,10 @@ def test_mixed_float16_step_runs_on_cpu_with_float32_outputs(records):
     try:
         model = models.build_model("seed_cnn", 64, 1, dropout=0.0)
         config = _config(records, Path("unused"))
-        optimizer = training.make_optimizer(config, 5, "mixed_float16")
+        optimizer = loop.make_optimizer(config, 5, "mixed_float16")
         optimizer.build(model.trainable_variables)
-        loss_fn = training_steps.make_loss_fn(np.ones(3, np.float32), 0.1, 8)
-        step = training_steps.make_train_function(strategy, model, optimizer, loss_fn,
+        loss_fn = steps.make_loss_fn(np.ones(3, np.float32), 0.1, 8)
+        step = steps.make_train_function(strategy, model, optimizer, loss_fn,
                                                   jit_compile=False, loss_scaling=True)
         ds = strategy.distribute_datasets_from_function(pipeline.dataset_fn(
             str(records), "train", pipeline.InputConfig(global_batch_size=8, image_size=64)))
@@ -196,12 +201,12 @@ def test_mixed_float16_step_runs_on_cpu_with_float32_outputs(records):
 
 # ------------------------------------------------------------------ the loop
 def test_short_run_learns_and_writes_outputs(records, tmp_path):
-    from xray_tfdata import pipeline
+    from xray_tfdata.inputs import pipeline
 
     config = _config(records, tmp_path, epochs=20, learning_rate=1e-3, augment=False,
                      dropout=0.0, deterministic=True, steps_per_execution=5,
                      checkpoint_every=10, export=True)
-    summary = training.train(config)
+    summary = loop.train(config)
     assert summary["status"] == "completed"
     assert summary["steps_completed"] == 20 * 22 and summary["resumed_from_step"] == 0
     assert summary["resolved"]["precision"] == "float32"
@@ -233,10 +238,10 @@ def test_two_replicas_match_one_device(records, tmp_path):
     common = dict(epochs=3, steps_per_epoch=5, global_batch_size=16, steps_per_execution=1,
                   augment=False, deterministic=True, dropout=0.0, optimizer="sgd",
                   learning_rate=0.3)
-    one = training.train(_config(records, tmp_path / "one", **common),
+    one = loop.train(_config(records, tmp_path / "one", **common),
                          tf.distribute.OneDeviceStrategy("/cpu:0"))
     # XLA on the replicas too: jit_compile set explicitly must work under a strategy.
-    two = training.train(_config(records, tmp_path / "two", jit_compile=True, **common),
+    two = loop.train(_config(records, tmp_path / "two", jit_compile=True, **common),
                          distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]))
     assert two["resolved"]["replicas"] == 2 and two["resolved"]["per_replica_batch_size"] == 8
     loss_one = [float(r["loss"]) for r in _history(tmp_path / "one")]
@@ -250,10 +255,10 @@ def test_two_replicas_match_one_device(records, tmp_path):
 
 def test_resume_continues_from_checkpoint_with_history(records, tmp_path):
     config = _config(records, tmp_path, epochs=2, steps_per_epoch=6, checkpoint_every=4)
-    first = training.train(config)
+    first = loop.train(config)
     assert first["steps_completed"] == 12
     # A longer run in the same model_dir resumes at step 12 (epoch 2 done), not from scratch.
-    second = training.train(_config(records, tmp_path, epochs=3, steps_per_epoch=6,
+    second = loop.train(_config(records, tmp_path, epochs=3, steps_per_epoch=6,
                                     checkpoint_every=4))
     assert second["resumed_from_step"] == 12 and second["steps_this_session"] == 6
     assert second["steps_completed"] == 18 and second["epochs_completed"] == 3
@@ -261,7 +266,7 @@ def test_resume_continues_from_checkpoint_with_history(records, tmp_path):
 
 
 def test_early_stopping_on_stalled_val_macro_f1(records, tmp_path):
-    summary = training.train(_config(records, tmp_path, epochs=6, steps_per_epoch=2,
+    summary = loop.train(_config(records, tmp_path, epochs=6, steps_per_epoch=2,
                                      learning_rate=1e-9, patience=2))
     assert summary["status"] == "early_stopping"
     assert summary["epochs_completed"] == 3 and summary["best"]["epoch"] == 1
@@ -279,7 +284,7 @@ def _nan_model(name, image_size, channels, **kwargs):
 def test_nan_loss_stops_with_clear_message(records, tmp_path, caplog):
     config = _config(records, tmp_path, epochs=3, steps_per_epoch=4, steps_per_execution=2)
     with caplog.at_level("ERROR"):
-        summary = training.train(config, model_builder=_nan_model)
+        summary = loop.train(config, model_builder=_nan_model)
     assert summary["status"] == "nan_loss" and summary["steps_completed"] == 2
     assert summary["epochs_completed"] == 0 and not (tmp_path / "best.keras").exists()
     assert "Training loss is nan at step 2 (epoch 1); stopping" in caplog.text

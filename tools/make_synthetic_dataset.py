@@ -14,7 +14,7 @@ import time
 
 from absl import app, flags
 
-from xray_tfdata import synthetic
+from xray_tfdata.records import synthetic
 
 PRESETS = ("small", "kaggle")
 # Per preset: (per_class_train, per_class_test) for "small"; image side range in pixels.

@@ -14,7 +14,7 @@ from absl import app, flags
 
 # Only TensorFlow-free modules at import time, so `--help` and flag errors answer instantly; the
 # converter (which imports TensorFlow) is imported inside main().
-from xray_tfdata import dedupe, image_io
+from xray_tfdata.records import dedupe, image_io
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "workspace/raw/Data",
                                 "The extracted Kaggle folder: {train,test[,val]}/{class}/*.")
@@ -58,7 +58,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False,
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments {argv[1:]}; all inputs are flags.")
-    from xray_tfdata import convert  # noqa: PLC0415 - see the import note at the top
+    from xray_tfdata.records import convert  # noqa: PLC0415 - see the import note at the top
 
     try:
         config = convert.ConversionConfig(

@@ -16,14 +16,16 @@ from pathlib import Path
 
 from absl import app, flags
 
-from xray_tfdata import embeddings, labels
+from xray_tfdata import labels
+
+from xray_tfdata.evaluation import classical
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_path", "workspace/model/best.keras", "The trained .keras model.")
 flags.DEFINE_string("records_dir", "workspace/records", "Records directory (dataset_info.json).")
 flags.DEFINE_string("output_dir", "", "Output directory; default <dir of model>/classical.")
-flags.DEFINE_string("classifiers", ",".join(embeddings.CLASSIFIERS),
-                    f"Comma-separated subset of {','.join(embeddings.CLASSIFIERS)}.")
+flags.DEFINE_string("classifiers", ",".join(classical.CLASSIFIERS),
+                    f"Comma-separated subset of {','.join(classical.CLASSIFIERS)}.")
 flags.DEFINE_enum("train_split", "train", list(labels.SPLITS), "Split the classifiers are fit on.")
 flags.DEFINE_enum("eval_split", "test", list(labels.SPLITS), "Split they are reported on.")
 flags.DEFINE_float("svm_c", 1.0, "SVM (RBF kernel) regularisation C.")
@@ -31,17 +33,17 @@ flags.DEFINE_string("svm_gamma", "scale", "SVM RBF gamma: 'scale', 'auto' or a p
 flags.DEFINE_integer("rf_trees", 300, "Random forest: number of trees.")
 flags.DEFINE_integer("knn_k", 5, "k-nearest neighbours: k.")
 flags.DEFINE_float("logreg_c", 1.0, "Logistic regression: inverse regularisation C.")
-flags.DEFINE_enum("class_weight", "balanced", list(embeddings.CLASS_WEIGHTS),
+flags.DEFINE_enum("class_weight", "balanced", list(classical.CLASS_WEIGHTS),
                   "Class weighting of SVM, random forest and logistic regression.")
 flags.DEFINE_integer("batch_size", 64, "Batch size for embedding extraction.")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for 95% CIs; 0 disables them.")
 flags.DEFINE_integer("seed", 0, "Seed of the classifiers and of the bootstrap.")
 
 
-def _validated() -> tuple[tuple[str, ...], embeddings.ClassifierParams]:
+def _validated() -> tuple[tuple[str, ...], classical.ClassifierParams]:
     try:
-        names = embeddings.parse_classifiers(FLAGS.classifiers)
-        params = embeddings.ClassifierParams(
+        names = classical.parse_classifiers(FLAGS.classifiers)
+        params = classical.ClassifierParams(
             svm_c=FLAGS.svm_c, svm_gamma=FLAGS.svm_gamma, rf_trees=FLAGS.rf_trees,
             knn_k=FLAGS.knn_k, logreg_c=FLAGS.logreg_c, class_weight=FLAGS.class_weight,
             seed=FLAGS.seed)
@@ -62,7 +64,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass settings as --flags.")
     names, params = _validated()
     output_dir = Path(FLAGS.output_dir or Path(FLAGS.model_path).resolve().parent / "classical")
-    summary = embeddings.run_classical(
+    summary = classical.run_classical(
         FLAGS.model_path, FLAGS.records_dir, output_dir, names, params,
         train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
         batch_size=FLAGS.batch_size, bootstrap=FLAGS.bootstrap)
@@ -70,7 +72,7 @@ def main(argv: list[str]) -> None:
     print(f"Fitted on {s['num_train']} {s['train_split']} embeddings "
           f"({summary['identity']['embedding_dim']} features); {s['eval_split']} split, "
           f"{s['num_eval']} examples:")
-    print(embeddings.comparison_table(summary["results"]))
+    print(classical.comparison_table(summary["results"]))
     print(f"Wrote {output_dir / 'metrics.json'}, {output_dir / 'report.txt'} and "
           f"{output_dir / 'classifiers'}/")
 

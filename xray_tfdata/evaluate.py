@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from xray_tfdata import labels, shortcut
+from xray_tfdata import labels
+
+from xray_tfdata.evaluation import shortcut
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_path", "workspace/model/best.keras", "The .keras model to evaluate.")
@@ -30,10 +32,10 @@ flags.DEFINE_float("shortcut_threshold", shortcut.DEFAULT_THRESHOLD,
 
 
 def _config():
-    from xray_tfdata import evaluation
+    from xray_tfdata.evaluation import evaluator
 
     try:
-        return evaluation.EvalConfig(
+        return evaluator.EvalConfig(
             model_path=FLAGS.model_path, records_dir=FLAGS.records_dir, split=FLAGS.split,
             output_dir=FLAGS.output_dir, batch_size=FLAGS.batch_size, bootstrap=FLAGS.bootstrap,
             seed=FLAGS.seed, shortcut_probe=FLAGS.shortcut_probe,
@@ -52,9 +54,9 @@ def main(argv: list[str]) -> None:
     if not Path(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} does not exist. Train first, or "
                              f"pass the best.keras written under --model_dir.")
-    from xray_tfdata import evaluation, metrics
+    from xray_tfdata.evaluation import evaluator, metrics
 
-    result = evaluation.evaluate(config)
+    result = evaluator.evaluate(config)
     out = config.resolved_output_dir
     print(f"Evaluated {config.model_path} on {config.split} ({result['num_examples']} examples)")
     for key in ("accuracy", "macro_f1", "macro_auc"):
@@ -63,8 +65,8 @@ def main(argv: list[str]) -> None:
         print(f"  sensitivity {name:<10} {metrics.headline(result, 'sensitivity/' + name)}")
     if "shortcut_probe" in result:
         print("  " + result["shortcut_probe"]["message"])
-    print(f"Wrote {out / evaluation.METRICS_FILE}, {out / evaluation.REPORT_FILE}, "
-          f"{out / evaluation.CONFUSION_FILE} and {out / evaluation.TENSORBOARD_DIR}/")
+    print(f"Wrote {out / evaluator.METRICS_FILE}, {out / evaluator.REPORT_FILE}, "
+          f"{out / evaluator.CONFUSION_FILE} and {out / evaluator.TENSORBOARD_DIR}/")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from xray_tfdata import synthetic
+from xray_tfdata.records import synthetic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workspace/quickstart", "Everything the run writes goes here.")

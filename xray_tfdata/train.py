@@ -18,8 +18,10 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from xray_tfdata import distribute, models, train_config
-from xray_tfdata.manifest import ManifestError
+from xray_tfdata import models
+
+from xray_tfdata.training import distribute, config as train_config
+from xray_tfdata.records.manifest import ManifestError
 
 FLAGS = flags.FLAGS
 
@@ -104,10 +106,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}; every setting is a --flag.")
     config = config_from_flags()
     # Import after flag checks: a typo must not wait for TensorFlow's start-up.
-    from xray_tfdata import training
+    from xray_tfdata.training import loop
 
     try:
-        training.resolve_data(config)  # manifest, image size, splits: cheap, before any TF op
+        loop.resolve_data(config)  # manifest, image size, splits: cheap, before any TF op
     except train_config.ConfigError as err:
         raise app.UsageError(f"--{err}") from err
     except ManifestError as err:
@@ -128,7 +130,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.overwrite and distribute.is_chief(strategy):
         _remove_previous_run(Path(config.model_dir))
 
-    summary = training.train(config, strategy)
+    summary = loop.train(config, strategy)
     if not distribute.is_chief(strategy):
         return
     paths = summary["paths"]

@@ -110,7 +110,7 @@ def measure_tutorial_loop(data_dir: str, image_size: int, repeats: int, warmup: 
 def measure_converter(data_dir: str, work_dir: str, image_size: int, num_workers: int,
                       repeats: int, warmup: bool) -> dict[str, Any]:
     """Full build_records runs into a fresh temporary output dir each time (removed after)."""
-    from xray_tfdata import convert  # pylint: disable=import-outside-toplevel
+    from xray_tfdata.records import convert  # pylint: disable=import-outside-toplevel
 
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     written = {"examples": 0, "rejected": 0}

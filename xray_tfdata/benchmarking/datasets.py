@@ -64,7 +64,7 @@ def _key(payload: dict[str, Any]) -> str:
 
 def synthetic_sources(preset_name: str, work_dir: str | os.PathLike) -> Path:
     """Returns a Kaggle-layout folder with the preset's images, generating it on first use."""
-    from xray_tfdata import synthetic  # pylint: disable=import-outside-toplevel
+    from xray_tfdata.records import synthetic  # pylint: disable=import-outside-toplevel
 
     preset = PRESETS[preset_name]
     payload = dataclasses.asdict(preset)
@@ -97,7 +97,7 @@ def synthetic_sources(preset_name: str, work_dir: str | os.PathLike) -> Path:
 
 def source_files(data_dir: str | os.PathLike, split: str | None = None) -> list[tuple[str, int]]:
     """(path, label) of every source image, sorted by relative path; optionally one split."""
-    from xray_tfdata import sources  # pylint: disable=import-outside-toplevel
+    from xray_tfdata.records import sources  # pylint: disable=import-outside-toplevel
 
     return [(f.path, f.label) for f in sources.scan(data_dir) if split is None or f.split == split]
 
@@ -108,7 +108,7 @@ def convert_subset(data_dir: str | os.PathLike, work_dir: str | os.PathLike, lim
     Every k-th file in sorted order, so each split and class keeps its share. limit <= 0 or
     >= the number of files: data_dir itself.
     """
-    from xray_tfdata import sources  # pylint: disable=import-outside-toplevel
+    from xray_tfdata.records import sources  # pylint: disable=import-outside-toplevel
 
     files = sources.scan(data_dir)
     if limit <= 0 or limit >= len(files):
@@ -154,7 +154,7 @@ def records_for(data_dir: str | os.PathLike, work_dir: str | os.PathLike, *, ima
     val_fraction=0 so the records' train split holds exactly the source train folder's images:
     every loader in the input comparison then handles the same images.
     """
-    from xray_tfdata import convert, sources  # pylint: disable=import-outside-toplevel
+    from xray_tfdata.records import convert, sources  # pylint: disable=import-outside-toplevel
 
     settings = {"data_dir": str(Path(data_dir).resolve()), "image_size": image_size,
                 "channels": channels, "image_format": image_format,

@@ -158,7 +158,7 @@ def measure_tutorial_loader(data_dir: str, image_size: int, batch_size: int,
 def measure_ours(records_dir: str, image_size: int, channels: int, batch_size: int,
                  repeats: int, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
     """First epoch of a freshly built pipeline per repeat, then whole cached epochs."""
-    from xray_tfdata import pipeline  # pylint: disable=import-outside-toplevel
+    from xray_tfdata.inputs import pipeline  # pylint: disable=import-outside-toplevel
 
     settings = {"global_batch_size": batch_size, "image_size": image_size, "channels": channels,
                 "training": True, "cache": "memory", "augment": False, "seed": seed,

@@ -4,7 +4,7 @@ The synthetic feed is TF Model Garden's `--use_synthetic_data` idea: one batch o
 and dtype as the real pipeline's, repeated from memory, distributed the same way. Its throughput
 is the ceiling when input costs nothing; `1 - real/synthetic` is the input-bound fraction.
 
-The step is the training loop's own computation (training_steps.make_loss_fn + the same
+The step is the training loop's own computation (steps.make_loss_fn + the same
 GradientTape / LossScaleOptimizer / apply_gradients sequence as training_steps), but the batch is
 fetched eagerly with `next(iterator)` outside the compiled step, so the time spent waiting for the
 next batch can be measured per step.
@@ -78,7 +78,7 @@ def make_strategy(name: str, replicas: int):
             raise ValueError(f"strategy=one_device runs 1 replica. Received: replicas={replicas}. "
                              "Use --strategy=mirrored for several replicas.")
         return tf.distribute.OneDeviceStrategy(devices[0])
-    from xray_tfdata import distribute
+    from xray_tfdata.training import distribute
 
     return distribute.mirrored_strategy(devices[:replicas])
 
@@ -103,7 +103,7 @@ def build_feeds(records_dir: str, image_size: int, channels: int, global_batch: 
     """The real input dataset_fn and its synthetic twin (same per-replica element_spec)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from xray_tfdata import pipeline  # pylint: disable=import-outside-toplevel
+    from xray_tfdata.inputs import pipeline  # pylint: disable=import-outside-toplevel
 
     config = pipeline.InputConfig(global_batch_size=global_batch, image_size=image_size,
                                   channels=channels, training=True, cache="memory", augment=True,
@@ -122,9 +122,11 @@ def make_step(strategy, model, optimizer, global_batch: int, loss_scaling: bool)
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from xray_tfdata import labels, training_steps  # pylint: disable=import-outside-toplevel
+    from xray_tfdata import labels  # pylint: disable=import-outside-toplevel
 
-    loss_fn = training_steps.make_loss_fn(np.ones(labels.NUM_CLASSES, np.float32), 0.0,
+    from xray_tfdata.training import steps
+
+    loss_fn = steps.make_loss_fn(np.ones(labels.NUM_CLASSES, np.float32), 0.0,
                                           global_batch)
     variables = model.trainable_variables
 
@@ -165,7 +167,9 @@ def measure_training(records_dir: str, model: str, image_size: int, channels: in
     """Images/s, step time and input wait per step, real vs synthetic feed, one configuration."""
     import keras  # pylint: disable=import-outside-toplevel
 
-    from xray_tfdata import models, pipeline  # pylint: disable=import-outside-toplevel
+    from xray_tfdata import models  # pylint: disable=import-outside-toplevel
+
+    from xray_tfdata.inputs import pipeline
 
     policy = resolve_precision(precision)
     previous = keras.mixed_precision.global_policy()

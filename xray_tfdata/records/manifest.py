@@ -34,7 +34,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xray_tfdata import features, files, labels
+from xray_tfdata import files, labels
+
+from xray_tfdata.records import features
 
 MANIFEST_NAME = "dataset_info.json"
 

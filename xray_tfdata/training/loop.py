@@ -22,10 +22,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import checkpointing, distribute, evaluation, files, labels
-from xray_tfdata import manifest as manifest_lib
-from xray_tfdata import training_steps
-from xray_tfdata.train_config import ConfigError, TrainConfig
+from xray_tfdata import files, labels
+
+from xray_tfdata.training import checkpointing, distribute
+
+from xray_tfdata.evaluation import evaluator
+from xray_tfdata.records import manifest as manifest_lib
+from xray_tfdata.training import steps
+from xray_tfdata.training.config import ConfigError, TrainConfig
 
 ModelBuilder = Callable[..., keras.Model]
 
@@ -157,7 +161,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, *
 
 def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, precision: str,
            model_builder: ModelBuilder) -> dict[str, Any]:
-    from xray_tfdata import pipeline  # lazy: keeps `import training` light for the CLI's checks
+    from xray_tfdata.inputs import pipeline  # lazy: keeps `import training` light for the CLI's checks
 
     chief = distribute.is_chief(strategy)
     model_dir = Path(config.model_dir)
@@ -180,9 +184,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
     history = checkpointing.History(model_dir / checkpointing.HISTORY_NAME, chief, start_epoch)
 
     class_weights = class_weight_vector(config, data["manifest"])
-    loss_fn = training_steps.make_loss_fn(class_weights, config.label_smoothing,
+    loss_fn = steps.make_loss_fn(class_weights, config.label_smoothing,
                                           config.global_batch_size)
-    train_steps = training_steps.make_train_function(
+    train_steps = steps.make_train_function(
         strategy, model, optimizer, loss_fn, jit_compile=config.jit_compile,
         loss_scaling=precision == "mixed_float16",
     )
@@ -196,7 +200,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
     train_ds = strategy.distribute_datasets_from_function(
         pipeline.dataset_fn(config.records_dir, "train", input_config))
     iterator = iter(train_ds)
-    predict = evaluation.predict_fn(model)
+    predict = evaluator.predict_fn(model)
     val_ds = pipeline.build_dataset(config.records_dir, config.val_split, pipeline.InputConfig(
         global_batch_size=config.global_batch_size, image_size=data["image_size"],
         channels=data["channels"], training=False, augment=False,
@@ -205,7 +209,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
     log_dir = model_dir / "logs"
     writer = (tf.summary.create_file_writer(str(log_dir / "train")) if chief
               else tf.summary.create_noop_writer())
-    profile = training_steps.ProfileWindow(config.profile_steps, config.steps_per_execution,
+    profile = steps.ProfileWindow(config.profile_steps, config.steps_per_execution,
                                            str(log_dir) if chief else None)
     best_path = model_dir / "best.keras"
     best_weights = None
@@ -242,7 +246,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
             losses.append((loss, n))
             state.step.assign(step)
             with writer.as_default():
-                training_steps.write_scalar("batch_loss", loss, step)
+                steps.write_scalar("batch_loss", loss, step)
             if config.checkpoint_every and step % config.checkpoint_every == 0 \
                     and done_in_epoch < steps_per_epoch:
                 checkpointer.save()
@@ -253,7 +257,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
         speed = images / train_seconds if train_seconds > 0 else float("nan")
         if step > epoch_start_step:
             epoch_speeds.append(speed)
-        val = training_steps.evaluate(predict, val_ds)
+        val = steps.evaluate(predict, val_ds)
         lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         mean_loss = (sum(l * k for l, k in losses) / sum(k for _, k in losses)) if losses \
             else float("nan")
@@ -265,9 +269,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
                      mean_loss, val["accuracy"], val["macro_f1"], val["auc"], lr, speed)
         with writer.as_default():
             for key in ("loss", "learning_rate", "images_per_sec"):
-                training_steps.write_scalar(f"epoch_{key}", last_row[key], step)
+                steps.write_scalar(f"epoch_{key}", last_row[key], step)
             for key, value in val.items():
-                training_steps.write_scalar(f"val/{key}", value, step)
+                steps.write_scalar(f"val/{key}", value, step)
         writer.flush()
 
         if val["macro_f1"] > float(state.best_score.numpy()) + 1e-9:
@@ -300,7 +304,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
         model.set_weights(best_weights)
     elif best_path.is_file():
         model.load_weights(str(best_path))
-    export_dir = training_steps.export_model(model, model_dir, data, strategy,
+    export_dir = steps.export_model(model, model_dir, data, strategy,
                                              enabled=config.export and stop_reason != "nan_loss")
 
     steady = epoch_speeds[1:] or epoch_speeds

@@ -19,7 +19,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from xray_tfdata import labels, metrics
+from xray_tfdata import labels
+
+from xray_tfdata.evaluation import metrics
 
 PROBE_MODELS = ("gradient_boosting", "logistic_regression")
 DEFAULT_THRESHOLD = 0.8

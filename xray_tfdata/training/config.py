@@ -11,7 +11,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from xray_tfdata.distribute import PRECISIONS
+from xray_tfdata.training.distribute import PRECISIONS
 from xray_tfdata.models import MODEL_NAMES
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")

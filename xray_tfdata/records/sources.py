@@ -18,7 +18,9 @@ from pathlib import Path
 
 import cv2
 
-from xray_tfdata import dedupe, image_io, labels, offline_augment
+from xray_tfdata import labels
+
+from xray_tfdata.records import dedupe, image_io, offline_augment
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 SOURCE_SPLITS: tuple[str, ...] = ("train", "val", "test")

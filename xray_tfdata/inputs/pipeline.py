@@ -29,7 +29,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import decode, features, manifest, online_augment
+from xray_tfdata.inputs import decode, online_augment
+
+from xray_tfdata.records import features, manifest
 
 CACHE_MODES = ("none", "memory")  # or any other string: a file path prefix for an on-disk cache
 OUTPUT_DTYPES = ("uint8", "float16", "bfloat16", "float32")

@@ -36,9 +36,11 @@ from typing import Any, Iterator, Sequence
 import cv2
 from absl import logging
 
-from xray_tfdata import __version__, dedupe, features, files, image_io, labels, manifest
-from xray_tfdata import offline_augment, shard_plan, sources, writer
-from xray_tfdata.writer import Spill, SpillEntry
+from xray_tfdata import __version__, files, labels
+
+from xray_tfdata.records import dedupe, features, image_io, manifest
+from xray_tfdata.records import offline_augment, shard_plan, sources, shard_writer
+from xray_tfdata.records.shard_writer import Spill, SpillEntry
 
 DEDUPE_MODES: tuple[str, ...] = ("report", "drop")
 _DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shadows the module
@@ -97,7 +99,7 @@ class ConversionConfig:
                  f"one of {features.IMAGE_FORMATS}")
         _require(isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 100,
                  "jpeg_quality", self.jpeg_quality, "an int in [1, 100]")
-        _require(self.compression in writer.COMPRESSIONS, "compression", self.compression,
+        _require(self.compression in shard_writer.COMPRESSIONS, "compression", self.compression,
                  "'' (none) or 'GZIP'")
         _require(self.shard_size_mb > 0, "shard_size_mb", self.shard_size_mb, "> 0",
                  "About 100 MB per shard reads well; or set num_shards.")
@@ -321,7 +323,7 @@ class _Shards:
     def __init__(self, out: Path, index: dict[str, SpillEntry], spill: Spill,
                  files: dict[str, sources.SourceFile], config: ConversionConfig) -> None:
         self.out, self.index, self.spill, self.files, self.config = out, index, spill, files, config
-        self.journal_path = out / writer.WORK_DIR / "shards.json"
+        self.journal_path = out / shard_writer.WORK_DIR / "shards.json"
         self.journal = (json.loads(self.journal_path.read_text())
                         if self.journal_path.is_file() else {})
 
@@ -351,14 +353,14 @@ class _Shards:
     def write(self, split: str, shards: list[list[shard_plan.PlannedExample]]) -> list[dict]:
         entries = []
         for i, examples in enumerate(shards):
-            name = writer.shard_name(split, i, len(shards))
+            name = shard_writer.shard_name(split, i, len(shards))
             path, fingerprint, known = self.out / name, self._fingerprint(examples), self.journal.get(name)
             if (known and known["fingerprint"] == fingerprint and path.is_file()
                     and path.stat().st_size == known["entry"]["bytes"]
                     and files.sha256_file(path) == known["entry"]["sha256"]):
                 entries.append(known["entry"])
                 continue
-            entry = writer.write_shard(path, self._records(examples), self.config.compression)
+            entry = shard_writer.write_shard(path, self._records(examples), self.config.compression)
             entries.append(entry)
             self.journal[name] = {"fingerprint": fingerprint, "entry": entry}
             tmp = self.journal_path.with_suffix(".tmp")
@@ -405,21 +407,21 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
     """
     start = time.monotonic()
     out, args = Path(config.output_dir), config.manifest_args()
-    if not config.overwrite and (done := writer.complete_manifest(out, args, _NOT_COMPARED)):
+    if not config.overwrite and (done := shard_writer.complete_manifest(out, args, _NOT_COMPARED)):
         logging.info("Records in %s are complete and match these arguments; nothing to do "
                      "(pass --overwrite to rebuild).", out)
         return done
     scan = sources.scan_sources(config.data_dir)
     try:
-        writer.prepare_output_dir(out, args, overwrite=config.overwrite, ignore=_NOT_COMPARED)
-    except writer.OutputDirError as err:
+        shard_writer.prepare_output_dir(out, args, overwrite=config.overwrite, ignore=_NOT_COMPARED)
+    except shard_writer.OutputDirError as err:
         raise ConversionError(str(err)) from err
 
     tasks = _plan_tasks(scan.files, config)
     files = {f.relpath: f for f in scan.files}
     logging.info("Found %d images in %s (%d other files); %d workers.", len(tasks),
                  config.data_dir, len(scan.rejected), min(config.workers(), max(len(tasks), 1)))
-    spill = Spill(out / writer.WORK_DIR / "pass1.spill")
+    spill = Spill(out / shard_writer.WORK_DIR / "pass1.spill")
     try:
         index, rate, decoded = _run_pass(tasks, spill, config, progress)
         rejected = sorted([{"path": p, "reason": r} for p, r in scan.rejected]
@@ -448,7 +450,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
             logging.warning("Only %d train examples: %d train shards, fewer than min_shards=%d.",
                             len(per_split.get("train", ())), len(plans.get("train", ())),
                             config.min_shards)
-        writer.remove_stale_shards(out, {writer.shard_name(s, i, len(p))
+        shard_writer.remove_stale_shards(out, {shard_writer.shard_name(s, i, len(p))
                                          for s, p in plans.items() for i in range(len(p))})
         shards = _Shards(out, index, spill, files, config)
         splits_info = {split: {
@@ -474,7 +476,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         "duplicates": _manifest_duplicates(duplicates, drops),
     }
     manifest.write_manifest(out, result)
-    shutil.rmtree(out / writer.WORK_DIR)  # complete: the spill (about the records' size) goes
+    shutil.rmtree(out / shard_writer.WORK_DIR)  # complete: the spill (about the records' size) goes
     total_bytes = sum(s["bytes"] for info in splits_info.values() for s in info["shards"])
     logging.info(
         "Done in %.1f s: %s; %d rejected, %d dropped as duplicates; %d sources decoded at "

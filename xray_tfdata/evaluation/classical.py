@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from xray_tfdata import evaluation, files, labels, metrics
+from xray_tfdata import files, labels
+
+from xray_tfdata.evaluation import evaluator, metrics
 
 CLASSIFIERS = ("svm", "rf", "logreg", "knn")
 CLASS_WEIGHTS = ("balanced", "none")
@@ -168,9 +170,9 @@ def feature_model(model):
 def extract(model, records_dir: str, split: str, batch_size: int = 64
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(embeddings [n, d] float32, CNN probabilities [n, C], labels [n]) for one split."""
-    image_size, channels = evaluation.input_spec(model)
-    dataset = evaluation.eval_dataset(records_dir, split, image_size, channels, batch_size)
-    y, (emb, probs) = evaluation.run_model(feature_model(model), dataset)
+    image_size, channels = evaluator.input_spec(model)
+    dataset = evaluator.eval_dataset(records_dir, split, image_size, channels, batch_size)
+    y, (emb, probs) = evaluator.run_model(feature_model(model), dataset)
     return emb.astype(np.float32), probs, y
 
 
@@ -245,7 +247,7 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
         if name not in CLASSIFIERS:
             raise ValueError(f"Received: classifier={name!r}. Allowed: {', '.join(CLASSIFIERS)}.")
     output_dir = Path(output_dir)
-    model = evaluation.load_model(model_path)
+    model = evaluator.load_model(model_path)
     x_train, _, y_train = extract(model, records_dir, train_split, batch_size)
     x_eval, cnn_probs, y_eval = extract(model, records_dir, eval_split, batch_size)
     if np.unique(y_train).size < 2:

@@ -3,7 +3,7 @@
 `export_serving` writes a TensorFlow SavedModel with one signature, "serving_default":
   input  "image_bytes":   tf.string [None], raw PNG/JPEG/BMP/GIF file contents, any size or mode
   output "probabilities": tf.float32 [None, 3] (0 = NORMAL, 1 = COVID19, 2 = PNEUMONIA)
-The decoding mirrors the converter (xray_tfdata.image_io): 8-bit grey (RGB weighted like
+The decoding mirrors the converter (xray_tfdata.records.image_io): 8-bit grey (RGB weighted like
 cv2.COLOR_BGR2GRAY, alpha dropped, 16-bit PNG rescaled by its actual min..max), then a resize
 (area when shrinking, bilinear when only enlarging) to image_size x image_size ("stretch") or an
 aspect-preserving one centred on black ("pad"), rounded back to uint8 and repeated to the model's

@@ -18,7 +18,9 @@ from typing import Any, Iterable, Sequence
 
 import tensorflow as tf
 
-from xray_tfdata import files, manifest
+from xray_tfdata import files
+
+from xray_tfdata.records import manifest
 
 COMPRESSIONS: tuple[str, ...] = ("", "GZIP")
 TMP_MARKER = ".tmp-"

@@ -24,7 +24,9 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import distribute, files
+from xray_tfdata import files
+
+from xray_tfdata.training import distribute
 
 CHECKPOINT_SUBDIR = "checkpoints"
 HISTORY_NAME = "history.csv"

@@ -20,7 +20,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from xray_tfdata import features
+from xray_tfdata.records import features
 
 # Records per `parse_example` call: large enough to amortise the op overhead, small enough that
 # the parallel decode that follows sees many independent batches.

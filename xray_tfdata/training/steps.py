@@ -15,10 +15,14 @@ from absl import logging
 from sklearn import metrics as sk_metrics
 from tensorflow.core.framework import summary_pb2
 
-from xray_tfdata import distribute, evaluation, labels, metrics
+from xray_tfdata import labels
 
 
 # tf.summary.scalar lives in the optional tensorboard package; writing the same "scalars" plugin
+
+from xray_tfdata.training import distribute
+
+from xray_tfdata.evaluation import evaluator, metrics
 # summary through core tf.summary.write keeps TensorBoard logs working without it installed.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
@@ -112,9 +116,9 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dic
 
 def evaluate(predict: Callable[[tf.Tensor], tf.Tensor],
              dataset: tf.data.Dataset) -> dict[str, float]:
-    """Runs `predict` (from evaluation.predict_fn) over one pass of an eval-mode dataset (on
+    """Runs `predict` (from evaluator.predict_fn) over one pass of an eval-mode dataset (on
     every worker alike)."""
-    truth, (probs, *_) = evaluation.run_model(None, dataset, predict=predict)
+    truth, (probs, *_) = evaluator.run_model(None, dataset, predict=predict)
     return classification_metrics(truth, probs)
 
 
@@ -157,7 +161,7 @@ def export_model(model: keras.Model, model_dir: Path, data: dict[str, Any],
     if not enabled:
         return None
     try:
-        from xray_tfdata import export
+        from xray_tfdata.serving import export
     except ImportError as err:
         logging.warning("Serving export skipped: %s", err)
         return None
