@@ -7,10 +7,8 @@ running on /cpu:0 unchanged.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
-from types import ModuleType
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,9 +25,9 @@ if _cpus and tf.config.get_logical_device_configuration(_cpus[0]) is None:
     except RuntimeError:
         pass  # runtime already initialised by an earlier import; single-device tests still run
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# CI clones the repo next to a copy of shared/, as the developers' checkout is: repo/../shared.
-REAL_SAMPLE_DIR = REPO_ROOT.parent / "shared" / "real_cxr_sample"
+from tests import fixtures  # noqa: E402
+
+REAL_SAMPLE_DIR = fixtures.REAL_SAMPLE_DIR
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +38,9 @@ def real_sample_dir() -> Path:
     return REAL_SAMPLE_DIR
 
 
-def load_tool(name: str) -> ModuleType:
-    """Imports `tools/<name>.py` by path: tools/ is not a package (its flags are defined only
-    under __main__, so importing two tools in one process does not clash)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="session")
+def real_paediatric_dir() -> Path:
+    """300 NORMAL + 300 PNEUMONIA real paediatric X-rays (read-only, never copied into the repo)."""
+    if not (fixtures.REAL_PAEDIATRIC_DIR / "NORMAL").is_dir():
+        pytest.skip(f"real paediatric X-rays not found at {fixtures.REAL_PAEDIATRIC_DIR}")
+    return fixtures.REAL_PAEDIATRIC_DIR

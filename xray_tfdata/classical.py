@@ -17,7 +17,6 @@ from pathlib import Path
 from absl import app, flags
 
 from xray_tfdata import labels
-
 from xray_tfdata.evaluation import classical
 
 FLAGS = flags.FLAGS

@@ -12,7 +12,6 @@ from __future__ import annotations
 from absl import app, flags
 
 from xray_tfdata import labels
-
 from xray_tfdata.evaluation import shortcut
 
 FLAGS = flags.FLAGS

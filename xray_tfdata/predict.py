@@ -134,8 +134,8 @@ def main(argv: list[str]) -> int:
             f"--model_path={FLAGS.model_path} is not a SavedModel directory (no saved_model.pb); "
             "pass the export written by training, e.g. workspace/model/export.")
 
-    from xray_tfdata.serving.export import load_serving  # noqa: PLC0415 - TF import after flag checks
     from xray_tfdata import files  # noqa: PLC0415
+    from xray_tfdata.serving.export import load_serving  # noqa: PLC0415 - TF import after flag checks
 
     serving = load_serving(FLAGS.model_path)
     results = predict_files(serving, image_paths, FLAGS.batch_size)

@@ -19,9 +19,9 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from xray_tfdata import models
-
-from xray_tfdata.training import distribute, config as train_config
 from xray_tfdata.records.manifest import ManifestError
+from xray_tfdata.training import config as train_config
+from xray_tfdata.training import distribute
 
 FLAGS = flags.FLAGS
 

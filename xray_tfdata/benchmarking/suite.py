@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-
 from xray_tfdata.benchmarking import datasets, harness, isolate
 
 MODES = ("convert", "input", "train", "all")

@@ -123,7 +123,6 @@ def make_step(strategy, model, optimizer, global_batch: int, loss_scaling: bool)
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from xray_tfdata import labels  # pylint: disable=import-outside-toplevel
-
     from xray_tfdata.training import steps
 
     loss_fn = steps.make_loss_fn(np.ones(labels.NUM_CLASSES, np.float32), 0.0,
@@ -168,7 +167,6 @@ def measure_training(records_dir: str, model: str, image_size: int, channels: in
     import keras  # pylint: disable=import-outside-toplevel
 
     from xray_tfdata import models  # pylint: disable=import-outside-toplevel
-
     from xray_tfdata.inputs import pipeline
 
     policy = resolve_precision(precision)

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from xray_tfdata import files, labels
-
 from xray_tfdata.evaluation import evaluator, metrics
 
 CLASSIFIERS = ("svm", "rf", "logreg", "knn")

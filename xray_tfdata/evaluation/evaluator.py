@@ -22,7 +22,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from xray_tfdata import files, labels
-
 from xray_tfdata.evaluation import metrics, shortcut
 
 METRICS_FILE = "metrics.json"
@@ -108,8 +107,12 @@ def input_spec(model) -> tuple[int, int]:
 
 def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, batch_size: int):
     """The split in evaluation mode (one pass, remainder kept, no augmentation, fixed order)."""
-    from xray_tfdata.records import manifest  # TensorFlow imports stay out of flag validation
-    from xray_tfdata.inputs import pipeline  # TensorFlow imports stay out of flag validation
+    from xray_tfdata.inputs import (
+        pipeline,  # TensorFlow imports stay out of flag validation
+    )
+    from xray_tfdata.records import (
+        manifest,  # TensorFlow imports stay out of flag validation
+    )
 
     manifest.check_compatible(manifest.read_manifest(records_dir), image_size=image_size,
                               channels=channels, records_dir=records_dir)

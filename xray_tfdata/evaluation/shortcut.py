@@ -20,7 +20,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from xray_tfdata import labels
-
 from xray_tfdata.evaluation import metrics
 
 PROBE_MODELS = ("gradient_boosting", "logistic_regression")

@@ -30,7 +30,6 @@ import tensorflow as tf
 from absl import logging
 
 from xray_tfdata.inputs import decode, online_augment
-
 from xray_tfdata.records import features, manifest
 
 CACHE_MODES = ("none", "memory")  # or any other string: a file path prefix for an on-disk cache

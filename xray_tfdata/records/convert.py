@@ -37,9 +37,16 @@ import cv2
 from absl import logging
 
 from xray_tfdata import __version__, files, labels
-
-from xray_tfdata.records import dedupe, features, image_io, manifest
-from xray_tfdata.records import offline_augment, shard_plan, sources, shard_writer
+from xray_tfdata.records import (
+    dedupe,
+    features,
+    image_io,
+    manifest,
+    offline_augment,
+    shard_plan,
+    shard_writer,
+    sources,
+)
 from xray_tfdata.records.shard_writer import Spill, SpillEntry
 
 DEDUPE_MODES: tuple[str, ...] = ("report", "drop")

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from xray_tfdata import files, labels
-
 from xray_tfdata.records import features
 
 MANIFEST_NAME = "dataset_info.json"

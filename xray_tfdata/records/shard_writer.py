@@ -7,19 +7,18 @@ most a `.{name}.tmp-{pid}` file, which the converter deletes on the next run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
-import struct
-from pathlib import Path
-import json
 import re
 import shutil
+import struct
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import tensorflow as tf
 
 from xray_tfdata import files
-
 from xray_tfdata.records import manifest
 
 COMPRESSIONS: tuple[str, ...] = ("", "GZIP")

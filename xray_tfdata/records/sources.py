@@ -19,7 +19,6 @@ from pathlib import Path
 import cv2
 
 from xray_tfdata import labels
-
 from xray_tfdata.records import dedupe, image_io, offline_augment
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")

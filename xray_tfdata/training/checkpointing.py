@@ -25,7 +25,6 @@ import tensorflow as tf
 from absl import logging
 
 from xray_tfdata import files
-
 from xray_tfdata.training import distribute
 
 CHECKPOINT_SUBDIR = "checkpoints"

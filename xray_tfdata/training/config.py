@@ -11,8 +11,8 @@ import dataclasses
 import math
 from pathlib import Path
 
-from xray_tfdata.training.distribute import PRECISIONS
 from xray_tfdata.models import MODEL_NAMES
+from xray_tfdata.training.distribute import PRECISIONS
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")

@@ -23,12 +23,9 @@ import tensorflow as tf
 from absl import logging
 
 from xray_tfdata import files, labels
-
-from xray_tfdata.training import checkpointing, distribute
-
 from xray_tfdata.evaluation import evaluator
 from xray_tfdata.records import manifest as manifest_lib
-from xray_tfdata.training import steps
+from xray_tfdata.training import checkpointing, distribute, steps
 from xray_tfdata.training.config import ConfigError, TrainConfig
 
 ModelBuilder = Callable[..., keras.Model]
@@ -105,8 +102,8 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, precision: str) ->
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
     import platform
+    from importlib import metadata
 
     try:
         own = metadata.version("xray_tfdata")
@@ -161,7 +158,9 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, *
 
 def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, precision: str,
            model_builder: ModelBuilder) -> dict[str, Any]:
-    from xray_tfdata.inputs import pipeline  # lazy: keeps `import training` light for the CLI's checks
+    from xray_tfdata.inputs import (
+        pipeline,  # lazy: keeps `import training` light for the CLI's checks
+    )
 
     chief = distribute.is_chief(strategy)
     model_dir = Path(config.model_dir)

@@ -16,13 +16,11 @@ from sklearn import metrics as sk_metrics
 from tensorflow.core.framework import summary_pb2
 
 from xray_tfdata import labels
-
+from xray_tfdata.evaluation import evaluator, metrics
 
 # tf.summary.scalar lives in the optional tensorboard package; writing the same "scalars" plugin
-
 from xray_tfdata.training import distribute
 
-from xray_tfdata.evaluation import evaluator, metrics
 # summary through core tf.summary.write keeps TensorBoard logs working without it installed.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))

@@ -11,17 +11,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import load_tool
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from tests import fixtures
+from tests.fixtures import load_tool
 from xray_tfdata import labels
-
 from xray_tfdata.records import synthetic
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = fixtures.REPO_ROOT
 TOOL = REPO_ROOT / "tools" / "make_synthetic_dataset.py"
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fixtures import BRIGHTNESS, tiny_model_file  # noqa: E402
+from tests.fixtures import brightness_records as write_records  # noqa: E402
 from xray_tfdata import files
 
 # Shared tiny-records / tiny-model builders (pytest puts tests/ on sys.path).
-
 from xray_tfdata.evaluation import classical, evaluator, metrics
-from test_evaluate import BRIGHTNESS, tiny_model_file, write_records  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from xray_tfdata.records import dedupe
-from xray_tfdata.records.dedupe import HashedItem, find_duplicates, hamming, perceptual_hash, plan_drops
+from xray_tfdata.records.dedupe import (
+    HashedItem,
+    find_duplicates,
+    hamming,
+    perceptual_hash,
+    plan_drops,
+)
 
 ALL_ONES = (1 << 256) - 1
 

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from test_training import make_records
+from tests.fixtures import xray_records as make_records
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from test_training import make_records
+from tests.fixtures import xray_records as make_records
 
 pytestmark = pytest.mark.slow
 

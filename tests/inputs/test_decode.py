@@ -7,7 +7,6 @@ import pytest
 import tensorflow as tf
 
 from xray_tfdata.inputs import decode
-
 from xray_tfdata.records import features
 
 SIZE = 12

@@ -12,9 +12,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import load_tool
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests import fixtures
+from tests.fixtures import load_tool
+
+REPO_ROOT = fixtures.REPO_ROOT
 TOOL = REPO_ROOT / "tools" / "download_dataset.py"
 CLASSES = ("COVID19", "NORMAL", "PNEUMONIA")
 

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata.serving import export
+from tests import fixtures
 from xray_tfdata.models import build_model
 from xray_tfdata.predict import predict_files
+from xray_tfdata.serving import export
 
 SIZE = 32
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = fixtures.REPO_ROOT
 
 
 def _images() -> dict[str, tuple[bytes, np.ndarray]]:

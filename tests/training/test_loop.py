@@ -7,7 +7,6 @@ tests need no converter run; `make_records` is reused by test_train_cli.py and t
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -17,48 +16,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import labels
-
-from xray_tfdata.training import distribute, loop
-
-from xray_tfdata.records import features, manifest, synthetic
-from xray_tfdata.training import steps
+from tests import fixtures
+from xray_tfdata.records import manifest
+from xray_tfdata.training import distribute, loop, steps
 from xray_tfdata.training.config import ConfigError, TrainConfig
 
-
-def make_records(records_dir: Path, per_class: dict[str, int], image_size: int = 64,
-                 num_shards: int = 2, seed: int = 0) -> Path:
-    """Writes a small records dir: `per_class[split]` images of each class, raw uint8 pixels."""
-    records_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    splits = {}
-    for split, n in per_class.items():
-        examples = [(label, synthetic.render_xray(label, (image_size, image_size), rng))
-                    for _ in range(n) for label in range(labels.NUM_CLASSES)]
-        shards = []
-        for i in range(num_shards):
-            name = f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord"
-            part = examples[i::num_shards]
-            with tf.io.TFRecordWriter(str(records_dir / name)) as writer:
-                for j, (label, image) in enumerate(part):
-                    writer.write(features.serialize(features.ExampleRecord(
-                        encoded=image.tobytes(), image_format="raw", height=image_size,
-                        width=image_size, channels=1, label=label,
-                        class_text=labels.CLASS_NAMES[label], source_path=f"{split}/{i}/{j}.png",
-                        source_sha256="0" * 64, source_width=image_size,
-                        source_height=image_size, source_mode="L", source_format="PNG",
-                        source_bytes=image.size)))
-            data = (records_dir / name).read_bytes()
-            shards.append({"file": name, "num_examples": len(part), "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest()})
-        splits[split] = {"num_examples": len(examples), "shards": shards,
-                         "per_class": {c: n for c in labels.CLASS_NAMES}}
-    manifest.write_manifest(records_dir, {
-        "format_version": features.FORMAT_VERSION, "label_map": labels.LABEL_MAP,
-        "image": {"size": image_size, "channels": 1, "format": "raw", "resize_mode": "stretch"},
-        "compression": "", "splits": splits, "args": {}, "rejected": [], "duplicates": {},
-    })
-    return records_dir
+make_records = fixtures.xray_records
 
 
 @pytest.fixture(scope="module")

@@ -8,104 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import files, labels
-
+from tests import fixtures
+from xray_tfdata import files
 from xray_tfdata.evaluation import evaluator, shortcut
 
-from xray_tfdata.records import features, manifest
-
-SIZE = 16
-BRIGHTNESS = (50, 130, 210)  # NORMAL, COVID19, PNEUMONIA: a class signal a tiny model learns
-
-
-def _image(label: int, rng: np.random.Generator) -> np.ndarray:
-    noise = rng.normal(0.0, 18.0, (SIZE, SIZE, 1))
-    return np.clip(BRIGHTNESS[label] + noise, 0, 255).astype(np.uint8)
-
-
-def _source(label: int, rng: np.random.Generator, shortcut_sources: bool) -> dict:
-    """Source metadata; with shortcut_sources COVID19 comes from 'adult' (large RGB PNG) sources."""
-    if shortcut_sources:
-        adult = label == 1
-        return dict(
-            source_width=int(rng.integers(1800, 2200) if adult else rng.integers(900, 1300)),
-            source_height=int(rng.integers(1600, 2000) if adult else rng.integers(700, 1000)),
-            source_mode="RGB" if adult else "L", source_format="PNG" if adult else "JPEG",
-            source_bytes=int(rng.integers(2_000_000, 4_000_000) if adult
-                             else rng.integers(100_000, 300_000)))
-    return dict(source_width=int(rng.integers(800, 2000)),
-                source_height=int(rng.integers(800, 2000)),
-                source_mode=str(rng.choice(["L", "RGB"])),
-                source_format=str(rng.choice(["JPEG", "PNG"])),
-                source_bytes=int(rng.integers(100_000, 3_000_000)))
-
-
-def write_records(records_dir: Path, per_class: dict[str, int], *, shortcut_sources: bool = False,
-                  seed: int = 0) -> Path:
-    """Tiny records (2 shards per split) and a manifest in the dataset_info.json schema."""
-    rng = np.random.default_rng(seed)
-    records_dir.mkdir(parents=True, exist_ok=True)
-    splits = {}
-    for split, n in per_class.items():
-        items = [(label, i) for label in range(labels.NUM_CLASSES) for i in range(n)]
-        order = rng.permutation(len(items))
-        serialized = []
-        for k in order:
-            label, i = items[k]
-            record = features.ExampleRecord(
-                encoded=tf.io.encode_png(_image(label, rng)).numpy(), image_format="png",
-                height=SIZE, width=SIZE, channels=1, label=label,
-                class_text=labels.CLASS_NAMES[label], source_path=f"{split}/{label}/{i}.png",
-                source_sha256=f"{split}{label}{i}", **_source(label, rng, shortcut_sources))
-            serialized.append(features.serialize(record))
-        shards = []
-        halves = (serialized[: len(serialized) // 2], serialized[len(serialized) // 2:])
-        for s, chunk in enumerate(halves):
-            name = f"{split}-{s:05d}-of-00002.tfrecord"
-            with tf.io.TFRecordWriter(str(records_dir / name)) as writer:
-                for item in chunk:
-                    writer.write(item)
-            shards.append({"file": name, "num_examples": len(chunk), "bytes": 0, "sha256": ""})
-        splits[split] = {"num_examples": len(items), "shards": shards,
-                         "per_class": {c: n for c in labels.CLASS_NAMES}}
-    manifest.write_manifest(records_dir, {
-        "format_version": features.FORMAT_VERSION, "label_map": labels.LABEL_MAP,
-        "image": {"size": SIZE, "channels": 1, "format": "png", "resize_mode": "stretch"},
-        "compression": "", "splits": splits, "rejected": [], "duplicates": {}})
-    return records_dir
-
-
-def tiny_model_file(path: Path) -> Path:
-    """uint8 input -> mean brightness -> 'embedding' (Dense 4) -> 'probabilities' (Dense 3).
-
-    Weights are set by hand instead of trained (training costs seconds on a shared CPU): the head
-    scores class k by -(m - c_k)^2 with m the mean brightness and c_k the class's mean, whose
-    m^2 term is the same for every class, so it is linear in the embedding [1, m, ...].
-    """
-    inputs = keras.Input((SIZE, SIZE, 1), dtype="uint8", name="image")
-    h = keras.layers.Rescaling(1.0 / 255.0)(inputs)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    embedding = keras.layers.Dense(4, activation="relu", name="embedding")
-    h = embedding(h)
-    head = keras.layers.Dense(3, activation="softmax", name="probabilities")
-    outputs = head(h)
-    model = keras.Model(inputs, outputs, name="tiny")
-    # Units: 1, m, relu(m - 0.35), relu(0.65 - m).
-    embedding.set_weights([np.array([[0.0, 1.0, 1.0, -1.0]], np.float32),
-                           np.array([1.0, 0.0, -0.35, 0.65], np.float32)])
-    centres = np.array(BRIGHTNESS, np.float32) / 255.0
-    scale = 50.0
-    kernel = np.zeros((4, 3), np.float32)
-    kernel[0] = -scale * centres**2
-    kernel[1] = 2 * scale * centres
-    head.set_weights([kernel, np.zeros(3, np.float32)])
-    model.save(path)
-    return path
+SIZE = fixtures.TINY_SIZE
+BRIGHTNESS = fixtures.BRIGHTNESS
+write_records = fixtures.brightness_records
+tiny_model_file = fixtures.tiny_model_file
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +82,7 @@ def test_config_rejects_bad_values(field, value, match):
 
 
 def _meta(labels_: np.ndarray, rng: np.random.Generator, shortcut_sources: bool) -> dict:
-    rows = [_source(int(label), rng, shortcut_sources) for label in labels_]
+    rows = [fixtures.source_metadata(int(label), rng, shortcut_sources) for label in labels_]
     meta = {key: np.array([row[key] for row in rows]) for key in rows[0]}
     meta["label"] = labels_.astype(np.int32)
     return meta

@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 
 from xray_tfdata.records import image_io
-from xray_tfdata.records.image_io import ImageReadError, decode_source_bytes, encode, read_source, resize
+from xray_tfdata.records.image_io import (
+    ImageReadError,
+    decode_source_bytes,
+    encode,
+    read_source,
+    resize,
+)
 
 
 def _png(width: int, height: int, bit_depth: int, colour_type: int, rows: list[bytes],

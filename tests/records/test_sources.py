@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from xray_tfdata import labels
-
 from xray_tfdata.records import image_io, sources
 
 

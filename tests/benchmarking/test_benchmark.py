@@ -16,8 +16,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from xray_tfdata.benchmarking import (
+    datasets,
+    harness,
+    isolate,
+    plot,
+    suite,
+    train_bench,
+)
 from xray_tfdata.records import synthetic
-from xray_tfdata.benchmarking import datasets, harness, isolate, plot, suite, train_bench
 
 REPEATS = 2
 # conftest.py splits the CPU into 2 logical devices when it can (before TF initialises).

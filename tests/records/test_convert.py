@@ -14,11 +14,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import labels
-
-from xray_tfdata.records import convert, features, image_io, manifest, offline_augment, sources
-from xray_tfdata import files
-from xray_tfdata.records import synthetic, shard_writer
+from xray_tfdata import files, labels
+from xray_tfdata.records import (
+    convert,
+    features,
+    image_io,
+    manifest,
+    offline_augment,
+    shard_writer,
+    sources,
+    synthetic,
+)
 
 SIZE = 16
 COUNTS = {"train": {"NORMAL": 6, "COVID19": 5, "PNEUMONIA": 6},

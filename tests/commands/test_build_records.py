@@ -13,11 +13,11 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
+from tests import fixtures
 from xray_tfdata import build_records, files
+from xray_tfdata.records import convert, manifest, shard_writer, synthetic
 
-from xray_tfdata.records import convert, manifest, synthetic, shard_writer
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = fixtures.REPO_ROOT
 
 
 def _main(*argv: str) -> int:

@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import labels
-
-from xray_tfdata.training import distribute
-
-from xray_tfdata.records import features, manifest
-
+from tests import fixtures
 from xray_tfdata.inputs import pipeline
+from xray_tfdata.records import manifest
+from xray_tfdata.training import distribute
 
 SIZE = 16
 STEP = 6  # pixel value = example id * STEP: survives JPEG on flat images, fits in uint8 for 40 ids
@@ -34,29 +31,16 @@ def write_records(root: Path, *, image_format: str = "png", n: int = 40, shards:
                   **overrides) -> Path:
     """n flat images whose pixel value encodes the example id; label = id % 3; ids round-robin
     over shards. Returns the records dir."""
-    root.mkdir(parents=True, exist_ok=True)
-    table = []
-    for s in range(shards):
-        name = f"{split}-{s:05d}-of-{shards:05d}.tfrecord"
-        ids = list(range(s, n, shards))
-        with tf.io.TFRecordWriter(str(root / name), options=compression or None) as writer:
-            for i in ids:
-                image = np.full((SIZE, SIZE, channels), i * STEP, np.uint8)
-                writer.write(features.serialize(features.ExampleRecord(
-                    encoded=_encode(image, image_format), image_format=image_format,
-                    height=SIZE, width=SIZE, channels=channels, label=i % 3,
-                    class_text=labels.CLASS_NAMES[i % 3], source_path=f"{split}/x/{i}.png",
-                    source_sha256=f"{i:064x}", source_width=500 + i, source_height=400,
-                    source_mode="L", source_format="PNG", source_bytes=1000 + i)))
-        table.append({"file": name, "num_examples": len(ids), "bytes": 0, "sha256": ""})
-    info = {"format_version": features.FORMAT_VERSION, "label_map": dict(labels.LABEL_MAP),
-            "image": {"size": SIZE, "channels": channels, "format": image_format,
-                      "resize_mode": "stretch"},
-            "compression": compression,
-            "splits": {split: {"num_examples": n, "per_class": {}, "shards": table}}}
-    info.update(overrides)
-    manifest.write_manifest(root, info)
-    return root
+    records = []
+    for i in range(n):
+        image = np.full((SIZE, SIZE, channels), i * STEP, np.uint8)
+        records.append(fixtures.example(
+            image, label=i % 3, image_format=image_format, encoded=_encode(image, image_format),
+            source_path=f"{split}/x/{i}.png", source_sha256=f"{i:064x}", source_width=500 + i,
+            source_height=400, source_bytes=1000 + i))
+    return fixtures.write_records(root, {split: records}, image_size=SIZE, channels=channels,
+                                  image_format=image_format, num_shards=shards,
+                                  compression=compression, **overrides)
 
 
 def ids_of(images) -> list[int]:
