@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata.models import build_model
-from xray_tfdata.predict import predict_files
+from xray_tfdata.serving.predict import predict_files
 from xray_tfdata.serving import export
 
 SIZE = 32
