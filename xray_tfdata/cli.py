@@ -6,7 +6,8 @@ module keeps the three things they would otherwise each write again:
   `ConfigError` into one `app.UsageError` naming the `--flag` (field -> flag in one place);
 - `usage_error` does that for a ConfigError raised later (e.g. after reading the manifest);
 - `run` starts absl with a short usage error ("the flag, the value, the fix, see --helpfull")
-  instead of absl's default of printing the whole module help before the one useful line.
+  instead of absl's default of printing the whole module help before the one useful line, and
+  with quiet logs unless --verbosity is given (console.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from absl import app, flags
 
+from xray_tfdata import console
 from xray_tfdata.errors import ConfigError
 
 T = TypeVar("T")
 
 
 def usage_error(err: ConfigError, flag_names: Mapping[str, str] | None = None) -> app.UsageError:
-    """A UsageError naming the flag for `err.field` (`--<field>` unless mapped)."""
+    """A UsageError naming the flag for `err.field` (`--<field>` unless mapped; an UPPER_CASE
+    field is an environment variable such as TF_CONFIG and keeps its name)."""
+    if err.field.isupper():
+        return app.UsageError(err.describe(err.field))
     name = (flag_names or {}).get(err.field, err.field)
     return app.UsageError(err.describe(f"--{name}"))
 
@@ -49,6 +54,7 @@ def settings_from_flags(cls: type[T], flag_values: flags.FlagValues | None = Non
 
 def _short_usage(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     def wrapped(argv: list[str]) -> Any:
+        console.quiet_python_logs(verbosity_given=flags.FLAGS["verbosity"].present)
         try:
             return main(argv)
         except app.UsageError as err:

@@ -1,34 +1,109 @@
-"""Durable file output shared by every stage that writes results.
+"""Durable output shared by every stage that writes results.
 
-Nothing a run writes may be seen half-written after a crash: every writer goes through
-`write_atomic` (temporary sibling, then an atomic rename). `sha256_file` is the one way shards,
-models and exports are fingerprinted.
+Nothing a run writes may be seen half-written after a crash. Every writer goes through this
+module:
+- `write_atomic` / `write_json` for files: a temporary sibling, then an atomic rename;
+- `atomic_path` for files written by another library (`model.save`, `joblib.dump`): it yields a
+  temporary sibling path to write to and renames it into place only when the block succeeds;
+- `atomic_dir` for directories (the SavedModel export): the same, for a whole folder.
+`sha256_file` is the one way shards, models and exports are fingerprinted; `versions` and
+`usable_cpus` are the facts every result records about where it was made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
 import json
+import math
 import os
+import platform
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
+
+# The distributions a result's numbers depend on; read from installed metadata, so asking costs
+# no TensorFlow import (3 s).
+VERSIONED = ("xray_tfdata", "tensorflow", "keras", "numpy", "scikit-learn",
+             "opencv-python-headless", "absl-py", "psutil", "matplotlib")
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Writes `data` to a temporary sibling, then renames it over `path`; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    tmp = _tmp_sibling(path)
+    try:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
-def write_json(path: str | os.PathLike, data: Any, **dumps_kwargs: Any) -> Path:
-    """Atomic JSON: indented, sorted keys, trailing newline (reruns give identical bytes)."""
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, recursively: strict JSON has no NaN (e.g. the AUC of a split missing a
+    class), and a reader must not have to guess what a bare NaN token means."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike, data: Any, *, nan_to_null: bool = False,
+               **dumps_kwargs: Any) -> Path:
+    """Atomic JSON: indented, sorted keys, trailing newline (reruns give identical bytes).
+
+    With `nan_to_null`, NaN/inf become null and anything else non-JSON becomes its str().
+    """
     dumps_kwargs.setdefault("indent", 2)
     dumps_kwargs.setdefault("sort_keys", True)
+    if nan_to_null:
+        data = json_safe(data)
+        dumps_kwargs.setdefault("default", str)
+        dumps_kwargs.setdefault("allow_nan", False)
     return write_atomic(path, json.dumps(data, **dumps_kwargs) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary sibling of `path` (same suffix, so `model.save` accepts it) that is
+    renamed over `path` when the block completes, and removed if it raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a fresh temporary directory beside `path`; when the block completes it replaces
+    `path` (an older directory there is removed first), and on error it is deleted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -38,3 +113,23 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def versions(names: Sequence[str] = VERSIONED) -> dict[str, str]:
+    """Python and the installed versions of `names` ("not installed" when absent)."""
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset
+    narrow), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

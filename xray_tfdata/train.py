@@ -18,7 +18,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from xray_tfdata import models
+from xray_tfdata import cli, models
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.records.manifest import ManifestError
 from xray_tfdata.training import config as train_config
 from xray_tfdata.training import distribute
@@ -85,11 +86,7 @@ _RUN_OUTPUTS = ("checkpoints", "logs", "export", "history.csv", "best.keras", "s
 
 def config_from_flags() -> train_config.TrainConfig:
     """Builds the TrainConfig from the flags; a bad value becomes a UsageError naming the flag."""
-    fields = {f: getattr(FLAGS, f) for f in train_config.TrainConfig.__dataclass_fields__}
-    try:
-        return train_config.TrainConfig(**fields)
-    except train_config.ConfigError as err:
-        raise app.UsageError(f"--{err}") from err
+    return cli.settings_from_flags(train_config.TrainConfig)
 
 
 def _remove_previous_run(model_dir: Path) -> None:
@@ -109,18 +106,15 @@ def main(argv: list[str]) -> None:
     from xray_tfdata.training import loop
 
     try:
-        loop.resolve_data(config)  # manifest, image size, splits: cheap, before any TF op
-    except train_config.ConfigError as err:
-        raise app.UsageError(f"--{err}") from err
-    except ManifestError as err:
-        raise app.UsageError(str(err)) from err
-    try:
+        loop.resolve_data(config)  # manifest, image size, splits: cheap, no TF op
         # Before any other TF op: MultiWorkerMirroredStrategy must start the collective runtime.
         strategy = distribute.make_strategy(FLAGS.strategy, devices=FLAGS.devices,
                                             tpu_address=FLAGS.tpu_address)
         distribute.per_replica_batch_size(config.global_batch_size, strategy)
-    except ValueError as err:
-        raise app.UsageError(f"--{err}" if "=" in str(err).split(" ")[0] else str(err)) from err
+    except ConfigError as err:
+        raise cli.usage_error(err) from err
+    except ManifestError as err:
+        raise app.UsageError(str(err)) from err
     if config.deterministic:
         # Process-wide, so it is set here at the entry point, not in the library: the same seed
         # then gives the same weights bit for bit (thread-order reductions otherwise differ).
@@ -147,4 +141,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

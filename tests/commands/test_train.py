@@ -42,7 +42,7 @@ def test_invalid_flags_exit_with_documented_messages(records, tmp_path):
     base = [f"--records_dir={records}", f"--model_dir={tmp_path / 'm'}"]
     cases = {
         # A bad value read from --flagfile: TrainConfig's check, reported with the flag name.
-        "--global_batch_size=0 is not allowed; allowed: an integer >= 1":
+        "--global_batch_size must be an integer >= 1. Received: --global_batch_size=0.":
             [f"--flagfile={flagfile}"],
         # absl's own enum check, before main() runs.
         "flag --strategy=gpu: value should be one of "
@@ -50,8 +50,8 @@ def test_invalid_flags_exit_with_documented_messages(records, tmp_path):
         # The records' manifest disagrees with the flag.
         "hold 32x32 images, but image_size=48 was requested. Pass --image_size=32":
             [*base, "--image_size=48"],
-        "--weights='imagenet' is not allowed; allowed: unset (random init), or the path of an "
-        "existing local .h5 / .weights.h5 file. Nothing is downloaded at run time":
+        "--weights must be unset (random init), or the path of an existing local .h5 / "
+        ".weights.h5 file. Received: --weights='imagenet'. Nothing is downloaded at run time":
             [*base, "--weights=imagenet"],
     }
     # Run them side by side: each pays TensorFlow's import once.

@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata.models import build_model
-from xray_tfdata.serving.predict import predict_files
 from xray_tfdata.serving import export
+from xray_tfdata.serving.predict import predict_files
 
 SIZE = 32
 REPO_ROOT = fixtures.REPO_ROOT

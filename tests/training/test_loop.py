@@ -17,9 +17,10 @@ import pytest
 import tensorflow as tf
 
 from tests import fixtures
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import manifest
 from xray_tfdata.training import distribute, loop, steps
-from xray_tfdata.training.config import ConfigError, TrainConfig
+from xray_tfdata.training.config import TrainConfig
 
 make_records = fixtures.xray_records
 
@@ -46,7 +47,7 @@ def _history(model_dir: Path) -> list[dict[str, str]]:
 def test_precision_auto_resolves_float32_on_cpu_and_rejects_unknown():
     assert distribute.resolve_precision("auto", tf.distribute.get_strategy()) == "float32"
     assert distribute.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
-    with pytest.raises(ValueError, match=r"precision='half' is not supported; allowed: auto, "):
+    with pytest.raises(ConfigError, match=r"precision must be one of auto, .* Received: precision='half'"):
         distribute.resolve_precision("half")
 
 
@@ -56,28 +57,29 @@ def test_make_strategy_names_and_errors(monkeypatch):
     assert mirrored.num_replicas_in_sync == 2
     assert distribute.is_chief(mirrored)
     assert distribute.per_replica_batch_size(16, mirrored) == 8
-    with pytest.raises(ValueError, match=r"global_batch_size=15 is not divisible by the 2 "
-                                         r"replicas.*e\.g\. 14 or 16"):
+    with pytest.raises(ConfigError, match=r"global_batch_size must be a multiple of the 2 "
+                                          r"replicas.*Received: global_batch_size=15\. "
+                                          r"For example 14 or 16"):
         distribute.per_replica_batch_size(15, mirrored)
-    with pytest.raises(ValueError, match=r"strategy='gpu' is not supported; allowed: auto, "):
+    with pytest.raises(ConfigError, match=r"strategy must be one of auto, .*Received: strategy='gpu'"):
         distribute.make_strategy("gpu")
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(ValueError, match=r"needs the TF_CONFIG environment variable"):
+    with pytest.raises(ConfigError, match=r"TF_CONFIG must be set for --strategy=multi_worker"):
         distribute.make_strategy("multi_worker")
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}}')
-    with pytest.raises(ValueError, match=r"task.type and task.index"):
+    with pytest.raises(ConfigError, match=r"TF_CONFIG must be a task with 'type' and 'index'"):
         distribute.make_strategy("multi_worker")
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"epochs": 0}, r"epochs=0 is not allowed; allowed: an integer >= 1"),
-    ({"optimizer": "adam"}, r"optimizer='adam' is not allowed; allowed: adamw, sgd"),
-    ({"label_smoothing": 1.0}, r"label_smoothing=1.0 is not allowed; allowed: a number in \[0, 1\)"),
-    ({"model": "vgg16"}, r"model='vgg16' is not allowed; allowed: seed_cnn, resnet50"),
+    ({"epochs": 0}, r"epochs must be an integer >= 1\. Received: epochs=0\."),
+    ({"optimizer": "adam"}, r"optimizer must be one of adamw, sgd\. Received: optimizer='adam'"),
+    ({"label_smoothing": 1.0}, r"label_smoothing must be a number in \[0\.0, 1\.0\)\. Received: label_smoothing=1\.0"),
+    ({"model": "vgg16"}, r"model must be one of seed_cnn, resnet50.*Received: model='vgg16'"),
     ({"weights": "imagenet"}, r"weights='imagenet'.*Nothing is downloaded at run time"),
-    ({"warmup_epochs": 3.0}, r"warmup_epochs=3.0 is not allowed; allowed: a number in \[0, "
-                             r"epochs=2\]"),
-    ({"class_weights": "inverse"}, r"class_weights='inverse'.*allowed: none, balanced"),
+    ({"warmup_epochs": 3.0}, r"warmup_epochs must be a number in \[0, epochs=2\]\. "
+                             r"Received: warmup_epochs=3\.0"),
+    ({"class_weights": "inverse"}, r"class_weights must be one of none, balanced\. Received: class_weights='inverse'"),
 ])
 def test_config_errors_name_field_value_and_allowed(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -87,12 +89,12 @@ def test_config_errors_name_field_value_and_allowed(tmp_path, overrides, message
 
 def test_resolve_data_checks_records(records, tmp_path):
     data = loop.resolve_data(_config(records, tmp_path))
-    assert (data["image_size"], data["channels"], data["steps_per_epoch"]) == (64, 1, 180 // 8)
+    assert (data.image_size, data.channels, data.steps_per_epoch) == (64, 1, 180 // 8)
     with pytest.raises(manifest.ManifestError, match=r"hold 64x64 images, but image_size=48"):
         loop.resolve_data(_config(records, tmp_path, image_size=48))
-    with pytest.raises(ConfigError, match=r"global_batch_size=256 .* at most the 180 training"):
+    with pytest.raises(ConfigError, match=r"global_batch_size must be at most the 180 training.*Received: global_batch_size=256"):
         loop.resolve_data(_config(records, tmp_path, global_batch_size=256))
-    with pytest.raises(ConfigError, match=r"val_split='holdout'.*found: \['test', 'train', 'val'\]"):
+    with pytest.raises(ConfigError, match=r"val_split must be records.*found: \['test', 'train', 'val'\].*Received: val_split='holdout'"):
         loop.resolve_data(_config(records, tmp_path, val_split="holdout"))
 
 

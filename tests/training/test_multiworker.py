@@ -42,7 +42,8 @@ def test_two_workers_train_and_agree(tmp_path):
     args = [sys.executable, "-m", "xray_tfdata.train", "--strategy=multi_worker",
             f"--records_dir={records}", f"--model_dir={model_dir}", "--epochs=2",
             "--steps_per_epoch=4", "--global_batch_size=8", "--steps_per_execution=2",
-            "--warmup_epochs=0", "--checkpoint_every=2", "--noaugment", "--shuffle_buffer=64"]
+            "--warmup_epochs=0", "--checkpoint_every=2", "--noaugment", "--shuffle_buffer=64",
+            "--verbosity=0"]  # INFO logs: the epoch lines and fingerprint compared below
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}

@@ -19,6 +19,8 @@ from typing import Any
 
 from absl import logging
 
+from xray_tfdata import files
+
 # Full-size sources, as in the Kaggle set (issues 2 and 3: 1000-2000 px JPEGs).
 FULL_SIZE = (1000, 2000)
 
@@ -72,9 +74,6 @@ def synthetic_sources(preset_name: str, work_dir: str | os.PathLike) -> Path:
     marker = folder / "COMPLETE.json"
     if marker.is_file():
         return folder
-    tmp = folder.with_name(folder.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # an interrupted generation: start again, it is seeded
     logging.info("Generating %d synthetic X-rays (%s preset, %d-%d px) into %s ...",
                  preset.num_images, preset.name, preset.min_size, preset.max_size, folder)
     last = [time.monotonic()]
@@ -84,14 +83,15 @@ def synthetic_sources(preset_name: str, work_dir: str | os.PathLike) -> Path:
             last[0] = time.monotonic()
             logging.info("  generated %d/%d images", done, total)
 
-    info = synthetic.generate_dataset(
-        tmp, preset.counts, min_size=preset.min_size, max_size=preset.max_size,
-        formats=preset.formats, modes=preset.modes, seed=preset.seed, progress=progress,
-    )
-    (tmp / "COMPLETE.json").write_text(json.dumps(
-        {"preset": payload, "num_images": info["num_images"], "num_bytes": info["num_bytes"]},
-        indent=2, sort_keys=True))
-    os.replace(tmp, folder)
+    # An interrupted generation leaves nothing behind (atomic_dir): the next run starts again,
+    # and since it is seeded, makes the same images.
+    with files.atomic_dir(folder) as tmp:
+        info = synthetic.generate_dataset(
+            tmp, preset.counts, min_size=preset.min_size, max_size=preset.max_size,
+            formats=preset.formats, modes=preset.modes, seed=preset.seed, progress=progress,
+        )
+        files.write_json(tmp / "COMPLETE.json", {
+            "preset": payload, "num_images": info["num_images"], "num_bytes": info["num_bytes"]})
     return folder
 
 

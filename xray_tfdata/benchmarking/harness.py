@@ -7,7 +7,6 @@ measurements run in child processes (see isolate.py) that import what they measu
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import json
 import math
 import os
@@ -25,15 +24,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import psutil
 
+from xray_tfdata import files
+
 # Bump when a field of the JSON lines changes meaning; readers can filter on it.
 SCHEMA_VERSION = 1
 
 _MB = 1024.0 * 1024.0
-_LIBRARIES = (
-    "tensorflow", "keras", "numpy", "opencv-python-headless", "absl-py", "psutil", "matplotlib",
-    "xray_tfdata",
-)
-
 
 def _cpu_model() -> str:
     try:
@@ -65,10 +61,6 @@ def _gpus() -> list[dict[str, str]]:
 
 def machine_facts() -> dict[str, Any]:
     """CPU model and cores, GPUs, RAM and the load at the start (a busy machine skews timings)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 1
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     return {
         "host": platform.node(),
@@ -77,7 +69,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_logical_cores": os.cpu_count(),
         "cpu_physical_cores": psutil.cpu_count(logical=False),
-        "cpu_usable_cores": usable,
+        "cpu_usable_cores": files.usable_cpus(),
         "ram_gb": round(psutil.virtual_memory().total / 1024**3, 1),
         "ram_available_gb": round(psutil.virtual_memory().available / 1024**3, 1),
         "gpus": _gpus(),
@@ -86,14 +78,8 @@ def machine_facts() -> dict[str, Any]:
 
 
 def library_versions() -> dict[str, str]:
-    """Installed distribution versions, read from metadata (importing TF here would cost 3 s)."""
-    versions = {}
-    for name in _LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    """Installed distribution versions (files.versions: read from metadata, no TF import)."""
+    return files.versions()
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from xray_tfdata import files
 from xray_tfdata.benchmarking import harness
 
 
@@ -158,9 +159,7 @@ def _child_main(spec_path: str, result_path: str) -> int:
     except Exception:  # the parent shows this traceback with the variant's name
         out = {"error": traceback.format_exc()}
         code = 1
-    tmp = Path(result_path + ".tmp")
-    tmp.write_text(json.dumps(out, default=str))
-    os.replace(tmp, result_path)
+    files.write_json(result_path, out, default=str, indent=None, sort_keys=False)
     return code
 
 

@@ -125,20 +125,12 @@ def make_step(strategy, model, optimizer, global_batch: int, loss_scaling: bool)
     from xray_tfdata import labels  # pylint: disable=import-outside-toplevel
     from xray_tfdata.training import steps
 
-    loss_fn = steps.make_loss_fn(np.ones(labels.NUM_CLASSES, np.float32), 0.0,
-                                          global_batch)
-    variables = model.trainable_variables
+    loss_fn = steps.make_loss_fn(np.ones(labels.NUM_CLASSES, np.float32), 0.0, global_batch)
+    # The very step training runs (regularization losses included); XLA off, as on CPU.
+    replica_step = steps.make_replica_step(model, optimizer, loss_fn, jit_compile=False,
+                                           loss_scaling=loss_scaling)
 
-    def replica_step(images, labels_):
-        with tf.GradientTape() as tape:
-            probabilities = model(images, training=True)
-            loss = loss_fn(labels_, probabilities)
-            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-        grads = tape.gradient(scaled, variables)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
-
-    @tf.function(jit_compile=False)  # "auto" would also be off on CPU; say so explicitly
+    @tf.function
     def step(images, labels_):
         per_replica = strategy.run(replica_step, args=(images, labels_))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)

@@ -206,12 +206,10 @@ def save_classifier(path: str | os.PathLike, bundle: ClassifierBundle) -> Path:
     import sklearn
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    joblib.dump({"format": BUNDLE_FORMAT, "name": bundle.name, "classifier": bundle.classifier,
-                 "identity": dataclasses.asdict(bundle.identity), "params": bundle.params,
-                 "sklearn_version": sklearn.__version__}, tmp)
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        joblib.dump({"format": BUNDLE_FORMAT, "name": bundle.name, "classifier": bundle.classifier,
+                     "identity": dataclasses.asdict(bundle.identity), "params": bundle.params,
+                     "sklearn_version": sklearn.__version__}, tmp)
     return path
 
 

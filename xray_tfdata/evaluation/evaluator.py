@@ -227,21 +227,6 @@ def write_tensorboard(logdir: str | os.PathLike, tag: str, result: dict[str, Any
     writer.close()
 
 
-def _versions() -> dict[str, str]:
-    import keras
-    import sklearn
-    import tensorflow as tf
-
-    import xray_tfdata
-
-    return {"xray_tfdata": xray_tfdata.__version__, "tensorflow": tf.__version__,
-            "keras": keras.__version__, "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__}
-
-
-# ----------------------------------------------------------------------------- the run
-
-
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Evaluates config.model_path on config.split, writes the outputs, returns metrics.json."""
     from xray_tfdata.inputs import pipeline
@@ -268,7 +253,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     result["settings"] = {**dataclasses.asdict(config),
                           "model_sha256": files.sha256_file(config.model_path),
                           "model_name": model.name, "image_size": image_size,
-                          "channels": channels, "versions": _versions()}
+                          "channels": channels, "versions": files.versions()}
     write_outputs(config.resolved_output_dir, result, config.split,
                   title=f"{model.name} on {config.split} (n={result['num_examples']})")
     return result

@@ -382,7 +382,7 @@ def generate_dataset(
     per_format = {f: 0 for f in spec.formats}
     per_mode = {m: 0 for m in spec.modes}
     start = time.perf_counter()
-    workers = min(num_workers or os.cpu_count() or 1, max(1, total // 8))
+    workers = min(num_workers or files.usable_cpus(), max(1, total // 8))
     with contextlib.ExitStack() as stack:
         if workers > 1:
             # spawn, not fork: the caller may have TensorFlow loaded, whose threads do not survive fork.

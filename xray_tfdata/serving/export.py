@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import keras
 import tensorflow as tf
 
+from xray_tfdata import files
 from xray_tfdata.labels import CLASS_NAMES
 
 RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")
@@ -176,9 +175,7 @@ def export_serving(model: keras.Model, export_dir: str | os.PathLike, image_size
             "the image_size and channels the model was built with (see the records' manifest)."
         )
     export_dir = Path(export_dir)
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.tmp-", dir=export_dir.parent))
-    try:
+    with files.atomic_dir(export_dir) as tmp_dir:
         server = _Server(model, image_size, channels, resize_mode)
         tf.saved_model.save(server, str(tmp_dir), signatures={SIGNATURE: server.serve})
         metadata = {
@@ -192,13 +189,7 @@ def export_serving(model: keras.Model, export_dir: str | os.PathLike, image_size
             "output": OUTPUT_KEY,
             **(extra_metadata or {}),
         }
-        (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if export_dir.exists():
-            shutil.rmtree(export_dir)
-        os.replace(tmp_dir, export_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        files.write_json(tmp_dir / METADATA_FILE, metadata, sort_keys=False)
     return str(export_dir)
 
 

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
-from absl import logging
 
-from xray_tfdata import files
+from xray_tfdata import console, files
 from xray_tfdata.training import distribute
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -76,10 +75,9 @@ class Checkpointer:
         # expect_partial: a checkpoint from a build without some optional slot must still load.
         self.state.checkpoint.restore(latest).expect_partial()
         step = int(self.state.step.numpy())
-        logging.info(
-            "Restored %s: step %d, %d epoch(s) completed, best val macro-F1 %.4f.",
-            latest, step, int(self.state.epoch.numpy()), float(self.state.best_score.numpy()),
-        )
+        console.say(
+            f"Resuming from {latest}: step {step}, {int(self.state.epoch.numpy())} epoch(s) "
+            f"completed, best val macro-F1 {float(self.state.best_score.numpy()):.4f}.")
         return step
 
     def save(self) -> str:

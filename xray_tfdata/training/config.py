@@ -11,6 +11,8 @@ import dataclasses
 import math
 from pathlib import Path
 
+from xray_tfdata import errors
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.models import MODEL_NAMES
 from xray_tfdata.training.distribute import PRECISIONS
 
@@ -20,18 +22,9 @@ CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 LR_REFERENCE_BATCH = 32
 
 
-class ConfigError(ValueError):
-    """A setting is out of range. Carries the field, the value and what is allowed."""
-
-    def __init__(self, field: str, value: object, allowed: str, fix: str = "") -> None:
-        self.field, self.value, self.allowed = field, value, allowed
-        message = f"{field}={value!r} is not allowed; allowed: {allowed}."
-        super().__init__(message + (f" {fix}" if fix else ""))
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run (see docs/trainer.md for what each does)."""
+    """Settings of one training run (the `train` command's --help says what each does)."""
 
     records_dir: str
     model_dir: str
@@ -66,13 +59,13 @@ class TrainConfig:
     export: bool = True
 
     def __post_init__(self) -> None:
-        _positive_int(self, "epochs")
-        _positive_int(self, "global_batch_size")
-        _positive_int(self, "steps_per_execution")
-        _positive_int(self, "max_checkpoints")
+        errors.positive_int("epochs", self.epochs)
+        errors.positive_int("global_batch_size", self.global_batch_size)
+        errors.positive_int("steps_per_execution", self.steps_per_execution)
+        errors.positive_int("max_checkpoints", self.max_checkpoints)
         for name in ("steps_per_epoch", "patience", "checkpoint_every", "profile_steps",
                      "shuffle_buffer", "seed"):
-            _non_negative_int(self, name)
+            errors.non_negative_int(name, getattr(self, name))
         if self.image_size is not None and (
             not isinstance(self.image_size, int) or self.image_size < 8
         ):
@@ -82,25 +75,24 @@ class TrainConfig:
                 and math.isfinite(self.learning_rate)):
             raise ConfigError("learning_rate", self.learning_rate, "a number in (0, 10]",
                               "Typical: 1e-3 for adamw, 0.05 for sgd.")
-        _in_range(self, "weight_decay", 0.0, 1.0, "a number in [0, 1)", closed_high=False)
-        _in_range(self, "momentum", 0.0, 1.0, "a number in [0, 1)", closed_high=False)
-        _in_range(self, "label_smoothing", 0.0, 1.0, "a number in [0, 1)", closed_high=False)
-        _in_range(self, "dropout", 0.0, 1.0, "a number in [0, 1)", closed_high=False)
+        errors.in_range("weight_decay", self.weight_decay, 0.0, 1.0, closed_high=False)
+        errors.in_range("momentum", self.momentum, 0.0, 1.0, closed_high=False)
+        errors.in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, closed_high=False)
+        errors.in_range("dropout", self.dropout, 0.0, 1.0, closed_high=False)
         if not (isinstance(self.warmup_epochs, (int, float)) and
                 0 <= self.warmup_epochs <= self.epochs):
             raise ConfigError("warmup_epochs", self.warmup_epochs,
                               f"a number in [0, epochs={self.epochs}]")
-        _choice(self, "optimizer", OPTIMIZERS)
-        _choice(self, "class_weights", CLASS_WEIGHTS)
-        _choice(self, "precision", PRECISIONS)
+        errors.one_of("optimizer", self.optimizer, OPTIMIZERS)
+        errors.one_of("class_weights", self.class_weights, CLASS_WEIGHTS)
+        errors.one_of("precision", self.precision, PRECISIONS)
         if not self.cache:
             raise ConfigError("cache", self.cache, "'none', 'memory' or a file path prefix")
         if not self.records_dir:
             raise ConfigError("records_dir", self.records_dir, "a records directory")
         if not self.model_dir:
             raise ConfigError("model_dir", self.model_dir, "a directory for checkpoints/logs")
-        if self.model not in MODEL_NAMES:
-            raise ConfigError("model", self.model, ", ".join(MODEL_NAMES))
+        errors.one_of("model", self.model, MODEL_NAMES)
         if self.weights and not (Path(self.weights).is_file()
                                  and self.weights.endswith((".h5", ".keras"))):
             raise ConfigError(
@@ -119,30 +111,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _positive_int(config: TrainConfig, name: str) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(name, value, "an integer >= 1")
-
-
-def _non_negative_int(config: TrainConfig, name: str) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(name, value, "an integer >= 0")
-
-
-def _in_range(config: TrainConfig, name: str, low: float, high: float, allowed: str,
-              closed_high: bool = True) -> None:
-    value = getattr(config, name)
-    ok = isinstance(value, (int, float)) and low <= value and (
-        value <= high if closed_high else value < high)
-    if not ok:
-        raise ConfigError(name, value, allowed)
-
-
-def _choice(config: TrainConfig, name: str, allowed: tuple[str, ...]) -> None:
-    value = getattr(config, name)
-    if value not in allowed:
-        raise ConfigError(name, value, ", ".join(allowed))

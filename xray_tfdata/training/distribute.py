@@ -13,6 +13,9 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from xray_tfdata import errors
+from xray_tfdata.errors import ConfigError
+
 STRATEGIES: tuple[str, ...] = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
@@ -28,26 +31,21 @@ def _check_tf_config() -> dict:
         '"task": {"type": "worker", "index": 0}}\''
     )
     if not raw:
-        raise ValueError(
-            "strategy='multi_worker' needs the TF_CONFIG environment variable describing the "
-            f"cluster and this task, e.g. {example}. Received: TF_CONFIG unset."
-        )
+        raise ConfigError("TF_CONFIG", None, "set for --strategy=multi_worker: a JSON description "
+                          "of the cluster and this task", f"For example: {example}")
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({err}); expected e.g. {example}.") from err
+        raise ConfigError("TF_CONFIG", raw, f"valid JSON ({err})",
+                          f"For example: {example}") from err
     cluster = config.get("cluster", {}) if isinstance(config, dict) else {}
     task = config.get("task", {}) if isinstance(config, dict) else {}
     if not cluster.get("worker") and not cluster.get("chief"):
-        raise ValueError(
-            f"TF_CONFIG has no cluster 'worker' (or 'chief') list; expected e.g. {example}. "
-            f"Received: {raw}"
-        )
+        raise ConfigError("TF_CONFIG", raw, "a cluster with a 'worker' (or 'chief') list",
+                          f"For example: {example}")
     if "type" not in task or "index" not in task:
-        raise ValueError(
-            f"TF_CONFIG needs task.type and task.index for this process; expected e.g. {example}. "
-            f"Received: {raw}"
-        )
+        raise ConfigError("TF_CONFIG", raw, "a task with 'type' and 'index' for this process",
+                          f"For example: {example}")
     return config
 
 
@@ -63,10 +61,7 @@ def make_strategy(
       TensorFlow op runs in the process.
     - tpu: TPUStrategy on the TPU at `tpu_address` ("" = the local / Cloud TPU VM).
     """
-    if name not in STRATEGIES:
-        raise ValueError(
-            f"strategy={name!r} is not supported; allowed: {', '.join(STRATEGIES)}."
-        )
+    errors.one_of("strategy", name, STRATEGIES)
     if name == "multi_worker":
         _check_tf_config()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -76,10 +71,9 @@ def make_strategy(
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
         except (ValueError, tf.errors.OpError) as err:
-            raise ValueError(
-                f"strategy='tpu' could not find or connect to a TPU (address={tpu_address!r}): "
-                f"{err}. Run on a TPU VM or choose --strategy=auto."
-            ) from err
+            raise ConfigError("tpu_address", tpu_address, "a TPU this process can reach "
+                              f"(connecting failed: {err})",
+                              "Run on a TPU VM or choose --strategy=auto.") from err
         strategy = tf.distribute.TPUStrategy(resolver)
     else:
         gpus = tf.config.list_logical_devices("GPU")
@@ -153,10 +147,9 @@ def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strat
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         lower = max(replicas, global_batch_size - global_batch_size % replicas)
-        raise ValueError(
-            f"global_batch_size={global_batch_size} is not divisible by the {replicas} replicas "
-            f"in sync; allowed: a multiple of {replicas} (e.g. {lower} or {lower + replicas})."
-        )
+        raise ConfigError("global_batch_size", global_batch_size,
+                          f"a multiple of the {replicas} replicas in sync",
+                          f"For example {lower} or {lower + replicas}.")
     return global_batch_size // replicas
 
 
@@ -174,10 +167,7 @@ def resolve_precision(name: str, strategy: tf.distribute.Strategy | None = None)
     auto: mixed_bfloat16 on TPU; mixed_float16 when every visible GPU has compute capability
     >= 7.0; float32 otherwise (CPU, older GPUs). Explicit names are returned unchanged.
     """
-    if name not in PRECISIONS:
-        raise ValueError(
-            f"precision={name!r} is not supported; allowed: {', '.join(PRECISIONS)}."
-        )
+    errors.one_of("precision", name, PRECISIONS)
     if name != "auto":
         if name == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
             logging.warning(

@@ -10,9 +10,9 @@ Only the chief writes files (checkpointing.py has the multi-worker details).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,11 +22,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import files, labels
+from xray_tfdata import console, files, labels
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator
 from xray_tfdata.records import manifest as manifest_lib
 from xray_tfdata.training import checkpointing, distribute, steps
-from xray_tfdata.training.config import ConfigError, TrainConfig
+from xray_tfdata.training.config import TrainConfig
 
 ModelBuilder = Callable[..., keras.Model]
 
@@ -37,7 +38,19 @@ def _default_model_builder(name: str, image_size: int, channels: int, **kwargs: 
     return models.build_model(name, image_size, channels, **kwargs)
 
 
-def resolve_data(config: TrainConfig) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class ResolvedData:
+    """What the records say, checked against the config: read once, before any TF op."""
+
+    manifest: dict[str, Any]
+    image_size: int
+    channels: int
+    resize_mode: str
+    num_train: int
+    steps_per_epoch: int
+
+
+def resolve_data(config: TrainConfig) -> ResolvedData:
     """Reads the manifest and checks the records fit the config; cheap (no TF ops)."""
     manifest = manifest_lib.read_manifest(config.records_dir)
     image = manifest.get("image", {})
@@ -54,14 +67,14 @@ def resolve_data(config: TrainConfig) -> dict[str, Any]:
                 "Rebuild the records with --val_fraction > 0, or pass --val_split=<split>.",
             )
     num_train = manifest_lib.num_examples(manifest, "train")
-    steps = config.steps_per_epoch or num_train // config.global_batch_size
-    if steps < 1:
+    steps_per_epoch = config.steps_per_epoch or num_train // config.global_batch_size
+    if steps_per_epoch < 1:
         raise ConfigError("global_batch_size", config.global_batch_size,
                           f"at most the {num_train} training examples",
                           "Lower --global_batch_size or set --steps_per_epoch.")
-    return {"manifest": manifest, "image_size": image_size, "channels": channels,
-            "steps_per_epoch": steps, "num_train": num_train,
-            "resize_mode": image.get("resize_mode", "stretch")}
+    return ResolvedData(manifest=manifest, image_size=image_size, channels=channels,
+                        resize_mode=image.get("resize_mode", "stretch"), num_train=num_train,
+                        steps_per_epoch=steps_per_epoch)
 
 
 def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.ndarray:
@@ -101,39 +114,12 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, precision: str) ->
     return optimizer
 
 
-def _versions() -> dict[str, str]:
-    import platform
-    from importlib import metadata
-
-    try:
-        own = metadata.version("xray_tfdata")
-    except metadata.PackageNotFoundError:
-        own = "unknown"
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__, "xray_tfdata": own}
-
-
 def weights_fingerprint(model: keras.Model) -> str:
     """sha256 of all weights as float32 bytes: equal fingerprints = identical weights."""
     digest = hashlib.sha256()
     for w in model.get_weights():
         digest.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
     return digest.hexdigest()[:16]
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> None (strict JSON has no NaN; e.g. AUC of a val split missing a class)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    files.write_json(path, _json_safe(data), default=str, allow_nan=False)
 
 
 def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, *,
@@ -151,29 +137,81 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, *
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
     try:
-        return _train(config, strategy, data, precision, model_builder or _default_model_builder)
+        run = _build_run(config, strategy, data, precision,
+                         model_builder or _default_model_builder)
+        progress = _Progress(step=int(run.state.step.numpy()))
+        for epoch in range(run.start_epoch, config.epochs):
+            if not _train_epoch(run, progress, epoch) or _end_of_epoch(run, progress, epoch):
+                break
+        run.profile.maybe_stop(None)
+        return _finish(run, progress)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, precision: str,
-           model_builder: ModelBuilder) -> dict[str, Any]:
+@dataclasses.dataclass
+class _Run:
+    """The live objects of one training run, built once by `_build_run`."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    data: ResolvedData
+    precision: str
+    chief: bool
+    model_dir: Path
+    model: keras.Model
+    optimizer: keras.Optimizer
+    state: checkpointing.RunState
+    checkpointer: checkpointing.Checkpointer
+    history: checkpointing.History
+    resumed_from: int
+    start_epoch: int
+    class_weights: np.ndarray
+    train_steps: Callable[[Any, tf.Tensor], tf.Tensor]
+    iterator: Any
+    predict: Callable[[tf.Tensor], tf.Tensor]
+    val_ds: tf.data.Dataset
+    writer: Any
+    profile: steps.ProfileWindow
+
+    @property
+    def best_path(self) -> Path:
+        return self.model_dir / "best.keras"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.model_dir / "logs"
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What changes as the run goes: the global step, per-epoch speeds, the last history row."""
+
+    step: int
+    steps_this_session: int = 0
+    epoch_speeds: list[float] = dataclasses.field(default_factory=list)
+    last_row: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stop_reason: str = "completed"
+    best_weights: list[np.ndarray] | None = None
+
+
+def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: ResolvedData,
+               precision: str, model_builder: ModelBuilder) -> _Run:
+    """Model, optimizer and checkpoint state (restored if a run is resumed), the compiled train
+    function, the train iterator and validation dataset, and the summary writer."""
     from xray_tfdata.inputs import (
-        pipeline,  # lazy: keeps `import training` light for the CLI's checks
+        pipeline,  # lazy: `train`'s flag checks must not wait for it
     )
 
     chief = distribute.is_chief(strategy)
     model_dir = Path(config.model_dir)
     if chief:
         model_dir.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = data["steps_per_epoch"]
-    total_steps = config.epochs * steps_per_epoch
     keras.utils.set_random_seed(config.seed)
-
     with strategy.scope():
-        model = model_builder(config.model, data["image_size"], data["channels"],
+        model = model_builder(config.model, data.image_size, data.channels,
                               weights=config.weights, dropout=config.dropout, seed=config.seed)
-        optimizer = make_optimizer(config, steps_per_epoch, precision)
+        optimizer = make_optimizer(config, data.steps_per_epoch, precision)
         # Build the slots now, inside the scope, so they are mirrored like the weights.
         optimizer.build(model.trainable_variables)
     state = checkpointing.RunState(model, optimizer)
@@ -182,16 +220,15 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
     start_epoch = min(int(state.epoch.numpy()), config.epochs)
     history = checkpointing.History(model_dir / checkpointing.HISTORY_NAME, chief, start_epoch)
 
-    class_weights = class_weight_vector(config, data["manifest"])
-    loss_fn = steps.make_loss_fn(class_weights, config.label_smoothing,
-                                          config.global_batch_size)
+    class_weights = class_weight_vector(config, data.manifest)
+    loss_fn = steps.make_loss_fn(class_weights, config.label_smoothing, config.global_batch_size)
     train_steps = steps.make_train_function(
         strategy, model, optimizer, loss_fn, jit_compile=config.jit_compile,
         loss_scaling=precision == "mixed_float16",
     )
     input_config = pipeline.InputConfig(
-        global_batch_size=config.global_batch_size, image_size=data["image_size"],
-        channels=data["channels"], training=True, cache=config.cache,
+        global_batch_size=config.global_batch_size, image_size=data.image_size,
+        channels=data.channels, training=True, cache=config.cache,
         shuffle_buffer=config.shuffle_buffer, augment=config.augment,
         # Reseed per resumed epoch so a resumed run does not replay epoch 0's order.
         seed=config.seed + start_epoch, deterministic=config.deterministic,
@@ -201,140 +238,162 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: dict, pr
     iterator = iter(train_ds)
     predict = evaluator.predict_fn(model)
     val_ds = pipeline.build_dataset(config.records_dir, config.val_split, pipeline.InputConfig(
-        global_batch_size=config.global_batch_size, image_size=data["image_size"],
-        channels=data["channels"], training=False, augment=False,
+        global_batch_size=config.global_batch_size, image_size=data.image_size,
+        channels=data.channels, training=False, augment=False,
         cache="none" if config.cache == "none" else "memory", seed=config.seed))
 
     log_dir = model_dir / "logs"
     writer = (tf.summary.create_file_writer(str(log_dir / "train")) if chief
               else tf.summary.create_noop_writer())
     profile = steps.ProfileWindow(config.profile_steps, config.steps_per_execution,
-                                           str(log_dir) if chief else None)
-    best_path = model_dir / "best.keras"
-    best_weights = None
-    epoch_speeds: list[float] = []
-    last_row: dict[str, Any] = {}
-    stop_reason = "completed"
-    step = int(state.step.numpy())
-    steps_this_session = 0
+                                  str(log_dir) if chief else None)
+    return _Run(config=config, strategy=strategy, data=data, precision=precision, chief=chief,
+                model_dir=model_dir, model=model, optimizer=optimizer, state=state,
+                checkpointer=checkpointer, history=history, resumed_from=resumed_from,
+                start_epoch=start_epoch, class_weights=class_weights, train_steps=train_steps,
+                iterator=iterator, predict=predict, val_ds=val_ds, writer=writer, profile=profile)
 
-    for epoch in range(start_epoch, config.epochs):
-        done_in_epoch = min(max(step - epoch * steps_per_epoch, 0), steps_per_epoch)
-        epoch_start_step = step
-        losses, train_seconds = [], 0.0
-        while done_in_epoch < steps_per_epoch:
-            n = min(config.steps_per_execution, steps_per_epoch - done_in_epoch)
-            if config.checkpoint_every:
-                n = min(n, config.checkpoint_every - step % config.checkpoint_every)
-            n = profile.clip(steps_this_session, n)
-            profile.maybe_start(steps_this_session)
-            t0 = time.perf_counter()
-            loss = float(train_steps(iterator, tf.constant(n, tf.int32)))
-            train_seconds += time.perf_counter() - t0
-            step += n
-            done_in_epoch += n
-            steps_this_session += n
-            profile.maybe_stop(steps_this_session)
-            if not math.isfinite(loss):
-                stop_reason = "nan_loss"
-                logging.error(
-                    "Training loss is %s at step %d (epoch %d); stopping. The last good "
-                    "checkpoint is kept in %s. Lower --learning_rate, check the records, or use "
-                    "--precision=float32.", loss, step, epoch + 1, checkpointer.chief_dir)
-                break
-            losses.append((loss, n))
-            state.step.assign(step)
-            with writer.as_default():
-                steps.write_scalar("batch_loss", loss, step)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 \
-                    and done_in_epoch < steps_per_epoch:
-                checkpointer.save()
-        if stop_reason == "nan_loss":
-            break
 
-        images = (step - epoch_start_step) * config.global_batch_size
-        speed = images / train_seconds if train_seconds > 0 else float("nan")
-        if step > epoch_start_step:
-            epoch_speeds.append(speed)
-        val = steps.evaluate(predict, val_ds)
-        lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        mean_loss = (sum(l * k for l, k in losses) / sum(k for _, k in losses)) if losses \
-            else float("nan")
-        last_row = {"epoch": epoch + 1, "step": step, "loss": mean_loss, "learning_rate": lr,
-                    "images_per_sec": speed, "epoch_seconds": train_seconds,
-                    **{f"val_{k}": v for k, v in val.items()}}
-        logging.info("Epoch %d/%d step %d: loss %.4f, val acc %.4f, val macro-F1 %.4f, "
-                     "val AUC %.4f, lr %.3g, %.1f images/s", epoch + 1, config.epochs, step,
-                     mean_loss, val["accuracy"], val["macro_f1"], val["auc"], lr, speed)
-        with writer.as_default():
-            for key in ("loss", "learning_rate", "images_per_sec"):
-                steps.write_scalar(f"epoch_{key}", last_row[key], step)
-            for key, value in val.items():
-                steps.write_scalar(f"val/{key}", value, step)
-        writer.flush()
+def _train_epoch(run: _Run, progress: _Progress, epoch: int) -> bool:
+    """Trains the rest of `epoch` (all of it unless resumed mid-epoch) and validates; records the
+    epoch's row in `progress.last_row`. Returns False when the loss went NaN/inf."""
+    config, steps_per_epoch = run.config, run.data.steps_per_epoch
+    done_in_epoch = min(max(progress.step - epoch * steps_per_epoch, 0), steps_per_epoch)
+    epoch_start_step = progress.step
+    losses, train_seconds = [], 0.0
+    bar = console.ProgressBar((steps_per_epoch - done_in_epoch) * config.global_batch_size,
+                              f"epoch {epoch + 1}/{config.epochs}", enabled=run.chief)
+    while done_in_epoch < steps_per_epoch:
+        n = min(config.steps_per_execution, steps_per_epoch - done_in_epoch)
+        if config.checkpoint_every:
+            n = min(n, config.checkpoint_every - progress.step % config.checkpoint_every)
+        n = run.profile.clip(progress.steps_this_session, n)
+        run.profile.maybe_start(progress.steps_this_session)
+        t0 = time.perf_counter()
+        loss = float(run.train_steps(run.iterator, tf.constant(n, tf.int32)))
+        train_seconds += time.perf_counter() - t0
+        progress.step += n
+        done_in_epoch += n
+        progress.steps_this_session += n
+        run.profile.maybe_stop(progress.steps_this_session)
+        if not math.isfinite(loss):
+            progress.stop_reason = "nan_loss"
+            logging.error(
+                "Training loss is %s at step %d (epoch %d); stopping. The last good checkpoint "
+                "is kept in %s. Lower --learning_rate, check the records, or use "
+                "--precision=float32.", loss, progress.step, epoch + 1,
+                run.checkpointer.chief_dir)
+            bar.close(suffix="loss is not finite")
+            return False
+        losses.append((loss, n))
+        bar.update(n * config.global_batch_size, suffix=f"loss {loss:.4f}")
+        run.state.step.assign(progress.step)
+        with run.writer.as_default():
+            steps.write_scalar("batch_loss", loss, progress.step)
+        if config.checkpoint_every and progress.step % config.checkpoint_every == 0 \
+                and done_in_epoch < steps_per_epoch:
+            run.checkpointer.save()
 
-        if val["macro_f1"] > float(state.best_score.numpy()) + 1e-9:
-            state.best_score.assign(val["macro_f1"])
-            state.best_epoch.assign(epoch + 1)
-            state.bad_epochs.assign(0)
-            best_weights = model.get_weights()
-            if chief:
-                tmp = model_dir / "best.tmp.keras"
-                model.save(tmp)
-                os.replace(tmp, best_path)
-        else:
-            state.bad_epochs.assign_add(1)
-        history.append(last_row)
-        state.epoch.assign(epoch + 1)
-        checkpointer.save()
-        if config.patience and int(state.bad_epochs.numpy()) >= config.patience:
-            stop_reason = "early_stopping"
-            logging.info("Early stopping: val macro-F1 has not improved for %d epochs (best "
-                         "%.4f at epoch %d).", config.patience, float(state.best_score.numpy()),
-                         int(state.best_epoch.numpy()))
-            break
-    profile.maybe_stop(None)
-    if not last_row and history.rows:  # resumed a finished run: report its last epoch
-        last_row = dict(history.rows[-1])
+    images = (progress.step - epoch_start_step) * config.global_batch_size
+    speed = images / train_seconds if train_seconds > 0 else float("nan")
+    if progress.step > epoch_start_step:
+        progress.epoch_speeds.append(speed)
+    val = steps.evaluate(run.predict, run.val_ds)
+    lr = float(keras.ops.convert_to_numpy(run.optimizer.learning_rate))
+    mean_loss = (sum(l * k for l, k in losses) / sum(k for _, k in losses)) if losses \
+        else float("nan")
+    progress.last_row = {"epoch": epoch + 1, "step": progress.step, "loss": mean_loss,
+                         "learning_rate": lr, "images_per_sec": speed,
+                         "epoch_seconds": train_seconds,
+                         **{f"val_{k}": v for k, v in val.items()}}
+    bar.close(suffix=f"loss {mean_loss:.4f}  val macro-F1 {val['macro_f1']:.3f}  "
+                     f"val acc {val['accuracy']:.3f}")
+    logging.info("Epoch %d/%d step %d: loss %.4f, val acc %.4f, val macro-F1 %.4f, val AUC %.4f, "
+                 "lr %.3g, %.1f images/s", epoch + 1, config.epochs, progress.step, mean_loss,
+                 val["accuracy"], val["macro_f1"], val["auc"], lr, speed)
+    with run.writer.as_default():
+        for key in ("loss", "learning_rate", "images_per_sec"):
+            steps.write_scalar(f"epoch_{key}", progress.last_row[key], progress.step)
+        for key, value in val.items():
+            steps.write_scalar(f"val/{key}", value, progress.step)
+    run.writer.flush()
+    return True
 
-    fingerprint = weights_fingerprint(model)
-    logging.info("Final weights fingerprint: %s (step %d)", fingerprint, step)
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    elif best_path.is_file():
-        model.load_weights(str(best_path))
-    export_dir = steps.export_model(model, model_dir, data, strategy,
-                                             enabled=config.export and stop_reason != "nan_loss")
 
-    steady = epoch_speeds[1:] or epoch_speeds
+def _end_of_epoch(run: _Run, progress: _Progress, epoch: int) -> bool:
+    """Best model on val macro-F1, history row, checkpoint; returns True to stop early."""
+    state, config = run.state, run.config
+    val_macro_f1 = progress.last_row["val_macro_f1"]
+    if val_macro_f1 > float(state.best_score.numpy()) + 1e-9:
+        state.best_score.assign(val_macro_f1)
+        state.best_epoch.assign(epoch + 1)
+        state.bad_epochs.assign(0)
+        progress.best_weights = run.model.get_weights()
+        if run.chief:
+            with files.atomic_path(run.best_path) as tmp:
+                run.model.save(tmp)
+    else:
+        state.bad_epochs.assign_add(1)
+    run.history.append(progress.last_row)
+    state.epoch.assign(epoch + 1)
+    run.checkpointer.save()
+    if config.patience and int(state.bad_epochs.numpy()) >= config.patience:
+        progress.stop_reason = "early_stopping"
+        logging.warning("Early stopping: val macro-F1 has not improved for %d epochs (best %.4f "
+                        "at epoch %d).", config.patience, float(state.best_score.numpy()),
+                        int(state.best_epoch.numpy()))
+        return True
+    return False
+
+
+def _finish(run: _Run, progress: _Progress) -> dict[str, Any]:
+    """Restores the best weights, exports them, and writes summary.json; returns the summary."""
+    config, state = run.config, run.state
+    if not progress.last_row and run.history.rows:  # resumed a finished run: report its last epoch
+        progress.last_row = dict(run.history.rows[-1])
+    fingerprint = weights_fingerprint(run.model)
+    logging.info("Final weights fingerprint: %s (step %d)", fingerprint, progress.step)
+    if progress.best_weights is not None:
+        run.model.set_weights(progress.best_weights)
+    elif run.best_path.is_file():
+        run.model.load_weights(str(run.best_path))
+    export_dir = steps.export_model(
+        run.model, run.model_dir, run.data, run.strategy,
+        enabled=config.export and progress.stop_reason != "nan_loss")
+
+    speeds = progress.epoch_speeds
+    steady = speeds[1:] or speeds  # the first epoch pays for tracing and filling the cache
     summary = {
-        "status": stop_reason,
+        "status": progress.stop_reason,
         "settings": config.to_dict(),
         "resolved": {
-            "precision": precision, "strategy": distribute.strategy_name(strategy),
-            "replicas": strategy.num_replicas_in_sync,
-            "per_replica_batch_size": config.global_batch_size // strategy.num_replicas_in_sync,
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+            "precision": run.precision, "strategy": distribute.strategy_name(run.strategy),
+            "replicas": run.strategy.num_replicas_in_sync,
+            "per_replica_batch_size":
+                config.global_batch_size // run.strategy.num_replicas_in_sync,
+            "steps_per_epoch": run.data.steps_per_epoch,
+            "total_steps": config.epochs * run.data.steps_per_epoch,
             "peak_learning_rate": config.effective_learning_rate,
-            "image_size": data["image_size"], "channels": data["channels"],
-            "class_weights": class_weights.tolist(), "num_train_examples": data["num_train"],
+            "image_size": run.data.image_size, "channels": run.data.channels,
+            "class_weights": run.class_weights.tolist(),
+            "num_train_examples": run.data.num_train,
         },
-        "versions": _versions(),
+        "versions": files.versions(),
         "devices": distribute.describe_devices(),
         "epochs_completed": int(state.epoch.numpy()),
-        "steps_completed": step,
-        "resumed_from_step": resumed_from,
-        "steps_this_session": steps_this_session,
+        "steps_completed": progress.step,
+        "resumed_from_step": run.resumed_from,
+        "steps_this_session": progress.steps_this_session,
         "images_per_sec": float(np.mean(steady)) if steady else None,
-        "images_per_sec_per_epoch": epoch_speeds,
-        "final_metrics": last_row,
+        "images_per_sec_per_epoch": speeds,
+        "final_metrics": progress.last_row,
         "best": {"epoch": int(state.best_epoch.numpy()),
                  "val_macro_f1": float(state.best_score.numpy())},
         "weights_fingerprint": fingerprint,
-        "paths": {"best_model": str(best_path), "export": export_dir,
-                  "history": str(history.path), "logs": str(log_dir),
-                  "checkpoints": checkpointer.chief_dir},
+        "paths": {"best_model": str(run.best_path), "export": export_dir,
+                  "history": str(run.history.path), "logs": str(run.log_dir),
+                  "checkpoints": run.checkpointer.chief_dir},
     }
-    if chief:
-        _atomic_json(model_dir / "summary.json", summary)
+    if run.chief:
+        files.write_json(run.model_dir / "summary.json", summary, nan_to_null=True)
     return summary

@@ -17,10 +17,10 @@ from tensorflow.core.framework import summary_pb2
 
 from xray_tfdata import labels
 from xray_tfdata.evaluation import evaluator, metrics
-
-# tf.summary.scalar lives in the optional tensorboard package; writing the same "scalars" plugin
+from xray_tfdata.serving import export
 from xray_tfdata.training import distribute
 
+# tf.summary.scalar lives in the optional tensorboard package; writing the same "scalars" plugin
 # summary through core tf.summary.write keeps TensorBoard logs working without it installed.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
@@ -51,10 +51,12 @@ def make_loss_fn(class_weights: np.ndarray, label_smoothing: float,
     return loss_fn
 
 
-def make_train_function(strategy: tf.distribute.Strategy, model: keras.Model,
-                        optimizer: keras.Optimizer, loss_fn: Callable, *, jit_compile: bool,
-                        loss_scaling: bool) -> Callable[[Any, tf.Tensor], tf.Tensor]:
-    """Returns f(distributed_iterator, num_steps) -> mean global training loss of those steps.
+def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: Callable, *,
+                      jit_compile: bool, loss_scaling: bool) -> Callable[[tf.Tensor, tf.Tensor],
+                                                                      tf.Tensor]:
+    """One replica's step on one batch: forward, loss (+ the model's regularization losses),
+    backward, update; returns the replica's loss. Training and the train benchmark both run it,
+    so the benchmark times exactly the step training runs.
 
     XLA (jit_compile) covers the forward and backward pass only: the optimizer update calls
     merge_call under a strategy, which XLA cannot compile, so it stays outside.
@@ -78,6 +80,17 @@ def make_train_function(strategy: tf.distribute.Strategy, model: keras.Model,
         loss, grads = compute(images, labels_)
         optimizer.apply_gradients(zip(grads, variables))
         return loss
+
+    return replica_step
+
+
+def make_train_function(strategy: tf.distribute.Strategy, model: keras.Model,
+                        optimizer: keras.Optimizer, loss_fn: Callable, *, jit_compile: bool,
+                        loss_scaling: bool) -> Callable[[Any, tf.Tensor], tf.Tensor]:
+    """Returns f(distributed_iterator, num_steps) -> mean global training loss of those steps
+    (`num_steps` steps per call: --steps_per_execution)."""
+    replica_step = make_replica_step(model, optimizer, loss_fn, jit_compile=jit_compile,
+                                     loss_scaling=loss_scaling)
 
     @tf.function
     def train_steps(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
@@ -149,19 +162,15 @@ class ProfileWindow:
                          self.log_dir)
 
 
-def export_model(model: keras.Model, model_dir: Path, data: dict[str, Any],
+def export_model(model: keras.Model, model_dir: Path, data: Any,
                  strategy: tf.distribute.Strategy, *, enabled: bool) -> str | None:
     """Exports the serving SavedModel to <model_dir>/export via export.export_serving.
 
-    Every worker saves (saving may read mirrored variables collectively); only the chief's copy is
-    kept. Returns the chief's export path, or None when disabled or export.py is unavailable.
+    `data` is the run's loop.ResolvedData (image size, channels, resize mode). Every worker saves
+    (saving may read mirrored variables collectively); only the chief's copy is kept. Returns
+    the chief's export path, or None when disabled.
     """
     if not enabled:
-        return None
-    try:
-        from xray_tfdata.serving import export
-    except ImportError as err:
-        logging.warning("Serving export skipped: %s", err)
         return None
     chief = distribute.is_chief(strategy)
     task_type, task_id = distribute.task_info(strategy)
@@ -170,10 +179,9 @@ def export_model(model: keras.Model, model_dir: Path, data: dict[str, Any],
         target = model_dir / f".workertemp_{task_type}_{task_id}" / "export"
     if target.exists():
         shutil.rmtree(target)
-    path = export.export_serving(model, str(target), data["image_size"], data["channels"],
-                                 resize_mode=data["resize_mode"])
+    path = export.export_serving(model, str(target), data.image_size, data.channels,
+                                 resize_mode=data.resize_mode)
     if not chief:
         shutil.rmtree(target.parent, ignore_errors=True)
         return None
-    logging.info("Serving SavedModel exported to %s", path)
-    return str(path)
+    return path
