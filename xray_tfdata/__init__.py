@@ -15,6 +15,10 @@ __version__ = "0.1.0"
 
 # Before anything imports TensorFlow (every `python -m xray_tfdata.<command>` runs this first):
 # TensorFlow's C++ start-up lines stay hidden unless XRAY_TFDATA_VERBOSE=1 (see console.py).
+import sys as _sys  # noqa: E402
+
 from xray_tfdata import console as _console  # noqa: E402
 
 _console.quiet_native_logs()
+if _sys.argv[:1] == ["-m"]:  # being started as `python -m xray_tfdata.<command>`
+    _console.filter_native_stderr()

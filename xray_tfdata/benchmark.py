@@ -16,11 +16,11 @@ Example (the README's numbers):
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
 
+from xray_tfdata import cli
 from xray_tfdata.benchmarking import datasets, isolate, suite
 
 FLAGS = flags.FLAGS
@@ -83,22 +83,9 @@ def config_from_flags() -> suite.BenchConfig:
     if FLAGS.data_dir and FLAGS["synthetic"].present:
         raise app.UsageError(f"Pass either --data_dir={FLAGS.data_dir} or "
                              f"--synthetic={FLAGS.synthetic}, not both.")
-    try:
-        config = suite.BenchConfig(
-            mode=FLAGS.mode, data_dir=FLAGS.data_dir, synthetic=FLAGS.synthetic,
-            work_dir=FLAGS.work_dir, output=FLAGS.output, batch_size=FLAGS.batch_size,
-            image_size=FLAGS.image_size, channels=FLAGS.channels, model=FLAGS.model,
-            precisions=tuple(FLAGS.precision), strategy=FLAGS.strategy,
-            replicas=_int_list("replicas"), steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps,
-            repeats=FLAGS.repeats, workers=_int_list("workers"),
-            convert_images=FLAGS.convert_images, ablation=FLAGS.ablation, isolate=FLAGS.isolate,
-            plot=FLAGS.plot, plot_dir=FLAGS.plot_dir, seed=FLAGS.seed, timeout_s=FLAGS.timeout)
-    except ValueError as err:
-        message = str(err)
-        for field, flag in _FIELD_TO_FLAG.items():
-            if message.startswith(f"{field}="):
-                message = flag + message[len(field):]
-        raise app.UsageError(f"--{message}") from err
+    config = cli.settings_from_flags(
+        suite.BenchConfig, flag_names=_FIELD_TO_FLAG, precisions=tuple(FLAGS.precision),
+        replicas=_int_list("replicas"), workers=_int_list("workers"))
     if "train" in config.modes:
         from xray_tfdata import models  # pylint: disable=import-outside-toplevel  (imports TF)
 
@@ -114,7 +101,6 @@ def config_from_flags() -> suite.BenchConfig:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config = config_from_flags()
     try:
         suite.run(config)
@@ -127,8 +113,9 @@ def run_with_mode(mode: str) -> None:
     if any(arg.lstrip("-").startswith("mode") for arg in sys.argv[1:]):
         sys.exit(f"{sys.argv[0]} always runs --mode={mode}; for another mode run "
                  "python -m xray_tfdata.benchmark --mode=...")
-    app.run(main, argv=[sys.argv[0], f"--mode={mode}", *sys.argv[1:]])
+    sys.argv = [sys.argv[0], f"--mode={mode}", *sys.argv[1:]]
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

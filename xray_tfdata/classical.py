@@ -16,7 +16,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from xray_tfdata import labels
+from xray_tfdata import cli, errors, labels
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import classical
 
 FLAGS = flags.FLAGS
@@ -42,16 +43,11 @@ flags.DEFINE_integer("seed", 0, "Seed of the classifiers and of the bootstrap.")
 def _validated() -> tuple[tuple[str, ...], classical.ClassifierParams]:
     try:
         names = classical.parse_classifiers(FLAGS.classifiers)
-        params = classical.ClassifierParams(
-            svm_c=FLAGS.svm_c, svm_gamma=FLAGS.svm_gamma, rf_trees=FLAGS.rf_trees,
-            knn_k=FLAGS.knn_k, logreg_c=FLAGS.logreg_c, class_weight=FLAGS.class_weight,
-            seed=FLAGS.seed)
-    except ValueError as err:
-        raise app.UsageError(f"Invalid flag: {err}") from err
-    if FLAGS.batch_size < 1:
-        raise app.UsageError(f"--batch_size={FLAGS.batch_size} is invalid; use an integer >= 1.")
-    if FLAGS.bootstrap < 0:
-        raise app.UsageError(f"--bootstrap={FLAGS.bootstrap} is invalid; use 0 or e.g. 1000.")
+        errors.positive_int("batch_size", FLAGS.batch_size)
+        errors.non_negative_int("bootstrap", FLAGS.bootstrap)
+    except ConfigError as err:
+        raise cli.usage_error(err) from err
+    params = cli.settings_from_flags(classical.ClassifierParams)
     if not FLAGS.model_path.endswith(".keras") or not Path(FLAGS.model_path).is_file():
         raise app.UsageError(f"--model_path={FLAGS.model_path} is not an existing .keras file. "
                              f"Train first and pass <model_dir>/best.keras.")
@@ -77,4 +73,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -35,6 +35,52 @@ def quiet_native_logs() -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")
 
 
+# TensorFlow's C++ logs before absl::InitializeLog() ignore TF_CPP_MIN_LOG_LEVEL (abseil-cpp#1718,
+# still open), so in quiet mode a command's native stderr passes through a filter process: it drops
+# native INFO/WARNING records, that preamble, and the two ERROR records every CPU-only start-up
+# prints (no CUDA driver; a NodeDef attribute newer than the runtime). Everything else, fatal
+# checks included, goes through. A separate process, not a thread: if the command aborts, the
+# filter still reads to the end of the pipe, so the last lines before a crash are never lost.
+_NATIVE_NOISE = (
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called",
+    r"^[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\]",
+    r"^E\d{4} [\d:.]+ +\d+ (cuda_platform|cuda_driver|cuda_diagnostics|"
+    r"cuda_executor|node_def_util)\.cc:\d+\]",
+)
+_FILTER_CODE = """
+import os, re, sys
+noise = re.compile("|".join(sys.argv[1:]))
+out = os.fdopen(2, "wb", buffering=0)
+for line in os.fdopen(0, "rb"):
+    if not noise.match(line.decode("utf-8", "replace")):
+        out.write(line)
+"""
+
+
+def filter_native_stderr() -> bool:
+    """Routes this process's native stderr (fd 2) through the noise filter; Python's own
+    sys.stderr keeps writing straight to the terminal. Returns True if installed."""
+    import subprocess
+
+    if verbose() or os.environ.get("XRAY_TFDATA_STDERR_FILTERED") == str(os.getpid()):
+        return False
+    try:
+        sys.stderr.flush()
+        terminal = os.dup(2)
+        child = subprocess.Popen([sys.executable, "-c", _FILTER_CODE, *_NATIVE_NOISE],
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 close_fds=True)
+        os.dup2(child.stdin.fileno(), 2)
+        child.stdin.close()  # fd 2 is now the only writer to the filter
+    except OSError:
+        return False
+    # Python-level writes (tracebacks, absl logs, progress bars) bypass the filter.
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding="utf-8",
+                           errors="backslashreplace")
+    os.environ["XRAY_TFDATA_STDERR_FILTERED"] = str(os.getpid())
+    return True
+
+
 def quiet_python_logs(verbosity_given: bool) -> None:
     """Sets absl and the `tensorflow` Python logger to WARNING unless the user asked for more."""
     from absl import logging

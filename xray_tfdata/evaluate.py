@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from xray_tfdata import labels
+from xray_tfdata import cli, labels
 from xray_tfdata.evaluation import shortcut
 
 FLAGS = flags.FLAGS
@@ -33,15 +33,7 @@ flags.DEFINE_float("shortcut_threshold", shortcut.DEFAULT_THRESHOLD,
 def _config():
     from xray_tfdata.evaluation import evaluator
 
-    try:
-        return evaluator.EvalConfig(
-            model_path=FLAGS.model_path, records_dir=FLAGS.records_dir, split=FLAGS.split,
-            output_dir=FLAGS.output_dir, batch_size=FLAGS.batch_size, bootstrap=FLAGS.bootstrap,
-            seed=FLAGS.seed, shortcut_probe=FLAGS.shortcut_probe,
-            shortcut_model=FLAGS.shortcut_model, shortcut_threshold=FLAGS.shortcut_threshold)
-    except ValueError as err:
-        # Dataclass messages name the field; say it as the flag the user typed.
-        raise app.UsageError(f"Invalid flag: {err}") from err
+    return cli.settings_from_flags(evaluator.EvalConfig)
 
 
 def main(argv: list[str]) -> None:
@@ -69,4 +61,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

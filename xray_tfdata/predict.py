@@ -19,6 +19,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from xray_tfdata import cli
+
 FLAGS = flags.FLAGS
 
 
@@ -60,4 +62,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

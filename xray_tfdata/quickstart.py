@@ -18,6 +18,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from xray_tfdata import cli
 from xray_tfdata.records import synthetic
 
 FLAGS = flags.FLAGS
@@ -122,4 +123,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from xray_tfdata.benchmarking import datasets, harness, isolate
+from xray_tfdata.errors import ConfigError
 
 MODES = ("convert", "input", "train", "all")
 RUN_ORDER = ("convert", "input", "train")
@@ -57,12 +58,10 @@ class BenchConfig:
     def __post_init__(self) -> None:
         from xray_tfdata.benchmarking import train_bench  # pylint: disable=C0415 (no TF import)
 
-        def bad(field: str, allowed: str, fix: str = "") -> ValueError:
+        def bad(field: str, allowed: str, fix: str = "") -> ConfigError:
             value = getattr(self, field)
-            shown = (",".join(map(str, value)) if isinstance(value, (tuple, list))
-                     else repr(value))
-            return ValueError(f"{field}={shown} is invalid: allowed {allowed}."
-                              + (f" {fix}" if fix else ""))
+            shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+            return ConfigError(field, shown, allowed, fix)
 
         if self.mode not in MODES:
             raise bad("mode", " | ".join(MODES))

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from xray_tfdata import files, labels
+from xray_tfdata import errors, files, labels
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator, metrics
 
 CLASSIFIERS = ("svm", "rf", "logreg", "knn")
@@ -74,17 +75,13 @@ class ClassifierParams:
     seed: int = 0
 
     def __post_init__(self):
-        if self.svm_c <= 0:
-            raise ValueError(f"Received: svm_c={self.svm_c}. Use a positive float, e.g. 1.0.")
-        if self.logreg_c <= 0:
-            raise ValueError(f"Received: logreg_c={self.logreg_c}. Use a positive float, e.g. 1.0.")
-        if self.rf_trees < 1:
-            raise ValueError(f"Received: rf_trees={self.rf_trees}. Use an integer >= 1, e.g. 300.")
-        if self.knn_k < 1:
-            raise ValueError(f"Received: knn_k={self.knn_k}. Use an integer >= 1, e.g. 5.")
-        if self.class_weight not in CLASS_WEIGHTS:
-            raise ValueError(f"Received: class_weight={self.class_weight!r}. Allowed: "
-                             f"{', '.join(CLASS_WEIGHTS)}.")
+        for name in ("svm_c", "logreg_c"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(name, value, "a positive number, e.g. 1.0")
+        errors.positive_int("rf_trees", self.rf_trees)
+        errors.positive_int("knn_k", self.knn_k)
+        errors.one_of("class_weight", self.class_weight, CLASS_WEIGHTS)
         self.gamma  # validates svm_gamma
 
     @property
@@ -96,8 +93,8 @@ class ClassifierParams:
         except ValueError:
             value = -1.0
         if value <= 0:
-            raise ValueError(f"Received: svm_gamma={self.svm_gamma!r}. Use 'scale', 'auto' or a "
-                             f"positive float such as 0.01.")
+            raise ConfigError("svm_gamma", self.svm_gamma,
+                              "'scale', 'auto' or a positive float such as 0.01")
         return value
 
 
@@ -106,8 +103,8 @@ def parse_classifiers(spec: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(t.strip().lower() for t in spec.split(",") if t.strip()))
     unknown = [n for n in names if n not in CLASSIFIERS]
     if not names or unknown:
-        raise ValueError(f"Received: classifiers={spec!r}. Use a comma-separated subset of "
-                         f"{','.join(CLASSIFIERS)}.")
+        raise ConfigError("classifiers", spec,
+                          f"a comma-separated subset of {','.join(CLASSIFIERS)}")
     return names
 
 

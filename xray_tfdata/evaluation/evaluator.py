@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import files, labels
+from xray_tfdata import errors, files, labels
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import metrics, shortcut
 
 METRICS_FILE = "metrics.json"
@@ -46,25 +47,21 @@ class EvalConfig:
     shortcut_threshold: float = shortcut.DEFAULT_THRESHOLD
 
     def __post_init__(self):
-        if self.split not in labels.SPLITS:
-            raise ValueError(f"Received: split={self.split!r}. Allowed: "
-                             f"{', '.join(labels.SPLITS)}.")
+        errors.one_of("split", self.split, labels.SPLITS)
         if not str(self.model_path).endswith(".keras"):
-            raise ValueError(
-                f"Received: model_path={self.model_path!r}. Pass the .keras file training wrote, "
-                f"e.g. workspace/model/best.keras (an exported SavedModel is for predict).")
-        if self.batch_size < 1:
-            raise ValueError(f"Received: batch_size={self.batch_size}. Use an integer >= 1, "
-                             f"e.g. 64.")
-        if self.bootstrap < 0:
-            raise ValueError(f"Received: bootstrap={self.bootstrap}. Use 0 (no intervals) or a "
-                             f"resample count such as 1000.")
-        if self.shortcut_model not in shortcut.PROBE_MODELS:
-            raise ValueError(f"Received: shortcut_model={self.shortcut_model!r}. Allowed: "
-                             f"{', '.join(shortcut.PROBE_MODELS)}.")
-        if not 0.0 < self.shortcut_threshold <= 1.0:
-            raise ValueError(f"Received: shortcut_threshold={self.shortcut_threshold}. Use a "
-                             f"fraction in (0, 1], e.g. 0.8.")
+            raise ConfigError("model_path", self.model_path, "the .keras file training wrote",
+                              "e.g. workspace/model/best.keras (an exported SavedModel is for "
+                              "predict).")
+        errors.positive_int("batch_size", self.batch_size)
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) \
+                or self.bootstrap < 0:
+            raise ConfigError("bootstrap", self.bootstrap,
+                              "0 (no intervals) or a resample count such as 1000")
+        errors.one_of("shortcut_model", self.shortcut_model, shortcut.PROBE_MODELS)
+        if not (isinstance(self.shortcut_threshold, (int, float))
+                and 0.0 < self.shortcut_threshold <= 1.0):
+            raise ConfigError("shortcut_threshold", self.shortcut_threshold,
+                              "a fraction in (0, 1], e.g. 0.8")
 
     @property
     def resolved_output_dir(self) -> Path:

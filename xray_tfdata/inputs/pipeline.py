@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from xray_tfdata import errors
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs import decode, online_augment
 from xray_tfdata.records import features, manifest
 
@@ -63,25 +65,18 @@ class InputConfig:
     prefetch: bool = True
 
     def __post_init__(self) -> None:
-        def bad(field: str, allowed: str, fix: str = "") -> ValueError:
-            value = getattr(self, field)
-            return ValueError(
-                f"InputConfig.{field} must be {allowed}. Received: {field}={value!r}. {fix}".strip())
-
         for name in ("global_batch_size", "image_size", "shuffle_buffer", "ram_budget_mb"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(name, "an int >= 1")
+            errors.positive_int(name, getattr(self, name))
         if self.channels not in (1, 3):
-            raise bad("channels", "1 or 3", "Use the channels the records were built with.")
+            raise ConfigError("channels", self.channels, "1 or 3",
+                              "Use the channels the records were built with.")
         if not isinstance(self.cache, str) or not self.cache.strip():
-            raise bad("cache", "'none', 'memory' or a file path prefix")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise bad("seed", "an int >= 0")
-        if self.output_dtype not in OUTPUT_DTYPES:
-            raise bad("output_dtype", f"one of {OUTPUT_DTYPES}")
+            raise ConfigError("cache", self.cache, "'none', 'memory' or a file path prefix")
+        errors.non_negative_int("seed", self.seed)
+        errors.one_of("output_dtype", self.output_dtype, OUTPUT_DTYPES)
         if not isinstance(self.augment_params, online_augment.AugmentParams):
-            raise bad("augment_params", "an online_augment.AugmentParams")
+            raise ConfigError("augment_params", self.augment_params,
+                              "an online_augment.AugmentParams")
 
 
 # ---------------------------------------------------------------- corrupt-record accounting
