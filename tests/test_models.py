@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from xray_tfdata import models
+from xray_tfdata.evaluation import classical
 from xray_tfdata.models import MODEL_NAMES, build_model
 
 SIZE = 32  # keras.applications' minimum input side
@@ -152,7 +153,7 @@ def test_keras_file_roundtrip_and_embedding_model(tmp_path):
     loaded = keras.models.load_model(tmp_path / "best.keras")
     np.testing.assert_array_equal(model.predict(images, verbose=0),
                                   loaded.predict(images, verbose=0))
-    features = models.embedding_model(loaded).predict(images, verbose=0)
+    features, _ = classical.feature_model(loaded).predict(images, verbose=0)
     assert features.shape == (2, 128)
 
 

@@ -13,7 +13,6 @@ Nothing is downloaded at run time: `weights` is None (random init) or the path o
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -269,14 +268,3 @@ def build_model(name: str, image_size: int, channels: int = 1, *, weights: str |
     if path is not None:
         load_local_weights(model, name, path)
     return model
-
-
-def embedding_model(model: keras.Model) -> keras.Model:
-    """A model from the same input to the "embedding" layer's output (penultimate features)."""
-    return keras.Model(model.inputs, model.get_layer("embedding").output,
-                       name=f"{model.name}_embedding")
-
-
-def num_params(model: keras.Model) -> int:
-    """Total parameter count (trainable and not)."""
-    return int(sum(math.prod(w.shape) for w in model.weights))

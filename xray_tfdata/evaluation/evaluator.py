@@ -77,10 +77,7 @@ def load_model(model_path: str | os.PathLike):
     """Loads a .keras model for inference; errors name the path and the fix."""
     import keras
 
-    try:  # registers the package's custom layers (e.g. the preprocessing layer) for loading
-        import xray_tfdata.models  # noqa: F401
-    except ImportError:
-        pass
+    import xray_tfdata.models  # noqa: F401  (registers the package's custom layers for loading)
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(

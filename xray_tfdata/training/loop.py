@@ -22,9 +22,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import console, files, labels
+from xray_tfdata import console, files, labels, models
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator
+from xray_tfdata.inputs import pipeline
 from xray_tfdata.records import manifest as manifest_lib
 from xray_tfdata.training import checkpointing, distribute, steps
 from xray_tfdata.training.config import TrainConfig
@@ -33,8 +34,6 @@ ModelBuilder = Callable[..., keras.Model]
 
 
 def _default_model_builder(name: str, image_size: int, channels: int, **kwargs: Any) -> keras.Model:
-    from xray_tfdata import models  # lazy: models pulls in keras.applications
-
     return models.build_model(name, image_size, channels, **kwargs)
 
 
@@ -199,10 +198,6 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
                precision: str, model_builder: ModelBuilder) -> _Run:
     """Model, optimizer and checkpoint state (restored if a run is resumed), the compiled train
     function, the train iterator and validation dataset, and the summary writer."""
-    from xray_tfdata.inputs import (
-        pipeline,  # lazy: `train`'s flag checks must not wait for it
-    )
-
     chief = distribute.is_chief(strategy)
     model_dir = Path(config.model_dir)
     if chief:
