@@ -168,7 +168,9 @@ def extract(model, records_dir: str, split: str, batch_size: int = 64
     """(embeddings [n, d] float32, CNN probabilities [n, C], labels [n]) for one split."""
     image_size, channels = evaluator.input_spec(model)
     dataset = evaluator.eval_dataset(records_dir, split, image_size, channels, batch_size)
-    y, (emb, probs) = evaluator.run_model(feature_model(model), dataset)
+    y, (emb, probs) = evaluator.run_model(feature_model(model), dataset,
+                                          label=f"embeddings {split}",
+                                          total=evaluator.split_size(records_dir, split))
     return emb.astype(np.float32), probs, y
 
 

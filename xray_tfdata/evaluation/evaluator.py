@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import errors, files, labels
+from xray_tfdata import console, errors, files, labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import metrics, shortcut
 
@@ -101,12 +101,9 @@ def input_spec(model) -> tuple[int, int]:
 
 def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, batch_size: int):
     """The split in evaluation mode (one pass, remainder kept, no augmentation, fixed order)."""
-    from xray_tfdata.inputs import (
-        pipeline,  # TensorFlow imports stay out of flag validation
-    )
-    from xray_tfdata.records import (
-        manifest,  # TensorFlow imports stay out of flag validation
-    )
+    # Imported here: `evaluate` validates its flags before TensorFlow is loaded.
+    from xray_tfdata.inputs import pipeline
+    from xray_tfdata.records import manifest
 
     manifest.check_compatible(manifest.read_manifest(records_dir), image_size=image_size,
                               channels=channels, records_dir=records_dir)
@@ -124,12 +121,22 @@ def predict_fn(model):
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
-def run_model(model, dataset, *, predict=None) -> tuple[np.ndarray, list[np.ndarray]]:
+def split_size(records_dir: str, split: str) -> int:
+    """Examples in `split`, from the manifest (for progress bars)."""
+    from xray_tfdata.records import manifest
+
+    return manifest.num_examples(manifest.read_manifest(records_dir), split)
+
+
+def run_model(model, dataset, *, predict=None, label: str = "", total: int = 0
+              ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Runs the model (or a ready `predict` step from `predict_fn`) over (images, labels)
-    batches; returns labels and each output, float32."""
+    batches; returns labels and each output, float32. With `label`, shows a progress bar of
+    `total` images."""
     import tensorflow as tf
 
     step = predict or predict_fn(model)
+    bar = console.ProgressBar(total, label) if label else None
     all_labels: list[np.ndarray] = []
     outputs: list[list[np.ndarray]] = []
     for images, batch_labels in dataset:
@@ -140,6 +147,10 @@ def run_model(model, dataset, *, predict=None) -> tuple[np.ndarray, list[np.ndar
         for acc, value in zip(outputs, out):
             acc.append(np.asarray(tf.cast(value, tf.float32)))
         all_labels.append(np.asarray(batch_labels))
+        if bar:
+            bar.update(len(all_labels[-1]))
+    if bar:
+        bar.close()
     if not all_labels:
         raise ValueError("The split yielded no examples; check the records (manifest counts).")
     return (np.concatenate(all_labels).astype(np.int64),
@@ -229,7 +240,9 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     image_size, channels = input_spec(model)
     dataset = eval_dataset(config.records_dir, config.split, image_size, channels,
                            config.batch_size)
-    y_true, (probs, *_) = run_model(model, dataset)
+    y_true, (probs, *_) = run_model(
+        model, dataset, label=f"evaluate {config.split}",
+        total=split_size(config.records_dir, config.split))
     if probs.ndim != 2 or probs.shape[1] != labels.NUM_CLASSES:
         raise ValueError(f"The model outputs shape {probs.shape[1:]}, expected "
                          f"[{labels.NUM_CLASSES}] class probabilities.")
