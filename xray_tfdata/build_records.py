@@ -14,6 +14,7 @@ from absl import app, flags
 
 # Only TensorFlow-free modules at import time, so `--help` and flag errors answer instantly; the
 # converter (which imports TensorFlow) is imported inside main().
+from xray_tfdata import cli
 from xray_tfdata.records import dedupe, image_io
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "workspace/raw/Data",
@@ -60,22 +61,8 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected positional arguments {argv[1:]}; all inputs are flags.")
     from xray_tfdata.records import convert  # noqa: PLC0415 - see the import note at the top
 
-    try:
-        config = convert.ConversionConfig(
-            data_dir=_DATA_DIR.value, output_dir=_OUTPUT_DIR.value,
-            image_size=_IMAGE_SIZE.value, resize_mode=_RESIZE_MODE.value,
-            channels=_CHANNELS.value, image_format=_IMAGE_FORMAT.value,
-            jpeg_quality=_JPEG_QUALITY.value,
-            compression="" if _COMPRESSION.value.lower() == "none" else "GZIP",
-            shard_size_mb=_SHARD_SIZE_MB.value, num_shards=_NUM_SHARDS.value,
-            min_shards=_MIN_SHARDS.value, val_fraction=_VAL_FRACTION.value, seed=_SEED.value,
-            augment=_AUGMENT.value, augment_max_source=_AUGMENT_MAX_SOURCE.value,
-            dedupe=_DEDUPE.value, near_distance=_NEAR_DISTANCE.value,
-            max_reject_fraction=_MAX_REJECT_FRACTION.value, num_workers=_NUM_WORKERS.value,
-            overwrite=_OVERWRITE.value,
-        )
-    except ValueError as err:
-        raise app.UsageError(f"--{err}") from err
+    compression = "" if _COMPRESSION.value.lower() == "none" else "GZIP"
+    config = cli.settings_from_flags(convert.ConversionConfig, compression=compression)
     try:
         convert.build_records(config)
     except (ValueError, convert.ConversionError) as err:
@@ -85,4 +72,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

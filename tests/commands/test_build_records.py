@@ -15,7 +15,7 @@ from absl.testing import flagsaver
 
 from tests import fixtures
 from xray_tfdata import build_records, files
-from xray_tfdata.records import convert, manifest, shard_writer, synthetic
+from xray_tfdata.records import conversion_state, convert, manifest, synthetic
 
 REPO = fixtures.REPO_ROOT
 
@@ -28,11 +28,13 @@ def _main(*argv: str) -> int:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--channels=2"], "--channels must be 1 or 3. Received: channels=2."),
-    (["--image_size=2"], r"--image_size must be an int in \[8, 4096\]. Received: image_size=2"),
-    (["--val_fraction=1.5"], r"--val_fraction must be in \[0, 1\). Received: val_fraction=1.5"),
-    (["--augment=COVID19:blur3"], "--augment='COVID19:blur3' is invalid"),
-    (["--num_workers=-2"], "--num_workers must be an int >= 0"),
+    (["--channels=2"], "--channels must be one of 1, 3. Received: --channels=2."),
+    (["--image_size=2"], r"--image_size must be an integer in \[8, 4096\] .*Received: --image_size=2"),
+    (["--val_fraction=1.5"], r"--val_fraction must be a number in \[0.0, 1.0\). Received: "
+                             r"--val_fraction=1.5"),
+    (["--augment=COVID19:blur3"], "--augment must be a valid augmentation spec. Received: "
+                                  "--augment='COVID19:blur3'"),
+    (["--num_workers=-2"], "--num_workers must be an integer >= 0"),
 ])
 def test_bad_flag_values_are_usage_errors_naming_value_and_range(argv, message, tmp_path):
     with pytest.raises(app.UsageError, match=message):
@@ -81,7 +83,7 @@ def test_kill_9_mid_run_then_rerun_gives_identical_shards_and_manifest(data_dir,
     # also proves records are byte-identical across processes (protobuf map order, hashing).
     proc = subprocess.Popen(_cli(data_dir, out), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
-    spill = out / shard_writer.WORK_DIR / "pass1.spill"
+    spill = out / conversion_state.WORK_DIR / "pass1.spill"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if spill.is_file() and spill.stat().st_size > 0:
@@ -94,7 +96,7 @@ def test_kill_9_mid_run_then_rerun_gives_identical_shards_and_manifest(data_dir,
 
     # Rerunning the same command completes the job: identical to an uninterrupted run. (In
     # process, to save a TensorFlow start-up; test_convert checks that CLI-equal args resume.)
-    assert (out / shard_writer.WORK_DIR / "state.json").is_file()
+    assert (out / conversion_state.WORK_DIR / "state.json").is_file()
     convert.build_records(convert.ConversionConfig(output_dir=str(out), num_workers=2, **config),
                           progress=False)
     shas = lambda d: {p.name: files.sha256_file(p) for p in d.iterdir()}  # noqa: E731

@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -36,18 +35,20 @@ from typing import Any, Iterator, Sequence
 import cv2
 from absl import logging
 
-from xray_tfdata import __version__, files, labels
+from xray_tfdata import __version__, errors, files, labels
 from xray_tfdata.records import (
     dedupe,
     features,
     image_io,
     manifest,
     offline_augment,
+    conversion_state,
     shard_plan,
     shard_writer,
     sources,
 )
-from xray_tfdata.records.shard_writer import Spill, SpillEntry
+from xray_tfdata.errors import ConfigError
+from xray_tfdata.records.conversion_state import Spill, SpillEntry
 
 DEDUPE_MODES: tuple[str, ...] = ("report", "drop")
 _DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shadows the module
@@ -62,14 +63,9 @@ class ConversionError(RuntimeError):
     """The conversion cannot (or must not) complete; the message says why and what to do."""
 
 
-def _require(ok: bool, field: str, value: Any, allowed: str, fix: str = "") -> None:
-    if not ok:
-        raise ValueError(f"{field} must be {allowed}. Received: {field}={value!r}. {fix}".rstrip())
-
-
 @dataclasses.dataclass(frozen=True)
 class ConversionConfig:
-    """Everything that decides the records; validated on construction."""
+    """Everything that decides the records; validated on construction (raises ConfigError)."""
 
     data_dir: str
     output_dir: str
@@ -93,45 +89,42 @@ class ConversionConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        _require(bool(str(self.data_dir)), "data_dir", self.data_dir, "a folder path",
-                 "Pass --data_dir=<the extracted Kaggle folder>.")
-        _require(bool(str(self.output_dir)), "output_dir", self.output_dir, "a folder path")
-        _require(isinstance(self.image_size, int) and 8 <= self.image_size <= 4096,
-                 "image_size", self.image_size, "an int in [8, 4096]", "224 is the default.")
-        _require(self.resize_mode in image_io.RESIZE_MODES, "resize_mode", self.resize_mode,
-                 f"one of {image_io.RESIZE_MODES}")
-        _require(self.channels in (1, 3), "channels", self.channels, "1 or 3",
-                 "X-rays are gray: 1 is 3x smaller; 3 repeats the gray channel.")
-        _require(self.image_format in features.IMAGE_FORMATS, "image_format", self.image_format,
-                 f"one of {features.IMAGE_FORMATS}")
-        _require(isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 100,
-                 "jpeg_quality", self.jpeg_quality, "an int in [1, 100]")
-        _require(self.compression in shard_writer.COMPRESSIONS, "compression", self.compression,
-                 "'' (none) or 'GZIP'")
-        _require(self.shard_size_mb > 0, "shard_size_mb", self.shard_size_mb, "> 0",
-                 "About 100 MB per shard reads well; or set num_shards.")
-        _require(isinstance(self.num_shards, int) and self.num_shards >= 0, "num_shards",
-                 self.num_shards, "an int >= 0 (0 = size shards by shard_size_mb)")
-        _require(isinstance(self.min_shards, int) and self.min_shards >= 1, "min_shards",
-                 self.min_shards, "an int >= 1",
-                 "Use at least the number of readers (workers) of a multi-worker job.")
-        _require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "in [0, 1)")
-        _require(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an int >= 0")
+        if not str(self.data_dir):
+            raise ConfigError("data_dir", self.data_dir, "a folder path",
+                              "Pass --data_dir=<the extracted Kaggle folder>.")
+        if not str(self.output_dir):
+            raise ConfigError("output_dir", self.output_dir, "a folder path")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
+            raise ConfigError("image_size", self.image_size, "an integer in [8, 4096]")
+        errors.in_range("image_size", self.image_size, 8, 4096,
+                        allowed="an integer in [8, 4096] (224 is the default)")
+        errors.one_of("resize_mode", self.resize_mode, image_io.RESIZE_MODES)
+        errors.one_of("channels", self.channels, (1, 3),
+                      "X-rays are gray: 1 is 3x smaller; 3 repeats the gray channel.")
+        errors.one_of("image_format", self.image_format, features.IMAGE_FORMATS)
+        errors.positive_int("jpeg_quality", self.jpeg_quality)
+        errors.in_range("jpeg_quality", self.jpeg_quality, 1, 100, allowed="an integer in [1, 100]")
+        if self.compression not in shard_writer.COMPRESSIONS:
+            raise ConfigError("compression", self.compression, "'' (none) or 'GZIP'")
+        if not (isinstance(self.shard_size_mb, (int, float)) and self.shard_size_mb > 0):
+            raise ConfigError("shard_size_mb", self.shard_size_mb, "a number > 0",
+                              "About 100 MB per shard reads well; or set num_shards.")
+        errors.non_negative_int("num_shards", self.num_shards)
+        errors.positive_int("min_shards", self.min_shards)
+        errors.in_range("val_fraction", self.val_fraction, 0.0, 1.0, closed_high=False)
+        errors.non_negative_int("seed", self.seed)
         try:
             offline_augment.parse_augment_spec(self.augment)
         except ValueError as err:
-            raise ValueError(f"augment={self.augment!r} is invalid: {err}") from err
-        _require(isinstance(self.augment_max_source, int) and self.augment_max_source >= 0,
-                 "augment_max_source", self.augment_max_source,
-                 "an int >= 0 (0 = every train image of the class)")
-        _require(self.dedupe in DEDUPE_MODES, "dedupe", self.dedupe, f"one of {DEDUPE_MODES}")
-        _require(isinstance(self.near_distance, int)
-                 and 0 <= self.near_distance <= dedupe.HASH_BITS, "near_distance",
-                 self.near_distance, f"an int in [0, {dedupe.HASH_BITS}] (Hamming bits)")
-        _require(0.0 <= self.max_reject_fraction <= 1.0, "max_reject_fraction",
-                 self.max_reject_fraction, "in [0, 1]")
-        _require(isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers",
-                 self.num_workers, "an int >= 0 (0 = all cores)")
+            raise ConfigError("augment", self.augment, "a valid augmentation spec",
+                              str(err)) from err
+        errors.non_negative_int("augment_max_source", self.augment_max_source)
+        errors.one_of("dedupe", self.dedupe, DEDUPE_MODES)
+        errors.non_negative_int("near_distance", self.near_distance)
+        errors.in_range("near_distance", self.near_distance, 0, dedupe.HASH_BITS,
+                        allowed=f"an integer in [0, {dedupe.HASH_BITS}] (Hamming bits)")
+        errors.in_range("max_reject_fraction", self.max_reject_fraction, 0.0, 1.0)
+        errors.non_negative_int("num_workers", self.num_workers)
 
     def manifest_args(self) -> dict[str, Any]:
         args = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_MANIFEST}
@@ -283,14 +276,14 @@ MAX_NEAR_PAIRS_IN_MANIFEST = 10_000
 
 
 def _manifest_duplicates(duplicates: dict, drops: dict[str, str]) -> dict:
-    near = duplicates["near"]
+    near, counts = duplicates["near"], dedupe.summarize(duplicates)
     kept = sorted(near, key=lambda p: (not p["cross_split"], p["distance"], p["paths"]))
     kept = sorted(kept[:MAX_NEAR_PAIRS_IN_MANIFEST], key=lambda p: p["paths"])
     return {
         "exact": duplicates["exact"],
         "near": kept,
-        "near_pairs_total": len(near),
-        "near_cross_split_total": sum(p["cross_split"] for p in near),
+        "near_pairs_total": counts["near_pairs"],
+        "near_cross_split_total": counts["near_cross_split_pairs"],
         "near_pairs_listed": len(kept),
         "dropped": [{"path": k, "reason": drops[k]} for k in sorted(drops)],
     }
@@ -330,9 +323,7 @@ class _Shards:
     def __init__(self, out: Path, index: dict[str, SpillEntry], spill: Spill,
                  files: dict[str, sources.SourceFile], config: ConversionConfig) -> None:
         self.out, self.index, self.spill, self.files, self.config = out, index, spill, files, config
-        self.journal_path = out / shard_writer.WORK_DIR / "shards.json"
-        self.journal = (json.loads(self.journal_path.read_text())
-                        if self.journal_path.is_file() else {})
+        self.journal = conversion_state.ShardJournal(out)
 
     def _fingerprint(self, examples: Sequence[shard_plan.PlannedExample]) -> str:
         digest = hashlib.sha256()
@@ -361,18 +352,14 @@ class _Shards:
         entries = []
         for i, examples in enumerate(shards):
             name = shard_writer.shard_name(split, i, len(shards))
-            path, fingerprint, known = self.out / name, self._fingerprint(examples), self.journal.get(name)
-            if (known and known["fingerprint"] == fingerprint and path.is_file()
-                    and path.stat().st_size == known["entry"]["bytes"]
-                    and files.sha256_file(path) == known["entry"]["sha256"]):
-                entries.append(known["entry"])
+            fingerprint = self._fingerprint(examples)
+            if (known := self.journal.intact(name, fingerprint)) is not None:
+                entries.append(known)
                 continue
-            entry = shard_writer.write_shard(path, self._records(examples), self.config.compression)
+            entry = shard_writer.write_shard(self.out / name, self._records(examples),
+                                             self.config.compression)
             entries.append(entry)
-            self.journal[name] = {"fingerprint": fingerprint, "entry": entry}
-            tmp = self.journal_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.journal, sort_keys=True))
-            os.replace(tmp, self.journal_path)
+            self.journal.record(name, fingerprint, entry)
             logging.info("Wrote %s: %d examples, %.1f MB", name, entry["num_examples"],
                          entry["bytes"] / 2**20)
         return entries
@@ -414,21 +401,21 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
     """
     start = time.monotonic()
     out, args = Path(config.output_dir), config.manifest_args()
-    if not config.overwrite and (done := shard_writer.complete_manifest(out, args, _NOT_COMPARED)):
+    if not config.overwrite and (done := conversion_state.complete_manifest(out, args, _NOT_COMPARED)):
         logging.info("Records in %s are complete and match these arguments; nothing to do "
                      "(pass --overwrite to rebuild).", out)
         return done
     scan = sources.scan_sources(config.data_dir)
     try:
-        shard_writer.prepare_output_dir(out, args, overwrite=config.overwrite, ignore=_NOT_COMPARED)
-    except shard_writer.OutputDirError as err:
+        conversion_state.prepare_output_dir(out, args, overwrite=config.overwrite, ignore=_NOT_COMPARED)
+    except conversion_state.OutputDirError as err:
         raise ConversionError(str(err)) from err
 
     tasks = _plan_tasks(scan.files, config)
     files = {f.relpath: f for f in scan.files}
     logging.info("Found %d images in %s (%d other files); %d workers.", len(tasks),
                  config.data_dir, len(scan.rejected), min(config.workers(), max(len(tasks), 1)))
-    spill = Spill(out / shard_writer.WORK_DIR / "pass1.spill")
+    spill = Spill(out / conversion_state.WORK_DIR / "pass1.spill")
     try:
         index, rate, decoded = _run_pass(tasks, spill, config, progress)
         rejected = sorted([{"path": p, "reason": r} for p, r in scan.rejected]
@@ -442,9 +429,10 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
                                    index[f.relpath].phash) for f in usable]
         duplicates = dedupe.find_duplicates(items, config.near_distance)
         drops = dedupe.plan_drops(items, duplicates) if config.dedupe == "drop" else {}
+        counts = dedupe.summarize(duplicates)
         logging.info("Duplicates: %d exact groups, %d near pairs (%d cross-split); %s.",
-                     len(duplicates["exact"]), len(duplicates["near"]),
-                     sum(d["cross_split"] for d in duplicates["exact"] + duplicates["near"]),
+                     counts["exact_groups"], counts["near_pairs"],
+                     counts["exact_cross_split_groups"] + counts["near_cross_split_pairs"],
                      f"dropped {len(drops)}" if drops else f"none dropped (--dedupe={config.dedupe})")
 
         kept = [f for f in usable if f.relpath not in drops]
@@ -457,7 +445,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
             logging.warning("Only %d train examples: %d train shards, fewer than min_shards=%d.",
                             len(per_split.get("train", ())), len(plans.get("train", ())),
                             config.min_shards)
-        shard_writer.remove_stale_shards(out, {shard_writer.shard_name(s, i, len(p))
+        conversion_state.remove_stale_shards(out, {shard_writer.shard_name(s, i, len(p))
                                          for s, p in plans.items() for i in range(len(p))})
         shards = _Shards(out, index, spill, files, config)
         splits_info = {split: {
@@ -483,7 +471,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         "duplicates": _manifest_duplicates(duplicates, drops),
     }
     manifest.write_manifest(out, result)
-    shutil.rmtree(out / shard_writer.WORK_DIR)  # complete: the spill (about the records' size) goes
+    shutil.rmtree(out / conversion_state.WORK_DIR)  # complete: the spill (about the records' size) goes
     total_bytes = sum(s["bytes"] for info in splits_info.values() for s in info["shards"])
     logging.info(
         "Done in %.1f s: %s; %d rejected, %d dropped as duplicates; %d sources decoded at "

@@ -119,6 +119,35 @@ def scan_sources(data_dir: str | os.PathLike) -> ScanResult:
     return ScanResult(tuple(files), tuple(rejected))
 
 
+def kaggle_layout_problems(data_dir: str | os.PathLike) -> list[str]:
+    """What keeps `data_dir` from being a complete Kaggle folder ([] = it is one).
+
+    The one layout check shared with tools/download_dataset.py: it runs the converter's own folder
+    checks (unknown or case-clashing folders, as `scan_sources` raises them), then requires what the
+    Kaggle download holds: train/ and test/, each with the three class folders, none empty. So the
+    download tool can never print a --data_dir the converter refuses.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        return [f"{str(root)!r} is not a directory"]
+    try:
+        split_dirs = _match(_subdirs(root), SOURCE_SPLITS, f"data_dir {str(root)!r}")
+        class_dirs = {split: _match(_subdirs(folder), labels.CLASS_NAMES, f"{str(folder)!r}")
+                      for split, folder in split_dirs.items()}
+    except ValueError as err:
+        return [str(err)]
+    problems = [f"no {s}/ folder" for s in REQUIRED_SPLITS if s not in split_dirs]
+    for split, classes in sorted(class_dirs.items()):
+        missing = [c for c in labels.CLASS_NAMES if c not in classes]
+        if missing:
+            problems.append(f"{split}/ lacks {missing} (has {sorted(_subdirs(split_dirs[split]))})")
+        empty = [c for c, folder in classes.items()
+                 if not any(p.is_file() and not p.name.startswith(".") for p in folder.iterdir())]
+        if empty:
+            problems.append(f"{split}/ has no files in {empty}")
+    return problems
+
+
 def scan(data_dir: str | os.PathLike) -> list[SourceFile]:
     """The image files of `data_dir`, sorted by relpath (see `scan_sources`)."""
     return list(scan_sources(data_dir).files)
