@@ -19,6 +19,7 @@ from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import (
     conversion_state,
     convert,
+    decode_pass,
     features,
     image_io,
     manifest,
@@ -360,7 +361,7 @@ def test_workers_never_import_tensorflow_even_if_the_main_script_does(tmp_path, 
     fake_main = types.ModuleType("__main__")
     fake_main.__file__ = str(script)  # what spawn would re-run in every worker
     monkeypatch.setitem(__import__("sys").modules, "__main__", fake_main)
-    with convert._main_module_hidden():
+    with decode_pass.main_module_hidden():
         pool = multiprocessing.get_context("spawn").Pool(1, initializer=sources.init_worker)
     with pool:
         assert pool.apply(eval, ("'tensorflow' in __import__('sys').modules",)) is False
@@ -373,15 +374,3 @@ def test_progress_line_and_summary_are_logged(data_dir, tmp_path, caplog):
     text = caplog.text
     assert "Converting: 23/23 images (100%)" in text and "images/s, ETA" in text
     assert "Done in" in text and "train 14 examples in 2 shards" in text
-
-
-def test_manifest_lists_at_most_the_closest_near_pairs_and_counts_all(monkeypatch):
-    near = [{"paths": [f"train/a{i:03d}", f"{s}/b{i:03d}"], "splits": ["train", s],
-             "distance": d, "cross_split": s != "train"}
-            for i, (s, d) in enumerate([("train", 1), ("test", 9), ("train", 3), ("test", 2)])]
-    monkeypatch.setattr(convert, "MAX_NEAR_PAIRS_IN_MANIFEST", 2)
-    out = convert._manifest_duplicates({"exact": [], "near": near}, {"train/a000": "why"})
-    # Cross-split pairs first (closest first), then sorted by path for a stable manifest.
-    assert [p["paths"][1] for p in out["near"]] == ["test/b001", "test/b003"]
-    assert (out["near_pairs_total"], out["near_cross_split_total"], out["near_pairs_listed"]) == (4, 2, 2)
-    assert out["dropped"] == [{"path": "train/a000", "reason": "why"}]
