@@ -128,7 +128,7 @@ def assign_splits(files: Sequence[_Placed], *, val_fraction: float, seed: int,
     fixed_of_unit: dict[str, str] = {}
     for f in files:
         s = split_of.get(f.relpath)
-        if s and f.source != holdout_source:
+        if s and not (holdout_source and f.source == holdout_source):
             old = fixed_of_unit.get(unit(f))
             fixed_of_unit[unit(f)] = s if old is None or _FIXED_RANK[s] < _FIXED_RANK[old] else old
     members: dict[str, list[_Placed]] = {}
