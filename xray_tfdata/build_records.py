@@ -14,7 +14,7 @@ from absl import app, flags
 
 # Only TensorFlow-free modules at import time, so `--help` and flag errors answer instantly; the
 # converter (which imports TensorFlow) is imported inside main().
-from xray_tfdata import cli
+from xray_tfdata import cli, console
 from xray_tfdata.records import dedupe, image_io
 
 _DATA_DIR = flags.DEFINE_string(
@@ -84,15 +84,18 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False,
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments {argv[1:]}; all inputs are flags.")
-    from xray_tfdata.records import convert  # noqa: PLC0415 - see the import note at the top
+    from xray_tfdata.records import convert, manifest  # noqa: PLC0415 - see the import note at the top
 
     compression = "" if _COMPRESSION.value.lower() == "none" else "GZIP"
     config = cli.settings_from_flags(convert.ConversionConfig, compression=compression)
     try:
-        convert.build_records(config)
+        info = convert.build_records(config)
     except (ValueError, convert.ConversionError) as err:
         print(f"build_records: error: {err}", file=sys.stderr)
         return 1
+    counts = ", ".join(f"{split} {s['num_examples']}" for split, s in info["splits"].items())
+    console.say(f"Records in {config.output_dir}: {counts} examples; {len(info['rejected'])} "
+                f"rejected (see {manifest.MANIFEST_NAME}).")
     return 0
 
 

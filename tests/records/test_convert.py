@@ -368,9 +368,9 @@ def test_workers_never_import_tensorflow_even_if_the_main_script_does(tmp_path, 
         assert pool.apply(eval, ("'xray_tfdata.records.sources' in __import__('sys').modules",))
 
 
-def test_progress_line_and_summary_are_logged(data_dir, tmp_path, caplog):
+def test_progress_bar_and_summary(data_dir, tmp_path, caplog, capsys):
     caplog.set_level("INFO", logger="absl")
     convert.build_records(_config(data_dir, tmp_path, augment=""), progress=True)
-    text = caplog.text
-    assert "Converting: 23/23 images (100%)" in text and "images/s, ETA" in text
-    assert "Done in" in text and "train 14 examples in 2 shards" in text
+    bar = capsys.readouterr().err
+    assert "Converting  23/23 images  [########################]" in bar and "images/s" in bar
+    assert "Done in" in caplog.text and "train 14 examples in 2 shards" in caplog.text

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, Iterator, Sequence
 
 from absl import logging
 
-from xray_tfdata import __version__, errors, labels
+from xray_tfdata import __version__, errors, files, labels
 from xray_tfdata.records import (
     dedupe,
     features,
@@ -184,12 +183,7 @@ class ConversionConfig:
         return args
 
     def workers(self) -> int:
-        if self.num_workers:
-            return self.num_workers
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:  # macOS / Windows
-            return os.cpu_count() or 1
+        return self.num_workers or files.usable_cpus()
 
     def settings(self) -> sources.ProcessSettings:
         return sources.ProcessSettings(self.image_size, self.resize_mode, self.channels,

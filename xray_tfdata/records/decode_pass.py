@@ -11,38 +11,15 @@ import contextlib
 import functools
 import multiprocessing
 import sys
-import time
 import types
 from typing import Iterator, Sequence
 
 import cv2
 from absl import logging
 
+from xray_tfdata import console
 from xray_tfdata.records import sources
 from xray_tfdata.records.conversion_state import Spill, SpillEntry
-
-
-class _Progress:
-    """Logs `done/total, images/s, ETA` at most every `every` seconds, and at the end."""
-
-    def __init__(self, total: int, label: str, enabled: bool, every: float = 5.0) -> None:
-        self.total, self.label, self.enabled, self.every = total, label, enabled, every
-        self.done = 0
-        self.start = self.last = time.monotonic()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and (now - self.last >= self.every or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else 0.0
-            logging.info("%s: %d/%d images (%.0f%%), %.1f images/s, ETA %s", self.label,
-                         self.done, self.total, 100.0 * self.done / max(self.total, 1), rate,
-                         time.strftime("%H:%M:%S", time.gmtime(eta)))
-
-    def rate(self) -> float:
-        return self.done / max(time.monotonic() - self.start, 1e-9)
 
 
 def _process(tasks: Sequence[sources.Task], workers: int, settings: sources.ProcessSettings
@@ -99,8 +76,9 @@ def run_pass(tasks: list[sources.Task], spill: Spill, workers: int,
     todo = [t for t in tasks if t.key not in reusable]
     if reusable:
         logging.info("Resuming: %d of %d sources already processed.", len(reusable), len(tasks))
-    meter = _Progress(len(todo), "Converting", progress)
+    bar = console.ProgressBar(len(todo), "Converting", enabled=progress and bool(todo))
     for processed in _process(todo, workers, settings):
         reusable[processed.key] = spill.append(processed)
-        meter.update()
-    return reusable, meter.rate(), len(todo)
+        bar.update()
+    bar.close()
+    return reusable, bar.rate(), len(todo)
