@@ -217,3 +217,19 @@ def test_patient_key_is_never_written_and_another_key_is_refused_on_resume(tmp_p
     with pytest.raises(convert.ConversionError, match="--patient_key: 'sha256:"):
         convert.build_records(_config(data, out, **{**config, "patient_key": "other"}),
                               progress=False)
+
+
+def test_evaluate_reads_converter_records_of_a_test_only_collection(tmp_path):
+    from tests import fixtures
+    from xray_tfdata.evaluation import evaluator
+
+    synthetic.generate_dataset(tmp_path / "ext", {"test": {"NORMAL": 3, "COVID19": 3, "PNEUMONIA": 3}},
+                               min_size=40, max_size=60, seed=2)
+    convert.build_records(_config(tmp_path / "ext", tmp_path / "rec", image_size=fixtures.TINY_SIZE),
+                          progress=False)
+    model = fixtures.tiny_model_file(tmp_path / "tiny.keras")
+    # The shortcut probe is fitted on a train split, which a test-only collection lacks.
+    result = evaluator.evaluate(evaluator.EvalConfig(
+        model_path=str(model), records_dir=str(tmp_path / "rec"), split="test", bootstrap=10,
+        shortcut_probe=False, output_dir=str(tmp_path / "eval")))
+    assert result["num_examples"] == 9 and (tmp_path / "eval" / "metrics.json").is_file()
