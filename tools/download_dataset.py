@@ -33,11 +33,11 @@ from pathlib import Path, PurePosixPath
 from absl import app, flags
 
 from xray_tfdata import labels
+from xray_tfdata.records import sources
 
 DATASET = "prashant268/chest-xray-covid19-pneumonia"
 DATASET_URL = f"https://www.kaggle.com/datasets/{DATASET}"
-REQUIRED_SPLITS = ("train", "test")
-OPTIONAL_SPLITS = ("val",)
+REQUIRED_SPLITS = sources.REQUIRED_SPLITS
 EXIT_NO_CREDENTIALS = 2
 _STAGING = ".extracting"
 
@@ -225,25 +225,6 @@ def _dirs(folder: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
 
-def _layout_problems(folder: Path) -> list[str]:
-    """What keeps `folder` from being a Kaggle data_dir (empty list: it is one)."""
-    splits = {name.lower(): path for name, path in _dirs(folder).items()}
-    problems = [f"no {s}/ folder" for s in REQUIRED_SPLITS if s not in splits]
-    extra = sorted(n for n in _dirs(folder) if n.lower() not in REQUIRED_SPLITS + OPTIONAL_SPLITS)
-    if extra and not problems:
-        problems.append(f"unexpected folders {extra} (only train/, test/ and val/ are allowed)")
-    for split in sorted(s for s in splits if s in REQUIRED_SPLITS + OPTIONAL_SPLITS):
-        classes = {name.upper(): path for name, path in _dirs(splits[split]).items()}
-        missing = [c for c in labels.CLASS_NAMES if c not in classes]
-        if missing:
-            problems.append(f"{split}/ lacks {missing} (has {sorted(_dirs(splits[split]))})")
-        empty = [c for c in labels.CLASS_NAMES if c in classes
-                 and not any(p.is_file() for p in classes[c].iterdir())]
-        if empty:
-            problems.append(f"{split}/ has no files in {empty}")
-    return problems
-
-
 def find_data_dir(root: str | os.PathLike, max_depth: int = 3) -> Path:
     """Finds the folder under root (root included) that holds train/ and test/ with the 3 classes.
 
@@ -261,7 +242,7 @@ def find_data_dir(root: str | os.PathLike, max_depth: int = 3) -> Path:
         for folder in level:
             names = {n.lower() for n in _dirs(folder)}
             if names & set(REQUIRED_SPLITS):
-                problems = _layout_problems(folder)
+                problems = sources.kaggle_layout_problems(folder)  # the converter's check
                 if not problems:
                     return folder
                 candidates[folder] = problems

@@ -1,4 +1,4 @@
-r"""Builds sharded TFRecords + dataset_info.json from the Kaggle chest X-ray folder.
+r"""Builds sharded TFRecords + dataset_info.json from chest X-ray collections (folders or CSVs).
 
   python -m xray_tfdata.build_records --data_dir=workspace/raw/Data \
       --output_dir=workspace/records --augment=COVID19:gamma0.4,gamma0.55,mean3,unsharp3,canny3
@@ -14,10 +14,14 @@ from absl import app, flags
 
 # Only TensorFlow-free modules at import time, so `--help` and flag errors answer instantly; the
 # converter (which imports TensorFlow) is imported inside main().
+from xray_tfdata import cli, console
 from xray_tfdata.records import dedupe, image_io
 
-_DATA_DIR = flags.DEFINE_string("data_dir", "workspace/raw/Data",
-                                "The extracted Kaggle folder: {train,test[,val]}/{class}/*.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", "workspace/raw/Data",
+    "The collection: {train,val,test}/<CLASS>/* (any subset of splits, e.g. the extracted "
+    "Kaggle folder), <CLASS>/** (no splits), or the folder a --labels_csv's paths are relative "
+    "to. Several collections: name=path entries, e.g. kaggle=/data/kaggle,nih=/data/nih.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "workspace/records",
                                   "Where shards and dataset_info.json are written.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Output images are size x size.")
@@ -35,8 +39,9 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0,
                                    "Fixed shards per split (0 = by --shard_size_mb).")
 _MIN_SHARDS = flags.DEFINE_integer("min_shards", 8,
                                    "At least this many train shards (>= readers of a job).")
-_VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1,
-                                   "Fraction of each train class carved out as validation.")
+_VAL_FRACTION = flags.DEFINE_float(
+    "val_fraction", 0.1, "Fraction of each train class carved out as validation (per collection "
+    "without a val split; by patient when the CSV gives patient ids).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of every split/shard/augmentation decision.")
 _AUGMENT = flags.DEFINE_string(
     "augment", "", "Offline train-only variants, e.g. "
@@ -50,6 +55,27 @@ _NEAR_DISTANCE = flags.DEFINE_integer("near_distance", dedupe.DEFAULT_NEAR_DISTA
                                       "Max perceptual-hash Hamming distance of near duplicates.")
 _MAX_REJECT_FRACTION = flags.DEFINE_float(
     "max_reject_fraction", 0.01, "Fail if more than this fraction of files is unusable.")
+_TEST_FRACTION = flags.DEFINE_float(
+    "test_fraction", None, "Fraction carved as test from a collection without a test split "
+    "(default 0.2 there; a collection with a test split keeps it).")
+_LABELS_CSV = flags.DEFINE_string(
+    "labels_csv", "", "A CSV listing the images: path (relative to --data_dir), label, optional "
+    "split and patient_id, other columns kept as metadata. Several: name=file.csv entries.")
+_CSV_COLUMNS = flags.DEFINE_string(
+    "csv_columns", "", "Column names, e.g. 'path=Image Index,label=Finding Labels,"
+    "patient_id=Patient ID' (defaults: path,label,split,patient_id).")
+_LABEL_MAP = flags.DEFINE_string(
+    "label_map", "", "Source labels onto the 3 classes, e.g. 'No Finding=NORMAL,"
+    "COVID-19=COVID19,Pneumonia=PNEUMONIA'; unmapped rows are skipped and counted.")
+_PATIENT_OVERLAP = flags.DEFINE_enum(
+    "patient_overlap", "error", ["error", "warn"],
+    "What to do when the input puts one patient in two splits.")
+_PATIENT_KEY = flags.DEFINE_string(
+    "patient_key", "", "Secret key of the patient-id HMAC (default: derived from --seed, which "
+    "the manifest shows). Never written; use a long random key for records you share.")
+_HOLDOUT_SOURCE = flags.DEFINE_string(
+    "holdout_source", "", "A collection named in --data_dir whose images are the whole test "
+    "split (leave-one-collection-out).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Worker processes (0 = all cores).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Delete existing shards/manifest in --output_dir and start over.")
@@ -58,31 +84,20 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False,
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments {argv[1:]}; all inputs are flags.")
-    from xray_tfdata.records import convert  # noqa: PLC0415 - see the import note at the top
+    from xray_tfdata.records import convert, manifest  # noqa: PLC0415 - see the import note at the top
 
+    compression = "" if _COMPRESSION.value.lower() == "none" else "GZIP"
+    config = cli.settings_from_flags(convert.ConversionConfig, compression=compression)
     try:
-        config = convert.ConversionConfig(
-            data_dir=_DATA_DIR.value, output_dir=_OUTPUT_DIR.value,
-            image_size=_IMAGE_SIZE.value, resize_mode=_RESIZE_MODE.value,
-            channels=_CHANNELS.value, image_format=_IMAGE_FORMAT.value,
-            jpeg_quality=_JPEG_QUALITY.value,
-            compression="" if _COMPRESSION.value.lower() == "none" else "GZIP",
-            shard_size_mb=_SHARD_SIZE_MB.value, num_shards=_NUM_SHARDS.value,
-            min_shards=_MIN_SHARDS.value, val_fraction=_VAL_FRACTION.value, seed=_SEED.value,
-            augment=_AUGMENT.value, augment_max_source=_AUGMENT_MAX_SOURCE.value,
-            dedupe=_DEDUPE.value, near_distance=_NEAR_DISTANCE.value,
-            max_reject_fraction=_MAX_REJECT_FRACTION.value, num_workers=_NUM_WORKERS.value,
-            overwrite=_OVERWRITE.value,
-        )
-    except ValueError as err:
-        raise app.UsageError(f"--{err}") from err
-    try:
-        convert.build_records(config)
+        info = convert.build_records(config)
     except (ValueError, convert.ConversionError) as err:
         print(f"build_records: error: {err}", file=sys.stderr)
         return 1
+    counts = ", ".join(f"{split} {s['num_examples']}" for split, s in info["splits"].items())
+    console.say(f"Records in {config.output_dir}: {counts} examples; {len(info['rejected'])} "
+                f"rejected (see {manifest.MANIFEST_NAME}).")
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

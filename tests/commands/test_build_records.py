@@ -9,13 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
 from tests import fixtures
 from xray_tfdata import build_records, files
-from xray_tfdata.records import convert, manifest, shard_writer, synthetic
+from xray_tfdata.records import conversion_state, convert, manifest, synthetic
 
 REPO = fixtures.REPO_ROOT
 
@@ -28,16 +30,53 @@ def _main(*argv: str) -> int:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--channels=2"], "--channels must be 1 or 3. Received: channels=2."),
-    (["--image_size=2"], r"--image_size must be an int in \[8, 4096\]. Received: image_size=2"),
-    (["--val_fraction=1.5"], r"--val_fraction must be in \[0, 1\). Received: val_fraction=1.5"),
-    (["--augment=COVID19:blur3"], "--augment='COVID19:blur3' is invalid"),
-    (["--num_workers=-2"], "--num_workers must be an int >= 0"),
+    (["--channels=2"], "--channels must be one of 1, 3. Received: --channels=2."),
+    (["--image_size=2"], r"--image_size must be an integer in \[8, 4096\] .*Received: --image_size=2"),
+    (["--val_fraction=1.5"], r"--val_fraction must be a number in \[0.0, 1.0\). Received: "
+                             r"--val_fraction=1.5"),
+    (["--augment=COVID19:blur3"], "--augment must be a valid augmentation spec. Received: "
+                                  "--augment='COVID19:blur3'"),
+    (["--num_workers=-2"], "--num_workers must be an integer >= 0"),
+    (["--label_map=Effusion=TB"], r"--label_map must be a comma-separated list. Received: "
+                                  r"--label_map='Effusion=TB'. Here: each entry must be"),
+    (["--csv_columns=image=x"], "--csv_columns must be a comma-separated list"),
+    (["--test_fraction=0.95"], r"--test_fraction must be below 1 - val_fraction = 0.9"),
+    (["--holdout_source=nih"], r"--holdout_source must be one of the collections named in "
+                               r"data_dir \(\[''\]\)"),
 ])
 def test_bad_flag_values_are_usage_errors_naming_value_and_range(argv, message, tmp_path):
     with pytest.raises(app.UsageError, match=message):
         _main(f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}", *argv)
     assert not (tmp_path / "out").exists()  # validated before any work
+
+
+def test_several_collections_need_names(tmp_path):
+    with pytest.raises(app.UsageError, match=r"--data_dir must be a path, or name=path entries.*"
+                                             r"needs a name"):
+        _main(f"--data_dir=a={tmp_path},{tmp_path}", f"--output_dir={tmp_path / 'out'}")
+
+
+def test_a_labels_csv_build_from_the_command_line(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        label = i % 3
+        cv2.imwrite(str(tmp_path / f"{i}.png"), synthetic.render_xray(label, (32, 32), rng))
+        rows.append(f"{i}.png,{['No Finding', 'COVID-19', 'Pneumonia'][label]},pt{i // 2}")
+    (tmp_path / "labels.csv").write_text("Image,Finding,Patient\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert _main(f"--data_dir=nih={tmp_path}", f"--labels_csv=nih={tmp_path / 'labels.csv'}",
+                 "--csv_columns=path=Image,label=Finding,patient_id=Patient",
+                 "--label_map=No Finding=NORMAL,COVID-19=COVID19,Pneumonia=PNEUMONIA",
+                 f"--output_dir={out}", "--image_size=16", "--num_workers=1",
+                 "--test_fraction=0.34", "--val_fraction=0.0") == 0
+    info = manifest.read_manifest(out)
+    assert sum(i["num_examples"] for i in info["splits"].values()) == 12
+    # Patients (majority class, tie -> the class listed first): 4 NORMAL, 2 COVID19; test takes
+    # round(4 * 0.34) = 1 and round(2 * 0.34) = 1 whole patients: 2 patients, 4 images.
+    test = info["splits"]["test"]
+    assert (test["patients"], test["num_examples"], sum(test["per_source"]["nih"].values())) == (2, 4, 4)
+    assert info["splits"]["train"]["patients"] == 4
 
 
 def test_enum_flags_are_checked_by_the_parser():
@@ -81,7 +120,7 @@ def test_kill_9_mid_run_then_rerun_gives_identical_shards_and_manifest(data_dir,
     # also proves records are byte-identical across processes (protobuf map order, hashing).
     proc = subprocess.Popen(_cli(data_dir, out), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
-    spill = out / shard_writer.WORK_DIR / "pass1.spill"
+    spill = out / conversion_state.WORK_DIR / "pass1.spill"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if spill.is_file() and spill.stat().st_size > 0:
@@ -94,7 +133,7 @@ def test_kill_9_mid_run_then_rerun_gives_identical_shards_and_manifest(data_dir,
 
     # Rerunning the same command completes the job: identical to an uninterrupted run. (In
     # process, to save a TensorFlow start-up; test_convert checks that CLI-equal args resume.)
-    assert (out / shard_writer.WORK_DIR / "state.json").is_file()
+    assert (out / conversion_state.WORK_DIR / "state.json").is_file()
     convert.build_records(convert.ConversionConfig(output_dir=str(out), num_workers=2, **config),
                           progress=False)
     shas = lambda d: {p.name: files.sha256_file(p) for p in d.iterdir()}  # noqa: E731

@@ -204,7 +204,7 @@ def test_find_data_dir_case_insensitive_at_any_depth(dl, tmp_path):
     (lambda r: _kaggle_tree(r / "Data", classes=("COVID19", "NORMAL")), "lacks ['PNEUMONIA']"),
     (lambda r: _kaggle_tree(r / "Data", splits=("train",)), "no test/ folder"),
     (lambda r: (_kaggle_tree(r / "Data", files=0)), "has no files in"),
-    (lambda r: (_kaggle_tree(r / "Data"), (r / "Data" / "extra").mkdir()), "unexpected folders ['extra']"),
+    (lambda r: (_kaggle_tree(r / "Data"), (r / "Data" / "extra").mkdir()), "Unexpected folder(s) ['extra']"),
     (lambda r: _write(r / "readme.txt", "hi"), "holds: ['readme.txt']"),
 ])
 def test_layout_errors_say_what_is_wrong(dl, tmp_path, build, message):

@@ -201,3 +201,15 @@ def test_perceptual_hash_separates_real_xrays_from_their_copies(real_sample_dir)
         ok, jpeg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 70])
         copies.append(hamming(h, perceptual_hash(cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE))))
     assert max(copies) < dedupe.DEFAULT_NEAR_DISTANCE < min(distinct)
+
+
+def test_manifest_lists_at_most_the_closest_near_pairs_and_counts_all(monkeypatch):
+    near = [{"paths": [f"train/a{i:03d}", f"{s}/b{i:03d}"], "splits": ["train", s],
+             "distance": d, "cross_split": s != "train"}
+            for i, (s, d) in enumerate([("train", 1), ("test", 9), ("train", 3), ("test", 2)])]
+    monkeypatch.setattr(dedupe, "MAX_NEAR_PAIRS_IN_MANIFEST", 2)
+    out = dedupe.manifest_section({"exact": [], "near": near}, {"train/a000": "why"})
+    # Cross-split pairs first (closest first), then sorted by path for a stable manifest.
+    assert [p["paths"][1] for p in out["near"]] == ["test/b001", "test/b003"]
+    assert (out["near_pairs_total"], out["near_cross_split_total"], out["near_pairs_listed"]) == (4, 2, 2)
+    assert out["dropped"] == [{"path": "train/a000", "reason": "why"}]

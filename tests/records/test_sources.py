@@ -59,10 +59,10 @@ def test_unknown_class_folder_lists_found_and_expected(tmp_path):
         sources.scan_sources(tmp_path)
 
 
-def test_missing_split_and_missing_dir_and_case_clash(tmp_path):
-    (tmp_path / "train").mkdir()
-    with pytest.raises(ValueError, match=r"has no \['test'\] folder. Found \['train'\]"):
-        sources.scan_sources(tmp_path)
+def test_train_only_is_read_missing_dir_and_case_clash_are_errors(tmp_path):
+    _png(tmp_path / "train" / "NORMAL" / "x.png")
+    assert [f.relpath for f in sources.scan_sources(tmp_path).files] == ["train/NORMAL/x.png"]
+    (tmp_path / "train" / "NORMAL" / "x.png").unlink()
     with pytest.raises(ValueError, match="is not a directory.*make_synthetic_dataset"):
         sources.scan_sources(tmp_path / "nope")
     (tmp_path / "test").mkdir()

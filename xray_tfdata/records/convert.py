@@ -1,4 +1,6 @@
-"""The converter: Kaggle folder -> sharded TFRecords + dataset_info.json, resumable and reproducible.
+"""The converter: X-ray collections -> sharded TFRecords + dataset_info.json, resumable, reproducible.
+
+Inputs: one or more collections (collect.py): folder layouts or labels CSVs, with patient ids.
 
 Design (why one decode pass with a spill file): the val carve, --dedupe=drop, the reject
 threshold and shard sizes all need every source's validity / hash / encoded size *before* the
@@ -9,8 +11,8 @@ pass, then a writing pass) would halve throughput. Instead:
      need (original + all variants of its class if it is in train/). The main process appends
      each result to an append-only spill file in `<output_dir>/.build/` and keeps only a small
      index in memory (no 6.4k images in RAM);
-  2. plan (pure, stable key + seed): drop rejects, carve val from the usable train sources
-     (stratified), dedupe, choose the augmented sources, cut shards by actual encoded bytes;
+  2. plan (pure, stable key + seed): drop rejects, carve test / val from the usable sources
+     (stratified, by patient group when ids are given: shard_plan.assign_splits), dedupe, choose the augmented sources, cut shards by actual encoded bytes;
   3. write shards in plan order in the main process, reading the bytes back from the spill.
 Resume: the spill survives a kill -9 (a torn last frame is cut off), so a rerun decodes only the
 sources not yet in it; complete shards recorded in `.build/shards.json` are kept. Output depends
@@ -19,35 +21,33 @@ only on per-source results, never on worker count or order.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import hashlib
-import json
-import multiprocessing
-import os
 import shutil
-import sys
 import time
-import types
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import cv2
 from absl import logging
 
-from xray_tfdata import __version__, files, labels
+from xray_tfdata import __version__, errors, files, labels
 from xray_tfdata.records import (
     dedupe,
     features,
     image_io,
     manifest,
     offline_augment,
+    collect,
+    conversion_state,
+    decode_pass,
+    labels_csv,
+    patients,
     shard_plan,
     shard_writer,
     sources,
 )
-from xray_tfdata.records.shard_writer import Spill, SpillEntry
+from xray_tfdata.errors import ConfigError
+from xray_tfdata.records.conversion_state import Spill, SpillEntry
 
 DEDUPE_MODES: tuple[str, ...] = ("report", "drop")
 _DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shadows the module
@@ -56,20 +56,17 @@ _DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shad
 _NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite")
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 _NOT_COMPARED = ("max_reject_fraction",)
+_SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
+                  "patient_key", "holdout_source")
 
 
 class ConversionError(RuntimeError):
     """The conversion cannot (or must not) complete; the message says why and what to do."""
 
 
-def _require(ok: bool, field: str, value: Any, allowed: str, fix: str = "") -> None:
-    if not ok:
-        raise ValueError(f"{field} must be {allowed}. Received: {field}={value!r}. {fix}".rstrip())
-
-
 @dataclasses.dataclass(frozen=True)
 class ConversionConfig:
-    """Everything that decides the records; validated on construction."""
+    """Everything that decides the records; validated on construction (raises ConfigError)."""
 
     data_dir: str
     output_dir: str
@@ -91,60 +88,102 @@ class ConversionConfig:
     max_reject_fraction: float = 0.01
     num_workers: int = 0
     overwrite: bool = False
+    # Sources beyond the Kaggle layout (issue 10). Left at their defaults they are not written to
+    # the manifest's args, so a Kaggle build's manifest stays byte-identical to earlier versions.
+    labels_csv: str = ""
+    csv_columns: str = ""
+    label_map: str = ""
+    test_fraction: float | None = None  # None: 0.2 for a collection without a test split
+    patient_overlap: str = "error"
+    patient_key: str = ""  # never written; the manifest holds a fingerprint
+    holdout_source: str = ""
 
     def __post_init__(self) -> None:
-        _require(bool(str(self.data_dir)), "data_dir", self.data_dir, "a folder path",
-                 "Pass --data_dir=<the extracted Kaggle folder>.")
-        _require(bool(str(self.output_dir)), "output_dir", self.output_dir, "a folder path")
-        _require(isinstance(self.image_size, int) and 8 <= self.image_size <= 4096,
-                 "image_size", self.image_size, "an int in [8, 4096]", "224 is the default.")
-        _require(self.resize_mode in image_io.RESIZE_MODES, "resize_mode", self.resize_mode,
-                 f"one of {image_io.RESIZE_MODES}")
-        _require(self.channels in (1, 3), "channels", self.channels, "1 or 3",
-                 "X-rays are gray: 1 is 3x smaller; 3 repeats the gray channel.")
-        _require(self.image_format in features.IMAGE_FORMATS, "image_format", self.image_format,
-                 f"one of {features.IMAGE_FORMATS}")
-        _require(isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 100,
-                 "jpeg_quality", self.jpeg_quality, "an int in [1, 100]")
-        _require(self.compression in shard_writer.COMPRESSIONS, "compression", self.compression,
-                 "'' (none) or 'GZIP'")
-        _require(self.shard_size_mb > 0, "shard_size_mb", self.shard_size_mb, "> 0",
-                 "About 100 MB per shard reads well; or set num_shards.")
-        _require(isinstance(self.num_shards, int) and self.num_shards >= 0, "num_shards",
-                 self.num_shards, "an int >= 0 (0 = size shards by shard_size_mb)")
-        _require(isinstance(self.min_shards, int) and self.min_shards >= 1, "min_shards",
-                 self.min_shards, "an int >= 1",
-                 "Use at least the number of readers (workers) of a multi-worker job.")
-        _require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "in [0, 1)")
-        _require(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an int >= 0")
+        if not str(self.data_dir):
+            raise ConfigError("data_dir", self.data_dir, "a folder path",
+                              "Pass --data_dir=<the extracted Kaggle folder>.")
+        if not str(self.output_dir):
+            raise ConfigError("output_dir", self.output_dir, "a folder path")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
+            raise ConfigError("image_size", self.image_size, "an integer in [8, 4096]")
+        errors.in_range("image_size", self.image_size, 8, 4096,
+                        allowed="an integer in [8, 4096] (224 is the default)")
+        errors.one_of("resize_mode", self.resize_mode, image_io.RESIZE_MODES)
+        errors.one_of("channels", self.channels, (1, 3),
+                      "X-rays are gray: 1 is 3x smaller; 3 repeats the gray channel.")
+        errors.one_of("image_format", self.image_format, features.IMAGE_FORMATS)
+        errors.positive_int("jpeg_quality", self.jpeg_quality)
+        errors.in_range("jpeg_quality", self.jpeg_quality, 1, 100, allowed="an integer in [1, 100]")
+        if self.compression not in shard_writer.COMPRESSIONS:
+            raise ConfigError("compression", self.compression, "'' (none) or 'GZIP'")
+        if not (isinstance(self.shard_size_mb, (int, float)) and self.shard_size_mb > 0):
+            raise ConfigError("shard_size_mb", self.shard_size_mb, "a number > 0",
+                              "About 100 MB per shard reads well; or set num_shards.")
+        errors.non_negative_int("num_shards", self.num_shards)
+        errors.positive_int("min_shards", self.min_shards)
+        errors.in_range("val_fraction", self.val_fraction, 0.0, 1.0, closed_high=False)
+        errors.non_negative_int("seed", self.seed)
         try:
             offline_augment.parse_augment_spec(self.augment)
         except ValueError as err:
-            raise ValueError(f"augment={self.augment!r} is invalid: {err}") from err
-        _require(isinstance(self.augment_max_source, int) and self.augment_max_source >= 0,
-                 "augment_max_source", self.augment_max_source,
-                 "an int >= 0 (0 = every train image of the class)")
-        _require(self.dedupe in DEDUPE_MODES, "dedupe", self.dedupe, f"one of {DEDUPE_MODES}")
-        _require(isinstance(self.near_distance, int)
-                 and 0 <= self.near_distance <= dedupe.HASH_BITS, "near_distance",
-                 self.near_distance, f"an int in [0, {dedupe.HASH_BITS}] (Hamming bits)")
-        _require(0.0 <= self.max_reject_fraction <= 1.0, "max_reject_fraction",
-                 self.max_reject_fraction, "in [0, 1]")
-        _require(isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers",
-                 self.num_workers, "an int >= 0 (0 = all cores)")
+            raise ConfigError("augment", self.augment, "a valid augmentation spec",
+                              str(err)) from err
+        errors.non_negative_int("augment_max_source", self.augment_max_source)
+        errors.one_of("dedupe", self.dedupe, DEDUPE_MODES)
+        errors.non_negative_int("near_distance", self.near_distance)
+        errors.in_range("near_distance", self.near_distance, 0, dedupe.HASH_BITS,
+                        allowed=f"an integer in [0, {dedupe.HASH_BITS}] (Hamming bits)")
+        errors.in_range("max_reject_fraction", self.max_reject_fraction, 0.0, 1.0)
+        errors.non_negative_int("num_workers", self.num_workers)
+        self._check_sources()
+
+    def _check_sources(self) -> None:
+        """The issue-10 settings: pure parsing only (no file-system access)."""
+        try:
+            specs = sources.parse_source_specs(self.data_dir, self.labels_csv)
+        except ValueError as err:
+            field = "labels_csv" if "labels_csv" in str(err) else "data_dir"
+            raise ConfigError(field, getattr(self, field),
+                              "a path, or name=path entries separated by commas",
+                              f"Here: {err}.") from err
+        for field, parse in (("csv_columns", labels_csv.parse_columns),
+                             ("label_map", labels_csv.parse_label_map)):
+            try:
+                parse(getattr(self, field))
+            except ValueError as err:
+                raise ConfigError(field, getattr(self, field), "a comma-separated list",
+                                  f"Here: {err}.") from err
+        if self.test_fraction is not None:
+            errors.in_range("test_fraction", self.test_fraction, 0.0, 1.0, closed_high=False)
+            if self.test_fraction + self.val_fraction >= 1.0:
+                raise ConfigError("test_fraction", self.test_fraction,
+                                  f"below 1 - val_fraction = {1 - self.val_fraction:g}",
+                                  "Nothing would be left for training.")
+        errors.one_of("patient_overlap", self.patient_overlap, patients.OVERLAP_MODES)
+        if self.holdout_source:
+            names = [spec.name for spec in specs]
+            if self.holdout_source not in names or len(names) < 2:
+                raise ConfigError("holdout_source", self.holdout_source,
+                                  f"one of the collections named in data_dir ({names})",
+                                  "It needs at least one other collection to train on, e.g. "
+                                  "--data_dir=kaggle=/a,nih=/b --holdout_source=nih.")
+
+    def source_specs(self) -> list[sources.SourceSpec]:
+        return sources.parse_source_specs(self.data_dir, self.labels_csv)
 
     def manifest_args(self) -> dict[str, Any]:
+        """The arguments the manifest records (and a resumed run must repeat)."""
         args = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_MANIFEST}
         args["data_dir"] = str(self.data_dir)
+        for field in dataclasses.fields(self):
+            if field.name in _SOURCE_FIELDS and args[field.name] == field.default:
+                del args[field.name]  # absent = default: older manifests compare equal
+        if self.patient_key:
+            args["patient_key"] = patients.key_fingerprint(self.patient_key)
         return args
 
     def workers(self) -> int:
-        if self.num_workers:
-            return self.num_workers
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:  # macOS / Windows
-            return os.cpu_count() or 1
+        return self.num_workers or files.usable_cpus()
 
     def settings(self) -> sources.ProcessSettings:
         return sources.ProcessSettings(self.image_size, self.resize_mode, self.channels,
@@ -170,131 +209,45 @@ def _plan_tasks(files: Sequence[sources.SourceFile], config: ConversionConfig
     """
     spec = _augment_spec(config)
     return [sources.Task(f.relpath, f.path,
-                         ("none",) + (spec.get(f.class_name, ()) if f.split == "train" else ()))
+                         ("none",) + (spec.get(f.class_name, ()) if _may_train(f, config) else ()))
             for f in files]
 
 
-def _final_splits(usable: Sequence[sources.SourceFile], config: ConversionConfig
-                  ) -> dict[str, str]:
-    """relpath -> split: val carved (stratified, seeded) from usable train unless val/ exists."""
-    split_of = {f.relpath: f.split for f in usable}
+def _may_train(f: sources.SourceFile, config: ConversionConfig) -> bool:
+    """Whether the split plan can put `f` in train (see shard_plan.assign_splits)."""
+    if config.holdout_source:
+        return f.source != config.holdout_source and f.split != "val"
+    return f.split in ("train", "")
+
+
+def _final_splits(usable: Sequence[sources.SourceFile], index: dict[str, SpillEntry],
+                  config: ConversionConfig) -> dict[str, str]:
+    """relpath -> split: given splits kept, test and val carved per collection (assign_splits)."""
     if any(f.split == "val" for f in usable):
-        logging.info("Using the data_dir's val folder; val_fraction=%s is not applied.",
+        logging.info("Using the data_dir's val split; val_fraction=%s is not applied to it.",
                      config.val_fraction)
-        return split_of
-    _, val = shard_plan.split_train_val([f for f in usable if f.split == "train"],
-                                        config.val_fraction, config.seed)
-    split_of.update({f.relpath: "val" for f in val})
-    return split_of
+    return shard_plan.assign_splits(
+        usable, val_fraction=config.val_fraction, seed=config.seed,
+        test_fraction=config.test_fraction, holdout_source=config.holdout_source,
+        group_of=collect.patient_groups(usable, index, config.near_distance))
 
 
-class _Progress:
-    """Logs `done/total, images/s, ETA` at most every `every` seconds, and at the end."""
-
-    def __init__(self, total: int, label: str, enabled: bool, every: float = 5.0) -> None:
-        self.total, self.label, self.enabled, self.every = total, label, enabled, every
-        self.done = 0
-        self.start = self.last = time.monotonic()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and (now - self.last >= self.every or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else 0.0
-            logging.info("%s: %d/%d images (%.0f%%), %.1f images/s, ETA %s", self.label,
-                         self.done, self.total, 100.0 * self.done / max(self.total, 1), rate,
-                         time.strftime("%H:%M:%S", time.gmtime(eta)))
-
-    def rate(self) -> float:
-        return self.done / max(time.monotonic() - self.start, 1e-9)
-
-
-def _process(tasks: Sequence[sources.Task], config: ConversionConfig
-             ) -> Iterator[sources.Processed]:
-    workers = min(config.workers(), len(tasks))
-    settings = config.settings()
-    if workers <= 1:
-        # In-process: no pickling, no pool start-up; same function, so same bytes. One OpenCV
-        # thread, as in a pool worker, so --num_workers=1 really means one core.
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            for task in tasks:
-                yield sources.process_source(task, settings)
-        finally:
-            cv2.setNumThreads(threads)
-        return
-    # spawn (not fork): the parent holds TensorFlow's threads and state, which fork would copy
-    # unsafely. Workers import sources.py, which never imports TensorFlow.
-    ctx = multiprocessing.get_context("spawn")
-    chunk = max(1, min(16, len(tasks) // (workers * 8)))
-    work = functools.partial(sources.process_source, settings=settings)
-    with _main_module_hidden():
-        pool = ctx.Pool(workers, initializer=sources.init_worker)
-    with pool:
-        yield from pool.imap(work, tasks, chunksize=chunk)
-
-
-@contextlib.contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """Starts spawn workers without re-importing the caller's __main__.
-
-    spawn re-runs the parent's main module (script, notebook kernel, `-m` entry) in every worker
-    so that functions defined there can be unpickled. Ours live in sources.py, and a main module
-    that imports TensorFlow would cost each worker seconds and ~600 MB (measured: 700 MB RSS
-    per worker instead of 75 MB). Workers are created inside this block only.
-    """
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
-
-
-def _run_pass(tasks: list[sources.Task], spill: Spill, config: ConversionConfig,
-              progress: bool) -> tuple[dict[str, SpillEntry], float, int]:
-    """Processes every task not already in the spill; returns the index, images/s, count done."""
-    reusable = {}
-    for task in tasks:
-        entry = spill.index.get(task.key)
-        if (entry is not None and (entry.reason or entry.augmentations == task.augmentations)
-                and entry.signature == sources.file_signature(task.path)):
-            reusable[task.key] = entry
-    todo = [t for t in tasks if t.key not in reusable]
-    if reusable:
-        logging.info("Resuming: %d of %d sources already processed.", len(reusable), len(tasks))
-    meter = _Progress(len(todo), "Converting", progress)
-    for processed in _process(todo, config):
-        reusable[processed.key] = spill.append(processed)
-        meter.update()
-    return reusable, meter.rate(), len(todo)
+def _check_patient_overlap(files: Sequence[sources.SourceFile], config: ConversionConfig) -> int:
+    """Refuses (or, with --patient_overlap=warn, logs) patients the input puts in two splits."""
+    overlaps = patients.overlapping_patients(files)
+    if overlaps:
+        message = patients.overlap_message(overlaps)
+        if config.patient_overlap == "error":
+            raise ConversionError(
+                f"{message}. Fix the split column (or leave it empty for these patients: the "
+                "converter then keeps each patient in one split), or pass "
+                "--patient_overlap=warn to go on.")
+        logging.warning("%s; going on (--patient_overlap=warn).", message)
+    return len(overlaps)
 
 
 # ---------------------------------------------------------------------------------------------
 # After the pass: rejects, duplicates, shard plan, writing, manifest.
-
-# Near pairs grow as n^2 on pathological data (a 64-bit hash once listed 856k pairs: a 220 MB
-# manifest that every pipeline build had to parse). The manifest keeps the closest pairs, cross-
-# split first, and the full counts; --dedupe=drop always acts on all pairs.
-MAX_NEAR_PAIRS_IN_MANIFEST = 10_000
-
-
-def _manifest_duplicates(duplicates: dict, drops: dict[str, str]) -> dict:
-    near = duplicates["near"]
-    kept = sorted(near, key=lambda p: (not p["cross_split"], p["distance"], p["paths"]))
-    kept = sorted(kept[:MAX_NEAR_PAIRS_IN_MANIFEST], key=lambda p: p["paths"])
-    return {
-        "exact": duplicates["exact"],
-        "near": kept,
-        "near_pairs_total": len(near),
-        "near_cross_split_total": sum(p["cross_split"] for p in near),
-        "near_pairs_listed": len(kept),
-        "dropped": [{"path": k, "reason": drops[k]} for k in sorted(drops)],
-    }
-
 
 def _check_rejects(rejected: list[dict[str, str]], total: int, usable: int,
                    config: ConversionConfig) -> None:
@@ -330,9 +283,7 @@ class _Shards:
     def __init__(self, out: Path, index: dict[str, SpillEntry], spill: Spill,
                  files: dict[str, sources.SourceFile], config: ConversionConfig) -> None:
         self.out, self.index, self.spill, self.files, self.config = out, index, spill, files, config
-        self.journal_path = out / shard_writer.WORK_DIR / "shards.json"
-        self.journal = (json.loads(self.journal_path.read_text())
-                        if self.journal_path.is_file() else {})
+        self.journal = conversion_state.ShardJournal(out)
 
     def _fingerprint(self, examples: Sequence[shard_plan.PlannedExample]) -> str:
         digest = hashlib.sha256()
@@ -354,25 +305,22 @@ class _Shards:
                 label=source.label, class_text=source.class_name, source_path=e.relpath,
                 source_sha256=info.sha256, source_width=info.width, source_height=info.height,
                 source_mode=info.mode, source_format=info.format, source_bytes=info.num_bytes,
-                augmentation=e.augmentation,
+                augmentation=e.augmentation, source=source.source,
+                patient_hash=source.patient, metadata=source.metadata,
             )).SerializeToString(deterministic=True)
 
     def write(self, split: str, shards: list[list[shard_plan.PlannedExample]]) -> list[dict]:
         entries = []
         for i, examples in enumerate(shards):
             name = shard_writer.shard_name(split, i, len(shards))
-            path, fingerprint, known = self.out / name, self._fingerprint(examples), self.journal.get(name)
-            if (known and known["fingerprint"] == fingerprint and path.is_file()
-                    and path.stat().st_size == known["entry"]["bytes"]
-                    and files.sha256_file(path) == known["entry"]["sha256"]):
-                entries.append(known["entry"])
+            fingerprint = self._fingerprint(examples)
+            if (known := self.journal.intact(name, fingerprint)) is not None:
+                entries.append(known)
                 continue
-            entry = shard_writer.write_shard(path, self._records(examples), self.config.compression)
+            entry = shard_writer.write_shard(self.out / name, self._records(examples),
+                                             self.config.compression)
             entries.append(entry)
-            self.journal[name] = {"fingerprint": fingerprint, "entry": entry}
-            tmp = self.journal_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.journal, sort_keys=True))
-            os.replace(tmp, self.journal_path)
+            self.journal.record(name, fingerprint, entry)
             logging.info("Wrote %s: %d examples, %.1f MB", name, entry["num_examples"],
                          entry["bytes"] / 2**20)
         return entries
@@ -404,69 +352,102 @@ def _split_examples(kept: Sequence[sources.SourceFile], index: dict[str, SpillEn
     return {s: examples for s, examples in per_split.items() if examples}
 
 
+def _split_info(examples: Sequence[shard_plan.PlannedExample],
+                files: dict[str, sources.SourceFile], shards: list[dict]) -> dict[str, Any]:
+    """A split's manifest entry; per_source only for named collections, patients only with ids."""
+    info: dict[str, Any] = {
+        "num_examples": len(examples),
+        "per_class": _count(examples, files, None),
+        "originals_per_class": _count(examples, files, True),
+        "variants_per_class": _count(examples, files, False),
+        "shards": shards,
+    }
+    names = sorted({files[e.relpath].source for e in examples})
+    if names != [""]:
+        info["per_source"] = {name: _count([e for e in examples
+                                            if files[e.relpath].source == name], files, None)
+                              for name in names}
+    hashes = {files[e.relpath].patient for e in examples}
+    if any(hashes):
+        info["patients"] = len(hashes - {""})
+    return info
+
+
+def _write_all(out: Path, plans: dict[str, list], per_split: dict[str, list],
+               shards: _Shards) -> dict[str, Any]:
+    conversion_state.remove_stale_shards(out, {shard_writer.shard_name(s, i, len(p))
+                                               for s, p in plans.items() for i in range(len(p))})
+    return {split: _split_info(per_split[split], shards.files, shards.write(split, plan))
+            for split, plan in plans.items()}
+
+
+def _plan(per_split: dict[str, list], config: ConversionConfig) -> dict[str, list]:
+    plans = {split: shard_plan.plan_shards(
+        examples, num_shards=config.num_shards, shard_size_mb=config.shard_size_mb,
+        min_shards=config.min_shards if split == "train" else 1, seed=config.seed)
+        for split, examples in per_split.items()}
+    if "train" in plans and len(plans["train"]) < config.min_shards:
+        logging.warning("Only %d train examples: %d train shards, fewer than min_shards=%d.",
+                        len(per_split["train"]), len(plans["train"]), config.min_shards)
+    return plans
+
+
+def _dedupe(usable: Sequence[sources.SourceFile], index: dict[str, SpillEntry],
+            split_of: dict[str, str], config: ConversionConfig) -> tuple[dict, dict[str, str]]:
+    items = [dedupe.HashedItem(f.relpath, split_of[f.relpath], index[f.relpath].info.sha256,
+                               index[f.relpath].phash) for f in usable]
+    duplicates = dedupe.find_duplicates(items, config.near_distance)
+    drops = dedupe.plan_drops(items, duplicates) if config.dedupe == "drop" else {}
+    counts = dedupe.summarize(duplicates)
+    logging.info("Duplicates: %d exact groups, %d near pairs (%d cross-split); %s.",
+                 counts["exact_groups"], counts["near_pairs"],
+                 counts["exact_cross_split_groups"] + counts["near_cross_split_pairs"],
+                 f"dropped {len(drops)}" if drops else f"none dropped (--dedupe={config.dedupe})")
+    return duplicates, drops
+
+
 def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, Any]:
     """Converts `config.data_dir` into shards + manifest in `config.output_dir`; returns the manifest.
 
     Raises:
-      ValueError: a layout error in data_dir (unknown folders: found vs expected).
+      ValueError: a layout or labels-CSV error in a data_dir (found vs expected).
       ConversionError: output_dir holds other data or records built with other arguments, too
-        many files were rejected, or nothing usable was found.
+        many files were rejected, patients cross splits, or nothing usable was found.
     """
     start = time.monotonic()
     out, args = Path(config.output_dir), config.manifest_args()
-    if not config.overwrite and (done := shard_writer.complete_manifest(out, args, _NOT_COMPARED)):
+    if not config.overwrite and (done := conversion_state.complete_manifest(out, args, _NOT_COMPARED)):
         logging.info("Records in %s are complete and match these arguments; nothing to do "
                      "(pass --overwrite to rebuild).", out)
         return done
-    scan = sources.scan_sources(config.data_dir)
+    inputs = collect.scan(config.source_specs(), csv_columns=config.csv_columns,
+                          label_map=config.label_map,
+                          key=patients.derive_key(config.seed, config.patient_key))
+    overlapping = _check_patient_overlap(inputs.files, config)
     try:
-        shard_writer.prepare_output_dir(out, args, overwrite=config.overwrite, ignore=_NOT_COMPARED)
-    except shard_writer.OutputDirError as err:
+        conversion_state.prepare_output_dir(out, args, overwrite=config.overwrite, ignore=_NOT_COMPARED)
+    except conversion_state.OutputDirError as err:
         raise ConversionError(str(err)) from err
 
-    tasks = _plan_tasks(scan.files, config)
-    files = {f.relpath: f for f in scan.files}
+    tasks = _plan_tasks(inputs.files, config)
+    files = {f.relpath: f for f in inputs.files}
     logging.info("Found %d images in %s (%d other files); %d workers.", len(tasks),
-                 config.data_dir, len(scan.rejected), min(config.workers(), max(len(tasks), 1)))
-    spill = Spill(out / shard_writer.WORK_DIR / "pass1.spill")
+                 config.data_dir, len(inputs.rejected), min(config.workers(), max(len(tasks), 1)))
+    spill = Spill(out / conversion_state.WORK_DIR / "pass1.spill")
     try:
-        index, rate, decoded = _run_pass(tasks, spill, config, progress)
-        rejected = sorted([{"path": p, "reason": r} for p, r in scan.rejected]
+        index, rate, decoded = decode_pass.run_pass(tasks, spill, config.workers(),
+                                                    config.settings(), progress)
+        rejected = sorted([{"path": p, "reason": r} for p, r in inputs.rejected]
                           + [{"path": k, "reason": e.reason} for k, e in index.items() if e.reason],
                           key=lambda r: r["path"])
-        usable = [f for f in scan.files if not index[f.relpath].reason]
-        _check_rejects(rejected, len(scan.files) + len(scan.rejected), len(usable), config)
-        split_of = _final_splits(usable, config)
-
-        items = [dedupe.HashedItem(f.relpath, split_of[f.relpath], index[f.relpath].info.sha256,
-                                   index[f.relpath].phash) for f in usable]
-        duplicates = dedupe.find_duplicates(items, config.near_distance)
-        drops = dedupe.plan_drops(items, duplicates) if config.dedupe == "drop" else {}
-        logging.info("Duplicates: %d exact groups, %d near pairs (%d cross-split); %s.",
-                     len(duplicates["exact"]), len(duplicates["near"]),
-                     sum(d["cross_split"] for d in duplicates["exact"] + duplicates["near"]),
-                     f"dropped {len(drops)}" if drops else f"none dropped (--dedupe={config.dedupe})")
-
-        kept = [f for f in usable if f.relpath not in drops]
-        per_split = _split_examples(kept, index, split_of, config)
-        plans = {split: shard_plan.plan_shards(
-            examples, num_shards=config.num_shards, shard_size_mb=config.shard_size_mb,
-            min_shards=config.min_shards if split == "train" else 1, seed=config.seed)
-            for split, examples in per_split.items()}
-        if len(plans.get("train", ())) < config.min_shards:
-            logging.warning("Only %d train examples: %d train shards, fewer than min_shards=%d.",
-                            len(per_split.get("train", ())), len(plans.get("train", ())),
-                            config.min_shards)
-        shard_writer.remove_stale_shards(out, {shard_writer.shard_name(s, i, len(p))
-                                         for s, p in plans.items() for i in range(len(p))})
-        shards = _Shards(out, index, spill, files, config)
-        splits_info = {split: {
-            "num_examples": len(per_split[split]),
-            "per_class": _count(per_split[split], files, None),
-            "originals_per_class": _count(per_split[split], files, True),
-            "variants_per_class": _count(per_split[split], files, False),
-            "shards": shards.write(split, plan),
-        } for split, plan in plans.items()}
+        usable = [f for f in inputs.files if not index[f.relpath].reason]
+        _check_rejects(rejected, len(inputs.files) + len(inputs.rejected), len(usable), config)
+        split_of = _final_splits(usable, index, config)
+        duplicates, drops = _dedupe(usable, index, split_of, config)
+        per_split = _split_examples([f for f in usable if f.relpath not in drops], index,
+                                    split_of, config)
+        splits_info = _write_all(out, _plan(per_split, config), per_split,
+                                 _Shards(out, index, spill, files, config))
     finally:
         spill.close()
 
@@ -480,10 +461,14 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         "compression": config.compression,
         "splits": splits_info,
         "rejected": rejected,
-        "duplicates": _manifest_duplicates(duplicates, drops),
+        "duplicates": dedupe.manifest_section(duplicates, drops),
     }
+    if not inputs.legacy:
+        result["sources"] = inputs.collections
+    if overlapping:
+        result["patient_overlap"] = {"patients": overlapping, "mode": config.patient_overlap}
     manifest.write_manifest(out, result)
-    shutil.rmtree(out / shard_writer.WORK_DIR)  # complete: the spill (about the records' size) goes
+    shutil.rmtree(out / conversion_state.WORK_DIR)  # complete: the spill (about the records' size) goes
     total_bytes = sum(s["bytes"] for info in splits_info.values() for s in info["shards"])
     logging.info(
         "Done in %.1f s: %s; %d rejected, %d dropped as duplicates; %d sources decoded at "

@@ -221,3 +221,24 @@ def summarize(duplicates: dict) -> dict[str, int]:
         "near_pairs": len(near),
         "near_cross_split_pairs": sum(bool(p["cross_split"]) for p in near),
     }
+
+
+# Near pairs grow as n^2 on pathological data (a 64-bit hash once listed 856k pairs: a 220 MB
+# manifest that every pipeline build had to parse). The manifest keeps the closest pairs, cross-
+# split first, and the full counts; --dedupe=drop always acts on all pairs.
+MAX_NEAR_PAIRS_IN_MANIFEST = 10_000
+
+
+def manifest_section(duplicates: dict, drops: dict[str, str]) -> dict:
+    """The manifest's "duplicates": all exact groups, the closest near pairs, full counts."""
+    near, counts = duplicates["near"], summarize(duplicates)
+    kept = sorted(near, key=lambda p: (not p["cross_split"], p["distance"], p["paths"]))
+    kept = sorted(kept[:MAX_NEAR_PAIRS_IN_MANIFEST], key=lambda p: p["paths"])
+    return {
+        "exact": duplicates["exact"],
+        "near": kept,
+        "near_pairs_total": counts["near_pairs"],
+        "near_cross_split_total": counts["near_cross_split_pairs"],
+        "near_pairs_listed": len(kept),
+        "dropped": [{"path": k, "reason": drops[k]} for k in sorted(drops)],
+    }

@@ -32,9 +32,15 @@ SOURCE_MODE = "image/source/mode"  # e.g. L, RGB, RGBA, P, I;16
 SOURCE_FORMAT = "image/source/format"  # JPEG, PNG or BMP (sniffed from bytes)
 SOURCE_BYTES = "image/source/bytes"
 AUGMENTATION = "image/augmentation"  # "none" for originals
+# Optional keys: written only when non-empty, parsed with "" as default. Records of a plain
+# single-collection build therefore stay byte-identical to those written before these existed.
+SOURCE_NAME = "image/source/collection"  # the collection's name (--data_dir=name=path), or ""
+PATIENT_HASH = "image/patient/hash"  # keyed HMAC-SHA256 of the patient id (never the raw id)
+SOURCE_METADATA = "image/source/metadata"  # JSON object of the labels CSV's other columns
 
 _BYTES = tf.io.FixedLenFeature([], tf.string)
 _INT = tf.io.FixedLenFeature([], tf.int64)
+_OPTIONAL_BYTES = tf.io.FixedLenFeature([], tf.string, default_value="")
 
 FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     ENCODED: _BYTES,
@@ -52,7 +58,11 @@ FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     SOURCE_FORMAT: _BYTES,
     SOURCE_BYTES: _INT,
     AUGMENTATION: _BYTES,
+    SOURCE_NAME: _OPTIONAL_BYTES,
+    PATIENT_HASH: _OPTIONAL_BYTES,
+    SOURCE_METADATA: _OPTIONAL_BYTES,
 }
+OPTIONAL_KEYS = frozenset((SOURCE_NAME, PATIENT_HASH, SOURCE_METADATA))
 
 # What the training/eval input path needs; parsing fewer keys is measurably cheaper.
 TRAINING_KEYS: tuple[str, ...] = (ENCODED, LABEL)
@@ -83,9 +93,13 @@ class ExampleRecord:
     source_format: str
     source_bytes: int
     augmentation: str = "none"
+    source: str = ""  # collection name; "" for a single unnamed --data_dir
+    patient_hash: str = ""  # hex HMAC-SHA256 of the patient id; "" when there is none
+    metadata: str = ""  # JSON object (sorted keys) of extra labels-CSV columns; "" when none
 
     def as_features(self) -> dict[str, bytes | int]:
-        return {
+        """Every feature to write; optional keys only when non-empty (see OPTIONAL_KEYS)."""
+        values = {
             ENCODED: self.encoded,
             FORMAT: self.image_format,
             HEIGHT: self.height,
@@ -101,7 +115,11 @@ class ExampleRecord:
             SOURCE_FORMAT: self.source_format,
             SOURCE_BYTES: self.source_bytes,
             AUGMENTATION: self.augmentation,
+            SOURCE_NAME: self.source,
+            PATIENT_HASH: self.patient_hash,
+            SOURCE_METADATA: self.metadata,
         }
+        return {k: v for k, v in values.items() if k not in OPTIONAL_KEYS or v}
 
 
 def make_example(record: ExampleRecord) -> tf.train.Example:
@@ -137,6 +155,9 @@ def parse_example_proto(serialized: bytes) -> dict[str, bytes | int | str]:
     example = tf.train.Example.FromString(serialized)
     out: dict[str, bytes | int | str] = {}
     for key in FEATURE_SPEC:
+        if key in OPTIONAL_KEYS and key not in example.features.feature:
+            out[key] = ""
+            continue
         feat = example.features.feature[key]
         if key in INT_KEYS:
             out[key] = int(feat.int64_list.value[0])

@@ -17,12 +17,19 @@ Schema (format_version = features.FORMAT_VERSION):
                   "bytes": 123456, "sha256": "..."}, ...]
     }, "val": {...}, "test": {...}
   },
+  (a split without examples is absent: a test-only collection gives "splits": {"test": ...};
+   "per_source": {name: {class: n}} when collections are named; "patients": n distinct
+   patient hashes when patient ids are given)
   "rejected": [{"path": "train/NORMAL/x.jpg", "reason": "truncated JPEG"}],
   "duplicates": {"exact": [{"sha256", "paths", "splits", "cross_split"}],
                  "near": [{"paths", "splits", "distance", "cross_split"}] (at most 10,000: the
                           closest, cross-split first), "near_pairs_total",
                  "near_cross_split_total", "near_pairs_listed",
-                 "dropped": [{"path", "reason"}]}
+                 "dropped": [{"path", "reason"}]},
+  "sources": {name: {"layout": "splits" | "classes" | "csv", "splits_given": [...],
+              "labels_csv": {"file", "rows", "columns", "skipped_labels", "ambiguous_rows"}}}
+             (absent for a single unnamed train/test folder: such manifests stay as before),
+  "patient_overlap": {"patients": n, "mode": "warn"} (only when the input crossed splits)
 }
 No timestamps or host names: reruns of the same command produce byte-identical files.
 """
@@ -32,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from xray_tfdata import files, labels
 from xray_tfdata.records import features
@@ -114,6 +121,23 @@ def split_files(records_dir: str | os.PathLike, manifest: dict[str, Any], split:
             f"it has {sorted(splits)}."
         )
     return [str(Path(records_dir) / shard["file"]) for shard in splits[split]["shards"]]
+
+
+def require_splits(manifest: dict[str, Any], splits: Sequence[str],
+                   records_dir: str | os.PathLike = "", purpose: str = "this command") -> None:
+    """Refuses records that lack one of `splits` (e.g. `train` on a test-only external set).
+
+    The message names the splits the records have and how to get the missing ones.
+    """
+    have = sorted(manifest.get("splits", {}))
+    missing = [s for s in splits if s not in have]
+    if missing:
+        where = f" in {str(records_dir)!r}" if records_dir else ""
+        raise ManifestError(
+            f"The records{where} have the split(s) {have} but {purpose} needs {list(splits)} "
+            f"(missing {missing}). A test-only collection gives test records only: evaluate a "
+            "trained model on it, or build records from a collection with training images "
+            "(class folders or a train/ folder: val and test are carved from it).")
 
 
 def num_examples(manifest: dict[str, Any], split: str) -> int:

@@ -13,6 +13,8 @@ import hashlib
 import math
 from typing import Mapping, Protocol, Sequence, TypeVar
 
+from xray_tfdata import labels
+
 # Per-record bytes beyond the encoded image: the provenance features, tf.Example and TFRecord
 # framing (measured ~250-350 bytes; an estimate only used to size shards).
 RECORD_OVERHEAD_BYTES = 320
@@ -32,6 +34,30 @@ class _Source(Protocol):
 S = TypeVar("S", bound=_Source)
 
 
+def _carve_count(n: int, fraction: float) -> int:
+    """round(n * fraction), at least 1 when the fraction is > 0 and n >= 2, and at most n - 1."""
+    count = int(round(n * fraction))
+    if fraction > 0 and n >= 2:
+        count = min(max(count, 1), n - 1)
+    return count
+
+
+def carve(units: Mapping[str, str], fraction: float, seed: int, salt: str) -> set[str]:
+    """Which units (unit key -> stratum) to carve out: round(n * fraction) per stratum.
+
+    Per stratum (a class, or a (collection, class) pair) the units with the smallest stable key
+    are taken (see `_carve_count` for the bounds), so the choice is stratified and deterministic.
+    """
+    by_stratum: dict[str, list[str]] = {}
+    for unit, stratum in units.items():
+        by_stratum.setdefault(stratum, []).append(unit)
+    chosen: set[str] = set()
+    for members in by_stratum.values():
+        ranked = sorted(members, key=lambda u: stable_key(seed, u, salt))
+        chosen.update(ranked[:_carve_count(len(members), fraction)])
+    return chosen
+
+
 def split_train_val(files: Sequence[S], val_fraction: float, seed: int) -> tuple[list[S], list[S]]:
     """Carves a validation split from train files, stratified by class and deterministic.
 
@@ -44,19 +70,94 @@ def split_train_val(files: Sequence[S], val_fraction: float, seed: int) -> tuple
             f"val_fraction must be in [0, 1). Received: val_fraction={val_fraction}. "
             "Use e.g. 0.1 to hold out 10% of each training class."
         )
-    by_class: dict[str, list[S]] = {}
-    for f in files:
-        by_class.setdefault(f.class_name, []).append(f)
-    val_keys: set[str] = set()
-    for members in by_class.values():
-        n_val = int(round(len(members) * val_fraction))
-        if val_fraction > 0 and len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        ranked = sorted(members, key=lambda f: stable_key(seed, f.relpath, "val"))
-        val_keys.update(f.relpath for f in ranked[:n_val])
+    val_keys = carve({f.relpath: f.class_name for f in files}, val_fraction, seed, "val")
     train = [f for f in files if f.relpath not in val_keys]
     val = [f for f in files if f.relpath in val_keys]
     return train, val
+
+
+class _Placed(Protocol):
+    relpath: str
+    class_name: str
+    split: str
+    source: str
+
+
+DEFAULT_TEST_FRACTION = 0.2  # carved from a collection that has no test split of its own
+_FIXED_RANK = {"test": 0, "val": 1}
+
+
+def _majority(members: Sequence[_Placed]) -> str:
+    """The most frequent class of a unit; a tie goes to the class listed first (NORMAL...)."""
+    counts = {name: 0 for name in labels.CLASS_NAMES}
+    for f in members:
+        counts[f.class_name] += 1
+    return max(labels.CLASS_NAMES, key=lambda name: (counts[name], -labels.LABEL_MAP[name]))
+
+
+def assign_splits(files: Sequence[_Placed], *, val_fraction: float, seed: int,
+                  test_fraction: float | None = None, holdout_source: str = "",
+                  group_of: Mapping[str, str] | None = None) -> dict[str, str]:
+    """relpath -> final split ("train", "val" or "test") of every usable file.
+
+    1. With `holdout_source`, all its images are test and no other image is: the other
+       collections' test images join their train pool (leave-one-collection-out).
+    2. Images with a given val/test split (a folder or a CSV split column) keep it; given-train
+       images and images without a split form the pool.
+    3. A pool image without a given split whose group (same patient, or joined by a duplicate
+       link: `group_of`) has a given val/test image goes with it.
+    4. Per collection: test is carved from the pool when the collection has no test images
+       (test_fraction; None means DEFAULT_TEST_FRACTION), then val from the rest when it has no
+       val images (val_fraction); the rest is train. Carving picks whole units (groups; each
+       image alone without `group_of`), stratified by each unit's majority class.
+    Without groups on a train/test folder this is exactly the former val carve (same bytes).
+    """
+    group_of = group_of or {}
+    unit = lambda f: group_of.get(f.relpath, f.relpath)  # noqa: E731
+    split_of: dict[str, str] = {}
+    pool: list[_Placed] = []
+    given: dict[str, set[str]] = {}
+    for f in files:
+        if holdout_source and f.source == holdout_source:
+            split_of[f.relpath] = "test"
+        elif f.split in _FIXED_RANK and not (holdout_source and f.split == "test"):
+            split_of[f.relpath] = f.split
+            given.setdefault(f.source, set()).add(f.split)
+        else:
+            pool.append(f)
+    fixed_of_unit: dict[str, str] = {}
+    for f in files:
+        s = split_of.get(f.relpath)
+        if s and not (holdout_source and f.source == holdout_source):
+            old = fixed_of_unit.get(unit(f))
+            fixed_of_unit[unit(f)] = s if old is None or _FIXED_RANK[s] < _FIXED_RANK[old] else old
+    members: dict[str, list[_Placed]] = {}
+    for f in pool:
+        if not f.split and unit(f) in fixed_of_unit:
+            split_of[f.relpath] = fixed_of_unit[unit(f)]
+        else:
+            members.setdefault(unit(f), []).append(f)
+    source_of = {u: min(m, key=lambda f: f.relpath).source for u, m in members.items()}
+    taken: set[str] = set()
+    for split, salt in (("test", "test"), ("val", "val")):
+        for source in sorted(set(source_of.values())):
+            if split in given.get(source, set()):
+                continue
+            if split == "test":
+                fraction = 0.0 if holdout_source else (
+                    DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction)
+            else:
+                fraction = val_fraction
+            units = {u: _majority(m) for u, m in members.items()
+                     if source_of[u] == source and u not in taken}
+            for u in carve(units, fraction, seed, salt):
+                taken.add(u)
+                for f in members[u]:
+                    split_of[f.relpath] = split
+    for m in members.values():
+        for f in m:
+            split_of.setdefault(f.relpath, "train")
+    return {f.relpath: split_of[f.relpath] for f in files}
 
 
 def select_augmented(

@@ -1,7 +1,8 @@
-"""Source files in: scan the Kaggle folder, and turn one source into its encoded outputs.
+"""Source files in: scan a collection's folders, and turn one source into its encoded outputs.
 
-The Kaggle layout is `<data_dir>/{train,test[,val]}/{COVID19,NORMAL,PNEUMONIA}/*` (folder names
-case-insensitive). `scan` lists it deterministically; `process_source` is the per-image work the
+Folder layouts (names case-insensitive): `<data_dir>/{train,val,test}/<CLASS>/*` with any subset
+of the splits (the Kaggle set has train/ and test/), or `<data_dir>/<CLASS>/**` without splits.
+A labels CSV (`labels_csv.py`) lists the images instead. `scan` lists a folder deterministically; `process_source` is the per-image work the
 converter's worker processes run (read + decode once, perceptual hash, resize, offline
 augmentation, encode). This module imports numpy/OpenCV modules only, never TensorFlow: worker
 processes import it, and TensorFlow would cost each of them ~1 s and hundreds of MB.
@@ -12,9 +13,11 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -23,19 +26,28 @@ from xray_tfdata.records import dedupe, image_io, offline_augment
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 SOURCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
-REQUIRED_SPLITS: tuple[str, ...] = ("train", "test")
+REQUIRED_SPLITS: tuple[str, ...] = ("train", "test")  # of a complete Kaggle download
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceFile:
-    """One image file found under data_dir. `relpath` (POSIX, relative to data_dir) is its key."""
+    """One image file of one collection. `relpath` is its unique key in the whole build.
+
+    `relpath` is the POSIX path relative to its data_dir, prefixed with `<source>:` for a named
+    collection (`--data_dir=nih=/data/nih` -> "nih:images/001.png"). `split` is "train", "val",
+    "test" (from a folder or a CSV split column) or "" (not given: the converter carves it).
+    `patient` is the keyed hash of the patient id (never the raw id), "" when there is none.
+    """
 
     split: str
     label: int
     class_name: str
     path: str
     relpath: str
+    source: str = ""
+    patient: str = ""
+    metadata: str = ""  # JSON of a labels CSV's other columns, "" when none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +55,64 @@ class ScanResult:
     files: tuple[SourceFile, ...]
     # (relpath, reason) for entries inside class folders that are not image files at all.
     rejected: tuple[tuple[str, str], ...]
+    layout: str = "splits"  # "splits" ({train,val,test}/<CLASS>/*), "classes" (<CLASS>/**), "csv"
+    # Source-specific facts for the manifest (e.g. a labels CSV's skipped labels).
+    details: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """One collection of a build: its name ("" for a single unnamed --data_dir) and where it is."""
+
+    name: str
+    data_dir: str
+    labels_csv: str = ""
+
+
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+def _named_entries(text: str, what: str) -> list[tuple[str, str]]:
+    """'a=/x,b=/y' -> [('a', '/x'), ('b', '/y')]; a single '/x' -> [('', '/x')]."""
+    entries = [e.strip() for e in str(text).split(",") if e.strip()]
+    out = []
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if sep and _NAME_RE.match(name.strip()) and value.strip():
+            out.append((name.strip(), value.strip()))
+        elif len(entries) == 1:
+            out.append(("", entry))
+        else:
+            raise ValueError(f"every entry of a multi-collection {what} needs a name: "
+                             f"name=path (got {entry!r})")
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names a collection twice ({names})")
+    return out
+
+
+def parse_source_specs(data_dir: str, labels_csv: str = "") -> list[SourceSpec]:
+    """Parses --data_dir ('/a' or 'kaggle=/a,nih=/b') and --labels_csv (the same form).
+
+    Raises:
+      ValueError: an unnamed entry among several, a name used twice, or a labels CSV for a
+        collection that --data_dir does not name (the message says which).
+    """
+    dirs = _named_entries(data_dir, "data_dir")
+    if not dirs:
+        raise ValueError("data_dir is empty")
+    csvs = dict(_named_entries(labels_csv, "labels_csv")) if str(labels_csv).strip() else {}
+    names = [n for n, _ in dirs]
+    if "" in csvs and names != [""]:
+        if len(names) != 1:
+            raise ValueError("labels_csv must name its collection (name=file.csv) when "
+                             f"data_dir has several: {names}")
+        csvs = {names[0]: csvs.pop("")}
+    unknown = sorted(set(csvs) - set(names))
+    if unknown:
+        raise ValueError(f"labels_csv names {unknown}, which data_dir does not define "
+                         f"(data_dir names {names})")
+    return [SourceSpec(name, path, csvs.get(name, "")) for name, path in dirs]
 
 
 def _subdirs(folder: Path) -> dict[str, Path]:
@@ -73,13 +143,19 @@ def _match(found: dict[str, Path], expected: tuple[str, ...], where: str) -> dic
     return matched
 
 
-def scan_sources(data_dir: str | os.PathLike) -> ScanResult:
-    """Lists every file of the Kaggle layout, sorted by relpath.
+def key_of(source: str, relpath: str) -> str:
+    """The build-wide key of a file: its relpath, prefixed with `<source>:` when named."""
+    return f"{source}:{relpath}" if source else relpath
 
-    Raises:
-      ValueError: data_dir is missing, lacks train/test, or holds unknown folders (the message
-        lists what was found and what was expected).
-    """
+
+def _image_or_reason(entry: Path) -> str:
+    """"" if `entry` has an image extension, else the reason it is rejected."""
+    if entry.suffix.lower() in IMAGE_EXTENSIONS:
+        return ""
+    return f"unsupported extension {entry.suffix!r} (allowed: {', '.join(IMAGE_EXTENSIONS)})"
+
+
+def _root_or_raise(data_dir: str | os.PathLike) -> Path:
     root = Path(data_dir)
     if not root.is_dir():
         raise ValueError(
@@ -87,36 +163,108 @@ def scan_sources(data_dir: str | os.PathLike) -> ScanResult:
             "`python tools/download_dataset.py` or generate one with "
             "`python tools/make_synthetic_dataset.py`, then pass its folder as --data_dir."
         )
-    split_dirs = _match(_subdirs(root), SOURCE_SPLITS, f"data_dir {str(root)!r}")
-    missing = [s for s in REQUIRED_SPLITS if s not in split_dirs]
-    if missing:
-        raise ValueError(
-            f"data_dir {str(root)!r} has no {missing} folder. Found {sorted(_subdirs(root))}; "
-            f"expected {list(REQUIRED_SPLITS)} (+ optional 'val'), each holding "
-            f"{list(labels.CLASS_NAMES)} class folders (the Kaggle layout)."
-        )
+    return root
+
+
+def folder_layout(data_dir: str | os.PathLike) -> str:
+    """"splits" when data_dir holds split folders (any of train/val/test), "classes" when it holds
+    class folders (NORMAL/COVID19/PNEUMONIA) directly.
+
+    Raises:
+      ValueError: not a directory, no folders, or folders of neither kind (found vs expected).
+    """
+    root = _root_or_raise(data_dir)
+    found = _subdirs(root)
+    names = {n.lower() for n in found}
+    if names & set(SOURCE_SPLITS):
+        return "splits"
+    if names & {c.lower() for c in labels.CLASS_NAMES}:
+        return "classes"
+    raise ValueError(
+        f"data_dir {str(root)!r} holds neither split folders {list(SOURCE_SPLITS)} nor class "
+        f"folders {list(labels.CLASS_NAMES)} (case-insensitive); found {sorted(found)}. Use "
+        "<data_dir>/{train,val,test}/<CLASS>/* (any subset of splits), <data_dir>/<CLASS>/** "
+        "(splits are carved), or list the images in a --labels_csv."
+    )
+
+
+def scan_sources(data_dir: str | os.PathLike, source: str = "") -> ScanResult:
+    """Lists every image of a folder collection, sorted by relpath.
+
+    Two layouts (folder names case-insensitive): `{train,val,test}/<CLASS>/*`, any subset of the
+    splits (a test-only external set gives test records only), and `<CLASS>/**` (recursive, no
+    splits: the converter carves val and test).
+
+    Raises:
+      ValueError: data_dir is missing, or holds unknown folders (the message lists what was
+        found and what was expected).
+    """
+    root = _root_or_raise(data_dir)
+    layout = folder_layout(root)
     files: list[SourceFile] = []
     rejected: list[tuple[str, str]] = []
-    for split, split_dir in split_dirs.items():
-        where = f"{str(split_dir)!r}"
-        for class_name, class_dir in _match(_subdirs(split_dir), labels.CLASS_NAMES, where).items():
-            for entry in sorted(class_dir.iterdir()):
-                if entry.name.startswith("."):
-                    continue  # .DS_Store, editor swap files: never data
-                relpath = entry.relative_to(root).as_posix()
-                if entry.is_dir():
-                    rejected.append((relpath, "directory inside a class folder (not scanned)"))
-                elif entry.suffix.lower() not in IMAGE_EXTENSIONS:
-                    rejected.append(
-                        (relpath, f"unsupported extension {entry.suffix!r} "
-                                  f"(allowed: {', '.join(IMAGE_EXTENSIONS)})")
-                    )
-                else:
-                    files.append(SourceFile(split, labels.LABEL_MAP[class_name], class_name,
-                                            str(entry), relpath))
+
+    def add(split: str, class_name: str, entry: Path) -> None:
+        relpath = key_of(source, entry.relative_to(root).as_posix())
+        if reason := _image_or_reason(entry):
+            rejected.append((relpath, reason))
+        else:
+            files.append(SourceFile(split, labels.LABEL_MAP[class_name], class_name, str(entry),
+                                    relpath, source))
+
+    if layout == "classes":
+        for class_name, class_dir in _match(_subdirs(root), labels.CLASS_NAMES,
+                                            f"data_dir {str(root)!r}").items():
+            for entry in sorted(class_dir.rglob("*")):
+                hidden = any(part.startswith(".") for part in entry.relative_to(class_dir).parts)
+                if not hidden and not entry.is_dir():  # .DS_Store, editor swap files: never data
+                    add("", class_name, entry)
+    else:
+        split_dirs = _match(_subdirs(root), SOURCE_SPLITS, f"data_dir {str(root)!r}")
+        for split, split_dir in split_dirs.items():
+            where = f"{str(split_dir)!r}"
+            for class_name, class_dir in _match(_subdirs(split_dir), labels.CLASS_NAMES,
+                                                where).items():
+                for entry in sorted(class_dir.iterdir()):
+                    if entry.name.startswith("."):
+                        continue  # .DS_Store, editor swap files: never data
+                    if entry.is_dir():
+                        rejected.append((key_of(source, entry.relative_to(root).as_posix()),
+                                         "directory inside a class folder (not scanned)"))
+                    else:
+                        add(split, class_name, entry)
     files.sort(key=lambda f: f.relpath)
     rejected.sort()
-    return ScanResult(tuple(files), tuple(rejected))
+    return ScanResult(tuple(files), tuple(rejected), layout)
+
+
+def kaggle_layout_problems(data_dir: str | os.PathLike) -> list[str]:
+    """What keeps `data_dir` from being a complete Kaggle folder ([] = it is one).
+
+    The one layout check shared with tools/download_dataset.py: it runs the converter's own folder
+    checks (unknown or case-clashing folders, as `scan_sources` raises them), then requires what the
+    Kaggle download holds: train/ and test/, each with the three class folders, none empty. So the
+    download tool can never print a --data_dir the converter refuses.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        return [f"{str(root)!r} is not a directory"]
+    try:
+        split_dirs = _match(_subdirs(root), SOURCE_SPLITS, f"data_dir {str(root)!r}")
+        class_dirs = {split: _match(_subdirs(folder), labels.CLASS_NAMES, f"{str(folder)!r}")
+                      for split, folder in split_dirs.items()}
+    except ValueError as err:
+        return [str(err)]
+    problems = [f"no {s}/ folder" for s in REQUIRED_SPLITS if s not in split_dirs]
+    for split, classes in sorted(class_dirs.items()):
+        missing = [c for c in labels.CLASS_NAMES if c not in classes]
+        if missing:
+            problems.append(f"{split}/ lacks {missing} (has {sorted(_subdirs(split_dirs[split]))})")
+        empty = [c for c, folder in classes.items()
+                 if not any(p.is_file() and not p.name.startswith(".") for p in folder.iterdir())]
+        if empty:
+            problems.append(f"{split}/ has no files in {empty}")
+    return problems
 
 
 def scan(data_dir: str | os.PathLike) -> list[SourceFile]:

@@ -1,0 +1,63 @@
+"""Every collection of a build, gathered: scanned folders and labels CSVs merged, patient groups.
+
+A build reads one or more collections (`--data_dir=kaggle=/a,nih=/b`), each a folder layout
+(sources.scan_sources) or a labels CSV (labels_csv.read_labels_csv). Keys are unique across
+collections (a named collection's keys carry its `name:` prefix), so the merged lists sort and
+plan exactly like one collection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+from xray_tfdata.records import dedupe, labels_csv, patients, sources
+from xray_tfdata.records.conversion_state import SpillEntry
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Every collection's scan, merged: files and rejects sorted by key, facts per collection."""
+
+    files: tuple[sources.SourceFile, ...]
+    rejected: tuple[tuple[str, str], ...]
+    collections: dict[str, dict[str, Any]]
+    # A single unnamed train/test folder, the only input earlier versions read: its manifest
+    # gets no new keys, so it stays byte-identical.
+    legacy: bool
+
+
+def scan(specs: Sequence[sources.SourceSpec], *, csv_columns: str = "", label_map: str = "",
+         key: bytes = b"") -> Inputs:
+    """Scans every collection (folder layout or labels CSV) and merges the results.
+
+    Raises:
+      ValueError: a collection's layout or CSV is unreadable (the message names it).
+    """
+    found, rejected, collections = [], [], {}
+    for spec in specs:
+        if spec.labels_csv:
+            result = labels_csv.read_labels_csv(spec, csv_columns, label_map, key)
+        else:
+            result = sources.scan_sources(spec.data_dir, spec.name)
+        found += result.files
+        rejected += result.rejected
+        collections[spec.name] = {"layout": result.layout, **dict(result.details),
+                                  "splits_given": sorted({f.split for f in result.files} - {""})}
+    legacy = (len(specs) == 1 and not specs[0].name and not specs[0].labels_csv
+              and {"train", "test"} <= set(collections[""]["splits_given"]))
+    return Inputs(tuple(sorted(found, key=lambda f: f.relpath)), tuple(sorted(rejected)),
+                   collections, legacy)
+
+
+def patient_groups(usable: Sequence[sources.SourceFile], index: Mapping[str, SpillEntry],
+                   near_distance: int) -> dict[str, str] | None:
+    """Patient groups joined by duplicate links; None (image-level carving) without patient ids."""
+    if not any(f.patient for f in usable):
+        return None
+    items = [dedupe.HashedItem(f.relpath, "", index[f.relpath].info.sha256,
+                               index[f.relpath].phash) for f in usable]
+    found = dedupe.find_duplicates(items, near_distance)
+    links = [g["paths"] for g in found["exact"]] + [p["paths"] for p in found["near"]]
+    return patients.groups([f.relpath for f in usable], {f.relpath: f.patient for f in usable},
+                           links)

@@ -1,0 +1,84 @@
+"""The converter's one decode pass: every source read and encoded once, results appended to the spill.
+
+Runs in-process for one worker, else in a spawn-context pool whose workers import only
+sources.py (never TensorFlow). Sources already in the spill with an unchanged file signature are
+reused, which is how a killed conversion resumes. Output never depends on worker count or order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+import sys
+import types
+from typing import Iterator, Sequence
+
+import cv2
+from absl import logging
+
+from xray_tfdata import console
+from xray_tfdata.records import sources
+from xray_tfdata.records.conversion_state import Spill, SpillEntry
+
+
+def _process(tasks: Sequence[sources.Task], workers: int, settings: sources.ProcessSettings
+             ) -> Iterator[sources.Processed]:
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        # In-process: no pickling, no pool start-up; same function, so same bytes. One OpenCV
+        # thread, as in a pool worker, so --num_workers=1 really means one core.
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            for task in tasks:
+                yield sources.process_source(task, settings)
+        finally:
+            cv2.setNumThreads(threads)
+        return
+    # spawn (not fork): the parent holds TensorFlow's threads and state, which fork would copy
+    # unsafely. Workers import sources.py, which never imports TensorFlow.
+    ctx = multiprocessing.get_context("spawn")
+    chunk = max(1, min(16, len(tasks) // (workers * 8)))
+    work = functools.partial(sources.process_source, settings=settings)
+    with main_module_hidden():
+        pool = ctx.Pool(workers, initializer=sources.init_worker)
+    with pool:
+        yield from pool.imap(work, tasks, chunksize=chunk)
+
+
+@contextlib.contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """Starts spawn workers without re-importing the caller's __main__.
+
+    spawn re-runs the parent's main module (script, notebook kernel, `-m` entry) in every worker
+    so that functions defined there can be unpickled. Ours live in sources.py, and a main module
+    that imports TensorFlow would cost each worker seconds and ~600 MB (measured: 700 MB RSS
+    per worker instead of 75 MB). Workers are created inside this block only.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def run_pass(tasks: list[sources.Task], spill: Spill, workers: int,
+             settings: sources.ProcessSettings, progress: bool) -> tuple[dict[str, SpillEntry], float, int]:
+    """Processes every task not already in the spill; returns the index, images/s, count done."""
+    reusable = {}
+    for task in tasks:
+        entry = spill.index.get(task.key)
+        if (entry is not None and (entry.reason or entry.augmentations == task.augmentations)
+                and entry.signature == sources.file_signature(task.path)):
+            reusable[task.key] = entry
+    todo = [t for t in tasks if t.key not in reusable]
+    if reusable:
+        logging.info("Resuming: %d of %d sources already processed.", len(reusable), len(tasks))
+    bar = console.ProgressBar(len(todo), "Converting", enabled=progress and bool(todo))
+    for processed in _process(todo, workers, settings):
+        reusable[processed.key] = spill.append(processed)
+        bar.update()
+    bar.close()
+    return reusable, bar.rate(), len(todo)
