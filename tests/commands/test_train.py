@@ -40,7 +40,11 @@ def test_invalid_flags_exit_with_documented_messages(records, tmp_path):
     flagfile.write_text(f"--records_dir={records}\n--model_dir={tmp_path / 'm'}\n"
                         "--global_batch_size=0\n")
     base = [f"--records_dir={records}", f"--model_dir={tmp_path / 'm'}"]
+    test_only = make_records(tmp_path / "external", {"test": 2}, image_size=32)
     cases = {
+        # An external test-only collection: for evaluate, not for train.
+        "have the split(s) ['test'] but training needs ['train']":
+            [f"--records_dir={test_only}", f"--model_dir={tmp_path / 'm'}"],
         # A bad value read from --flagfile: TrainConfig's check, reported with the flag name.
         "--global_batch_size must be an integer >= 1. Received: --global_batch_size=0.":
             [f"--flagfile={flagfile}"],

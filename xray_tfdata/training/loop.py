@@ -57,6 +57,7 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
     channels = int(image.get("channels", 1))
     manifest_lib.check_compatible(manifest, image_size=image_size, channels=channels,
                                   records_dir=config.records_dir)
+    manifest_lib.require_splits(manifest, ["train"], config.records_dir, purpose="training")
     splits = manifest.get("splits", {})
     for split, field in (("train", "records_dir"), (config.val_split, "val_split")):
         if split not in splits or not manifest_lib.num_examples(manifest, split):
