@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata.models import build_model
+from xray_tfdata.records import image_io, resize
 from xray_tfdata.serving import export
 from xray_tfdata.serving.predict import predict_files
 
@@ -101,14 +102,10 @@ def test_small_images_are_enlarged_bilinearly_like_opencv():
 @pytest.mark.parametrize("resize_mode", ["stretch", "pad"])
 def test_serving_pixels_match_the_converter(resize_mode):
     """The export's bytes -> pixels equals image_io's (the converter's) within one grey level."""
-    image_io = pytest.importorskip("xray_tfdata.records.image_io")
     preprocess = export.make_preprocess_fn(SIZE, 3, resize_mode)
     for name, (data, _) in _images().items():
-        try:
-            gray, _ = image_io.decode_source_bytes(data)
-            want = image_io.resize(image_io.to_channels(gray, 3), SIZE, resize_mode)
-        except NotImplementedError:
-            pytest.skip("xray_tfdata.records.image_io is not implemented yet")
+        gray, _ = image_io.decode_source_bytes(data)
+        want = resize.resize(resize.to_channels(gray, 3), SIZE, resize_mode)
         got = preprocess(tf.constant([data])).numpy()[0]
         assert got.shape == want.shape, name
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
@@ -216,17 +213,13 @@ def test_predict_cli_good_and_bad_files(exported, tmp_path):
 def test_real_xrays_serve_like_the_converter(exported, real_sample_dir):
     """Real files (8/16-bit, grey/RGB/RGBA, PNG/JPEG of many sizes) decode as the converter does
     and are served in one batch."""
-    image_io = pytest.importorskip("xray_tfdata.records.image_io")
     paths = sorted(p for p in real_sample_dir.glob("*/*") if p.suffix.lower() != ".md")
     data = [p.read_bytes() for p in paths]
     preprocess = export.make_preprocess_fn(SIZE, 1)
     got = preprocess(tf.constant(data)).numpy()
     for path, blob, pixels in zip(paths, data, got):
-        try:
-            gray, _ = image_io.decode_source_bytes(blob)
-        except NotImplementedError:
-            pytest.skip("xray_tfdata.records.image_io is not implemented yet")
-        want = image_io.resize(image_io.to_channels(gray, 1), SIZE, "stretch")
+        gray, _ = image_io.decode_source_bytes(blob)
+        want = resize.resize(resize.to_channels(gray, 1), SIZE, "stretch")
         assert np.abs(pixels.astype(int) - want.astype(int)).max() <= 1, path.name
     served = exported[2].predict(data)
     assert served.shape == (len(paths), 3)

@@ -130,18 +130,3 @@ def parse_spec(keys: tuple[str, ...] | None = None) -> Mapping[str, tf.io.FixedL
     if unknown:
         raise ValueError(f"Unknown feature keys {unknown}; known: {sorted(FEATURE_SPEC)}.")
     return {k: FEATURE_SPEC[k] for k in keys}
-
-
-def parse_example_proto(serialized: bytes) -> dict[str, bytes | int | str]:
-    """Parses one serialized example eagerly into Python values (tests, tools)."""
-    example = tf.train.Example.FromString(serialized)
-    out: dict[str, bytes | int | str] = {}
-    for key in FEATURE_SPEC:
-        feat = example.features.feature[key]
-        if key in INT_KEYS:
-            out[key] = int(feat.int64_list.value[0])
-        elif key == ENCODED:
-            out[key] = bytes(feat.bytes_list.value[0])
-        else:
-            out[key] = feat.bytes_list.value[0].decode("utf-8")
-    return out
