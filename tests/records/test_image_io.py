@@ -174,22 +174,89 @@ def test_target_size_reduced_jpeg_decode_matches_full_decode_closely():
     assert png_full.shape == (1800, 2000)  # only JPEG has DCT-domain scaling
 
 
-def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    tiff = b"MM\x00*\x00\x00\x00\x08" + struct.pack(">HHHIHH", 1, 0x0112, 3, 1, orientation, 0)
-    tiff += b"\x00\x00\x00\x00"  # no next IFD
+def _exif_tiff(orientation: int, order: str = "MM") -> bytes:
+    e = ">" if order == "MM" else "<"
+    return (order.encode() + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", 1)
+            + struct.pack(e + "HHIHH", 0x0112, 3, 1, orientation, 0) + b"\x00\x00\x00\x00")
+
+
+def with_exif_orientation(encoded: bytes, orientation: int, order: str = "MM") -> bytes:
+    """The JPEG (APP1 after SOI) or PNG (eXIf after IHDR) with an EXIF orientation tag."""
+    tiff = _exif_tiff(orientation, order)
+    if encoded.startswith(b"\x89PNG"):
+        crc = struct.pack(">I", zlib.crc32(b"eXIf" + tiff) & 0xFFFFFFFF)
+        return encoded[:33] + struct.pack(">I", len(tiff)) + b"eXIf" + tiff + crc + encoded[33:]
     payload = b"Exif\x00\x00" + tiff
     app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    return jpeg[:2] + app1 + jpeg[2:]
+    return encoded[:2] + app1 + encoded[2:]
 
 
-def test_jpeg_exif_orientation_ignored_like_tensorflow():
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_applied_as_cv2_imread_does(tmp_path, ext, orientation):
     source = _smooth((32, 48))
-    rotated_tag = _with_exif_orientation(_cv2_bytes(".jpg", source), 6)  # "rotate 90 CW"
-    gray, info = decode_source_bytes(rotated_tag)
-    assert gray.shape == (32, 48) and (info.width, info.height) == (48, 32)
-    assert decode_source_bytes(rotated_tag, target_size=4)[0].shape == (16, 24)  # half scale
-    honoured = cv2.imdecode(np.frombuffer(rotated_tag, np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert honoured.shape == (48, 32)  # the tag is valid: OpenCV's default would rotate
+    source[:6, :10] = 255  # a bright top-left corner makes every flip visible
+    data = with_exif_orientation(_cv2_bytes(ext, source), orientation,
+                                 "II" if orientation % 2 else "MM")
+    path = tmp_path / f"o{orientation}{ext}"
+    path.write_bytes(data)
+    want = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)  # OpenCV's default honours the tag
+    gray, info = read_source(path)
+    np.testing.assert_array_equal(gray, want)
+    assert (info.height, info.width) == want.shape  # the size as displayed
+    assert want.shape == ((48, 32) if orientation >= 5 else (32, 48))
+
+
+def test_exif_orientation_6_turns_a_landscape_jpeg_portrait_at_half_scale_too():
+    source = _smooth((64, 96))
+    data = with_exif_orientation(_cv2_bytes(".jpg", source), 6)  # "rotate 90 CW"
+    gray, info = decode_source_bytes(data)
+    assert gray.shape == (96, 64) and (info.width, info.height) == (64, 96)
+    small, small_info = decode_source_bytes(data, target_size=8)  # DCT 1/2 scale
+    assert small.shape == (48, 32) and small_info == info
+    np.testing.assert_array_equal(gray, np.rot90(decode_source_bytes(
+        _cv2_bytes(".jpg", source))[0], -1))
+
+
+def test_jpeg_trailing_bytes_after_eoi_are_valid():
+    jpeg = _cv2_bytes(".jpg", _smooth((48, 64)))
+    want = decode_source_bytes(jpeg)[0]
+    # 16 bytes of editor trailer (the ieee8023 COVID file), a long text trailer, a zero pad.
+    for trailer in (bytes(range(16)), b"edited with SomeTool 1.0\n" * 400, b"\x00" * 5000):
+        gray, info = decode_source_bytes(jpeg + trailer)
+        np.testing.assert_array_equal(gray, want)
+        assert info.num_bytes == len(jpeg) + len(trailer)
+
+
+def test_truncated_jpeg_still_rejected_whatever_its_tail():
+    jpeg = _cv2_bytes(".jpg", _smooth((96, 128), seed=5))
+    for cut in (len(jpeg) - 2, len(jpeg) - 40, len(jpeg) // 2, 700):
+        assert _reason(jpeg[:cut]).startswith("truncated JPEG"), cut
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    return _png(width, height, 8, 0, [b"\x00" * 4])  # header says huge; the data is a stub
+
+
+def test_oversized_image_gets_a_plain_reason_before_decoding():
+    png = _png_with_size(40000, 40000)
+    with pytest.raises(ImageReadError) as err:
+        decode_source_bytes(png)
+    assert err.value.reason.startswith(
+        "40000x40000 = 1.6 Gpixel is over the --max_pixels limit of 200.0 Mpixel")
+    jpeg = bytearray(_cv2_bytes(".jpg", GRAY))
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 30000, 20000)  # height, width
+    with pytest.raises(ImageReadError, match=r"^20000x30000 = 600.0 Mpixel is over"):
+        decode_source_bytes(bytes(jpeg))
+    bmp = bytearray(_cv2_bytes(".bmp", GRAY))
+    bmp[18:26] = struct.pack("<ii", 5, 3)
+    assert decode_source_bytes(bytes(bmp), max_pixels=15)[0].shape == (3, 5)  # at the limit
+    with pytest.raises(ImageReadError, match=r"^5x3 = 15 pixel is over the --max_pixels limit "
+                                             r"of 14 pixel \(14 pixels\)"):
+        decode_source_bytes(bytes(bmp), max_pixels=14)
+    with pytest.raises(ValueError, match="max_pixels=0"):
+        decode_source_bytes(png, max_pixels=0)
 
 
 # --- bad inputs --------------------------------------------------------------------------------
@@ -206,13 +273,12 @@ def test_bad_bytes_have_short_reasons():
     bmp = _cv2_bytes(".bmp", GRAY)
     assert _reason(b"") == "empty file"
     assert _reason(b"\xff\xd8\xff\xd9") == "corrupt JPEG (no frame header)"
-    assert _reason(jpeg[:-2]).startswith("truncated JPEG")
     assert _reason(jpeg[: len(jpeg) // 2]).startswith("truncated JPEG")
     assert _reason(png[:-12]).startswith("truncated PNG")
     assert _reason(png[:40]).startswith("truncated PNG")
     assert _reason(bmp[:-10]).startswith("truncated BMP")
     assert _reason(b"patient,label\n1,COVID19\n") == "not an image (looks like text)"
-    assert _reason(b"GIF89a" + bytes(20)).startswith("unsupported format GIF")
+    assert _reason(b"GIF89a" + bytes(20)) == "unsupported format GIF (allowed: JPEG, PNG, BMP, DICOM)"
     assert _reason(bytes(range(200, 256))).startswith("not an image (unknown header")
     # Corrupt compressed data with an intact chunk layout: libpng's CRC/zlib check rejects it.
     idat = png.index(b"IDAT") + 8

@@ -29,12 +29,24 @@ SOURCE_SHA256 = "image/source/sha256"
 SOURCE_WIDTH = "image/source/width"
 SOURCE_HEIGHT = "image/source/height"
 SOURCE_MODE = "image/source/mode"  # e.g. L, RGB, RGBA, P, I;16
-SOURCE_FORMAT = "image/source/format"  # JPEG, PNG or BMP (sniffed from bytes)
+SOURCE_FORMAT = "image/source/format"  # JPEG, PNG, BMP or DICOM (sniffed from bytes)
 SOURCE_BYTES = "image/source/bytes"
 AUGMENTATION = "image/augmentation"  # "none" for originals
+# Technical DICOM tags (records/dicom.py TECHNICAL_TAGS), by tag name. Optional keys: written
+# only when the source had the tag, read back as "" otherwise, so records of JPEG/PNG/BMP
+# sources are byte-identical to those of FORMAT_VERSION 1 writers and old records still parse.
+DICOM_TAG_KEYS: dict[str, str] = {
+    "Modality": "image/source/dicom/modality",
+    "ViewPosition": "image/source/dicom/view_position",
+    "PhotometricInterpretation": "image/source/dicom/photometric",
+    "BitsStored": "image/source/dicom/bits_stored",
+    "Manufacturer": "image/source/dicom/manufacturer",
+    "PixelSpacing": "image/source/dicom/pixel_spacing",  # "row\\column" mm, DICOM's notation
+}
 
 _BYTES = tf.io.FixedLenFeature([], tf.string)
 _INT = tf.io.FixedLenFeature([], tf.int64)
+_OPTIONAL_BYTES = tf.io.FixedLenFeature([], tf.string, default_value="")
 
 FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     ENCODED: _BYTES,
@@ -52,7 +64,10 @@ FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     SOURCE_FORMAT: _BYTES,
     SOURCE_BYTES: _INT,
     AUGMENTATION: _BYTES,
+    **{key: _OPTIONAL_BYTES for key in DICOM_TAG_KEYS.values()},
 }
+# Keys a record may omit (their spec has a default); every other key is always written.
+OPTIONAL_KEYS = frozenset(DICOM_TAG_KEYS.values())
 
 # What the training/eval input path needs; parsing fewer keys is measurably cheaper.
 TRAINING_KEYS: tuple[str, ...] = (ENCODED, LABEL)
@@ -60,6 +75,8 @@ TRAINING_KEYS: tuple[str, ...] = (ENCODED, LABEL)
 METADATA_KEYS: tuple[str, ...] = (
     SOURCE_WIDTH, SOURCE_HEIGHT, SOURCE_MODE, SOURCE_FORMAT, SOURCE_BYTES,
 )
+# Technical DICOM tags; "" for sources that are not DICOM (or lack the tag).
+DICOM_METADATA_KEYS: tuple[str, ...] = tuple(DICOM_TAG_KEYS.values())
 
 INT_KEYS = frozenset(k for k, v in FEATURE_SPEC.items() if v.dtype == tf.int64)
 
@@ -83,8 +100,16 @@ class ExampleRecord:
     source_format: str
     source_bytes: int
     augmentation: str = "none"
+    # (name, value) pairs or a mapping of DICOM_TAG_KEYS names (SourceInfo.tags); only those
+    # allow-listed names can be written, which keeps anything else a source carried out.
+    tags: tuple[tuple[str, str], ...] | Mapping[str, str] = ()
 
     def as_features(self) -> dict[str, bytes | int]:
+        tags = dict(self.tags)
+        unknown = sorted(set(tags) - set(DICOM_TAG_KEYS))
+        if unknown:
+            raise ValueError(f"Unknown source tags {unknown}; allowed: {sorted(DICOM_TAG_KEYS)}.")
+        optional = {DICOM_TAG_KEYS[name]: value for name, value in sorted(tags.items()) if value}
         return {
             ENCODED: self.encoded,
             FORMAT: self.image_format,
@@ -101,11 +126,12 @@ class ExampleRecord:
             SOURCE_FORMAT: self.source_format,
             SOURCE_BYTES: self.source_bytes,
             AUGMENTATION: self.augmentation,
+            **optional,
         }
 
 
 def make_example(record: ExampleRecord) -> tf.train.Example:
-    """Builds the tf.Example for one record, using exactly the keys of FEATURE_SPEC."""
+    """Builds the tf.Example for one record: every key of FEATURE_SPEC but the empty optional ones."""
     feature = {}
     for key, value in record.as_features().items():
         if key in INT_KEYS:

@@ -43,8 +43,14 @@ _JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
 # PNG colour type -> mode name at 8 bits (PIL's names); 16-bit variants get ";16" (gray: "I;16").
 _PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
 _EXIF_ORIENTATION_TAG = 0x0112
-# How far from the end an EOI marker may sit: editors and cameras append trailers after it.
-JPEG_EOI_WINDOW = 1 << 16
+# EXIF is looked for in the first MiB of a file, here and in serving/export.py alike (the
+# SavedModel walks the header in TensorFlow ops and must bound what it reads).
+EXIF_SCAN_BYTES = 1 << 20
+EXIF_MAX_ENTRIES = 128  # IFD0 entries searched for the orientation tag (it sorts early: 0x0112)
+# How far from the end an EOI marker may sit: editors and cameras append trailers after it. A
+# marker that far back cannot fake completeness: FF D9 never occurs inside entropy-coded data
+# (0xFF is stuffed), and libjpeg's own check catches a file cut after an embedded thumbnail.
+JPEG_EOI_WINDOW = 1 << 20
 
 
 class ImageReadError(Exception):
@@ -77,8 +83,9 @@ def is_source_file(path: str | Path) -> bool:
         return True
 
 
-def sniff_format(data: bytes) -> str:
-    """The file's format (one of SOURCE_FORMATS) from its magic bytes.
+def sniff_format(data: bytes, allowed: tuple[str, ...] = SOURCE_FORMATS) -> str:
+    """The file's format (one of SOURCE_FORMATS) from its magic bytes; `allowed` is only named
+    in the reason for an unsupported format.
 
     Raises:
       ImageReadError: empty, text, or another format (the reason names it when known).
@@ -93,10 +100,9 @@ def sniff_format(data: bytes) -> str:
         return "BMP"
     if is_dicom(data):
         return "DICOM"
-    allowed = ", ".join(SOURCE_FORMATS)
     for magic, name in _OTHER_MAGICS:
         if data.startswith(magic):
-            raise ImageReadError(f"unsupported format {name} (allowed: {allowed})")
+            raise ImageReadError(f"unsupported format {name} (allowed: {', '.join(allowed)})")
     if looks_like_text(data[:1024]):
         raise ImageReadError("not an image (looks like text)")
     raise ImageReadError(f"not an image (unknown header {data[:8].hex()})")
@@ -104,7 +110,7 @@ def sniff_format(data: bytes) -> str:
 
 def sniff_encoded(data: bytes) -> str:
     """Like `sniff_format`, for inputs that must be an encoded image (the SavedModel's input)."""
-    fmt = sniff_format(data)
+    fmt = sniff_format(data, ENCODED_FORMATS)
     if fmt not in ENCODED_FORMATS:
         raise ImageReadError(
             f"unsupported format {fmt} here (allowed: {', '.join(ENCODED_FORMATS)}); convert "
@@ -258,7 +264,11 @@ def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
 
 
 def exif_orientation(data: bytes, fmt: str) -> int:
-    """The EXIF orientation (1..8) of a JPEG (APP1 "Exif") or PNG (eXIf chunk); 1 if absent."""
+    """The EXIF orientation (1..8) of a JPEG (APP1 "Exif") or PNG (eXIf chunk); 1 if absent.
+
+    Only the first EXIF_SCAN_BYTES are read; an EXIF block starting later counts as absent.
+    """
+    data = data[:EXIF_SCAN_BYTES]
     tiff = b""
     if fmt == "JPEG":
         for marker, start, length in _jpeg_segments(data):
@@ -287,7 +297,7 @@ def _tiff_orientation(tiff: bytes) -> int:
     if ifd + 2 > len(tiff):
         return 1
     (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
-    for i in range(count):
+    for i in range(min(count, EXIF_MAX_ENTRIES)):
         entry = ifd + 2 + 12 * i
         if entry + 12 > len(tiff):
             break

@@ -9,20 +9,29 @@ encode that follow live in resize.py.
 Decisions:
 - BMP mode comes from the decoded channel count (the header is not always honest about it).
   16-bit sources are scaled to 8 bits by their actual min..max range, so a 12-bit X-ray stored
-  in 16 bits is not truncated to its top (nearly black) bits.
+  in 16 bits is not truncated to its top (nearly black) bits. DICOM has its own rules
+  (records/dicom.py: modality LUT, window, MONOCHROME1, BitsStored).
 - Alpha is dropped (not composited), as PIL's convert("L") and TF's decode_png(channels=3) do,
-  so the serving path can mirror it. EXIF orientation is ignored, as tf.io.decode_image does.
+  so the serving path can mirror it.
+- EXIF orientation (JPEG, PNG eXIf) is applied as cv2.imread applies it: a photo stored
+  landscape with orientation 6 comes out portrait, and SourceInfo's width x height is the image
+  as displayed. It is parsed here (not left to OpenCV) so serving/export.py can apply the very
+  same rule in TensorFlow ops; the tests hold both to cv2.imread for all eight orientations.
 - JPEGs are decoded straight to gray by libjpeg (the luma channel Y = 0.299R + 0.587G + 0.114B,
   within 1 level of cv2.COLOR_BGR2GRAY); their mode and original size come from the SOF header.
   With `target_size`, a JPEG at least 4x larger than needed is decoded at 1/2 scale by
   libjpeg's DCT scaling (so still >= 2x the target side): about 1.7x faster, and after the area
   resize within 1 gray level on average (max 4) of a full decode. 1/4 scale is not used: it was
   no faster (entropy decoding dominates) and up to 9 levels off on fine detail.
-- Truncation is detected here, not left to OpenCV: a JPEG must end with the EOI marker (after
-  trailing zero padding) and libjpeg must not report damaged scan data (its warnings go straight
-  to the process's stderr, so they are captured around the decode; harmless ones such as
-  "extraneous bytes before marker" are tolerated), a PNG must have a well-formed chunk sequence
-  ending in IEND, a BMP must be as long as its header says.
+- Truncation is decided by whether decoding completed, not by the last two bytes: bytes after a
+  JPEG's EOI marker are valid (editors and cameras append trailers; one public COVID JPEG has 16
+  such bytes). A JPEG is truncated when no EOI marker sits in its last MiB, or libjpeg reports
+  "premature end of JPEG file" (OpenCV 5 returns nothing, older builds fill grey); libjpeg's
+  warnings go straight to the process's stderr, so they are captured around the decode (harmless
+  ones such as "extraneous bytes before marker" are tolerated). A PNG must have a well-formed
+  chunk sequence ending in IEND, a BMP must be as long as its header says.
+- The pixel count is checked from the header before decoding (`max_pixels`), so an oversized
+  image gets a plain reason instead of OpenCV's assertion text or an out-of-memory worker.
 """
 
 from __future__ import annotations
@@ -39,8 +48,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from xray_tfdata.records import image_format
-from xray_tfdata.records.image_format import SOURCE_FORMATS, ImageReadError
+from xray_tfdata.records import dicom, image_format
+from xray_tfdata.records.image_format import SOURCE_FORMATS, ImageReadError  # noqa: F401
 # The resize/encode half of the old image_io, re-exported so sources.py, convert.py and
 # build_records.py keep working unchanged; new code imports records.resize directly.
 from xray_tfdata.records.resize import (  # noqa: F401
@@ -58,12 +67,20 @@ try:
 except AttributeError:  # older OpenCV builds without the logging module
     pass
 
+# 200 Mpixel (about 14000 x 14000): 10x the largest chest detectors (4300 x 4300 = 18 Mpixel), and
+# a gray decode of that size is 200 MB per worker. OpenCV's own ceiling (CV_IO_MAX_IMAGE_PIXELS)
+# is 2^30; above it imdecode fails with an assertion, so the limit may not exceed it.
+DEFAULT_MAX_PIXELS = 200_000_000
+OPENCV_MAX_PIXELS = 1 << 30
 # DCT-domain reduced decode (see decode_source_bytes' target_size and the module docstring).
 _JPEG_REDUCED = ((2, cv2.IMREAD_REDUCED_GRAYSCALE_2),)
 # libjpeg warnings that mean the pixels are wrong (grey fill or garbage), not merely odd framing.
 _JPEG_FATAL = re.compile(
     r"premature end|huffman|invalid|bogus|corrupt jpeg data: (?!\d+ extraneous bytes)", re.I
 )
+# "Premature end of JPEG file" (the data ran out); "premature end of data segment" is a marker
+# met inside damaged scan data, which is corruption, not truncation.
+_JPEG_TRUNCATED = re.compile(r"premature end of jpeg file", re.I)
 _CODEC_LINE = re.compile(
     r"^(corrupt jpeg data|premature end|invalid|bogus|unsupported|warning|libpng)", re.I
 )
@@ -73,31 +90,39 @@ _CODEC_LINE = re.compile(
 class SourceInfo:
     """What the original file was (before gray conversion and resizing)."""
 
-    width: int
+    width: int  # as displayed: after EXIF orientation
     height: int
-    mode: str  # "L", "LA", "RGB", "RGBA", "P", "I;16", "RGB;16", "RGBA;16", "LA;16", "1"
+    mode: str  # "L", "LA", "RGB", "RGBA", "P", "I;16", "RGB;16", "RGBA;16", "LA;16", "1";
+    #            DICOM: its PhotometricInterpretation ("MONOCHROME1", "MONOCHROME2", "RGB")
     format: str  # one of image_format.SOURCE_FORMATS, sniffed from the bytes
     num_bytes: int
     sha256: str
+    # Technical tags (name, value) of a DICOM source (dicom.TECHNICAL_TAGS; never patient data);
+    # empty for other formats. A tuple (not a dict) so the dataclass stays hashable, and a class
+    # default so SourceInfo pickled by an older converter (a resumed spill) still reads.
+    tags: tuple[tuple[str, str], ...] = ()
 
 
-def read_source(path: str | Path, *, target_size: int = 0) -> tuple[np.ndarray, SourceInfo]:
+def read_source(path: str | Path, *, target_size: int = 0,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, SourceInfo]:
     """Reads and decodes one source file into an `HxW uint8` gray array and its SourceInfo.
 
-    `target_size` (optional) is the side the caller will resize to; see `decode_source_bytes`.
+    `target_size` and `max_pixels`: see `decode_source_bytes`.
 
     Raises:
-      ImageReadError: the file is unreadable, empty, truncated, corrupt or not a JPEG/PNG/BMP.
+      ImageReadError: the file is unreadable, empty, truncated, corrupt, too large or not a
+        JPEG/PNG/BMP/DICOM image.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:  # PermissionError, IsADirectoryError, FileNotFoundError, EIO...
         raise ImageReadError(f"unreadable: {type(err).__name__}") from err
-    return decode_source_bytes(data, target_size=target_size)
+    return decode_source_bytes(data, target_size=target_size, max_pixels=max_pixels)
 
 
-def decode_source_bytes(data: bytes, *, target_size: int = 0) -> tuple[np.ndarray, SourceInfo]:
+def decode_source_bytes(data: bytes, *, target_size: int = 0,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, SourceInfo]:
     """Decodes the bytes of one source file (see `read_source`); sha256 is of these bytes.
 
     Args:
@@ -106,37 +131,28 @@ def decode_source_bytes(data: bytes, *, target_size: int = 0) -> tuple[np.ndarra
         caller resizes to next: a JPEG whose shorter side is at least 4x that is decoded at 1/2
         scale (its shorter side stays >= 2x target_size), so the gray array returned is smaller
         than SourceInfo's width x height. Other formats are always decoded at full size.
+      max_pixels: images with more pixels (width x height from the header) are rejected before
+        decoding; at most OPENCV_MAX_PIXELS (2^30), OpenCV's own ceiling.
     """
     if not isinstance(target_size, (int, np.integer)) or target_size < 0:
         raise ValueError(
             f"target_size must be an int >= 0 (0 = full resolution). Received: {target_size!r}."
         )
+    if not isinstance(max_pixels, (int, np.integer)) or not 1 <= max_pixels <= OPENCV_MAX_PIXELS:
+        raise ValueError(
+            f"max_pixels must be an int in [1, {OPENCV_MAX_PIXELS}] (OpenCV refuses larger "
+            f"images). Received: max_pixels={max_pixels!r}."
+        )
     fmt = image_format.sniff_format(data)
+    tags: tuple[tuple[str, str], ...] = ()
     if fmt == "DICOM":
-        raise ImageReadError("unsupported format DICOM (allowed: JPEG, PNG, BMP)")
-    if fmt == "JPEG":
-        _check_jpeg_complete(data)
-        width, height, mode = image_format.jpeg_header(data)
-        flags = cv2.IMREAD_GRAYSCALE
-        for factor, reduced in _JPEG_REDUCED:
-            if target_size > 0 and min(width, height) >= 2 * factor * target_size:
-                flags = reduced
-                break
-        # EXIF orientation is ignored, as with IMREAD_UNCHANGED and tf.io.decode_jpeg.
-        decoded = _imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION, fmt)
-        if flags == cv2.IMREAD_GRAYSCALE:
-            height, width = decoded.shape[:2]  # the decoder is the authority at full scale
+        image = dicom.decode_dicom(data, max_pixels=max_pixels)
+        gray, width, height, mode, tags = image.gray, image.width, image.height, image.mode, \
+            image.tags
+    elif fmt == "JPEG":
+        gray, width, height, mode = _decode_jpeg(data, target_size, max_pixels)
     else:
-        if fmt == "PNG":
-            png_mode = image_format.png_header(data)[2]
-            image_format.check_png_complete(data)
-        else:
-            image_format.check_bmp_complete(data)
-            png_mode = None
-        decoded = _imdecode(data, cv2.IMREAD_UNCHANGED, fmt)
-        height, width = decoded.shape[:2]
-        channels = 1 if decoded.ndim == 2 else decoded.shape[2]
-        mode = png_mode or _mode_from_decoded(channels, decoded.dtype)
+        gray, width, height, mode = _decode_png_bmp(data, fmt, max_pixels)
     info = SourceInfo(
         width=int(width),
         height=int(height),
@@ -144,28 +160,84 @@ def decode_source_bytes(data: bytes, *, target_size: int = 0) -> tuple[np.ndarra
         format=fmt,
         num_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
+        tags=tags,
     )
-    return to_gray8(decoded), info
+    return gray, info
 
 
-def _check_jpeg_complete(data: bytes) -> None:
-    # OpenCV may fill the missing part of a truncated JPEG with grey and only warn on stderr, so
-    # the end-of-image marker is checked here. Some writers pad files with zeros after EOI.
-    tail = data[-4096:].rstrip(b"\x00") or data.rstrip(b"\x00")  # avoid copying big files
-    if not tail.endswith(b"\xff\xd9"):
-        raise ImageReadError("truncated JPEG (no EOI marker at the end)")
-
-
-def _imdecode(data: bytes, flags: int, fmt: str) -> np.ndarray:
+def _decode_jpeg(data: bytes, target_size: int, max_pixels: int
+                 ) -> tuple[np.ndarray, int, int, str]:
+    width, height, mode = image_format.jpeg_header(data)
+    image_format.check_pixel_limit(width, height, max_pixels)
+    orientation = image_format.exif_orientation(data, "JPEG")
+    flags = cv2.IMREAD_GRAYSCALE
+    for factor, reduced in _JPEG_REDUCED:
+        if target_size > 0 and min(width, height) >= 2 * factor * target_size:
+            flags = reduced
+            break
+    if not image_format.jpeg_has_eoi_near_end(data):
+        # libjpeg decodes a file cut right before its EOI without a word: the marker decides.
+        raise ImageReadError("truncated JPEG (no end-of-image marker in its last "
+                             f"{image_format.JPEG_EOI_WINDOW >> 20} MiB)")
+    # OpenCV's own orientation handling is off: the rule is applied below, in one place, so the
+    # serving signature can mirror it exactly.
     with _codec_messages() as messages:
-        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8),
+                               flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    if decoded is None or decoded.size == 0:
+        detail = _codec_detail("JPEG", messages[-1]) if messages else "decode failed"
+        raise ImageReadError(f"corrupt JPEG ({detail})")
+    fatal = [m for m in messages if _JPEG_FATAL.search(m)]
+    if fatal:
+        kind = "truncated" if _JPEG_TRUNCATED.search(fatal[0]) else "corrupt"
+        raise ImageReadError(f"{kind} JPEG ({_codec_detail('JPEG', fatal[0])})")
+    if flags == cv2.IMREAD_GRAYSCALE:
+        height, width = decoded.shape[:2]  # the decoder is the authority at full scale
+    if orientation >= 5:  # a quarter turn: width and height swap
+        width, height = height, width
+    return apply_orientation(decoded, orientation), width, height, mode
+
+
+def _decode_png_bmp(data: bytes, fmt: str, max_pixels: int
+                    ) -> tuple[np.ndarray, int, int, str]:
+    if fmt == "PNG":
+        width, height, png_mode = image_format.png_header(data)
+        image_format.check_pixel_limit(width, height, max_pixels)
+        image_format.check_png_complete(data)
+    else:
+        width, height = image_format.bmp_size(data)
+        image_format.check_pixel_limit(width, height, max_pixels)
+        image_format.check_bmp_complete(data)
+        png_mode = None
+    with _codec_messages() as messages:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None or decoded.size == 0:
         detail = _codec_detail(fmt, messages[-1]) if messages else "decode failed"
         raise ImageReadError(f"corrupt {fmt} ({detail})")
-    fatal = [m for m in messages if _JPEG_FATAL.search(m)] if fmt == "JPEG" else []
-    if fatal:
-        raise ImageReadError(f"corrupt JPEG ({_codec_detail(fmt, fatal[0])})")
-    return decoded
+    channels = 1 if decoded.ndim == 2 else decoded.shape[2]
+    mode = png_mode or _mode_from_decoded(channels, decoded.dtype)
+    gray = to_gray8(decoded)
+    if fmt == "PNG":
+        gray = apply_orientation(gray, image_format.exif_orientation(data, "PNG"))
+    height, width = gray.shape[:2]
+    return gray, width, height, mode
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turns/flips an image stored with EXIF `orientation` (1..8) upright, as cv2.imread does."""
+    turned = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],  # mirrored left-right
+        3: lambda a: a[::-1, ::-1],  # upside down
+        4: lambda a: a[::-1],  # mirrored top-bottom
+        5: lambda a: a.swapaxes(0, 1),  # transposed
+        6: lambda a: np.rot90(a, -1),  # stored 90 degrees counter-clockwise: turn clockwise
+        7: lambda a: np.rot90(a, -1)[::-1],  # transversed
+        8: lambda a: np.rot90(a, 1),  # stored 90 degrees clockwise: turn counter-clockwise
+    }.get(orientation)
+    if turned is None:
+        raise ValueError(f"orientation must be 1..8. Received: orientation={orientation!r}.")
+    return np.ascontiguousarray(turned(image)) if orientation != 1 else image
 
 
 def _codec_detail(fmt: str, line: str) -> str:
