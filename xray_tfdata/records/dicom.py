@@ -133,8 +133,14 @@ def _quiet(pydicom):
 
 def _check_image(ds: Any) -> None:
     """One single-frame image with usable pixel attributes, or an ImageReadError saying why not."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        raise ImageReadError("corrupt DICOM (no transfer syntax in the file meta information)")
     if "PixelData" not in ds:
-        sop = getattr(ds.get("SOPClassUID"), "name", "") or "unknown SOP class"
+        uid = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
+        sop = getattr(uid, "name", "") or "unknown SOP class"
+        if len(ds) == 0:
+            raise ImageReadError("truncated DICOM (the file ends inside its header)")
         # pydicom stops quietly at the end of a cut file, so a file of an image SOP class (or
         # with image attributes) that has no pixels was cut short, not a report.
         if "Rows" in ds or "Columns" in ds or "Image Storage" in sop:
