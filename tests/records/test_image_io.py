@@ -15,14 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from xray_tfdata.records import image_io
-from xray_tfdata.records.image_io import (
-    ImageReadError,
-    decode_source_bytes,
-    encode,
-    read_source,
-    resize,
-)
+from xray_tfdata.records.image_format import ImageReadError
+from xray_tfdata.records.image_io import decode_source_bytes, read_source
+from xray_tfdata.records.resize import resize
 
 
 def _png(width: int, height: int, bit_depth: int, colour_type: int, rows: list[bytes],
@@ -179,22 +174,89 @@ def test_target_size_reduced_jpeg_decode_matches_full_decode_closely():
     assert png_full.shape == (1800, 2000)  # only JPEG has DCT-domain scaling
 
 
-def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    tiff = b"MM\x00*\x00\x00\x00\x08" + struct.pack(">HHHIHH", 1, 0x0112, 3, 1, orientation, 0)
-    tiff += b"\x00\x00\x00\x00"  # no next IFD
+def _exif_tiff(orientation: int, order: str = "MM") -> bytes:
+    e = ">" if order == "MM" else "<"
+    return (order.encode() + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", 1)
+            + struct.pack(e + "HHIHH", 0x0112, 3, 1, orientation, 0) + b"\x00\x00\x00\x00")
+
+
+def with_exif_orientation(encoded: bytes, orientation: int, order: str = "MM") -> bytes:
+    """The JPEG (APP1 after SOI) or PNG (eXIf after IHDR) with an EXIF orientation tag."""
+    tiff = _exif_tiff(orientation, order)
+    if encoded.startswith(b"\x89PNG"):
+        crc = struct.pack(">I", zlib.crc32(b"eXIf" + tiff) & 0xFFFFFFFF)
+        return encoded[:33] + struct.pack(">I", len(tiff)) + b"eXIf" + tiff + crc + encoded[33:]
     payload = b"Exif\x00\x00" + tiff
     app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    return jpeg[:2] + app1 + jpeg[2:]
+    return encoded[:2] + app1 + encoded[2:]
 
 
-def test_jpeg_exif_orientation_ignored_like_tensorflow():
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_applied_as_cv2_imread_does(tmp_path, ext, orientation):
     source = _smooth((32, 48))
-    rotated_tag = _with_exif_orientation(_cv2_bytes(".jpg", source), 6)  # "rotate 90 CW"
-    gray, info = decode_source_bytes(rotated_tag)
-    assert gray.shape == (32, 48) and (info.width, info.height) == (48, 32)
-    assert decode_source_bytes(rotated_tag, target_size=4)[0].shape == (16, 24)  # half scale
-    honoured = cv2.imdecode(np.frombuffer(rotated_tag, np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert honoured.shape == (48, 32)  # the tag is valid: OpenCV's default would rotate
+    source[:6, :10] = 255  # a bright top-left corner makes every flip visible
+    data = with_exif_orientation(_cv2_bytes(ext, source), orientation,
+                                 "II" if orientation % 2 else "MM")
+    path = tmp_path / f"o{orientation}{ext}"
+    path.write_bytes(data)
+    want = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)  # OpenCV's default honours the tag
+    gray, info = read_source(path)
+    np.testing.assert_array_equal(gray, want)
+    assert (info.height, info.width) == want.shape  # the size as displayed
+    assert want.shape == ((48, 32) if orientation >= 5 else (32, 48))
+
+
+def test_exif_orientation_6_turns_a_landscape_jpeg_portrait_at_half_scale_too():
+    source = _smooth((64, 96))
+    data = with_exif_orientation(_cv2_bytes(".jpg", source), 6)  # "rotate 90 CW"
+    gray, info = decode_source_bytes(data)
+    assert gray.shape == (96, 64) and (info.width, info.height) == (64, 96)
+    small, small_info = decode_source_bytes(data, target_size=8)  # DCT 1/2 scale
+    assert small.shape == (48, 32) and small_info == info
+    np.testing.assert_array_equal(gray, np.rot90(decode_source_bytes(
+        _cv2_bytes(".jpg", source))[0], -1))
+
+
+def test_jpeg_trailing_bytes_after_eoi_are_valid():
+    jpeg = _cv2_bytes(".jpg", _smooth((48, 64)))
+    want = decode_source_bytes(jpeg)[0]
+    # 16 bytes of editor trailer (the ieee8023 COVID file), a long text trailer, a zero pad.
+    for trailer in (bytes(range(16)), b"edited with SomeTool 1.0\n" * 400, b"\x00" * 5000):
+        gray, info = decode_source_bytes(jpeg + trailer)
+        np.testing.assert_array_equal(gray, want)
+        assert info.num_bytes == len(jpeg) + len(trailer)
+
+
+def test_truncated_jpeg_still_rejected_whatever_its_tail():
+    jpeg = _cv2_bytes(".jpg", _smooth((96, 128), seed=5))
+    for cut in (len(jpeg) - 2, len(jpeg) - 40, len(jpeg) // 2, 700):
+        assert _reason(jpeg[:cut]).startswith("truncated JPEG"), cut
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    return _png(width, height, 8, 0, [b"\x00" * 4])  # header says huge; the data is a stub
+
+
+def test_oversized_image_gets_a_plain_reason_before_decoding():
+    png = _png_with_size(40000, 40000)
+    with pytest.raises(ImageReadError) as err:
+        decode_source_bytes(png)
+    assert err.value.reason.startswith(
+        "40000x40000 = 1.6 Gpixel is over the --max_pixels limit of 200.0 Mpixel")
+    jpeg = bytearray(_cv2_bytes(".jpg", GRAY))
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 30000, 20000)  # height, width
+    with pytest.raises(ImageReadError, match=r"^20000x30000 = 600.0 Mpixel is over"):
+        decode_source_bytes(bytes(jpeg))
+    bmp = bytearray(_cv2_bytes(".bmp", GRAY))
+    bmp[18:26] = struct.pack("<ii", 5, 3)
+    assert decode_source_bytes(bytes(bmp), max_pixels=15)[0].shape == (3, 5)  # at the limit
+    with pytest.raises(ImageReadError, match=r"^5x3 = 15 pixel is over the --max_pixels limit "
+                                             r"of 14 pixel \(14 pixels\)"):
+        decode_source_bytes(bytes(bmp), max_pixels=14)
+    with pytest.raises(ValueError, match="max_pixels=0"):
+        decode_source_bytes(png, max_pixels=0)
 
 
 # --- bad inputs --------------------------------------------------------------------------------
@@ -211,13 +273,12 @@ def test_bad_bytes_have_short_reasons():
     bmp = _cv2_bytes(".bmp", GRAY)
     assert _reason(b"") == "empty file"
     assert _reason(b"\xff\xd8\xff\xd9") == "corrupt JPEG (no frame header)"
-    assert _reason(jpeg[:-2]).startswith("truncated JPEG")
     assert _reason(jpeg[: len(jpeg) // 2]).startswith("truncated JPEG")
     assert _reason(png[:-12]).startswith("truncated PNG")
     assert _reason(png[:40]).startswith("truncated PNG")
     assert _reason(bmp[:-10]).startswith("truncated BMP")
     assert _reason(b"patient,label\n1,COVID19\n") == "not an image (looks like text)"
-    assert _reason(b"GIF89a" + bytes(20)).startswith("unsupported format GIF")
+    assert _reason(b"GIF89a" + bytes(20)) == "unsupported format GIF (allowed: JPEG, PNG, BMP, DICOM)"
     assert _reason(bytes(range(200, 256))).startswith("not an image (unknown header")
     # Corrupt compressed data with an intact chunk layout: libpng's CRC/zlib check rejects it.
     idat = png.index(b"IDAT") + 8
@@ -291,86 +352,10 @@ def test_real_sample_decodes_to_labelled_size_and_mode(real_sample_dir):
         assert int(gray.max()) - int(gray.min()) > 100, f"{row['path']} decoded nearly flat"
 
 
-# --- to_channels / resize / encode -------------------------------------------------------------
-
-def test_to_channels():
-    assert image_io.to_channels(GRAY, 1).shape == (3, 5, 1)
-    three = image_io.to_channels(GRAY, 3)
-    assert three.shape == (3, 5, 3) and all(np.array_equal(three[..., c], GRAY) for c in range(3))
-    with pytest.raises(ValueError, match="channels=2"):
-        image_io.to_channels(GRAY, 2)
-
-
-def test_resize_area_downscale_is_block_mean():
-    image = np.array([[0, 2, 10, 10], [4, 6, 10, 30], [1, 1, 0, 0], [1, 1, 0, 4]], np.uint8)
-    out = resize(image[..., None], 2, "stretch")
-    assert out.shape == (2, 2, 1)
-    np.testing.assert_array_equal(out[..., 0], [[3, 15], [1, 1]])
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (300, 200)])
-@pytest.mark.parametrize("mode", ["stretch", "pad"])
-def test_resize_any_size_keeps_channel_axis(shape, mode):
-    image = np.full(shape + (1,), 77, np.uint8)
-    out = resize(image, 16, mode)
-    assert out.shape == (16, 16, 1) and out.dtype == np.uint8
-    assert resize(image[..., 0], 16, mode).shape == (16, 16)
-    assert resize(np.repeat(image, 3, axis=2), 16, mode).shape == (16, 16, 3)
-    if mode == "stretch" or shape[0] == shape[1]:
-        assert np.all(out == 77)  # constant in, constant out (up- and downscale)
-
-
-def test_resize_pad_keeps_aspect_and_centres_on_black():
-    tall = np.full((100, 50), 255, np.uint8)  # h=100, w=50 -> 10x5 inside a 10x10 canvas
-    out = resize(tall, 10, "pad")
-    np.testing.assert_array_equal(out[:, 2:7], 255)
-    assert not out[:, :2].any() and not out[:, 7:].any()
-    wide = resize(np.full((3, 9), 200, np.uint8), 9, "pad")  # 3x9 -> rows 3..5 of 9
-    np.testing.assert_array_equal(wide[3:6], 200)
-    assert not wide[:3].any() and not wide[6:].any()
-
-
-def test_resize_rejects_bad_args():
-    with pytest.raises(ValueError, match="mode='crop'"):
-        resize(GRAY, 8, "crop")
-    with pytest.raises(ValueError, match="size=0"):
-        resize(GRAY, 0)
-
-
-def test_encode_round_trips():
-    image = image_io.to_channels(GRAY, 1)
-    raw = encode(image, "raw")
-    np.testing.assert_array_equal(np.frombuffer(raw, np.uint8).reshape(3, 5, 1), image)
-    png = encode(image, "png")
-    decoded_png = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
-    np.testing.assert_array_equal(decoded_png, GRAY)
-    flat = np.full((16, 16, 1), 120, np.uint8)
-    jpeg = encode(flat, "jpeg", jpeg_quality=90)
-    assert jpeg[:3] == b"\xff\xd8\xff" and jpeg.endswith(b"\xff\xd9")
-    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert np.abs(decoded.astype(int) - 120).max() <= 1
-
-
-def test_encode_keeps_rgb_order():
-    rgb = np.zeros((2, 2, 3), np.uint8)
-    rgb[..., 0] = 255  # red in RGB order
-    bgr = cv2.imdecode(np.frombuffer(encode(rgb, "png"), np.uint8), cv2.IMREAD_UNCHANGED)
-    assert np.all(bgr[..., 2] == 255) and not bgr[..., :2].any()
-    np.testing.assert_array_equal(np.frombuffer(encode(rgb, "raw"), np.uint8).reshape(2, 2, 3), rgb)
-
-
-def test_encode_rejects_bad_input():
-    with pytest.raises(ValueError, match="image_format='webp'"):
-        encode(np.zeros((2, 2, 1), np.uint8), "webp")
-    with pytest.raises(ValueError, match="float32"):
-        encode(np.zeros((2, 2, 1), np.float32), "png")
-    with pytest.raises(ValueError, match="jpeg_quality=0"):
-        encode(np.zeros((2, 2, 1), np.uint8), "jpeg", jpeg_quality=0)
-
-
 def test_worker_modules_do_not_import_tensorflow():
     code = (
-        "import sys; import xray_tfdata.records.image_io, xray_tfdata.records.offline_augment, xray_tfdata.records.dedupe; "
+        "import sys; import xray_tfdata.records.image_io, xray_tfdata.records.offline_augment, "
+        "xray_tfdata.records.dedupe, xray_tfdata.records.resize; "
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)

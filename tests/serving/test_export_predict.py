@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata.models import build_model
+from xray_tfdata.records import image_io, resize
 from xray_tfdata.serving import export
 from xray_tfdata.serving.predict import predict_files
 
@@ -101,14 +102,10 @@ def test_small_images_are_enlarged_bilinearly_like_opencv():
 @pytest.mark.parametrize("resize_mode", ["stretch", "pad"])
 def test_serving_pixels_match_the_converter(resize_mode):
     """The export's bytes -> pixels equals image_io's (the converter's) within one grey level."""
-    image_io = pytest.importorskip("xray_tfdata.records.image_io")
     preprocess = export.make_preprocess_fn(SIZE, 3, resize_mode)
     for name, (data, _) in _images().items():
-        try:
-            gray, _ = image_io.decode_source_bytes(data)
-            want = image_io.resize(image_io.to_channels(gray, 3), SIZE, resize_mode)
-        except NotImplementedError:
-            pytest.skip("xray_tfdata.records.image_io is not implemented yet")
+        gray, _ = image_io.decode_source_bytes(data)
+        want = resize.resize(resize.to_channels(gray, 3), SIZE, resize_mode)
         got = preprocess(tf.constant([data])).numpy()[0]
         assert got.shape == want.shape, name
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
@@ -216,18 +213,72 @@ def test_predict_cli_good_and_bad_files(exported, tmp_path):
 def test_real_xrays_serve_like_the_converter(exported, real_sample_dir):
     """Real files (8/16-bit, grey/RGB/RGBA, PNG/JPEG of many sizes) decode as the converter does
     and are served in one batch."""
-    image_io = pytest.importorskip("xray_tfdata.records.image_io")
     paths = sorted(p for p in real_sample_dir.glob("*/*") if p.suffix.lower() != ".md")
     data = [p.read_bytes() for p in paths]
     preprocess = export.make_preprocess_fn(SIZE, 1)
     got = preprocess(tf.constant(data)).numpy()
     for path, blob, pixels in zip(paths, data, got):
-        try:
-            gray, _ = image_io.decode_source_bytes(blob)
-        except NotImplementedError:
-            pytest.skip("xray_tfdata.records.image_io is not implemented yet")
-        want = image_io.resize(image_io.to_channels(gray, 1), SIZE, "stretch")
+        gray, _ = image_io.decode_source_bytes(blob)
+        want = resize.resize(resize.to_channels(gray, 1), SIZE, "stretch")
         assert np.abs(pixels.astype(int) - want.astype(int)).max() <= 1, path.name
     served = exported[2].predict(data)
     assert served.shape == (len(paths), 3)
     np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)
+
+
+# --- EXIF orientation and the one magic-byte table ----------------------------------------------
+
+def test_serving_exif_limits_are_the_converters():
+    from xray_tfdata.records import image_format
+
+    assert export._EXIF_SCAN_BYTES == image_format.EXIF_SCAN_BYTES
+    assert export._EXIF_MAX_ENTRIES == image_format.EXIF_MAX_ENTRIES
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_exif_orientation_served_as_converted_and_as_cv2_imread(tmp_path, ext):
+    """Orientation 6 (a landscape photo of a portrait film) comes out portrait in the converter
+    AND the SavedModel preprocessing, for all eight orientations, within one grey level."""
+    from tests.records.test_image_io import with_exif_orientation
+
+    rng = np.random.default_rng(4)
+    landscape = cv2.GaussianBlur(rng.integers(0, 256, (40, 64), dtype=np.uint8), (7, 7), 2)
+    landscape[:8, :12] = 255  # a bright corner: any wrong flip moves it
+    for orientation in range(1, 9):
+        data = with_exif_orientation(cv2.imencode(ext, landscape)[1].tobytes(), orientation,
+                                     "II" if orientation % 2 else "MM")
+        path = tmp_path / f"o{orientation}{ext}"
+        path.write_bytes(data)
+        want = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        converted, _ = image_io.read_source(path)
+        served = export.decode_gray(tf.constant(data)).numpy()[..., 0]
+        assert int(export.exif_orientation(tf.constant(data))) == orientation
+        assert converted.shape == served.shape == want.shape, orientation
+        if orientation == 6:
+            assert served.shape == (64, 40)  # portrait
+        assert np.abs(served.astype(int) - converted.astype(int)).max() <= 1, orientation
+        for mode in ("stretch", "pad"):
+            got = export.make_preprocess_fn(SIZE, 1, mode)(tf.constant([data])).numpy()[0]
+            ref = resize.resize(resize.to_channels(converted, 1), SIZE, mode)
+            assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1, (orientation, mode)
+
+
+def test_exif_parse_survives_malformed_headers():
+    jpeg = cv2.imencode(".jpg", np.full((8, 8), 90, np.uint8))[1].tobytes()
+    bad_exif = jpeg[:2] + b"\xff\xe1\x00\x10Exif\x00\x00XX\x00\x00\xff\xff" + jpeg[2:]
+    for data in (jpeg, bad_exif, jpeg[:40], b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"):
+        assert int(export.exif_orientation(tf.constant(data))) == 1
+
+
+def test_predict_sniff_uses_the_converters_magic_bytes():
+    from xray_tfdata.records import image_format
+    from xray_tfdata.serving.predict import sniff
+
+    jpeg = cv2.imencode(".jpg", np.full((8, 8), 90, np.uint8))[1].tobytes()
+    assert sniff(jpeg) is None
+    assert sniff(b"GIF89a" + bytes(20)) == "unsupported format GIF (allowed: JPEG, PNG, BMP)"
+    dicom_like = bytes(128) + b"DICM" + bytes(64)
+    assert sniff(dicom_like).startswith("unsupported format DICOM here (allowed: JPEG, PNG, BMP)")
+    assert sniff(b"") == "empty file"
+    with pytest.raises(image_format.ImageReadError):  # the converter agrees on every case
+        image_format.sniff_format(b"GIF89a" + bytes(20))

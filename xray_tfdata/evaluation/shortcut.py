@@ -37,6 +37,16 @@ _ALIASES = {
     "format": ("source_format", "format", "image/source/format"),
     "bytes": ("source_bytes", "bytes", "image/source/bytes"),
 }
+# Technical DICOM tags (records/dicom.py; features.DICOM_TAG_KEYS), one-hot like format and mode
+# when the metadata carries them; "" for non-DICOM sources. A tag used only as "" adds nothing,
+# so the probe on JPEG/PNG records is unchanged. A view (AP for bedside COVID films, PA in the
+# clinic) or one vendor per class is exactly the kind of shortcut the probe exists to expose.
+TAG_COLUMNS: dict[str, tuple[str, ...]] = {
+    name: (f"dicom_{name}", f"image/source/dicom/{name}")
+    for name in ("modality", "view_position", "photometric", "bits_stored", "manufacturer",
+                 "pixel_spacing")
+}
+_ALIASES.update(TAG_COLUMNS)
 
 
 def column(meta: Mapping[str, Any], name: str) -> np.ndarray:
@@ -58,16 +68,20 @@ class MetadataEncoder:
 
     formats: tuple[str, ...]
     modes: tuple[str, ...]
+    # (tag column, its train vocabulary) for each DICOM tag column with a non-empty value.
+    tags: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def fit(cls, meta: Mapping[str, Any]) -> "MetadataEncoder":
         return cls(formats=tuple(sorted(set(column(meta, "format").tolist()))),
-                   modes=tuple(sorted(set(column(meta, "mode").tolist()))))
+                   modes=tuple(sorted(set(column(meta, "mode").tolist()))),
+                   tags=_fit_tags(meta))
 
     @property
     def feature_names(self) -> list[str]:
         return (["width", "height", "aspect", "log_bytes"] + [f"format={f}" for f in self.formats]
-                + [f"mode={m}" for m in self.modes])
+                + [f"mode={m}" for m in self.modes]
+                + [f"{name}={v}" for name, vocab in self.tags for v in vocab])
 
     def transform(self, meta: Mapping[str, Any]) -> np.ndarray:
         width = column(meta, "width").astype(np.float64)
@@ -81,8 +95,30 @@ class MetadataEncoder:
             if self.formats else np.zeros((fmt.size, 0))
         mode_onehot = (mode[:, None] == np.array(self.modes, dtype=object)[None, :]) \
             if self.modes else np.zeros((mode.size, 0))
+        tag_onehots = [(_tag_column(meta, name, fmt.size)[:, None]
+                        == np.array(vocab, dtype=object)[None, :]).astype(np.float64)
+                       for name, vocab in self.tags]
         return np.column_stack([width, height, aspect, log_bytes,
-                                fmt_onehot.astype(np.float64), mode_onehot.astype(np.float64)])
+                                fmt_onehot.astype(np.float64), mode_onehot.astype(np.float64),
+                                *tag_onehots])
+
+
+def _tag_column(meta: Mapping[str, Any], name: str, size: int) -> np.ndarray:
+    """A DICOM tag column, or all "" when the metadata lacks it (records without DICOM)."""
+    try:
+        return column(meta, name)
+    except KeyError:
+        return np.full(size, "", dtype=object)
+
+
+def _fit_tags(meta: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    size = column(meta, "label").size
+    fitted = []
+    for name in TAG_COLUMNS:
+        vocab = tuple(sorted(set(_tag_column(meta, name, size).tolist())))
+        if any(vocab):
+            fitted.append((name, vocab))
+    return tuple(fitted)
 
 
 def originals_only(meta: Mapping[str, Any]) -> dict[str, np.ndarray]:

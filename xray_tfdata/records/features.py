@@ -29,7 +29,7 @@ SOURCE_SHA256 = "image/source/sha256"
 SOURCE_WIDTH = "image/source/width"
 SOURCE_HEIGHT = "image/source/height"
 SOURCE_MODE = "image/source/mode"  # e.g. L, RGB, RGBA, P, I;16
-SOURCE_FORMAT = "image/source/format"  # JPEG, PNG or BMP (sniffed from bytes)
+SOURCE_FORMAT = "image/source/format"  # JPEG, PNG, BMP or DICOM (sniffed from bytes)
 SOURCE_BYTES = "image/source/bytes"
 AUGMENTATION = "image/augmentation"  # "none" for originals
 # Optional keys: written only when non-empty, parsed with "" as default. Records of a plain
@@ -37,6 +37,17 @@ AUGMENTATION = "image/augmentation"  # "none" for originals
 SOURCE_NAME = "image/source/collection"  # the collection's name (--data_dir=name=path), or ""
 PATIENT_HASH = "image/patient/hash"  # keyed HMAC-SHA256 of the patient id (never the raw id)
 SOURCE_METADATA = "image/source/metadata"  # JSON object of the labels CSV's other columns
+# Technical DICOM tags (records/dicom.py TECHNICAL_TAGS), by tag name. Optional keys: written
+# only when the source had the tag, read back as "" otherwise, so records of JPEG/PNG/BMP
+# sources are byte-identical to those of FORMAT_VERSION 1 writers and old records still parse.
+DICOM_TAG_KEYS: dict[str, str] = {
+    "Modality": "image/source/dicom/modality",
+    "ViewPosition": "image/source/dicom/view_position",
+    "PhotometricInterpretation": "image/source/dicom/photometric",
+    "BitsStored": "image/source/dicom/bits_stored",
+    "Manufacturer": "image/source/dicom/manufacturer",
+    "PixelSpacing": "image/source/dicom/pixel_spacing",  # "row\\column" mm, DICOM's notation
+}
 
 _BYTES = tf.io.FixedLenFeature([], tf.string)
 _INT = tf.io.FixedLenFeature([], tf.int64)
@@ -61,8 +72,10 @@ FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     SOURCE_NAME: _OPTIONAL_BYTES,
     PATIENT_HASH: _OPTIONAL_BYTES,
     SOURCE_METADATA: _OPTIONAL_BYTES,
+    **{key: _OPTIONAL_BYTES for key in DICOM_TAG_KEYS.values()},
 }
-OPTIONAL_KEYS = frozenset((SOURCE_NAME, PATIENT_HASH, SOURCE_METADATA))
+# Keys a record may omit (their spec has a default); every other key is always written.
+OPTIONAL_KEYS = frozenset((SOURCE_NAME, PATIENT_HASH, SOURCE_METADATA, *DICOM_TAG_KEYS.values()))
 
 # What the training/eval input path needs; parsing fewer keys is measurably cheaper.
 TRAINING_KEYS: tuple[str, ...] = (ENCODED, LABEL)
@@ -70,6 +83,8 @@ TRAINING_KEYS: tuple[str, ...] = (ENCODED, LABEL)
 METADATA_KEYS: tuple[str, ...] = (
     SOURCE_WIDTH, SOURCE_HEIGHT, SOURCE_MODE, SOURCE_FORMAT, SOURCE_BYTES,
 )
+# Technical DICOM tags; "" for sources that are not DICOM (or lack the tag).
+DICOM_METADATA_KEYS: tuple[str, ...] = tuple(DICOM_TAG_KEYS.values())
 
 INT_KEYS = frozenset(k for k, v in FEATURE_SPEC.items() if v.dtype == tf.int64)
 
@@ -96,9 +111,16 @@ class ExampleRecord:
     source: str = ""  # collection name; "" for a single unnamed --data_dir
     patient_hash: str = ""  # hex HMAC-SHA256 of the patient id; "" when there is none
     metadata: str = ""  # JSON object (sorted keys) of extra labels-CSV columns; "" when none
+    # (name, value) pairs or a mapping of DICOM_TAG_KEYS names (SourceInfo.tags); only those
+    # allow-listed names can be written, which keeps anything else a source carried out.
+    tags: tuple[tuple[str, str], ...] | Mapping[str, str] = ()
 
     def as_features(self) -> dict[str, bytes | int]:
         """Every feature to write; optional keys only when non-empty (see OPTIONAL_KEYS)."""
+        tags = dict(self.tags)
+        unknown = sorted(set(tags) - set(DICOM_TAG_KEYS))
+        if unknown:
+            raise ValueError(f"Unknown source tags {unknown}; allowed: {sorted(DICOM_TAG_KEYS)}.")
         values = {
             ENCODED: self.encoded,
             FORMAT: self.image_format,
@@ -118,12 +140,13 @@ class ExampleRecord:
             SOURCE_NAME: self.source,
             PATIENT_HASH: self.patient_hash,
             SOURCE_METADATA: self.metadata,
+            **{DICOM_TAG_KEYS[name]: value for name, value in sorted(tags.items())},
         }
         return {k: v for k, v in values.items() if k not in OPTIONAL_KEYS or v}
 
 
 def make_example(record: ExampleRecord) -> tf.train.Example:
-    """Builds the tf.Example for one record, using exactly the keys of FEATURE_SPEC."""
+    """Builds the tf.Example for one record: every key of FEATURE_SPEC but the empty optional ones."""
     feature = {}
     for key, value in record.as_features().items():
         if key in INT_KEYS:
@@ -148,21 +171,3 @@ def parse_spec(keys: tuple[str, ...] | None = None) -> Mapping[str, tf.io.FixedL
     if unknown:
         raise ValueError(f"Unknown feature keys {unknown}; known: {sorted(FEATURE_SPEC)}.")
     return {k: FEATURE_SPEC[k] for k in keys}
-
-
-def parse_example_proto(serialized: bytes) -> dict[str, bytes | int | str]:
-    """Parses one serialized example eagerly into Python values (tests, tools)."""
-    example = tf.train.Example.FromString(serialized)
-    out: dict[str, bytes | int | str] = {}
-    for key in FEATURE_SPEC:
-        if key in OPTIONAL_KEYS and key not in example.features.feature:
-            out[key] = ""
-            continue
-        feat = example.features.feature[key]
-        if key in INT_KEYS:
-            out[key] = int(feat.int64_list.value[0])
-        elif key == ENCODED:
-            out[key] = bytes(feat.bytes_list.value[0])
-        else:
-            out[key] = feat.bytes_list.value[0].decode("utf-8")
-    return out

@@ -1,10 +1,13 @@
 """SavedModel export whose serving signature takes encoded image files and returns probabilities.
 
 `export_serving` writes a TensorFlow SavedModel with one signature, "serving_default":
-  input  "image_bytes":   tf.string [None], raw PNG/JPEG/BMP/GIF file contents, any size or mode
+  input  "image_bytes":   tf.string [None], raw PNG/JPEG/BMP file contents, any size or mode
   output "probabilities": tf.float32 [None, 3] (0 = NORMAL, 1 = COVID19, 2 = PNEUMONIA)
 The decoding mirrors the converter (xray_tfdata.records.image_io): 8-bit grey (RGB weighted like
-cv2.COLOR_BGR2GRAY, alpha dropped, 16-bit PNG rescaled by its actual min..max), then a resize
+cv2.COLOR_BGR2GRAY, alpha dropped, 16-bit PNG rescaled by its actual min..max), EXIF orientation
+applied as cv2.imread applies it (JPEG APP1 / PNG eXIf, parsed here in TensorFlow ops with the
+rules and limits of records/image_format.py: a photo stored landscape with orientation 6 is
+served portrait, exactly as the converter wrote it into the records), then a resize
 (area when shrinking, bilinear when only enlarging) to image_size x image_size ("stretch") or an
 aspect-preserving one centred on black ("pad"), rounded back to uint8 and repeated to the model's
 channel count. Serving needs TensorFlow only: no Keras, no xray_tfdata. The metadata (class names,
@@ -33,6 +36,11 @@ OUTPUT_KEY = "probabilities"
 # ITU-R BT.601 luma, the weights of cv2.COLOR_BGR2GRAY and tf.image.rgb_to_grayscale.
 _GRAY_WEIGHTS_RGB = (0.299, 0.587, 0.114)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The converter's EXIF limits (records/image_format.py), repeated as literals so a SavedModel
+# needs TensorFlow only; tests/serving checks they agree.
+_EXIF_SCAN_BYTES = 1 << 20
+_EXIF_MAX_ENTRIES = 128
+_EXIF_ORIENTATION_TAG = 0x0112
 
 
 def _to_gray_float(image: tf.Tensor) -> tf.Tensor:
@@ -52,6 +60,115 @@ def _is_16bit_png(data: tf.Tensor) -> tf.Tensor:
     is_png = tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE)
     depth = tf.strings.substr(data, 24, 1)
     return tf.logical_and(is_png, tf.equal(depth, b"\x10"))
+
+
+class _Header:
+    """The first _EXIF_SCAN_BYTES of a file as int64 values, read with bounds-safe gathers."""
+
+    def __init__(self, data: tf.Tensor):
+        raw = tf.io.decode_raw(tf.strings.substr(data, 0, _EXIF_SCAN_BYTES), tf.uint8)
+        # Zero padding: a header walk that runs past the end reads zeros, never out of bounds.
+        self.size = tf.cast(tf.size(raw), tf.int64)
+        self.bytes = tf.pad(tf.cast(raw, tf.int64), [[0, 16]])
+        self.last = tf.cast(tf.size(self.bytes) - 1, tf.int64)
+
+    def at(self, index: tf.Tensor) -> tf.Tensor:
+        return tf.gather(self.bytes, tf.clip_by_value(index, 0, self.last))
+
+    def big16(self, i: tf.Tensor) -> tf.Tensor:
+        return self.at(i) * 256 + self.at(i + 1)
+
+    def big32(self, i: tf.Tensor) -> tf.Tensor:
+        return self.big16(i) * 65536 + self.big16(i + 2)
+
+    def matches(self, i: tf.Tensor, text: bytes) -> tf.Tensor:
+        want = tf.constant(list(text), tf.int64)
+        return tf.reduce_all(tf.equal(self.at(i + tf.range(len(text), dtype=tf.int64)), want))
+
+
+def _jpeg_exif_start(head: _Header) -> tf.Tensor:
+    """Offset of the TIFF block of the APP1 "Exif" segment before the first scan, or -1."""
+
+    def body(pos, found, done):
+        marker = head.at(pos + 1)
+        fill = tf.equal(marker, 0xFF)
+        standalone = tf.logical_or(tf.equal(marker, 0x01),
+                                   tf.logical_and(marker >= 0xD0, marker <= 0xD7))
+        exif = tf.logical_and(tf.equal(marker, 0xE1), head.matches(pos + 4, b"Exif\x00\x00"))
+        stop = tf.reduce_any(tf.stack([tf.not_equal(head.at(pos), 0xFF), tf.equal(marker, 0xDA),
+                                       pos + 4 > head.size, exif]))
+        step = tf.where(fill, tf.constant(1, tf.int64),
+                        tf.where(standalone, tf.constant(2, tf.int64), 2 + head.big16(pos + 2)))
+        return pos + step, tf.where(exif, pos + 10, found), stop
+
+    _, found, _ = tf.while_loop(lambda pos, found, done: tf.logical_not(done), body,
+                                (tf.constant(2, tf.int64), tf.constant(-1, tf.int64),
+                                 tf.constant(False)), maximum_iterations=1024)
+    return found
+
+
+def _png_exif_start(head: _Header) -> tf.Tensor:
+    """Offset of the eXIf chunk's data (it must precede IDAT), or -1."""
+
+    def body(pos, found, done):
+        exif = head.matches(pos + 4, b"eXIf")
+        stop = tf.reduce_any(tf.stack([exif, head.matches(pos + 4, b"IDAT"),
+                                       head.matches(pos + 4, b"IEND"), pos + 8 > head.size]))
+        return pos + 12 + head.big32(pos), tf.where(exif, pos + 8, found), stop
+
+    _, found, _ = tf.while_loop(lambda pos, found, done: tf.logical_not(done), body,
+                                (tf.constant(8, tf.int64), tf.constant(-1, tf.int64),
+                                 tf.constant(False)), maximum_iterations=1024)
+    return found
+
+
+def _tiff_orientation(head: _Header, start: tf.Tensor) -> tf.Tensor:
+    """The orientation SHORT of IFD0 of the TIFF block at `start` (1 when absent or invalid)."""
+    little = head.matches(start, b"II")
+    valid = tf.logical_and(start >= 0, tf.logical_or(little, head.matches(start, b"MM")))
+
+    def u16(i):
+        return tf.where(little, head.at(i) + 256 * head.at(i + 1), head.big16(i))
+
+    def u32(i):
+        return tf.where(little, u16(i) + 65536 * u16(i + 2), head.big32(i))
+
+    ifd = start + u32(start + 4)
+    count = tf.minimum(u16(ifd), _EXIF_MAX_ENTRIES)
+    entries = ifd + 2 + 12 * tf.range(_EXIF_MAX_ENTRIES, dtype=tf.int64)
+    hit = tf.logical_and(tf.logical_and(tf.range(_EXIF_MAX_ENTRIES, dtype=tf.int64) < count,
+                                        tf.equal(u16(entries), _EXIF_ORIENTATION_TAG)),
+                         tf.equal(u16(entries + 2), 3))  # type SHORT
+    value = tf.gather(u16(entries + 8), tf.argmax(tf.cast(hit, tf.int32)))
+    ok = tf.reduce_all(tf.stack([valid, tf.reduce_any(hit), value >= 1, value <= 8]))
+    return tf.where(ok, value, tf.constant(1, tf.int64))
+
+
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """EXIF orientation (int64 1..8) of JPEG/PNG bytes, as records.image_format reads it."""
+    head = _Header(data)
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE)
+    start = tf.case([(is_jpeg, lambda: _jpeg_exif_start(head)),
+                     (is_png, lambda: _png_exif_start(head))],
+                    default=lambda: tf.constant(-1, tf.int64), exclusive=False)
+    return _tiff_orientation(head, start)
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """[H, W, C] stored with EXIF `orientation` -> upright, as image_io.apply_orientation."""
+    branches = [
+        lambda: image,
+        lambda: image[:, ::-1],
+        lambda: image[::-1, ::-1],
+        lambda: image[::-1],
+        lambda: tf.transpose(image, [1, 0, 2]),
+        lambda: tf.image.rot90(image, k=3),  # rot90 turns counter-clockwise: 3 = clockwise
+        lambda: tf.image.rot90(image, k=3)[::-1],
+        lambda: tf.image.rot90(image, k=1),
+    ]
+    index = tf.cast(tf.clip_by_value(orientation, 1, 8) - 1, tf.int32)
+    return tf.switch_case(index, branches)
 
 
 def decode_gray(data: tf.Tensor) -> tf.Tensor:
@@ -78,8 +195,9 @@ def decode_gray(data: tf.Tensor) -> tf.Tensor:
     is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
     gray = tf.case([(_is_16bit_png(data), decode_16bit), (is_jpeg, decode_jpeg)],
                    default=decode_other, exclusive=False)
-    gray = tf.ensure_shape(gray, [None, None, 1])
-    return tf.cast(tf.clip_by_value(tf.round(gray), 0.0, 255.0), tf.uint8)
+    gray = tf.cast(tf.clip_by_value(tf.round(gray), 0.0, 255.0), tf.uint8)
+    gray = apply_orientation(gray, exif_orientation(data))
+    return tf.ensure_shape(gray, [None, None, 1])
 
 
 def _resize_to(image: tf.Tensor, size_hw: tf.Tensor) -> tf.Tensor:

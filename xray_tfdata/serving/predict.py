@@ -10,20 +10,20 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"),
-          (b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
+from xray_tfdata.records import image_format
 
 
 def sniff(data: bytes) -> str | None:
-    """Returns a short reason the bytes are not a supported image, or None if they may be one."""
-    if not data:
-        return "empty file"
-    if any(data.startswith(magic) for magic, _ in _MAGIC):
-        return None
-    head = data[:512]
-    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
-        return "not an image (looks like text)"
-    return "not an image (unknown format; PNG, JPEG, BMP or GIF expected)"
+    """Returns a short reason the bytes are not a supported image, or None if they may be one.
+
+    The same magic bytes as the converter (records/image_format.py): JPEG, PNG or BMP. GIF is
+    refused, as the converter refuses it, so a model is never served what it was not trained on.
+    """
+    try:
+        image_format.sniff_encoded(data)
+    except image_format.ImageReadError as err:
+        return err.reason
+    return None
 
 
 def _decode_error(data: bytes) -> str:

@@ -1,0 +1,131 @@
+"""A DICOM test corpus written with pydicom: tiny chest-X-ray-like images with known pixels.
+
+`chest(...)` is a 48x40 stored image whose "lungs" (two dark ovals in the displayed image) sit in a
+bright body; for MONOCHROME1 the stored values are inverted, as a detector writing MONOCHROME1
+would store them, so every variant must DISPLAY with dark lungs after decoding.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+ROWS, COLS = 48, 40
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+_UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's example root; fixed, not random
+
+# Protected health information that must never leave the input (test_dicom searches outputs).
+PHI = {
+    "PatientName": "Zyxwa^Qorbel",
+    "PatientID": "PID-93817465",
+    "PatientBirthDate": "19410317",
+    "AccessionNumber": "ACC55501234",
+    "StudyDate": "20200412",
+    "InstitutionName": "Hospital Vexmoor Central",
+    "ReferringPhysicianName": "Drquil^Anselm",
+}
+
+
+def lung_mask() -> np.ndarray:
+    """True inside the two lung fields of the displayed image."""
+    yy, xx = np.mgrid[:ROWS, :COLS]
+    left = ((yy - 24) / 16) ** 2 + ((xx - 11) / 7) ** 2 <= 1
+    right = ((yy - 24) / 16) ** 2 + ((xx - 29) / 7) ** 2 <= 1
+    return left | right
+
+
+def displayed(low: int, high: int) -> np.ndarray:
+    """Displayed intensities (bright body, dark lungs) as integers in [low, high]."""
+    image = np.full((ROWS, COLS), high, dtype=np.int64)
+    image[lung_mask()] = low
+    return image
+
+
+def dataset(stored: np.ndarray, *, bits_stored: int = 16, photometric: str = "MONOCHROME2",
+            signed: bool = False, **elements) -> Dataset:
+    """A single-frame DX dataset with `stored` as its pixel data (uint16/int16 words)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_STORAGE
+    meta.MediaStorageSOPInstanceUID = _UID_ROOT + "1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = DX_STORAGE
+    ds.SOPInstanceUID = _UID_ROOT + "1"
+    ds.Modality = "DX"
+    ds.ViewPosition = "PA"
+    ds.Manufacturer = "Acme Detectors"
+    ds.PixelSpacing = [0.139, 0.139]
+    ds.Rows, ds.Columns = stored.shape[:2]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
+    for name, value in elements.items():
+        setattr(ds, name, value)
+    return ds
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)  # 128-byte preamble + "DICM" + file meta
+    return buffer.getvalue()
+
+
+def write(path: Path, ds: Dataset) -> Path:
+    path.write_bytes(to_bytes(ds))
+    return path
+
+
+def chest_12bit_windowed(**elements) -> Dataset:
+    """12 bits in 16, a rescale (slope 2, intercept -1000) and a window on the body's range."""
+    stored = displayed(600, 3400)  # output values 200 .. 5800 after the rescale
+    return dataset(stored, bits_stored=12, RescaleSlope=2, RescaleIntercept=-1000,
+                   WindowCenter=3000, WindowWidth=5601, **elements)
+
+
+def chest_16bit_rescaled(**elements) -> Dataset:
+    """16 bits, rescale slope 0.5 and no window: scaled over BitsStored's range."""
+    return dataset(displayed(8000, 60000), bits_stored=16, RescaleSlope=0.5,
+                   RescaleIntercept=0, **elements)
+
+
+def chest_monochrome1(**elements) -> Dataset:
+    """MONOCHROME1 (0 = white): the stored lungs are HIGH values."""
+    stored = 4095 - displayed(300, 3800)
+    return dataset(stored, bits_stored=12, photometric="MONOCHROME1", **elements)
+
+
+def multi_frame() -> Dataset:
+    frames = np.stack([displayed(100, 3000)] * 3)
+    ds = dataset(frames[0], bits_stored=12)
+    ds.NumberOfFrames = 3
+    ds.PixelData = frames.astype(np.uint16).tobytes()
+    return ds
+
+
+def structured_report() -> Dataset:
+    """A Basic Text SR: a DICOM file with no pixel data at all."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    meta.MediaStorageSOPInstanceUID = _UID_ROOT + "2"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPInstanceUID = _UID_ROOT + "2"
+    ds.Modality = "SR"
+    return ds
+
+
+def read(data: bytes) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(data))
