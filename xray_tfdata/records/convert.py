@@ -306,7 +306,7 @@ class _Shards:
                 source_sha256=info.sha256, source_width=info.width, source_height=info.height,
                 source_mode=info.mode, source_format=info.format, source_bytes=info.num_bytes,
                 augmentation=e.augmentation, source=source.source,
-                patient_hash=source.patient, metadata=source.metadata,
+                patient_hash=source.patient, metadata=source.metadata, tags=info.tags,
             )).SerializeToString(deterministic=True)
 
     def write(self, split: str, shards: list[list[shard_plan.PlannedExample]]) -> list[dict]:

@@ -22,9 +22,9 @@ from typing import Any
 import cv2
 
 from xray_tfdata import labels
-from xray_tfdata.records import dedupe, image_io, offline_augment
+from xray_tfdata.records import dedupe, image_format, image_io, offline_augment
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS: tuple[str, ...] = image_format.SOURCE_EXTENSIONS
 SOURCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_SPLITS: tuple[str, ...] = ("train", "test")  # of a complete Kaggle download
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -149,10 +149,12 @@ def key_of(source: str, relpath: str) -> str:
 
 
 def _image_or_reason(entry: Path) -> str:
-    """"" if `entry` has an image extension, else the reason it is rejected."""
-    if entry.suffix.lower() in IMAGE_EXTENSIONS:
+    """"" if `entry` may be a source image (a known extension, or none and the DICOM marker:
+    image_format.is_source_file), else the reason it is rejected."""
+    if image_format.is_source_file(entry):
         return ""
-    return f"unsupported extension {entry.suffix!r} (allowed: {', '.join(IMAGE_EXTENSIONS)})"
+    return (f"unsupported extension {entry.suffix!r} (allowed: "
+            f"{', '.join(IMAGE_EXTENSIONS)}, or DICOM files without an extension)")
 
 
 def _root_or_raise(data_dir: str | os.PathLike) -> Path:
