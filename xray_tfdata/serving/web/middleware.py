@@ -1,4 +1,4 @@
-"""Small middlewares: the access log, security headers, the body limit (413), and 405 for a
+"""Small middlewares: the access log, the Host check, security headers, the body limit (413), and 405 for a
 wrong method before the CSRF check could turn it into a 403.
 
 The access log carries the method, the route, the status, the request and response sizes and
@@ -46,6 +46,18 @@ class AccessLog:
         log.info("%s %s %d in=%dB out=%dB %.1fms", request.method, request.path,
                  response.status_code, _content_length(request), size, elapsed_ms)
         return response
+
+
+class HostCheck:
+    """Validates the Host header against ALLOWED_HOSTS on every request: Django checks it only
+    when something calls get_host() (CSRF on a POST), so a GET would be answered for any host."""
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.get_host()  # raises DisallowedHost, which Django answers with 400
+        return self.get_response(request)
 
 
 class SecurityHeaders:

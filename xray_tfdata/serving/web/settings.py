@@ -97,6 +97,7 @@ def django_settings(cfg: WebSettings) -> dict[str, Any]:
         "DATABASES": {},
         "MIDDLEWARE": [
             "xray_tfdata.serving.web.middleware.AccessLog",
+            "xray_tfdata.serving.web.middleware.HostCheck",
             "django.middleware.security.SecurityMiddleware",
             "xray_tfdata.serving.web.middleware.SecurityHeaders",
             "xray_tfdata.serving.web.middleware.BodyLimit",
