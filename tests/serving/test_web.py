@@ -90,7 +90,7 @@ def test_static_files_and_unknown_paths(client):
     assert b"/v1/models/xray:predict" in b"".join(js.streaming_content)
     assert client.get("/static/app.css")["Content-Type"].startswith("text/css")
     assert client.get("/static/settings.py").status_code == 404
-    assert client.get("/admin/").status_code == 404
+    assert client.get("/admin/").json()["error"].startswith("no such route /admin/")
 
 
 def test_healthz_is_200_once_loaded_and_503_before(client, loaded):
@@ -359,4 +359,5 @@ def test_allowed_hosts_default_and_flag():
 
 
 def test_unknown_host_header_is_refused(client):
-    assert client.get("/healthz", HTTP_HOST="evil.example").status_code == 400
+    response = client.get("/healthz", HTTP_HOST="evil.example")
+    assert response.status_code == 400 and "--allowed_hosts" in response.json()["error"]

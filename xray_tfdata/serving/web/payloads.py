@@ -94,5 +94,5 @@ def first_error(results: list[dict], labels: list[str]) -> str | None:
     """The first per-image error as one message naming the image, or None."""
     for label, result in zip(labels, results):
         if "error" in result:
-            return f"{label}: {result['error']}"
+            return f"{label}: {result['error']}" if label else result["error"]
     return None

@@ -11,3 +11,9 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("static/<str:name>", views.static, name="static"),
 ]
+
+# Refusals Django raises itself (a Host not in --allowed_hosts, an unknown path, a crash) answer
+# in the same JSON shape as the views' own errors.
+handler400 = "xray_tfdata.serving.web.views.bad_request"
+handler404 = "xray_tfdata.serving.web.views.not_found"
+handler500 = "xray_tfdata.serving.web.views.server_error"

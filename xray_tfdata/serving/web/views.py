@@ -84,7 +84,8 @@ def model_predict(request: HttpRequest) -> JsonResponse:
         if request.content_type == "multipart/form-data":
             uploads = [f for name in request.FILES for f in request.FILES.getlist(name)]
             images = payloads.images_from_files(uploads, MAX_INSTANCES)
-            labels = [f"file {i} ({len(data):,} bytes)" for i, data in enumerate(images)]
+            labels = ([f"file {i} ({len(data):,} bytes)" for i, data in enumerate(images)]
+                      if len(images) > 1 else [""])  # one file: the reason alone
         else:
             images = payloads.images_from_json(request.body, MAX_INSTANCES)
             labels = [f"instances[{i}]" for i in range(len(images))]
@@ -150,3 +151,20 @@ def static(request: HttpRequest, name: str) -> FileResponse:
                             content_type=STATIC_FILES[name])
     response["Cache-Control"] = "max-age=3600"
     return response
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    from django.core.exceptions import DisallowedHost  # noqa: PLC0415
+
+    if isinstance(exception, DisallowedHost):
+        return error("Host header not allowed: add the name to --allowed_hosts")
+    return error("bad request")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return error(f"no such route {request.path}; see GET / and POST /v1/models/xray:predict", 404)
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    log.error("%s %s failed with an internal error", request.method, request.path)
+    return error("internal error (logged on the server)", 500)
