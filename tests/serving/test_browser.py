@@ -12,7 +12,6 @@ import base64
 import http.client
 import json
 import os
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,8 +23,6 @@ from tests import fixtures
 from xray_tfdata import files
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 MAX_UPLOAD_MB = 2  # the real samples are < 400 kB; small enough to test both 413 paths quickly
 ARTIFACT_DIR = fixtures.REPO_ROOT / "workspace" / "test_artifacts"
 
@@ -134,27 +131,16 @@ def test_real_server_logs_status_and_sizes_only(server, real_sample_dir):
 
 
 def _chrome(user_data_dir: Path, javascript: bool = True):
-    _require(Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file(),
-             f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}): "
+    from xray_tfdata.serving.web import launch
+
+    _require(Path(launch.CHROMIUM).is_file() and Path(launch.CHROMEDRIVER).is_file(),
+             f"headless Chromium not installed ({launch.CHROMIUM}, {launch.CHROMEDRIVER}): "
              "apt-get install chromium chromium-driver")
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        import selenium  # noqa: F401
     except ImportError:
         _require(False, "selenium is not installed: pip install -e '.[web]'")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage", "--window-size=1100,1250",
-                 f"--user-data-dir={user_data_dir}"):
-        options.add_argument(flag)
-    if not javascript:
-        options.add_experimental_option(
-            "prefs", {"profile.managed_default_content_settings.javascript": 2})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    return driver
+    return launch.headless_chrome(user_data_dir, javascript=javascript)
 
 
 @pytest.fixture()

@@ -67,3 +67,31 @@ def start(model_path: str, flags: Sequence[str] = (), *, cwd: str | None = None,
                                + "".join(lines)[-3000:])
     url = next(m.group(1) for m in map(_LISTEN.search, lines) if m)
     return Launched(proc, url, lines)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium and chromium-driver packages
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# Headless, and nothing that would reach the network or write outside the fresh profile.
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--disable-dev-shm-usage")
+
+
+def headless_chrome(user_data_dir: str | os.PathLike, *, javascript: bool = True,
+                    window: tuple[int, int] = (1100, 1250)):
+    """A selenium Chrome driver on Debian's Chromium with a fresh profile in `user_data_dir`
+    (selenium is imported here: it is in the [web] extra, needed only by tests and tools)."""
+    from selenium import webdriver  # noqa: PLC0415
+    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROME_FLAGS, f"--window-size={window[0]},{window[1]}",
+                 f"--user-data-dir={user_data_dir}"):
+        options.add_argument(flag)
+    if not javascript:
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    return driver
