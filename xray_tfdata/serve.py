@@ -42,6 +42,9 @@ def define_flags() -> None:
     flags.DEFINE_float("max_megapixels", 40.0,
                        "Largest image (width x height, read from its header before decoding) "
                        "in megapixels; larger ones are refused as decompression bombs.")
+    flags.DEFINE_bool("access_log", True,
+                      "One stderr line per request: method, route, status, bytes in/out, ms "
+                      "(never a file name, header or image byte).")
     flags.DEFINE_enum("resize_mode", "", ["", "stretch", "pad"],
                       "For a .keras --model_path only: the converter's --resize_mode; empty = "
                       "the sibling export/'s, else stretch.")

@@ -13,6 +13,7 @@ import signal
 import time
 from typing import Any
 
+from xray_tfdata import console
 from xray_tfdata.serving.web import model as model_lib
 from xray_tfdata.serving.web.settings import WebSettings, configure
 
@@ -59,14 +60,23 @@ def create(cfg: WebSettings):
     from django.core.wsgi import get_wsgi_application  # noqa: PLC0415
 
     configure(cfg)
+    # The access log is the server's one routine output: on by default even when the command's
+    # other logs are quiet (cli.run), off with --noaccess_log.
+    log.setLevel(logging.INFO if cfg.access_log else logging.WARNING)
     start = time.perf_counter()
     loaded = model_lib.load(cfg.model_path, cfg.resize_mode)
     warm = warm_up(loaded)
-    log.info("Loaded %s (%s, sha256 %s) in %.1f s, first prediction %.0f ms",
-             cfg.model_path, loaded.kind, loaded.sha256[:12], time.perf_counter() - start,
-             1000 * warm)
+    console.say(f"Loaded {cfg.model_path} ({loaded.kind}, sha256 {loaded.sha256[:12]}) in "
+                f"{time.perf_counter() - start:.1f} s; first prediction {1000 * warm:.0f} ms")
     model_lib.install(loaded)
     return waitress.create_server(get_wsgi_application(), **waitress_options(cfg))
+
+
+def listening(server: Any) -> list[tuple[str, int]]:
+    """(host, port) of every socket a waitress server listens on (the real port for port 0)."""
+    if hasattr(server, "effective_port"):
+        return [(server.effective_host, server.effective_port)]
+    return [(host, port) for host, port in server.effective_listen]  # MultiSocketServer
 
 
 def serve(cfg: WebSettings) -> None:
@@ -78,7 +88,9 @@ def serve(cfg: WebSettings) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    server.print_listen("Serving on http://{}:{}/")
+    for host, port in listening(server):
+        console.say(f"Serving on http://{host}:{port}/ with {cfg.threads} threads "
+                    "(research use only, not for diagnosis); Ctrl-C stops.")
     try:
         server.run()
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ service, and why:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class WebSettings:
     allowed_hosts: tuple[str, ...] = ()  # () = DEFAULT_ALLOWED_HOSTS plus `host`
     max_megapixels: float = DEFAULT_MAX_PIXELS / 1e6
     resize_mode: str = ""  # best.keras only; "" = the sibling export's, else "stretch"
+    access_log: bool = True  # one line per request: method, route, status, sizes, ms
 
     def __post_init__(self) -> None:
         if not str(self.model_path):
@@ -141,3 +143,5 @@ def configure(cfg: WebSettings) -> None:
                            "per process (settings.configure can run only once).")
     settings.configure(**django_settings(cfg))
     django.setup()
+    # Django logs every 4xx as a warning naming the path: the access log already has the status.
+    logging.getLogger("django.request").setLevel(logging.ERROR)
