@@ -41,8 +41,9 @@ flags.DEFINE_integer("warmup", 16, "Unmeasured requests first.", lower_bound=0)
 flags.DEFINE_integer("batch", 1, "Images per request (instances).", lower_bound=1)
 flags.DEFINE_list("threads", ["1", "4", "8"],
                   "Server --threads values; one server each, all started first, measured in turn.")
-flags.DEFINE_integer("repeats", 3, "Rounds; each round measures every setting once (interleaved, "
-                     "so a busy moment on a shared machine hits all settings alike).", lower_bound=1)
+flags.DEFINE_integer("repeats", 3, "Rounds; each round measures every setting once "
+                     "(interleaved, so a busy moment on a shared machine hits all settings "
+                     "alike).", lower_bound=1)
 flags.DEFINE_string("output", "workspace/benchmarks/serve_load.jsonl", "JSON lines appended here.")
 
 
@@ -125,8 +126,8 @@ def main(argv: list[str]) -> int:
     servers = {}
     try:
         for count in threads:
-            servers[count] = launch.start(FLAGS.model_path, [f"--threads={count}"], cwd=str(REPO),
-                                          env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
+            servers[count] = launch.start(FLAGS.model_path, [f"--threads={count}"],
+                                          cwd=str(REPO), env={"PYTHONPATH": str(REPO)})
             if FLAGS.warmup:
                 _load(servers[count].url, bodies, FLAGS.warmup, FLAGS.clients)
         lines = []

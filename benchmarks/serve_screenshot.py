@@ -1,4 +1,4 @@
-r"""The README's screenshot of the web app: real server, real headless Chromium, one upload per class.
+r"""The README's screenshot of the web app: real server, headless Chromium, one upload per class.
 
   python benchmarks/serve_screenshot.py --model_path=workspace/quickstart/model/export \
       --images_dir=workspace/quickstart/data/test --output=benchmarks/serve_page.png

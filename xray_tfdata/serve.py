@@ -60,8 +60,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(
             f"--model_path={cfg.model_path} does not exist; pass the export directory or the "
             "best.keras written by train (python -m xray_tfdata.train --model_dir=...).")
+    path = Path(cfg.model_path)
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        raise app.UsageError(
+            f"--model_path={cfg.model_path} is not a SavedModel directory (no saved_model.pb); "
+            "pass the export written by train, e.g. workspace/model/export, or a best.keras.")
     try:
-        import django  # noqa: F401, PLC0415
+        import django  # noqa: F401, PLC0415 - only whether the extra is installed
         import waitress  # noqa: F401, PLC0415
     except ImportError as err:
         raise app.UsageError(f"The web extra is not installed ({err.name} missing); run: "

@@ -52,7 +52,9 @@ def test_a_directory_without_a_saved_model_is_refused(tmp_path):
 
 
 def test_a_taken_port_is_a_usage_error(tmp_path):
-    export_dir = fixtures.tiny_export(tmp_path / "export")
+    export_dir = tmp_path / "export"  # the port is bound before the model is read
+    export_dir.mkdir()
+    (export_dir / "saved_model.pb").write_bytes(b"never read")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -48,7 +48,7 @@ def server(export_dir):
 
     launched = launch.start(str(export_dir), [f"--max_upload_mb={MAX_UPLOAD_MB}", "--threads=4"],
                             cwd=str(fixtures.REPO_ROOT),
-                            env={"PYTHONPATH": str(fixtures.REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            env={"PYTHONPATH": str(fixtures.REPO_ROOT)})
     yield launched
     code = launched.stop()
     assert code == 0, launched.output()[-3000:]  # SIGTERM is a clean shutdown
@@ -73,12 +73,14 @@ def _http(url: str, body: bytes | None = None, method: str | None = None,
 
 def _predict_json(url: str, data: bytes) -> tuple[int, dict]:
     body = json.dumps({"instances": [{"b64": base64.b64encode(data).decode()}]}).encode()
-    return _http(f"{url}/v1/models/xray:predict", body, headers={"Content-Type": "application/json"})
+    return _http(f"{url}/v1/models/xray:predict", body,
+                 headers={"Content-Type": "application/json"})
 
 
 def _real_files(sample_dir: Path) -> list[Path]:
     """One real X-ray per class (PNG and JPEG, different sizes and modes)."""
-    return [sorted((sample_dir / name).glob("*.*"))[0] for name in ("NORMAL", "COVID19", "PNEUMONIA")]
+    return [sorted((sample_dir / name).glob("*.*"))[0]
+            for name in ("NORMAL", "COVID19", "PNEUMONIA")]
 
 
 # ------------------------------------------------------------------------------ HTTP
@@ -137,7 +139,7 @@ def _chrome(user_data_dir: Path, javascript: bool = True):
              f"headless Chromium not installed ({launch.CHROMIUM}, {launch.CHROMEDRIVER}): "
              "apt-get install chromium chromium-driver")
     try:
-        import selenium  # noqa: F401
+        import selenium  # noqa: F401 - only whether it imports
     except ImportError:
         _require(False, "selenium is not installed: pip install -e '.[web]'")
     return launch.headless_chrome(user_data_dir, javascript=javascript)
@@ -164,7 +166,8 @@ def _read_results(driver) -> list[dict]:
         out.append({
             "file": card.find_element(By.CSS_SELECTOR, ".file").text,
             "predicted": card.find_element(By.CSS_SELECTOR, ".predicted").text,
-            "probs": {b.get_attribute("data-class"): float(b.get_attribute("data-p")) for b in bars},
+            "probs": {b.get_attribute("data-class"): float(b.get_attribute("data-p"))
+                      for b in bars},
             "percent": [b.find_element(By.CSS_SELECTOR, ".pct").text for b in bars],
             "image": card.find_element(By.CSS_SELECTOR, "img.xray").get_attribute("src"),
         })
@@ -196,7 +199,8 @@ def test_page_in_chromium_uploads_several_real_xrays(server, serving, real_sampl
 
     paths = _real_files(real_sample_dir)
     browser.get(server.url + "/")
-    assert "Research use only, not for diagnosis." in browser.find_element(By.CSS_SELECTOR, ".notice").text
+    notice = browser.find_element(By.CSS_SELECTOR, ".notice").text
+    assert "Research use only, not for diagnosis." in notice
     assert browser.find_element(By.ID, "upload").get_attribute("data-enhanced") == "true"
     browser.find_element(By.ID, "image").send_keys("\n".join(str(p) for p in paths))
     WebDriverWait(browser, 60).until(

@@ -98,7 +98,7 @@ def test_healthz_is_200_once_loaded_and_503_before(client, loaded):
     model_lib.install(None)
     try:
         assert client.get("/healthz").status_code == 503
-        assert client.post(PREDICT, {"instances": []}, content_type="application/json").status_code == 503
+        assert post_json(client, {"instances": []}).status_code == 503
     finally:
         model_lib.install(loaded)
     assert client.get("/healthz").status_code == 200
@@ -195,6 +195,9 @@ def test_bad_json_input_is_a_400_naming_the_problem_and_serving_goes_on(client, 
 
 
 def test_bad_multipart_uploads(client):
+    broken = client.post(PREDICT, data=b"garbage", content_type="multipart/form-data")
+    assert broken.status_code == 400
+    assert broken.json()["error"].startswith("malformed multipart/form-data (Invalid boundary")
     none = client.post(PREDICT, {"note": "no file"})
     assert none.status_code == 400 and "no file uploaded" in none.json()["error"]
     text = client.post(PREDICT, {"image": [_upload("ok.png", IMAGES[0]),
@@ -242,7 +245,8 @@ def test_form_post_needs_the_csrf_token_and_shows_the_result(loaded):
     assert response.status_code == 200
     assert '<h2 class="predicted" data-class="PNEUMONIA">PNEUMONIA</h2>' in html
     want = loaded.serving.predict([IMAGES[2]])[0]
-    shown = [float(html.split(f'data-class="{name}" data-p="')[1].split('"')[0]) for name in CLASSES]
+    shown = [float(html.split(f'data-class="{name}" data-p="')[1].split('"')[0])
+             for name in CLASSES]
     np.testing.assert_allclose(shown, want, atol=1e-6)
     assert f'src="data:image/png;base64,{b64(IMAGES[2])}"' in html  # the image itself
     assert "Research use only, not for diagnosis." in html

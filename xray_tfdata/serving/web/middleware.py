@@ -1,5 +1,5 @@
-"""Small middlewares: the access log, the Host check, security headers, the body limit (413), and 405 for a
-wrong method before the CSRF check could turn it into a 403.
+"""Small middlewares: the access log, the Host check, security headers, the body limit (413),
+and 405 for a wrong method before the CSRF check could turn it into a 403.
 
 The access log carries the method, the route, the status, the request and response sizes and
 the time taken: never a query string, a header, a file name or any uploaded byte.

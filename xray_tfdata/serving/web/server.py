@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from xray_tfdata import console
-from xray_tfdata.serving.web import model as model_lib
 from xray_tfdata.serving.web.settings import WebSettings, configure
 
 log = logging.getLogger("xray_tfdata.serve")
@@ -24,7 +23,7 @@ log = logging.getLogger("xray_tfdata.serve")
 _BODY_MARGIN = 1 << 20
 
 
-def warm_up(loaded: model_lib.LoadedModel) -> float:
+def warm_up(loaded: Any) -> float:
     """One prediction on a tiny grey PNG, so the first request does not pay for the runtime's
     first call (and a model that cannot predict fails at start-up); returns the seconds taken."""
     import cv2  # noqa: PLC0415
@@ -54,8 +53,9 @@ def waitress_options(cfg: WebSettings) -> dict[str, Any]:
 
 
 def create(cfg: WebSettings):
-    """Configures Django, loads and installs the model, returns the waitress server (not yet
-    running). Raises ValueError/FileNotFoundError for a bad model path."""
+    """Configures Django, binds the socket, loads and installs the model; returns the waitress
+    server (not yet running). Raises OSError for a taken port (in about a second: before the
+    model's TensorFlow import), ValueError/FileNotFoundError for a model path that does not load."""
     import waitress  # noqa: PLC0415
     from django.core.wsgi import get_wsgi_application  # noqa: PLC0415
 
@@ -63,13 +63,20 @@ def create(cfg: WebSettings):
     # The access log is the server's one routine output: on by default even when the command's
     # other logs are quiet (cli.run), off with --noaccess_log.
     log.setLevel(logging.INFO if cfg.access_log else logging.WARNING)
-    start = time.perf_counter()
-    loaded = model_lib.load(cfg.model_path, cfg.resize_mode)
-    warm = warm_up(loaded)
-    console.say(f"Loaded {cfg.model_path} ({loaded.kind}, sha256 {loaded.sha256[:12]}) in "
-                f"{time.perf_counter() - start:.1f} s; first prediction {1000 * warm:.0f} ms")
-    model_lib.install(loaded)
-    return waitress.create_server(get_wsgi_application(), **waitress_options(cfg))
+    server = waitress.create_server(get_wsgi_application(), **waitress_options(cfg))
+    try:
+        from xray_tfdata.serving.web import model as model_lib  # noqa: PLC0415 - imports TF
+
+        start = time.perf_counter()
+        loaded = model_lib.load(cfg.model_path, cfg.resize_mode)
+        warm = warm_up(loaded)
+        console.say(f"Loaded {cfg.model_path} ({loaded.kind}, sha256 {loaded.sha256[:12]}) in "
+                    f"{time.perf_counter() - start:.1f} s; first prediction {1000 * warm:.0f} ms")
+        model_lib.install(loaded)
+    except BaseException:
+        server.close()
+        raise
+    return server
 
 
 def listening(server: Any) -> list[tuple[str, int]]:
@@ -96,5 +103,7 @@ def serve(cfg: WebSettings) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        from xray_tfdata.serving.web import model as model_lib  # noqa: PLC0415
+
         server.close()
         model_lib.install(None)

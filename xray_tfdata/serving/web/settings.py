@@ -48,13 +48,16 @@ class WebSettings:
         if not str(self.model_path):
             raise errors.ConfigError(
                 "model_path", self.model_path, "a SavedModel export directory or a .keras file",
-                "Pass e.g. workspace/model/export (written by train) or workspace/model/best.keras.")
+                "Pass e.g. workspace/model/export (written by train) or "
+                "workspace/model/best.keras.")
         if not self.host:
-            raise errors.ConfigError("host", self.host, "an address to listen on",
-                                     "Use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).")
+            raise errors.ConfigError(
+                "host", self.host, "an address to listen on",
+                "Use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).")
         errors.non_negative_int("port", self.port)
         if self.port > 65535:
-            raise errors.ConfigError("port", self.port, "an integer in [0, 65535] (0 = any free port)")
+            raise errors.ConfigError("port", self.port,
+                                     "an integer in [0, 65535] (0 = any free port)")
         errors.positive_int("threads", self.threads)
         errors.in_range("max_upload_mb", self.max_upload_mb, 0.001, 1024.0,
                         allowed="a number of megabytes in (0, 1024]")

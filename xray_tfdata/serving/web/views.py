@@ -59,6 +59,16 @@ def _predict(images: list[bytes]) -> list[dict]:
                                  max_pixels=settings.XRAY_MAX_PIXELS)
 
 
+def _files(request: HttpRequest):
+    """request.FILES, with a malformed multipart body as a BadRequest naming the problem."""
+    from django.http.multipartparser import MultiPartParserError  # noqa: PLC0415
+
+    try:
+        return request.FILES
+    except MultiPartParserError as err:
+        raise payloads.BadRequest(f"malformed multipart/form-data ({err})") from err
+
+
 @allow("GET", "HEAD")
 def healthz(request: HttpRequest) -> JsonResponse:
     if _loaded() is None:
@@ -82,7 +92,7 @@ def model_predict(request: HttpRequest) -> JsonResponse:
         return error("no model loaded yet", 503)
     try:
         if request.content_type == "multipart/form-data":
-            uploads = [f for name in request.FILES for f in request.FILES.getlist(name)]
+            uploads = [f for name in _files(request) for f in request.FILES.getlist(name)]
             images = payloads.images_from_files(uploads, MAX_INSTANCES)
             labels = ([f"file {i} ({len(data):,} bytes)" for i, data in enumerate(images)]
                       if len(images) > 1 else [""])  # one file: the reason alone
@@ -128,7 +138,10 @@ def index(request: HttpRequest) -> HttpResponse:
         return _page(request)
     if _loaded() is None:
         return _page(request, 503, error="The model is still loading; try again in a moment.")
-    uploads = request.FILES.getlist("image")
+    try:
+        uploads = _files(request).getlist("image")
+    except payloads.BadRequest as err:
+        return _page(request, 400, error=err.message)
     if not uploads:
         return _page(request, 400, error="No file uploaded: choose a chest X-ray image first.")
     try:
