@@ -178,3 +178,17 @@ def tiny_model_file(path: Path) -> Path:
     head.set_weights([kernel, np.zeros(3, np.float32)])
     model.save(path)
     return path
+
+
+def tiny_export(export_dir: Path) -> Path:
+    """`tiny_model_file`'s model exported through the real `export.export_serving` (16 px grey,
+    stretch): a SavedModel whose answer follows the image's mean brightness (BRIGHTNESS)."""
+    import keras
+
+    from xray_tfdata.serving import export
+
+    export_dir = Path(export_dir)
+    keras_file = tiny_model_file(export_dir.parent / f"{export_dir.name}.keras")
+    model = keras.models.load_model(keras_file, compile=False)
+    export.export_serving(model, export_dir, TINY_SIZE, 1)
+    return export_dir

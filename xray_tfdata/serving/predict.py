@@ -7,10 +7,18 @@ before the model sees it, so a bad file gets its own reason instead of failing i
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 from typing import Any, Sequence
 
 from xray_tfdata.records import image_format
+
+
+# Default ceiling on width x height read from the header before any pixel is decoded, for inputs
+# from a network (the converter's own default, 200 Mpixel, is for a trusted folder): the largest
+# digital chest X-rays are about 4300 x 3500 (15 Mpixel), while a 50 kB PNG can claim
+# 50000 x 50000, which the decoder would try to allocate (gigabytes) before finding out.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def sniff(data: bytes) -> str | None:
@@ -23,6 +31,33 @@ def sniff(data: bytes) -> str | None:
         image_format.sniff_encoded(data)
     except image_format.ImageReadError as err:
         return err.reason
+    return None
+
+
+def encoded_format(data: bytes) -> str | None:
+    """"JPEG", "PNG" or "BMP" from the magic bytes, or None."""
+    try:
+        return image_format.sniff_encoded(data)
+    except image_format.ImageReadError:
+        return None
+
+
+def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """`sniff` plus the header's width x height against `max_pixels`: a reason the bytes must not
+    reach the decoder (a decompression bomb among them), or None."""
+    try:
+        fmt = image_format.sniff_encoded(data)
+        width, height = image_format.header_size(data, fmt)
+    except image_format.ImageReadError as err:
+        return err.reason
+    except struct.error:  # a header cut short inside its size fields
+        return "corrupt image (header cut short)"
+    if width == 0 or height == 0:
+        return f"corrupt {fmt} (the header says {width}x{height} pixels)"
+    try:
+        image_format.check_pixel_limit(width, height, max_pixels)
+    except image_format.ImageReadError as err:
+        return f"decompression bomb refused: {err.reason}"
     return None
 
 
@@ -42,29 +77,24 @@ def _decode_error(data: bytes) -> str:
     return "cannot decode (the serving signature rejected it)"
 
 
-def predict_files(serving: Any, paths: Sequence[str], batch_size: int = 32) -> list[dict]:
-    """Predicts each file; returns one dict per path, in order, with "probabilities" or "error".
+def predict_bytes(serving: Any, images: Sequence[bytes], batch_size: int = 32,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> list[dict]:
+    """Predicts each encoded image; one dict per image, in order: "probabilities" + "predicted",
+    or "error" (the reason). Pure apart from `serving.predict`, so safe to call from threads.
 
-    `serving` is an `export.ServingModel`. A batch that fails to decode is retried file by file so
-    one bad file costs only its own result.
+    `serving` is an `export.ServingModel`. A batch that fails to decode is retried image by image
+    so one bad image costs only its own result.
     """
     import tensorflow as tf  # noqa: PLC0415 - keep `--help` fast
 
-    results: list[dict] = []
+    results: list[dict] = [{} for _ in images]
     pending: list[tuple[int, bytes]] = []
-    for path in paths:
-        result: dict[str, Any] = {"file": str(path)}
-        results.append(result)
-        try:
-            data = Path(path).read_bytes()
-        except OSError as err:
-            result["error"] = f"unreadable: {type(err).__name__}: {err.strerror or err}"
-            continue
-        reason = sniff(data)
+    for index, data in enumerate(images):
+        reason = check_image(data, max_pixels)
         if reason:
-            result["error"] = reason
-            continue
-        pending.append((len(results) - 1, data))
+            results[index]["error"] = reason
+        else:
+            pending.append((index, data))
 
     names = serving.class_names
 
@@ -84,6 +114,25 @@ def predict_files(serving: Any, paths: Sequence[str], batch_size: int = 32) -> l
                     record(index, serving.predict([data])[0])
                 except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
                     results[index]["error"] = _decode_error(data)
+    return results
+
+
+def predict_files(serving: Any, paths: Sequence[str], batch_size: int = 32,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> list[dict]:
+    """Predicts each file; returns one dict per path, in order, with "probabilities" or "error"
+    (see `predict_bytes`; an unreadable file gets its own error)."""
+    results: list[dict] = []
+    readable: list[tuple[dict, bytes]] = []
+    for path in paths:
+        result: dict[str, Any] = {"file": str(path)}
+        results.append(result)
+        try:
+            readable.append((result, Path(path).read_bytes()))
+        except OSError as err:
+            result["error"] = f"unreadable: {type(err).__name__}: {err.strerror or err}"
+    predicted = predict_bytes(serving, [data for _, data in readable], batch_size, max_pixels)
+    for (result, _), outcome in zip(readable, predicted):
+        result.update(outcome)
     return results
 
 

@@ -1,0 +1,87 @@
+r"""Serves one trained classifier as a web app (upload page + TensorFlow Serving's REST API).
+
+  pip install -e '.[web]'
+  python -m xray_tfdata.serve --model_path=workspace/model/export [--host=127.0.0.1]
+      [--port=8000] [--threads=4] [--max_upload_mb=20] [--allowed_hosts=xray.example.org]
+
+Routes: GET / (upload page), POST /v1/models/xray:predict ({"instances": [{"b64": ...}]} or a
+multipart upload), GET /v1/models/xray (name, classes, input size, sha256), GET /healthz.
+Django run by waitress; uploads stay in memory and are never logged. Research use only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from xray_tfdata import cli  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines this entry point's flags (only when run as a program)."""
+    flags.DEFINE_string("model_path", "workspace/model/export",
+                        "The SavedModel export directory written by train (<model_dir>/export), "
+                        "or a Keras file (<model_dir>/best.keras), exported in memory at start.")
+    flags.DEFINE_string("host", "127.0.0.1",
+                        "Address to listen on: 127.0.0.1 = this machine only, 0.0.0.0 = every "
+                        "interface (then set --allowed_hosts).")
+    flags.DEFINE_integer("port", 8000, "TCP port; 0 = any free port (printed at start-up).")
+    flags.DEFINE_integer("threads", 4, "Request worker threads sharing the one loaded model.")
+    flags.DEFINE_float("max_upload_mb", 20.0,
+                       "Largest request body in MiB (base64 JSON is 4/3 of the image); larger "
+                       "requests get 413.")
+    flags.DEFINE_list("allowed_hosts", [],
+                      "Host names the server answers to (Django's ALLOWED_HOSTS), comma-"
+                      "separated; empty = localhost, 127.0.0.1, [::1] and --host.")
+    flags.DEFINE_float("max_megapixels", 40.0,
+                       "Largest image (width x height, read from its header before decoding) "
+                       "in megapixels; larger ones are refused as decompression bombs.")
+    flags.DEFINE_bool("access_log", True,
+                      "One stderr line per request: method, route, status, bytes in/out, ms "
+                      "(never a file name, header or image byte).")
+    flags.DEFINE_enum("resize_mode", "", ["", "stretch", "pad"],
+                      "For a .keras --model_path only: the converter's --resize_mode; empty = "
+                      "the sibling export/'s, else stretch.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; serve takes flags only.")
+    from xray_tfdata.serving.web.settings import WebSettings  # noqa: PLC0415
+
+    cfg = cli.settings_from_flags(WebSettings, allowed_hosts=tuple(FLAGS.allowed_hosts))
+    if not Path(cfg.model_path).exists():
+        raise app.UsageError(
+            f"--model_path={cfg.model_path} does not exist; pass the export directory or the "
+            "best.keras written by train (python -m xray_tfdata.train --model_dir=...).")
+    path = Path(cfg.model_path)
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        raise app.UsageError(
+            f"--model_path={cfg.model_path} is not a SavedModel directory (no saved_model.pb); "
+            "pass the export written by train, e.g. workspace/model/export, or a best.keras.")
+    try:
+        import django  # noqa: F401, PLC0415 - only whether the extra is installed
+        import waitress  # noqa: F401, PLC0415
+    except ImportError as err:
+        raise app.UsageError(f"The web extra is not installed ({err.name} missing); run: "
+                             "pip install -e '.[web]'") from err
+    from xray_tfdata.serving.web import server  # noqa: PLC0415 - TF import after flag checks
+
+    try:
+        server.serve(cfg)
+    except (ValueError, FileNotFoundError) as err:  # a model path that does not load
+        raise app.UsageError(str(err)) from err
+    except OSError as err:  # e.g. the port is taken
+        raise app.UsageError(f"cannot listen on {cfg.host}:{cfg.port} ({err.strerror or err}); "
+                             "pick another --port or stop the other server.") from err
+
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main)

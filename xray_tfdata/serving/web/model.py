@@ -1,0 +1,127 @@
+"""The one model a server process serves: loaded once, shared by every request thread.
+
+`load(model_path)` accepts the SavedModel export (`<model_dir>/export`, served as is) or a Keras
+file (`best.keras`), which is exported through the real `export.export_serving` to a temporary
+directory, loaded, and the directory removed: one preprocessing code path for both.
+
+Thread safety: requests call `ServingModel.predict` concurrently without a lock. The serving
+signature is a ConcreteFunction traced when the export was saved; calling it runs TensorFlow's
+eager runtime (TFE_Execute, designed to be called from several threads on one context), reads
+the variables and never assigns them, and never retraces. tests/serving/test_web.py checks that
+16 threads predicting different images concurrently get exactly the serial answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from xray_tfdata import files
+from xray_tfdata.serving import export
+
+MODEL_NAME = "xray"  # the name in TF Serving's URLs: /v1/models/xray:predict
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A ServingModel plus what /v1/models/xray reports about it."""
+
+    serving: export.ServingModel
+    source: str  # the --model_path it came from
+    kind: str  # "saved_model" or "keras"
+    sha256: str  # of the .keras file, or of the export directory (see tree_sha256)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.serving.class_names
+
+    def describe(self) -> dict[str, Any]:
+        meta = self.serving.metadata
+        return {
+            "name": MODEL_NAME,
+            "model_name": meta.get("model_name", ""),
+            "classes": list(self.class_names),
+            "input": {"image_size": meta.get("image_size"), "channels": meta.get("channels"),
+                      "resize_mode": meta.get("resize_mode"), "encoding": "image file bytes"},
+            "format": self.kind,
+            "sha256": self.sha256,
+            # TF Serving's model status shape, so its clients' health checks work unchanged.
+            "model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                      "status": {"error_code": "OK", "error_message": ""}}],
+        }
+
+
+def tree_sha256(directory: str | os.PathLike) -> str:
+    """sha256 over every file's relative path and sha256, in sorted order: one fingerprint for a
+    SavedModel directory that changes when any file (graph, variables, metadata) changes."""
+    root = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{files.sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _keras_resize_mode(keras_path: Path, resize_mode: str) -> str:
+    """The resize mode for a .keras file: given, else the sibling export's, else "stretch"."""
+    if resize_mode:
+        return resize_mode
+    sibling = keras_path.parent / "export" / export.METADATA_FILE
+    if sibling.is_file():
+        return json.loads(sibling.read_text()).get("resize_mode", "stretch")
+    return "stretch"
+
+
+def _load_keras(path: Path, resize_mode: str) -> export.ServingModel:
+    from xray_tfdata.evaluation import evaluator  # noqa: PLC0415 - the one .keras loader
+
+    model = evaluator.load_model(path)
+    image_size, channels = evaluator.input_spec(model)
+    tmp = Path(tempfile.mkdtemp(prefix="xray_tfdata_serve-"))
+    try:
+        export_dir = export.export_serving(model, tmp / "export", image_size, channels,
+                                           _keras_resize_mode(path, resize_mode),
+                                           extra_metadata={"exported_from": str(path)})
+        # tf.saved_model.load restores the variables into memory: the files are not needed after.
+        return export.load_serving(export_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(model_path: str | os.PathLike, resize_mode: str = "") -> LoadedModel:
+    """Loads an export directory or a .keras file.
+
+    Raises:
+      ValueError / FileNotFoundError: the path is neither (the message says what to pass).
+    """
+    path = Path(model_path)
+    if path.is_dir():
+        serving = export.load_serving(path)  # its ValueError names a dir without saved_model.pb
+        return LoadedModel(serving, str(path), "saved_model", tree_sha256(path))
+    if path.suffix == ".keras":
+        return LoadedModel(_load_keras(path, resize_mode), str(path), "keras",
+                           files.sha256_file(path))
+    raise FileNotFoundError(
+        f"--model_path={str(path)!r} is neither a SavedModel export directory nor a .keras "
+        "file; pass <model_dir>/export or <model_dir>/best.keras written by train.")
+
+
+_lock = threading.Lock()
+_current: LoadedModel | None = None
+
+
+def install(loaded: LoadedModel | None) -> None:
+    """Makes `loaded` the model every request uses (None: /healthz answers 503 again)."""
+    global _current
+    with _lock:
+        _current = loaded
+
+
+def current() -> LoadedModel | None:
+    return _current

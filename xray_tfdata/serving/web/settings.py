@@ -1,0 +1,150 @@
+"""The web app's settings: one frozen dataclass, and the Django settings built from it in code.
+
+There is no settings.py module for DJANGO_SETTINGS_MODULE: `configure(WebSettings(...))` calls
+`django.conf.settings.configure` once per process. Choices that matter for a medical-image upload
+service, and why:
+- DEBUG off (no tracebacks or settings in error pages), a random SECRET_KEY per process (it only
+  signs the CSRF cookie; there are no sessions or accounts to keep across restarts).
+- Uploads stay in memory: only MemoryFileUploadHandler, and both upload limits at max_upload_mb,
+  so Django never spools a file to a temporary file (the server's buffers are sized to match in
+  server.py). Bodies over the limit get a 413 before they are read (middleware.BodyLimit).
+- SecurityMiddleware (nosniff, Referrer-Policy, Cross-Origin-Opener-Policy) and X-Frame-Options
+  DENY; a Content-Security-Policy with no inline script (middleware.SecurityHeaders).
+- No database, no sessions, no auth, no admin: the app keeps no state but the loaded model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from xray_tfdata import errors
+from xray_tfdata.records.image_io import RESIZE_MODES  # the converter's, mirrored by the export
+from xray_tfdata.serving.predict import DEFAULT_MAX_PIXELS
+
+WEB_DIR = Path(__file__).resolve().parent
+DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+MAX_INSTANCES = 64  # images per request: bounds one request's decode memory (64 x 40 MP worst)
+
+
+@dataclasses.dataclass(frozen=True)
+class WebSettings:
+    """Everything `serve` needs; validated on construction (ConfigError names the field)."""
+
+    model_path: str
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0 = any free port (printed at start-up)
+    threads: int = 4
+    max_upload_mb: float = 20.0
+    allowed_hosts: tuple[str, ...] = ()  # () = DEFAULT_ALLOWED_HOSTS plus `host`
+    max_megapixels: float = DEFAULT_MAX_PIXELS / 1e6
+    resize_mode: str = ""  # best.keras only; "" = the sibling export's, else "stretch"
+    access_log: bool = True  # one line per request: method, route, status, sizes, ms
+
+    def __post_init__(self) -> None:
+        if not str(self.model_path):
+            raise errors.ConfigError(
+                "model_path", self.model_path, "a SavedModel export directory or a .keras file",
+                "Pass e.g. workspace/model/export (written by train) or "
+                "workspace/model/best.keras.")
+        if not self.host:
+            raise errors.ConfigError(
+                "host", self.host, "an address to listen on",
+                "Use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).")
+        errors.non_negative_int("port", self.port)
+        if self.port > 65535:
+            raise errors.ConfigError("port", self.port,
+                                     "an integer in [0, 65535] (0 = any free port)")
+        errors.positive_int("threads", self.threads)
+        errors.in_range("max_upload_mb", self.max_upload_mb, 0.001, 1024.0,
+                        allowed="a number of megabytes in (0, 1024]")
+        errors.in_range("max_megapixels", self.max_megapixels, 0.001, 1000.0,
+                        allowed="a number of megapixels in (0, 1000]")
+        if self.resize_mode:
+            errors.one_of("resize_mode", self.resize_mode, RESIZE_MODES,
+                          "Pass the converter's --resize_mode, or '' to take the export's.")
+        if isinstance(self.allowed_hosts, str):
+            object.__setattr__(self, "allowed_hosts", split_hosts(self.allowed_hosts))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1e6)
+
+    def hosts(self) -> list[str]:
+        """ALLOWED_HOSTS: the flag's list, or localhost names plus the listening address."""
+        if self.allowed_hosts:
+            return list(self.allowed_hosts)
+        extra = [] if self.host in ("0.0.0.0", "::", "") else [self.host]
+        return list(dict.fromkeys([*DEFAULT_ALLOWED_HOSTS, *extra]))
+
+
+def split_hosts(text: str) -> tuple[str, ...]:
+    """'a.example, b.example' -> ('a.example', 'b.example')."""
+    return tuple(h.strip() for h in text.split(",") if h.strip())
+
+
+def django_settings(cfg: WebSettings) -> dict[str, Any]:
+    """The keyword arguments for `django.conf.settings.configure`."""
+    limit = cfg.max_upload_bytes
+    return {
+        "DEBUG": False,
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": cfg.hosts(),
+        "ROOT_URLCONF": "xray_tfdata.serving.web.urls",
+        "INSTALLED_APPS": [],
+        "DATABASES": {},
+        "MIDDLEWARE": [
+            "xray_tfdata.serving.web.middleware.AccessLog",
+            "xray_tfdata.serving.web.middleware.HostCheck",
+            "django.middleware.security.SecurityMiddleware",
+            "xray_tfdata.serving.web.middleware.SecurityHeaders",
+            "xray_tfdata.serving.web.middleware.BodyLimit",
+            "xray_tfdata.serving.web.middleware.AllowedMethods",
+            "django.middleware.csrf.CsrfViewMiddleware",
+            "django.middleware.clickjacking.XFrameOptionsMiddleware",
+        ],
+        "TEMPLATES": [{
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "DIRS": [str(WEB_DIR / "templates")],
+            "APP_DIRS": False,
+            "OPTIONS": {"context_processors": ["django.template.context_processors.csrf"]},
+        }],
+        # Uploads never touch the disk: memory handler only, limits at the body limit.
+        "FILE_UPLOAD_HANDLERS": ["django.core.files.uploadhandler.MemoryFileUploadHandler"],
+        "FILE_UPLOAD_MAX_MEMORY_SIZE": limit,
+        "DATA_UPLOAD_MAX_MEMORY_SIZE": limit,
+        "DATA_UPLOAD_MAX_NUMBER_FILES": MAX_INSTANCES,
+        "XRAY_MAX_UPLOAD_BYTES": limit,
+        "XRAY_MAX_PIXELS": cfg.max_pixels,
+        "SECURE_CONTENT_TYPE_NOSNIFF": True,
+        "SECURE_REFERRER_POLICY": "same-origin",
+        "SECURE_CROSS_ORIGIN_OPENER_POLICY": "same-origin",
+        "X_FRAME_OPTIONS": "DENY",
+        "CSRF_COOKIE_HTTPONLY": True,
+        "CSRF_COOKIE_SAMESITE": "Strict",
+        "USE_TZ": True,
+        "USE_I18N": False,
+        "LOGGING_CONFIG": None,  # keep absl's logging; Django's default would add handlers
+        "DEFAULT_CHARSET": "utf-8",
+    }
+
+
+def configure(cfg: WebSettings) -> None:
+    """Configures Django for this process (once; a second call with other settings fails)."""
+    import django  # noqa: PLC0415 - the [web] extra is imported only when serving
+    from django.conf import settings  # noqa: PLC0415
+
+    if settings.configured:
+        raise RuntimeError("Django is already configured in this process; start one server "
+                           "per process (settings.configure can run only once).")
+    settings.configure(**django_settings(cfg))
+    django.setup()
+    # Django logs every 4xx as a warning naming the path: the access log already has the status.
+    logging.getLogger("django.request").setLevel(logging.ERROR)
