@@ -123,7 +123,7 @@ def _result_context(name: str, data: bytes, result: dict) -> dict[str, Any]:
     """What the template shows for one upload: the class, the bars, the image as a data: URL."""
     if "error" in result:
         return {"name": name, "error": f"Cannot read this file: {result['error']}."}
-    kind = predict.image_format(data) or "PNG"
+    kind = predict.encoded_format(data) or "PNG"
     bars = [{"name": n, "p": p, "percent": f"{100 * p:.1f}"}
             for n, p in result["probabilities"].items()]
     return {"name": name, "predicted": result["predicted"], "bars": bars,
