@@ -30,6 +30,10 @@ UNIFORM_BORDER_SHARE = 1.0 - (1.0 - 2 * BORDER_FRACTION) ** 2  # 0.4375
 OUTPUT_LAYER = "probabilities"
 
 
+class NoConvolutionError(ValueError):
+    """The model has no convolution block to explain."""
+
+
 # ----------------------------------------------------------------------------- border attention
 
 
@@ -133,7 +137,7 @@ def find_layer(model, name: str = "") -> tuple[Any, Any]:
                 return spatial[-1], layer
         elif isinstance(layer, keras.layers.Conv2D):
             return layer, None
-    raise ValueError(f"Model {model.name!r} has no layer with a spatial (4-D) output; Grad-CAM "
+    raise NoConvolutionError(f"model {model.name!r} has no convolution block; Grad-CAM "
                      f"needs a convolutional model from xray_tfdata.models.")
 
 
