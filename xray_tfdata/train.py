@@ -34,8 +34,10 @@ flags.DEFINE_string("model_dir", "workspace/model",
 flags.DEFINE_bool("overwrite", False, "Delete a previous run's outputs in --model_dir and start "
                   "from scratch instead of resuming.")
 flags.DEFINE_enum("model", "seed_cnn", models.MODEL_NAMES, "Model architecture.")
-flags.DEFINE_string("weights", None, "Optional local weights file (.h5 / .weights.h5): a full "
-                    "model's weights or an ImageNet 'notop' backbone file. Nothing is downloaded.")
+flags.DEFINE_string("weights", None, "'imagenet' (backbones: keras.applications' notop file from "
+                    "Keras' cache $KERAS_HOME/models or ~/.keras/models, downloaded there when "
+                    "absent), or a local weights file (.h5 / .weights.h5): a full model's weights "
+                    "or an ImageNet 'notop' backbone file.")
 flags.DEFINE_float("dropout", 0.5, "Dropout rate before the output layer.")
 flags.DEFINE_integer("epochs", 10, "Training epochs.")
 flags.DEFINE_integer("steps_per_epoch", 0,
@@ -115,6 +117,11 @@ def main(argv: list[str]) -> None:
         raise cli.usage_error(err) from err
     except ManifestError as err:
         raise app.UsageError(str(err)) from err
+    if config.weights and config.weights.lower() == models.IMAGENET:
+        try:  # into Keras' cache now: offline, one clear message instead of a traceback later
+            models.fetch_imagenet(config.model)
+        except models.ImageNetWeightsUnavailable as err:
+            sys.exit(f"xray_tfdata.train: error: --weights=imagenet: {err}")
     if config.deterministic:
         # Process-wide, so it is set here at the entry point, not in the library: the same seed
         # then gives the same weights bit for bit (thread-order reductions otherwise differ).

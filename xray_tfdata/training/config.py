@@ -93,13 +93,18 @@ class TrainConfig:
         if not self.model_dir:
             raise ConfigError("model_dir", self.model_dir, "a directory for checkpoints/logs")
         errors.one_of("model", self.model, MODEL_NAMES)
-        if self.weights and not (Path(self.weights).is_file()
-                                 and self.weights.endswith((".h5", ".keras"))):
+        if self.weights and str(self.weights).lower() == "imagenet":
+            if self.model == "seed_cnn":
+                raise ConfigError("weights", self.weights, "unset or a local file for the seed "
+                                  "CNN (ImageNet weights exist only for the backbones)",
+                                  "Pass --model=densenet121 (or another backbone).")
+        elif self.weights and not (Path(self.weights).is_file()
+                                   and self.weights.endswith((".h5", ".keras"))):
             raise ConfigError(
                 "weights", self.weights,
-                "unset (random init), or the path of an existing local .h5 / .weights.h5 file",
-                "Nothing is downloaded at run time: for ImageNet weights download the backbone's "
-                "'notop' .h5 file yourself and pass its path.",
+                "unset (random init), 'imagenet' (a backbone's keras.applications weights, from "
+                "Keras' cache or downloaded into it), or the path of an existing local .h5 / "
+                ".weights.h5 file",
             )
 
     @property
