@@ -7,7 +7,7 @@ export/ (SavedModel taking encoded image bytes) and summary.json.
 
 Example:
   python -m xray_tfdata.train --records_dir=workspace/records --model_dir=workspace/model \\
-      --model=seed_cnn --epochs=10 --global_batch_size=32 --class_weights=balanced
+      --model=seed_cnn --epochs=10 --global_batch_size=32
 """
 
 from __future__ import annotations
@@ -55,8 +55,19 @@ flags.DEFINE_float("weight_decay", 1e-4, "Decoupled weight decay.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("warmup_epochs", 1.0, "Linear warmup length before the cosine decay.")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing in [0, 1).")
-flags.DEFINE_enum("class_weights", "none", train_config.CLASS_WEIGHTS,
-                  "'balanced' weighs the loss by n / (3 * n_class) from the train split's counts.")
+flags.DEFINE_enum("class_weights", "balanced", train_config.CLASS_WEIGHTS,
+                  "'balanced' (default) weighs the loss by n / (3 * n_class) from the train "
+                  "split's counts; 'none' weighs every example alike. Off with "
+                  "--sampling=balanced, which already equalises the classes.")
+flags.DEFINE_enum("sampling", "natural", train_config.SAMPLING_MODES,
+                  "'balanced': every class drawn with probability 1/3 into training batches "
+                  "(per-class tf.data streams); 'natural': the records' own mix.")
+flags.DEFINE_integer("freeze_backbone_epochs", 0, "Backbones: train only the head for this many "
+                     "epochs (BatchNorm in inference mode), then everything.")
+flags.DEFINE_float("backbone_learning_rate_multiplier", 1.0,
+                   "Backbones: the backbone's learning rate = this x --learning_rate.")
+flags.DEFINE_bool("calibrate", True, "Fit a temperature on the val split at the end; best.keras "
+                  "and the export then return calibrated probabilities (calibration.json).")
 flags.DEFINE_enum("precision", "auto", distribute.PRECISIONS,
                   "auto = mixed_float16 on GPUs with compute capability >= 7.0, mixed_bfloat16 "
                   "on TPU, float32 on CPU.")
@@ -83,7 +94,8 @@ flags.DEFINE_integer("profile_steps", 0, "Profile this many steps (after the fir
 flags.DEFINE_string("val_split", "val", "Split used for validation and best-model selection.")
 flags.DEFINE_bool("export", True, "Export the best model as a serving SavedModel at the end.")
 
-_RUN_OUTPUTS = ("checkpoints", "logs", "export", "history.csv", "best.keras", "summary.json")
+_RUN_OUTPUTS = ("checkpoints", "logs", "export", "history.csv", "best.keras", "summary.json",
+                "calibration.json")
 
 
 def config_from_flags() -> train_config.TrainConfig:
