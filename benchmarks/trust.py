@@ -118,7 +118,7 @@ def row(dataset: str, variant: str, result: dict) -> dict:
     return {
         "dataset": dataset, "variant": variant, "num_test": result["num_examples"],
         "test_support": {n: r["support"] for n, r in result["per_class"].items()},
-        "train_per_class": result["settings"]["reference"]["train_records_dir"],
+        "train_records_dir": result["settings"]["reference"]["train_records_dir"],
         "macro_f1": result["macro_f1"], "macro_f1_ci": cis["macro_f1"],
         "sensitivity": {n: r["sensitivity"] for n, r in result["per_class"].items()},
         "sensitivity_ci": {n: cis[f"sensitivity/{n}"] for n in result["per_class"]},
@@ -155,7 +155,8 @@ def main(argv: list[str]) -> None:
         records = build(data_dir, work / f"{dataset}_records_{FLAGS.image_size}")
         for name, overrides in VARIANTS.items():
             slug = name.split(" ")[0].replace("=", "_")
-            result = run_variant(records, work / "runs" / f"{dataset}_{slug}", overrides)
+            model_dir = work / "runs" / f"{dataset}_{slug}_s{FLAGS.seed}"
+            result = run_variant(records, model_dir, overrides)
             rows.append(row(dataset, name, result))
             record = {**rows[-1], "epochs": FLAGS.epochs, "image_size": FLAGS.image_size,
                       "seed": FLAGS.seed, "seconds_so_far": time.time() - started}

@@ -1,4 +1,4 @@
-"""Calibrated probabilities and a COVID19 operating point (numpy + scipy, no TF).
+"""Calibrated probabilities and a COVID19 operating point (numpy only, no TF).
 
 - `expected_calibration_error`: top-label ECE over 15 equal-width confidence bins (Guo et al. 2017):
   ECE = sum_b |B_b| / n * |accuracy(B_b) - mean confidence(B_b)|, bin b = (b/15, (b+1)/15]
@@ -22,7 +22,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import optimize
 
 from xray_tfdata import labels
 from xray_tfdata.evaluation import metrics
@@ -87,19 +86,34 @@ def apply_temperature(probs: Any, temperature: float) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def fit_temperature(probs: Any, y_true: Any) -> float:
-    """The T > 0 minimising the NLL of apply_temperature(probs, T) (bounded 1-D search on log T).
+def fit_temperature(probs: Any, y_true: Any, tolerance: float = 1e-4) -> float:
+    """The T > 0 minimising the NLL of apply_temperature(probs, T): golden-section search on
+    log T over [0.05, 20].
 
-    NLL(T) is convex in 1/T (a log-sum-exp of logits scaled by 1/T minus a linear term), so the
-    bounded scalar search finds the global minimum in the range.
+    NLL is convex in 1/T (a log-sum-exp of logits scaled by 1/T minus a linear term), hence
+    unimodal in log T, so the golden-section search finds the minimum in the range.
     """
     probs, y_true = _as_arrays(probs, y_true)
-    result = optimize.minimize_scalar(
-        lambda log_t: nll(apply_temperature(probs, math.exp(log_t)), y_true),
-        bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})
-    best = math.exp(float(result.x))
-    # The bounded search never evaluates the end points exactly; keep T = 1 if it is no worse.
-    return best if nll(apply_temperature(probs, best), y_true) <= nll(probs, y_true) else 1.0
+
+    def loss(log_t: float) -> float:
+        return nll(apply_temperature(probs, math.exp(log_t)), y_true)
+
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    low, high = _LOG_T_BOUNDS
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = loss(a), loss(b)
+    while high - low > tolerance:
+        if fa <= fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = loss(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = loss(b)
+    best = math.exp((low + high) / 2.0)
+    # Keep T = 1 exactly when scaling does not help (e.g. an already calibrated model).
+    return best if loss(math.log(best)) < nll(probs, y_true) else 1.0
 
 
 def calibration_summary(probs: Any, y_true: Any, temperature: float | None) -> dict[str, Any]:
