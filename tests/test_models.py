@@ -93,9 +93,70 @@ def test_preprocessing_follows_keras_applications_conventions():
         _preprocessed(grey, "torch")
 
 
-def test_imagenet_without_file_is_refused():
-    with pytest.raises(ValueError, match="nothing is downloaded at run time"):
-        build_model("resnet50", SIZE, weights="imagenet")
+def test_imagenet_for_the_seed_cnn_is_refused():
+    with pytest.raises(ValueError, match="seed CNN has no ImageNet weights"):
+        build_model("seed_cnn", SIZE, weights="imagenet")
+
+
+# Runs in a fresh interpreter: Keras reads KERAS_HOME once, when it is imported.
+_KERAS_HOME_SCRIPT = """
+import sys, h5py, numpy as np
+from keras.src.legacy.saving import legacy_h5_format
+from xray_tfdata import models
+name = "mobilenetv3small"
+fname, origin, _ = models.imagenet_file(name)
+target = models.imagenet_cache_dir() / fname
+print("CACHE", target)
+if sys.argv[1] == "cached":
+    # A generated stand-in for the ImageNet file: a seeded backbone's weights in legacy H5, the
+    # format of keras.applications' files, under the name keras.applications would look for.
+    source = models.build_model(name, 32, 1, seed=7).get_layer("backbone")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(target, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    model = models.build_model(name, 32, 1, weights="imagenet", seed=0)
+    loaded = model.get_layer("backbone").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(loaded, source.get_weights()))
+    fresh = models.build_model(name, 32, 1, seed=0).get_layer("backbone").get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(loaded, fresh))
+    print("LOADED")
+else:
+    try:
+        models.build_model(name, 32, 1, weights="imagenet")
+    except models.ImageNetWeightsUnavailable as err:
+        print("ERROR", err)
+"""
+
+
+def _keras_home_run(tmp_path, mode):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_HOME=str(tmp_path / "kh"), TF_CPP_MIN_LOG_LEVEL="2",
+               # Offline for certain, even on a machine with internet: an unroutable proxy.
+               HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    return subprocess.run([sys.executable, "-c", _KERAS_HOME_SCRIPT, mode], env=env,
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_imagenet_weights_come_from_keras_cache_under_keras_home(tmp_path):
+    proc = _keras_home_run(tmp_path, "cached")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = tmp_path / "kh" / "models" / "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
+    assert f"CACHE {expected}" in proc.stdout
+    assert "LOADED" in proc.stdout
+
+
+def test_imagenet_offline_names_the_file_and_the_folder(tmp_path):
+    proc = _keras_home_run(tmp_path, "offline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "kh" / "models"
+    assert ("copy the file weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5 into "
+            f"{folder}/") in proc.stdout
+    assert "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/" \
+        in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,14 @@
-r"""Evaluates a trained model on one split: metrics with 95% CIs, report, confusion matrix, probe.
+r"""Evaluates a trained model: metrics with 95% CIs, calibration, operating point, probe, Grad-CAM.
 
   python -m xray_tfdata.evaluate --model_path=workspace/model/best.keras \
-      --records_dir=workspace/records --split=test
+      --records_dir=workspace/records --split=test [--external_records_dir=other_records]
 
-Writes metrics.json, report.txt, confusion_matrix.png and tensorboard/ into --output_dir
-(default <dir of model>/eval/<split>) and prints a short summary.
+Writes metrics.json, report.txt, confusion_matrix.png, reliability.png and tensorboard/ into
+--output_dir (default <dir of model>/eval/<split>); with several records directories
+(--records_dir=a,b or --external_records_dir) one subdirectory each plus comparison.{json,txt},
+a side-by-side table. The shortcut probe, the temperature and the COVID19 threshold come from the
+records the model was TRAINED on (the run's summary.json, or --train_records_dir), so an external
+test-only collection needs no train split.
 """
 
 from __future__ import annotations
@@ -16,8 +20,18 @@ from xray_tfdata.evaluation import shortcut
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_path", "workspace/model/best.keras", "The .keras model to evaluate.")
-flags.DEFINE_string("records_dir", "workspace/records", "Records directory (dataset_info.json).")
+flags.DEFINE_string("records_dir", "workspace/records",
+                    "Records directory (dataset_info.json); several: comma-separated.")
+flags.DEFINE_string("external_records_dir", "", "More records directories (comma-separated), "
+                    "e.g. an external test-only collection, compared side by side.")
+flags.DEFINE_string("train_records_dir", "", "Records the model was trained on (shortcut probe, "
+                    "temperature, threshold); default: from the run's summary.json.")
 flags.DEFINE_enum("split", "test", list(labels.SPLITS), "Split to evaluate.")
+flags.DEFINE_string("val_split", "val", "Split of the training records that chooses the "
+                    "temperature and the COVID19 threshold.")
+flags.DEFINE_float("target_sensitivity", 0.95, "COVID19 sensitivity the threshold reaches on val.")
+flags.DEFINE_integer("gradcam_per_class", 16, "Images per class for Grad-CAM border attention; "
+                     "0 = off.")
 flags.DEFINE_string("output_dir", "", "Output directory; default <dir of model>/eval/<split>.")
 flags.DEFINE_integer("batch_size", 64, "Evaluation batch size.")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for 95% CIs; 0 disables them.")
@@ -45,7 +59,11 @@ def main(argv: list[str]) -> None:
     if not Path(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} does not exist. Train first, or "
                              f"pass the best.keras written under --model_dir.")
-    from xray_tfdata.evaluation import evaluator, metrics
+    for records_dir in config.records_dirs:
+        if not (Path(records_dir) / "dataset_info.json").is_file():
+            raise app.UsageError(f"No records at {records_dir!r} (no dataset_info.json). Build "
+                                 f"them with python -m xray_tfdata.build_records.")
+    from xray_tfdata.evaluation import evaluator, metrics, reference
 
     result = evaluator.evaluate(config)
     out = config.resolved_output_dir
@@ -54,10 +72,25 @@ def main(argv: list[str]) -> None:
         print(f"  {key:<10} {metrics.headline(result, key)}")
     for name in labels.CLASS_NAMES:
         print(f"  sensitivity {name:<10} {metrics.headline(result, 'sensitivity/' + name)}")
+    cal = result["calibration"]
+    line = f"  ECE {cal['ece']:.4f}"
+    if cal.get("temperature") is not None:
+        line += f" -> {cal['ece_calibrated']:.4f} at temperature {cal['temperature']:.3f}"
+    print(line)
+    if "operating_point" in result:
+        print("  " + evaluator.operating_point_text(result["operating_point"]))
     if "shortcut_probe" in result:
         print("  " + result["shortcut_probe"]["message"])
-    print(f"Wrote {out / evaluator.METRICS_FILE}, {out / evaluator.REPORT_FILE}, "
-          f"{out / evaluator.CONFUSION_FILE} and {out / evaluator.TENSORBOARD_DIR}/")
+    if "border_attention" in result:
+        print("  " + result["border_attention"]["message"])
+    if "comparison" in result:
+        print(reference.comparison_table(result["comparison"]))
+        print(f"Wrote {out / 'comparison.txt'}, {out / 'comparison.json'} and one directory per "
+              f"records dir under {out}/")
+    else:
+        print(f"Wrote {out / evaluator.METRICS_FILE}, {out / evaluator.REPORT_FILE}, "
+              f"{out / evaluator.CONFUSION_FILE}, {out / evaluator.RELIABILITY_FILE} and "
+              f"{out / evaluator.TENSORBOARD_DIR}/")
 
 
 if __name__ == "__main__":

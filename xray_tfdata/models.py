@@ -8,7 +8,11 @@ layer is named "embedding" (the features for the classical classifiers) and the 
 "probabilities" is a float32 softmax even under "mixed_float16" / "mixed_bfloat16", so losses and
 metrics stay in full precision. Set the global policy BEFORE calling `build_model`.
 
-Nothing is downloaded at run time: `weights` is None (random init) or the path of a local file.
+`weights` is None (random init), the path of a local file, or "imagenet" for a backbone: the
+ImageNet "notop" file keras.applications itself uses, found in (or downloaded by
+keras.utils.get_file into) Keras' cache, $KERAS_HOME/models (default ~/.keras/models). Offline
+and not cached, `ImageNetWeightsUnavailable` names the exact file, where to get it and the folder
+to copy it into.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ import numpy as np
 from keras import layers
 
 from xray_tfdata.labels import NUM_CLASSES
+
+IMAGENET = "imagenet"
+
+
+class ImageNetWeightsUnavailable(ValueError):
+    """The ImageNet file is neither in Keras' cache nor downloadable (offline)."""
 
 MODEL_NAMES: tuple[str, ...] = (
     "seed_cnn",
@@ -106,25 +116,22 @@ def _check_args(name: str, image_size: int, channels: int, dropout: float,
         raise ValueError(f"num_classes must be >= 2. Received: num_classes={num_classes!r}")
 
 
-def _check_weights(weights: str | None) -> Path | None:
-    """Returns the local weights path, refusing anything that would need a download."""
+def _check_weights(weights: str | None, name: str = "") -> Path | str | None:
+    """The local weights path, "imagenet" (backbones only), or None for random init."""
     if weights is None or weights == "":
         return None
-    if str(weights).lower() == "imagenet":
-        raise ValueError(
-            "weights='imagenet' would need a download, and nothing is downloaded at run time. "
-            "Pass the path of a local file instead, e.g. the Keras ImageNet 'notop' file "
-            "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, "
-            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5, efficientnetb0_notop.h5, "
-            "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5) copied onto this machine, or a "
-            "'.weights.h5' file saved from a model built by build_model. Use weights=None for "
-            "random initialisation."
-        )
+    if str(weights).lower() == IMAGENET:
+        if name == "seed_cnn":
+            raise ValueError(
+                "weights='imagenet' needs a keras.applications backbone; the seed CNN has no "
+                f"ImageNet weights. Received: model='seed_cnn'. Pick one of "
+                f"{', '.join(MODEL_NAMES[1:])}, or leave weights unset.")
+        return IMAGENET
     path = Path(weights)
     if not path.is_file():
         raise ValueError(
             f"weights file not found. Received: weights={str(weights)!r}. Pass an existing local "
-            ".h5 / .weights.h5 file, or None for random initialisation."
+            ".h5 / .weights.h5 file, 'imagenet', or None for random initialisation."
         )
     if not path.name.endswith(".h5"):
         raise ValueError(
@@ -132,6 +139,62 @@ def _check_weights(weights: str | None) -> Path | None:
             f"weights={str(weights)!r}."
         )
     return path
+
+
+def imagenet_file(name: str) -> tuple[str, str, str]:
+    """(file name, URL, hash) of the ImageNet notop file keras.applications loads for `name`.
+
+    Read from keras.applications' own modules, so the name is exactly the one its
+    `weights="imagenet"` would look for in the cache.
+    """
+    from keras.src.applications import densenet, efficientnet, mobilenet_v3, resnet
+
+    if name == "resnet50":
+        fname = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        return fname, resnet.BASE_WEIGHTS_PATH + fname, resnet.WEIGHTS_HASHES["resnet50"][1]
+    if name == "densenet121":
+        fname = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        return fname, densenet.DENSENET121_WEIGHT_PATH_NO_TOP, "30ee3e1110167f948a6b9946edeeb738"
+    if name == "efficientnetb0":
+        fname = "efficientnetb0_notop.h5"
+        return (fname, efficientnet.BASE_WEIGHTS_PATH + fname,
+                efficientnet.WEIGHTS_HASHES["b0"][1])
+    if name == "mobilenetv3small":
+        # MobileNetV3Small(alpha=1.0, minimalistic=False, include_top=False) at any input size.
+        fname = "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
+        return (fname, mobilenet_v3.BASE_WEIGHT_PATH + fname,
+                mobilenet_v3.WEIGHTS_HASHES["small_224_1.0_float"][1])
+    raise ValueError(f"No ImageNet weights for model {name!r}; allowed: "
+                     f"{', '.join(MODEL_NAMES[1:])}.")
+
+
+def imagenet_cache_dir() -> Path:
+    """Where keras.utils.get_file caches applications' weights: $KERAS_HOME/models (read by Keras
+    when it is imported), else ~/.keras/models (get_file falls back to /tmp/.keras when that is
+    not writable)."""
+    from keras.src.backend import config as keras_config
+
+    return Path(keras_config.keras_home()).expanduser() / "models"
+
+
+def fetch_imagenet(name: str) -> Path:
+    """The ImageNet notop file of `name` from Keras' cache, downloading it there if absent.
+
+    keras.utils.get_file resolves the cache folder itself. A file already in the cache is used as
+    it is (its hash unchecked, so a copy made by hand works offline); a download is verified
+    against keras.applications' published hash.
+    """
+    fname, origin, file_hash = imagenet_file(name)
+    cached = imagenet_cache_dir() / fname
+    try:
+        return Path(keras.utils.get_file(fname, origin, cache_subdir="models",
+                                         file_hash=None if cached.is_file() else file_hash))
+    except Exception as err:  # noqa: BLE001 - get_file raises a bare Exception when offline
+        raise ImageNetWeightsUnavailable(
+            f"ImageNet weights for {name} are not in Keras' cache and could not be downloaded "
+            f"({err}). Download {origin} on a machine with internet access and copy the file "
+            f"{fname} into {imagenet_cache_dir()}/ (set KERAS_HOME to use another cache "
+            f"folder), or pass its path as --weights=<file>.") from None
 
 
 def seed_cnn(image_size: int, channels: int = 1, *, dropout: float = 0.5,
@@ -180,6 +243,9 @@ def backbone_model(name: str, image_size: int, channels: int = 1, *, dropout: fl
                    num_classes: int = NUM_CLASSES) -> keras.Model:
     """A keras.applications backbone (random init, no top) under a new classification head."""
     inputs = keras.Input((image_size, image_size, channels), dtype="uint8", name="image")
+    # Grey (1-channel) X-rays: "to_rgb" repeats the channel three times, so the backbone (and its
+    # ImageNet first convolution, trained on RGB) sees R = G = B, the grey image every ImageNet
+    # model sees for a black-and-white photo; its 3-channel kernels are used unchanged.
     x = preprocess_layers(inputs, _BACKBONE_SCALING[name], to_rgb=True)
     backbone = _application(name)(include_top=False, weights=None,
                                   input_shape=(image_size, image_size, 3), pooling=None)
@@ -246,8 +312,9 @@ def build_model(name: str, image_size: int, channels: int = 1, *, weights: str |
       name: one of MODEL_NAMES.
       image_size: square input side (>= MIN_IMAGE_SIZE[name]).
       channels: 1 (grey) or 3; backbones repeat grey to RGB in their first layer.
-      weights: None for random init, or a local .h5 / .weights.h5 file (full-model weights, or an
-        ImageNet notop file for the backbones). "imagenet" raises: nothing is downloaded.
+      weights: None for random init, a local .h5 / .weights.h5 file (full-model weights, or an
+        ImageNet notop file for the backbones), or "imagenet" (backbones): keras.applications'
+        notop file from Keras' cache, downloaded there when absent (fetch_imagenet).
       dropout: rate before the output layer.
       num_classes: output classes (3 for this project).
       seed: seeds Python, NumPy and TF (keras.utils.set_random_seed) before creating the layers,
@@ -257,7 +324,9 @@ def build_model(name: str, image_size: int, channels: int = 1, *, weights: str |
       ValueError: a bad name, size, channel count, dropout or weights value, naming the fix.
     """
     _check_args(name, image_size, channels, dropout, num_classes)
-    path = _check_weights(weights)
+    path = _check_weights(weights, name)
+    if path == IMAGENET:
+        path = fetch_imagenet(name)  # before building: fail fast when offline
     if seed is not None:
         keras.utils.set_random_seed(seed)  # same initial weights for every rerun and worker
     if name == "seed_cnn":

@@ -51,7 +51,9 @@ def main(argv: list[str]) -> int:
     results = predict.predict_files(serving, image_paths, FLAGS.batch_size)
     print(predict.format_table(results, serving.class_names))
     failed = sum("error" in r for r in results)
-    print(f"\n{len(results) - failed} predicted, {failed} failed.")
+    # Calibrated exports (training's temperature scaling) say so in their metadata.
+    print(f"\nProbabilities: {serving.metadata.get('probabilities', 'uncalibrated softmax')}.")
+    print(f"{len(results) - failed} predicted, {failed} failed.")
     if FLAGS.output_json:
         payload = {"model_path": FLAGS.model_path, "metadata": serving.metadata,
                    "results": results}

@@ -7,7 +7,7 @@ export/ (SavedModel taking encoded image bytes) and summary.json.
 
 Example:
   python -m xray_tfdata.train --records_dir=workspace/records --model_dir=workspace/model \\
-      --model=seed_cnn --epochs=10 --global_batch_size=32 --class_weights=balanced
+      --model=seed_cnn --epochs=10 --global_batch_size=32
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ flags.DEFINE_string("model_dir", "workspace/model",
 flags.DEFINE_bool("overwrite", False, "Delete a previous run's outputs in --model_dir and start "
                   "from scratch instead of resuming.")
 flags.DEFINE_enum("model", "seed_cnn", models.MODEL_NAMES, "Model architecture.")
-flags.DEFINE_string("weights", None, "Optional local weights file (.h5 / .weights.h5): a full "
-                    "model's weights or an ImageNet 'notop' backbone file. Nothing is downloaded.")
+flags.DEFINE_string("weights", None, "'imagenet' (backbones: keras.applications' notop file from "
+                    "Keras' cache $KERAS_HOME/models or ~/.keras/models, downloaded there when "
+                    "absent), or a local weights file (.h5 / .weights.h5): a full model's weights "
+                    "or an ImageNet 'notop' backbone file.")
 flags.DEFINE_float("dropout", 0.5, "Dropout rate before the output layer.")
 flags.DEFINE_integer("epochs", 10, "Training epochs.")
 flags.DEFINE_integer("steps_per_epoch", 0,
@@ -53,8 +55,19 @@ flags.DEFINE_float("weight_decay", 1e-4, "Decoupled weight decay.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("warmup_epochs", 1.0, "Linear warmup length before the cosine decay.")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing in [0, 1).")
-flags.DEFINE_enum("class_weights", "none", train_config.CLASS_WEIGHTS,
-                  "'balanced' weighs the loss by n / (3 * n_class) from the train split's counts.")
+flags.DEFINE_enum("class_weights", "balanced", train_config.CLASS_WEIGHTS,
+                  "'balanced' (default) weighs the loss by n / (3 * n_class) from the train "
+                  "split's counts; 'none' weighs every example alike. Off with "
+                  "--sampling=balanced, which already equalises the classes.")
+flags.DEFINE_enum("sampling", "natural", train_config.SAMPLING_MODES,
+                  "'balanced': every class drawn with probability 1/3 into training batches "
+                  "(per-class tf.data streams); 'natural': the records' own mix.")
+flags.DEFINE_integer("freeze_backbone_epochs", 0, "Backbones: train only the head for this many "
+                     "epochs (BatchNorm in inference mode), then everything.")
+flags.DEFINE_float("backbone_learning_rate_multiplier", 1.0,
+                   "Backbones: the backbone's learning rate = this x --learning_rate.")
+flags.DEFINE_bool("calibrate", True, "Fit a temperature on the val split at the end; best.keras "
+                  "and the export then return calibrated probabilities (calibration.json).")
 flags.DEFINE_enum("precision", "auto", distribute.PRECISIONS,
                   "auto = mixed_float16 on GPUs with compute capability >= 7.0, mixed_bfloat16 "
                   "on TPU, float32 on CPU.")
@@ -81,7 +94,8 @@ flags.DEFINE_integer("profile_steps", 0, "Profile this many steps (after the fir
 flags.DEFINE_string("val_split", "val", "Split used for validation and best-model selection.")
 flags.DEFINE_bool("export", True, "Export the best model as a serving SavedModel at the end.")
 
-_RUN_OUTPUTS = ("checkpoints", "logs", "export", "history.csv", "best.keras", "summary.json")
+_RUN_OUTPUTS = ("checkpoints", "logs", "export", "history.csv", "best.keras", "summary.json",
+                "calibration.json")
 
 
 def config_from_flags() -> train_config.TrainConfig:
@@ -115,6 +129,11 @@ def main(argv: list[str]) -> None:
         raise cli.usage_error(err) from err
     except ManifestError as err:
         raise app.UsageError(str(err)) from err
+    if config.weights and config.weights.lower() == models.IMAGENET:
+        try:  # into Keras' cache now: offline, one clear message instead of a traceback later
+            models.fetch_imagenet(config.model)
+        except models.ImageNetWeightsUnavailable as err:
+            sys.exit(f"xray_tfdata.train: error: --weights=imagenet: {err}")
     if config.deterministic:
         # Process-wide, so it is set here at the entry point, not in the library: the same seed
         # then gives the same weights bit for bit (thread-order reductions otherwise differ).

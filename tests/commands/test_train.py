@@ -54,18 +54,24 @@ def test_invalid_flags_exit_with_documented_messages(records, tmp_path):
         # The records' manifest disagrees with the flag.
         "hold 32x32 images, but image_size=48 was requested. Pass --image_size=32":
             [*base, "--image_size=48"],
-        "--weights must be unset (random init), or the path of an existing local .h5 / "
-        ".weights.h5 file. Received: --weights='imagenet'. Nothing is downloaded at run time":
-            [*base, "--weights=imagenet"],
+        "--weights must be unset or a local file for the seed CNN (ImageNet weights exist only "
+        "for the backbones). Received: --weights='imagenet'.": [*base, "--weights=imagenet"],
+        # Offline with an empty cache: the file and the folder, no traceback.
+        "copy the file densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5 into "
+        f"{tmp_path / 'kh' / 'models'}/":
+            [*base, "--weights=imagenet", "--model=densenet121"],
     }
     # Run them side by side: each pays TensorFlow's import once.
-    procs = {msg: subprocess.Popen(_train_cmd(*args), env=_env(), cwd=tmp_path,
+    offline = dict(_env(), KERAS_HOME=str(tmp_path / "kh"), HTTPS_PROXY="http://127.0.0.1:9",
+                   https_proxy="http://127.0.0.1:9")
+    procs = {msg: subprocess.Popen(_train_cmd(*args), env=offline, cwd=tmp_path,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for msg, args in cases.items()}
     for message, proc in procs.items():
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 1, (message, stderr[-2000:])
         assert message in stderr, stderr[-2000:]
+        assert "Traceback" not in stderr, stderr[-2000:]
     assert not (tmp_path / "m").exists(), "a rejected run must not create the model_dir"
 
 

@@ -35,7 +35,8 @@ def shortcut_records(tmp_path_factory) -> Path:
 
 def test_evaluate_writes_every_output(tiny_model, shortcut_records, tmp_path):
     config = evaluator.EvalConfig(model_path=str(tiny_model), records_dir=str(shortcut_records),
-                                   split="test", output_dir=str(tmp_path / "eval"), bootstrap=200)
+                                   split="test", output_dir=str(tmp_path / "eval"), bootstrap=200,
+                                   train_records_dir=str(shortcut_records))
     result = evaluator.evaluate(config)
     out = tmp_path / "eval"
     saved = json.loads((out / "metrics.json").read_text())
@@ -131,7 +132,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_prints_summary(tiny_model, shortcut_records, tmp_path):
     proc = _cli(f"--model_path={tiny_model}", f"--records_dir={shortcut_records}",
-                "--split=train", "--bootstrap=50", "--shortcut_model=logistic_regression")
+                "--split=train", "--bootstrap=50", "--shortcut_model=logistic_regression",
+                f"--train_records_dir={shortcut_records}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "accuracy" in proc.stdout and "sensitivity COVID19" in proc.stdout
     assert "metadata" in proc.stdout
@@ -143,3 +145,73 @@ def test_cli_rejects_bad_flags_before_heavy_work():
     assert proc.returncode == 1
     assert "batch_size=0" in proc.stderr
     assert "tensorflow" not in proc.stderr.lower()  # failed before importing TF
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, shortcut_records) -> Path:
+    """A model file in a run directory whose summary.json names its training records, as
+    training writes it (settings.records_dir)."""
+    run = tmp_path_factory.mktemp("run")
+    model = tiny_model_file(run / "best.keras")
+    files.write_json(run / "summary.json", {"settings": {"records_dir": str(shortcut_records)}})
+    return model
+
+
+def test_external_records_side_by_side_probe_fitted_on_the_training_records(
+        trained_run, shortcut_records, tmp_path):
+    from xray_tfdata.inputs import pipeline
+
+    # The external set: test only (no train split), every class from the same sources; plus a
+    # second external set WITH its own train split, which must not be used for the probe.
+    external = write_records(tmp_path / "external", {"test": 5}, seed=3)
+    own_train = write_records(tmp_path / "own_train", {"train": 10, "test": 5}, seed=4)
+    config = evaluator.EvalConfig(
+        model_path=str(trained_run), records_dir=str(shortcut_records), split="test",
+        external_records_dir=f"{external},{own_train}", output_dir=str(tmp_path / "eval"),
+        bootstrap=100, gradcam_per_class=2)
+    result = evaluator.evaluate(config)
+    out = tmp_path / "eval"
+    rows = json.loads((out / "comparison.json").read_text())
+    assert [r["name"] for r in rows] == [shortcut_records.name, "external", "own_train"]
+    assert [r["num_examples"] for r in rows] == [18, 15, 15]
+    assert result["comparison"] == rows
+    table = (out / "comparison.txt").read_text()
+    assert "macro-F1" in table and "external" in table and "border" in table
+    for name in ("external", "own_train"):
+        saved = json.loads((out / name / "metrics.json").read_text())
+        probe = saved["shortcut_probe"]
+        assert probe["fitted_on"] == f"{shortcut_records}:train"
+        expected = shortcut.run_probe(pipeline.read_metadata(shortcut_records, "train"),
+                                      pipeline.read_metadata(out.parent / name, "test"),
+                                      saved["macro_f1"])
+        assert probe["probe_macro_f1"] == pytest.approx(expected["probe_macro_f1"])
+        assert (out / name / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    # No val split in the training records: ECE is reported, without temperature/threshold.
+    assert result["calibration"]["temperature"] is None and "operating_point" not in result
+    assert result["border_attention"]["skipped"] is True  # the tiny model has no convolution
+
+
+def test_operating_point_and_temperature_come_from_the_training_val_split(tmp_path):
+    records = write_records(tmp_path / "records", {"train": 6, "val": 10, "test": 8},
+                            shortcut_sources=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    model = tiny_model_file(run / "best.keras")
+    files.write_json(run / "summary.json", {"settings": {"records_dir": str(records)}})
+    result = evaluator.evaluate(evaluator.EvalConfig(
+        model_path=str(model), records_dir=str(records), split="test", bootstrap=100,
+        output_dir=str(tmp_path / "eval")))
+    cal = result["calibration"]
+    assert cal["temperature_source"] == "fitted on the training records' val split"
+    assert cal["temperature"] > 0 and cal["ece_calibrated"] is not None
+    op = result["operating_point"]
+    assert op["chosen_on"] == f"{records}:val" and op["target_sensitivity"] == 0.95
+    assert 0.0 <= op["sensitivity"] <= 1.0 and "ppv" in op["confidence_intervals"]
+    report = (tmp_path / "eval" / "report.txt").read_text()
+    assert "ECE" in report and "COVID19 at P >=" in report
+    # A temperature stored by the training run wins over refitting.
+    files.write_json(run / "calibration.json", {"temperature": 2.0, "applied_in_model": False})
+    again = evaluator.evaluate(evaluator.EvalConfig(
+        model_path=str(model), records_dir=str(records), split="test", bootstrap=0,
+        output_dir=str(tmp_path / "eval2")))
+    assert again["calibration"]["temperature"] == 2.0

@@ -76,7 +76,8 @@ def test_make_strategy_names_and_errors(monkeypatch):
     ({"optimizer": "adam"}, r"optimizer must be one of adamw, sgd\. Received: optimizer='adam'"),
     ({"label_smoothing": 1.0}, r"label_smoothing must be a number in \[0\.0, 1\.0\)\. Received: label_smoothing=1\.0"),
     ({"model": "vgg16"}, r"model must be one of seed_cnn, resnet50.*Received: model='vgg16'"),
-    ({"weights": "imagenet"}, r"weights='imagenet'.*Nothing is downloaded at run time"),
+    ({"weights": "imagenet"}, r"weights must be unset or a local file for the seed CNN"),
+    ({"weights": "/no/such.h5"}, r"weights must be unset \(random init\), 'imagenet'"),
     ({"warmup_epochs": 3.0}, r"warmup_epochs must be a number in \[0, epochs=2\]\. "
                              r"Received: warmup_epochs=3\.0"),
     ({"class_weights": "inverse"}, r"class_weights must be one of none, balanced\. Received: class_weights='inverse'"),

@@ -1,12 +1,17 @@
 """Evaluation of a saved Keras model on one split: metrics with CIs, report, confusion matrix.
 
 `evaluate(EvalConfig(...))` runs the model over the split through the same input pipeline as
-training (evaluation mode: one pass, no augmentation), computes `metrics.compute_metrics`, runs the
-metadata-only shortcut probe, and writes into the output directory:
+training (evaluation mode: one pass, no augmentation), computes `metrics.compute_metrics`, ECE
+before and after temperature scaling, the COVID19 operating point's sensitivity / specificity /
+PPV, the metadata-only shortcut probe (fitted on the model's TRAINING records, see reference.py)
+and Grad-CAM border attention, and writes into the output directory:
   metrics.json          every number, the settings, the model's sha256 and library versions
   report.txt            the same, human-readable (headline metrics with 95% bootstrap CIs)
   confusion_matrix.png  annotated counts and row fractions with class names
+  reliability.png       reliability diagram before / after temperature scaling
   tensorboard/          the confusion-matrix image, headline scalars and the report as text
+Several records directories (`records_dir="a,b"` or `external_records_dir`) are each evaluated
+into <output_dir>/<name>/ and compared side by side in <output_dir>/comparison.{json,txt}.
 Each file is written to a temporary name and renamed, so a crash never leaves a half-written file.
 """
 
@@ -23,11 +28,13 @@ import numpy as np
 
 from xray_tfdata import console, errors, files, labels
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.evaluation import metrics, shortcut
+from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.txt"
 CONFUSION_FILE = "confusion_matrix.png"
+RELIABILITY_FILE = "reliability.png"
+COMPARISON_FILE = "comparison"
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -45,6 +52,11 @@ class EvalConfig:
     shortcut_probe: bool = True
     shortcut_model: str = shortcut.PROBE_MODELS[0]
     shortcut_threshold: float = shortcut.DEFAULT_THRESHOLD
+    external_records_dir: str = ""  # more records dirs (comma-separated), compared side by side
+    train_records_dir: str = ""  # "" -> the training run's summary.json
+    val_split: str = "val"  # of the training records: temperature and threshold
+    target_sensitivity: float = calibration.DEFAULT_TARGET_SENSITIVITY
+    gradcam_per_class: int = 16  # images per class for border attention; 0 = off
 
     def __post_init__(self):
         errors.one_of("split", self.split, labels.SPLITS)
@@ -62,6 +74,32 @@ class EvalConfig:
                 and 0.0 < self.shortcut_threshold <= 1.0):
             raise ConfigError("shortcut_threshold", self.shortcut_threshold,
                               "a fraction in (0, 1], e.g. 0.8")
+        errors.in_range("target_sensitivity", self.target_sensitivity, 0.0, 1.0,
+                        allowed="a fraction in (0, 1], e.g. 0.95")
+        if self.target_sensitivity == 0.0:
+            raise ConfigError("target_sensitivity", 0.0, "a fraction in (0, 1], e.g. 0.95")
+        errors.non_negative_int("gradcam_per_class", self.gradcam_per_class)
+        if not self.records_dirs:
+            raise ConfigError("records_dir", self.records_dir,
+                              "a records directory (several: comma-separated)")
+
+    @property
+    def records_dirs(self) -> list[str]:
+        """Every evaluated records directory: records_dir's, then external_records_dir's."""
+        joined = f"{self.records_dir},{self.external_records_dir}"
+        return [d.strip() for d in joined.split(",") if d.strip()]
+
+    def output_dirs(self) -> list[Path]:
+        """One output directory per records dir: the output dir itself when there is one,
+        else <output_dir>/<records dir name> (made unique)."""
+        dirs = self.records_dirs
+        if len(dirs) == 1:
+            return [self.resolved_output_dir]
+        names: list[str] = []
+        for d in dirs:
+            base = Path(d.rstrip("/")).name or "records"
+            names.append(base if base not in names else f"{base}_{len(names)}")
+        return [self.resolved_output_dir / n for n in names]
 
     @property
     def resolved_output_dir(self) -> Path:
@@ -232,50 +270,157 @@ def write_tensorboard(logdir: str | os.PathLike, tag: str, result: dict[str, Any
     writer.close()
 
 
-def evaluate(config: EvalConfig) -> dict[str, Any]:
-    """Evaluates config.model_path on config.split, writes the outputs, returns metrics.json."""
+# ----------------------------------------------------------------------------- the run
+
+
+def _reference_point(config: EvalConfig, model, image_size: int, channels: int):
+    """Training records, their val predictions and the operating point (reference.py)."""
+    train_dir, how = reference.training_records_dir(config.model_path, config.train_records_dir)
+    val_probs = val_labels = None
+    if train_dir is not None:
+        from xray_tfdata.records import manifest
+
+        info = manifest.read_manifest(train_dir)
+        if config.val_split in info.get("splits", {}) and manifest.num_examples(
+                info, config.val_split):
+            y, (p, *_) = run_model(model, eval_dataset(train_dir, config.val_split, image_size,
+                                                       channels, config.batch_size))
+            val_probs, val_labels = p, y
+    point = reference.operating_point(val_probs, val_labels, config.target_sensitivity,
+                                      reference.run_calibration(config.model_path))
+    point.update(train_records_dir=train_dir, train_records_found_by=how)
+    return point
+
+
+def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, probs: np.ndarray,
+                   point: dict[str, Any], cnn_macro_f1: float) -> dict[str, Any]:
+    """Calibration, the COVID19 operating point and the shortcut probe of one evaluated set."""
     from xray_tfdata.inputs import pipeline
 
-    model = load_model(config.model_path)
-    image_size, channels = input_spec(model)
-    dataset = eval_dataset(config.records_dir, config.split, image_size, channels,
-                           config.batch_size)
+    raw = reference.uncalibrated(probs, point)
+    out: dict[str, Any] = {"calibration": calibration.calibration_summary(
+        raw, y_true, point["temperature"])}
+    out["calibration"]["temperature_source"] = point["temperature_source"]
+    if point["threshold"] is not None:
+        calibrated = calibration.apply_temperature(raw, point["temperature"])
+        out["operating_point"] = {
+            **calibration.threshold_metrics(calibrated, y_true, point["threshold"],
+                                            n_resamples=config.bootstrap, seed=config.seed),
+            "target_sensitivity": config.target_sensitivity,
+            "chosen_on": f"{point['train_records_dir']}:{config.val_split}"}
+    if config.shortcut_probe:
+        if point["train_records_dir"] is None:
+            out["shortcut_probe"] = {"skipped": True, "warning": False, "probe_macro_f1": None,
+                                     "message": f"Shortcut probe skipped: "
+                                                f"{point['train_records_found_by']}."}
+        else:
+            train_meta = pipeline.read_metadata(point["train_records_dir"], "train")
+            eval_meta = pipeline.read_metadata(records_dir, config.split)
+            out["shortcut_probe"] = shortcut.run_probe(
+                train_meta, eval_meta, cnn_macro_f1, model=config.shortcut_model,
+                threshold=config.shortcut_threshold, seed=config.seed)
+            out["shortcut_probe"]["fitted_on"] = f"{point['train_records_dir']}:train"
+    return out
+
+
+def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
+                  point: dict[str, Any], image_size: int, channels: int) -> dict[str, Any]:
+    dataset = eval_dataset(records_dir, config.split, image_size, channels, config.batch_size)
     y_true, (probs, *_) = run_model(
         model, dataset, label=f"evaluate {config.split}",
-        total=split_size(config.records_dir, config.split))
+        total=split_size(records_dir, config.split))
     if probs.ndim != 2 or probs.shape[1] != labels.NUM_CLASSES:
         raise ValueError(f"The model outputs shape {probs.shape[1:]}, expected "
                          f"[{labels.NUM_CLASSES}] class probabilities.")
     result = metrics.compute_metrics(y_true, probs, n_resamples=config.bootstrap,
                                      seed=config.seed)
-    if config.shortcut_probe:
-        train_meta = pipeline.read_metadata(config.records_dir, "train")
-        eval_meta = pipeline.read_metadata(config.records_dir, config.split)
-        result["shortcut_probe"] = shortcut.run_probe(
-            train_meta, eval_meta, result["macro_f1"], model=config.shortcut_model,
-            threshold=config.shortcut_threshold, seed=config.seed)
-        if config.split == "train":
-            result["shortcut_probe"]["message"] += (
-                " (Scored on train, the probe's own training data: its score is optimistic.)")
-    result["settings"] = {**dataclasses.asdict(config),
+    result.update(_trust_metrics(config, records_dir, y_true, probs, point, result["macro_f1"]))
+    if config.split == "train" and result.get("shortcut_probe", {}).get("message"):
+        result["shortcut_probe"]["message"] += (
+            " (Scored on train: if these are the training records, the probe's own training "
+            "data, its score is optimistic.)")
+    if config.gradcam_per_class:
+        from xray_tfdata.evaluation import gradcam
+
+        try:
+            result["border_attention"] = gradcam.split_attention(
+                model, dataset, per_class=config.gradcam_per_class)
+        except gradcam.NoConvolutionError as err:  # e.g. a hand-built test model
+            result["border_attention"] = {"skipped": True, "overall": None, "warning": False,
+                                          "per_class": {}, "num_images": 0, "layer": None,
+                                          "message": f"Border attention skipped: {err}"}
+    result["settings"] = {**dataclasses.asdict(config), "records_dir": records_dir,
                           "model_sha256": files.sha256_file(config.model_path),
                           "model_name": model.name, "image_size": image_size,
-                          "channels": channels, "versions": files.versions()}
-    write_outputs(config.resolved_output_dir, result, config.split,
-                  title=f"{model.name} on {config.split} (n={result['num_examples']})")
+                          "channels": channels, "reference": point, "versions": files.versions()}
+    raw = reference.uncalibrated(probs, point)
+    reliability = calibration.reliability_png(
+        raw, y_true, f"{model.name} on {config.split}", None if point["temperature"] is None
+        else calibration.apply_temperature(raw, point["temperature"]))
+    write_outputs(output_dir, result, config.split,
+                  title=f"{model.name} on {config.split} (n={result['num_examples']})",
+                  reliability=reliability)
     return result
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """Evaluates config.model_path on config.split of every records dir, writes the outputs,
+    returns the first dir's metrics.json (with "comparison" rows when there are several)."""
+    model = load_model(config.model_path)
+    image_size, channels = input_spec(model)
+    point = _reference_point(config, model, image_size, channels)
+    results = [_evaluate_one(config, model, d, out, point, image_size, channels)
+               for d, out in zip(config.records_dirs, config.output_dirs())]
+    if len(results) > 1:
+        rows = [reference.comparison_row(out.name, r)
+                for out, r in zip(config.output_dirs(), results)]
+        base = config.resolved_output_dir
+        files.write_json(base / f"{COMPARISON_FILE}.json", rows)
+        files.write_atomic(base / f"{COMPARISON_FILE}.txt", reference.comparison_table(rows) + "\n")
+        results[0]["comparison"] = rows
+    return results[0]
 
 
 def report_text(result: dict[str, Any], title: str) -> str:
     text = [title, "=" * len(title), metrics.format_summary(result)]
+    cal = result.get("calibration")
+    if cal:
+        line = f"calibration: ECE {cal['ece']:.4f} (15 bins, top label), NLL {cal['nll']:.4f}"
+        if cal.get("temperature") is not None:
+            line += (f"; temperature {cal['temperature']:.3f} ({cal['temperature_source']}): "
+                     f"ECE {cal['ece_calibrated']:.4f}, NLL {cal['nll_calibrated']:.4f}")
+        text += ["", line]
+    op = result.get("operating_point")
+    if op:
+        text.append(operating_point_text(op))
     probe = result.get("shortcut_probe")
     if probe:
-        text += ["shortcut probe (metadata only, no pixels):", probe["message"]]
+        text += ["", "shortcut probe (metadata only, no pixels):", probe["message"]]
+    attention = result.get("border_attention")
+    if attention:
+        per_class = ", ".join(f"{n} {'n/a' if v is None else f'{v:.3f}'}"
+                              for n, v in attention["per_class"].items())
+        text += ["", f"Grad-CAM border attention ({attention['num_images']} images, layer "
+                     f"{attention['layer']}): {per_class}", attention["message"]]
     return "\n".join(text) + "\n"
 
 
-def write_outputs(output_dir: Path, result: dict[str, Any], split: str, title: str) -> dict:
-    """metrics.json, report.txt, confusion_matrix.png and tensorboard/ under output_dir."""
+def operating_point_text(op: dict[str, Any]) -> str:
+    """'COVID19 at p >= 0.31 (95% sensitivity on val): sensitivity 0.9 [..], ...'."""
+    parts = []
+    for key in ("sensitivity", "specificity", "ppv"):
+        ci = op["confidence_intervals"].get(key) or {}
+        value = "n/a" if op[key] is None else f"{op[key]:.3f}"
+        if ci.get("low") is not None:
+            value += f" [{ci['low']:.3f}, {ci['high']:.3f}]"
+        parts.append(f"{key} {value}")
+    return (f"COVID19 at P >= {op['threshold']:.4f} (chosen for sensitivity "
+            f"{op['target_sensitivity']:.0%} on {op['chosen_on']}): " + ", ".join(parts))
+
+
+def write_outputs(output_dir: Path, result: dict[str, Any], split: str, title: str,
+                  reliability: bytes | None = None) -> dict:
+    """metrics.json, report.txt, confusion_matrix.png, reliability.png, tensorboard/."""
     output_dir.mkdir(parents=True, exist_ok=True)
     report = report_text(result, title)
     png = confusion_png(result["confusion_matrix"], result["class_names"], title)
@@ -285,6 +430,8 @@ def write_outputs(output_dir: Path, result: dict[str, Any], split: str, title: s
         "report": files.write_atomic(output_dir / REPORT_FILE, report),
         "confusion_matrix": files.write_atomic(output_dir / CONFUSION_FILE, png),
     }
+    if reliability is not None:
+        paths["reliability"] = files.write_atomic(output_dir / RELIABILITY_FILE, reliability)
     write_tensorboard(output_dir / TENSORBOARD_DIR, split, result, png, report)
     paths["tensorboard"] = output_dir / TENSORBOARD_DIR
     return paths

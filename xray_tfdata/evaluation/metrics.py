@@ -130,32 +130,68 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray)
     return auc
 
 
-def bootstrap_intervals(y_true: np.ndarray, probs: np.ndarray, y_pred: np.ndarray,
-                        *, n_resamples: int = 1000, seed: int = 0,
-                        confidence: float = CONFIDENCE) -> dict[str, dict[str, float | None]]:
-    """Percentile-bootstrap intervals for accuracy, macro-F1, macro AUC and per-class sensitivity.
+def resample_weights(n: int, n_resamples: int, seed: int = 0):
+    """Yields bootstrap example weights in chunks: arrays [b, n] of multinomial counts.
 
-    Seeded and vectorised: resample weights come from numpy's default_rng(seed), drawn in fixed
-    chunks, so the same inputs and seed always give the same intervals.
+    Resampling n examples with replacement is the same as giving each a count; numpy's
+    default_rng(seed) draws them in fixed chunks, so the same n, n_resamples and seed always give
+    the same resamples (bootstrap_intervals and calibration's operating point share this).
     """
     if n_resamples < 1:
         raise ValueError(f"Received: n_resamples={n_resamples}. Use >= 1 (1000 is typical).")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"Received: confidence={confidence}. Use a value in (0, 1), e.g. 0.95.")
-    n, num_classes = probs.shape
     rng = np.random.default_rng(seed)
-    # One-hot of (true, predicted) pairs: weights @ pair_onehot = flattened confusion matrices.
-    pair_onehot = np.zeros((n, num_classes * num_classes))
-    pair_onehot[np.arange(n), y_true * num_classes + y_pred] = 1.0
-    accs, f1s, aucs, sens = [], [], [], []
     done = 0
     while done < n_resamples:
         b = min(_CHUNK, n_resamples - done)
         idx = rng.integers(0, n, size=(b, n))
         offsets = (np.arange(b) * n)[:, None]
         weights = np.bincount((idx + offsets).ravel(), minlength=b * n).reshape(b, n)
-        weights = weights.astype(np.float64)
-        cm = (weights @ pair_onehot).reshape(b, num_classes, num_classes)
+        yield weights.astype(np.float64)
+        done += b
+
+
+def percentile_interval(values: np.ndarray,
+                        confidence: float = CONFIDENCE) -> dict[str, float | None]:
+    """{"low", "high"}: the percentile interval of the finite bootstrap values (None if none)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"Received: confidence={confidence}. Use a value in (0, 1), e.g. 0.95.")
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {"low": None, "high": None}
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return {"low": float(low), "high": float(high)}
+
+
+def bootstrap_confusions(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, *,
+                         n_resamples: int = 1000, seed: int = 0):
+    """Yields (weights [b, n], confusion matrices [b, C, C]) for each chunk of resamples."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    n = y_true.shape[0]
+    # One-hot of (true, predicted) pairs: weights @ pair_onehot = flattened confusion matrices.
+    pair_onehot = np.zeros((n, num_classes * num_classes))
+    pair_onehot[np.arange(n), y_true * num_classes + y_pred] = 1.0
+    for weights in resample_weights(n, n_resamples, seed):
+        cm = (weights @ pair_onehot).reshape(-1, num_classes, num_classes)
+        yield weights, cm
+
+
+def bootstrap_intervals(y_true: np.ndarray, probs: np.ndarray, y_pred: np.ndarray,
+                        *, n_resamples: int = 1000, seed: int = 0,
+                        confidence: float = CONFIDENCE) -> dict[str, dict[str, float | None]]:
+    """Percentile-bootstrap intervals for accuracy, macro-F1, macro AUC and per-class sensitivity.
+
+    Seeded and vectorised: resample weights come from `resample_weights` (numpy's
+    default_rng(seed), fixed chunks), so the same inputs and seed always give the same intervals.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"Received: confidence={confidence}. Use a value in (0, 1), e.g. 0.95.")
+    num_classes = probs.shape[1]
+    accs, f1s, aucs, sens = [], [], [], []
+    for weights, cm in bootstrap_confusions(y_true, y_pred, num_classes,
+                                            n_resamples=n_resamples, seed=seed):
         rates = rates_from_confusion(cm)
         accs.append(rates["accuracy"])
         f1s.append(rates["macro_f1"])
@@ -170,15 +206,9 @@ def bootstrap_intervals(y_true: np.ndarray, probs: np.ndarray, y_pred: np.ndarra
             macro = np.where(defined > 0, np.nansum(per_class_auc, axis=1) / np.maximum(defined, 1),
                              np.nan)
         aucs.append(macro)
-        done += b
-    alpha = (1.0 - confidence) / 2.0
 
     def interval(values: np.ndarray) -> dict[str, float | None]:
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            return {"low": None, "high": None}
-        low, high = np.quantile(values, [alpha, 1.0 - alpha])
-        return {"low": float(low), "high": float(high)}
+        return percentile_interval(values, confidence)
 
     out = {
         "accuracy": interval(np.concatenate(accs)),

@@ -4,7 +4,8 @@ In the Kaggle COVID-19 chest X-ray set, NORMAL and PNEUMONIA come from a paediat
 COVID19 from adult ones, so image size, file format, colour mode and file size differ by class. A
 CNN can score well by recognising the source instead of the disease. The probe fits a small
 scikit-learn classifier on those metadata alone (never on pixels), on the train split, and scores
-its macro-F1 on the evaluated split. When it comes within `threshold` (default 80%) of the CNN's
+its macro-F1 on the evaluated split. The train split must be the one the MODEL was trained on
+(evaluation/reference.py finds it from the training run), not the evaluated records' own. When it comes within `threshold` (default 80%) of the CNN's
 macro-F1, the CNN's number cannot be trusted as evidence of learning the disease.
 """
 
@@ -174,6 +175,18 @@ def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_m
     probs[:, probe.classes_] = probe.predict_proba(x_eval)
     probe_metrics = metrics.compute_metrics(y_eval, probs, n_resamples=0)
     probe_f1 = probe_metrics["macro_f1"]
+    result.update(
+        skipped=False, probe_macro_f1=probe_f1, probe_accuracy=probe_metrics["accuracy"],
+        probe_per_class_f1={name: row["f1"] for name, row in probe_metrics["per_class"].items()},
+        probe_confusion_matrix=probe_metrics["confusion_matrix"],
+        features=encoder.feature_names)
+    result.update(compare(probe_f1, cnn_macro_f1, threshold))
+    return result
+
+
+def compare(probe_f1: float, cnn_macro_f1: float,
+            threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """The probe's macro-F1 against the CNN's: ratio, `warning` and the human `message`."""
     # None (not inf) keeps metrics.json valid JSON when the CNN scores 0.
     ratio = probe_f1 / cnn_macro_f1 if cnn_macro_f1 > 0 else None
     warning = bool(probe_f1 >= threshold * cnn_macro_f1)
@@ -192,10 +205,5 @@ def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_m
     else:
         message = (f"Shortcut probe: metadata-only macro-F1 {probe_f1:.3f} is {ratio_text} of the "
                    f"CNN's {cnn_macro_f1:.3f} (below the {threshold:.0%} warning threshold).")
-    result.update(
-        skipped=False, warning=warning, probe_macro_f1=probe_f1, ratio=ratio,
-        probe_accuracy=probe_metrics["accuracy"], probe_per_class_f1={
-            name: row["f1"] for name, row in probe_metrics["per_class"].items()},
-        probe_confusion_matrix=probe_metrics["confusion_matrix"],
-        features=encoder.feature_names, message=message)
-    return result
+    return {"cnn_macro_f1": float(cnn_macro_f1), "ratio": ratio, "warning": warning,
+            "message": message}

@@ -31,7 +31,7 @@ from absl import logging
 
 from xray_tfdata import errors
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.inputs import decode, online_augment
+from xray_tfdata.inputs import decode, online_augment, sampling
 from xray_tfdata.records import features, manifest
 
 CACHE_MODES = ("none", "memory")  # or any other string: a file path prefix for an on-disk cache
@@ -59,6 +59,7 @@ class InputConfig:
     output_dtype: str = "uint8"  # or the model's compute dtype; values stay 0..255
     augment_params: online_augment.AugmentParams = online_augment.AugmentParams()
     jit_augment: bool = True  # XLA-compiled augmentation (~4x faster on CPU); False: TF kernel
+    sampling: str = "natural"  # "balanced": classes drawn uniformly in training (sampling.py)
     # Ablation switches for benchmarks/input_pipeline.py; keep True in real use.
     parallel_interleave: bool = True
     vectorized_parse: bool = True
@@ -77,6 +78,7 @@ class InputConfig:
         if not isinstance(self.augment_params, online_augment.AugmentParams):
             raise ConfigError("augment_params", self.augment_params,
                               "an online_augment.AugmentParams")
+        errors.one_of("sampling", self.sampling, sampling.SAMPLING_MODES)
 
 
 # ---------------------------------------------------------------- corrupt-record accounting
@@ -245,7 +247,10 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
         ds = ds.cache()
     elif config.cache != "none":
         ds = ds.cache(_cache_path(config.cache, info, split, config, num_pipelines, pipeline_id))
-    if config.training:
+    if config.training and config.sampling == "balanced":
+        ds = sampling.balanced(ds, len(info["label_map"]), seed=config.seed,
+                               shuffle_buffer=config.shuffle_buffer, pipeline_id=pipeline_id)
+    elif config.training:
         # Shuffle before repeat: every epoch is a full permutation, no example twice per epoch.
         ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
         ds = ds.repeat()

@@ -37,7 +37,7 @@ HISTORY_FIELDS: tuple[str, ...] = (
 class RunState:
     """The checkpointed state of a run. Counters live outside the strategy as plain variables."""
 
-    def __init__(self, model: Any, optimizer: Any) -> None:
+    def __init__(self, model: Any, optimizer: Any, backbone_optimizer: Any = None) -> None:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
@@ -46,6 +46,9 @@ class RunState:
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, epoch=self.epoch, step=self.step,
             best_score=self.best_score, best_epoch=self.best_epoch, bad_epochs=self.bad_epochs,
+            # The backbone's own optimizer (--backbone_learning_rate_multiplier != 1) only.
+            **({"backbone_optimizer": backbone_optimizer} if backbone_optimizer is not None
+               else {}),
         )
 
 

@@ -18,6 +18,8 @@ from xray_tfdata.training.distribute import PRECISIONS
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+# inputs/sampling.SAMPLING_MODES, repeated here so flag checks do not import TensorFlow.
+SAMPLING_MODES: tuple[str, ...] = ("natural", "balanced")
 # --learning_rate is the rate for this global batch; --scale_lr multiplies it by batch / this.
 LR_REFERENCE_BATCH = 32
 
@@ -40,7 +42,13 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
-    class_weights: str = "none"
+    # Balanced by default: the Kaggle set is 1 : 2.75 : 7.4 and unweighted training collapses to
+    # the majority class on small real sets (issue 9). Ignored with sampling="balanced".
+    class_weights: str = "balanced"
+    sampling: str = "natural"  # "balanced": class-balanced batches (inputs/sampling.py)
+    freeze_backbone_epochs: int = 0  # backbones: train the head only for this many epochs
+    backbone_learning_rate_multiplier: float = 1.0  # backbone rate = this x the head's
+    calibrate: bool = True  # temperature scaling on val at the end (best.keras, export)
     precision: str = "auto"
     jit_compile: bool = False
     steps_per_execution: int = 1
@@ -64,7 +72,7 @@ class TrainConfig:
         errors.positive_int("steps_per_execution", self.steps_per_execution)
         errors.positive_int("max_checkpoints", self.max_checkpoints)
         for name in ("steps_per_epoch", "patience", "checkpoint_every", "profile_steps",
-                     "shuffle_buffer", "seed"):
+                     "shuffle_buffer", "seed", "freeze_backbone_epochs"):
             errors.non_negative_int(name, getattr(self, name))
         if self.image_size is not None and (
             not isinstance(self.image_size, int) or self.image_size < 8
@@ -85,6 +93,19 @@ class TrainConfig:
                               f"a number in [0, epochs={self.epochs}]")
         errors.one_of("optimizer", self.optimizer, OPTIMIZERS)
         errors.one_of("class_weights", self.class_weights, CLASS_WEIGHTS)
+        errors.one_of("sampling", self.sampling, SAMPLING_MODES)
+        errors.in_range("backbone_learning_rate_multiplier",
+                        self.backbone_learning_rate_multiplier, 0.0, 10.0,
+                        allowed="a number in [0, 10] (0 keeps the backbone fixed)")
+        if self.model == "seed_cnn" and (self.freeze_backbone_epochs
+                                         or self.backbone_learning_rate_multiplier != 1.0):
+            field = ("freeze_backbone_epochs" if self.freeze_backbone_epochs
+                     else "backbone_learning_rate_multiplier")
+            raise ConfigError(field, getattr(self, field), "unset for the seed CNN (it has no "
+                              "backbone)", "Pass --model=densenet121 (or another backbone).")
+        if self.freeze_backbone_epochs > self.epochs:
+            raise ConfigError("freeze_backbone_epochs", self.freeze_backbone_epochs,
+                              f"at most epochs={self.epochs}")
         errors.one_of("precision", self.precision, PRECISIONS)
         if not self.cache:
             raise ConfigError("cache", self.cache, "'none', 'memory' or a file path prefix")
@@ -93,13 +114,18 @@ class TrainConfig:
         if not self.model_dir:
             raise ConfigError("model_dir", self.model_dir, "a directory for checkpoints/logs")
         errors.one_of("model", self.model, MODEL_NAMES)
-        if self.weights and not (Path(self.weights).is_file()
-                                 and self.weights.endswith((".h5", ".keras"))):
+        if self.weights and str(self.weights).lower() == "imagenet":
+            if self.model == "seed_cnn":
+                raise ConfigError("weights", self.weights, "unset or a local file for the seed "
+                                  "CNN (ImageNet weights exist only for the backbones)",
+                                  "Pass --model=densenet121 (or another backbone).")
+        elif self.weights and not (Path(self.weights).is_file()
+                                   and self.weights.endswith((".h5", ".keras"))):
             raise ConfigError(
                 "weights", self.weights,
-                "unset (random init), or the path of an existing local .h5 / .weights.h5 file",
-                "Nothing is downloaded at run time: for ImageNet weights download the backbone's "
-                "'notop' .h5 file yourself and pass its path.",
+                "unset (random init), 'imagenet' (a backbone's keras.applications weights, from "
+                "Keras' cache or downloaded into it), or the path of an existing local .h5 / "
+                ".weights.h5 file",
             )
 
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator
 from xray_tfdata.inputs import pipeline
 from xray_tfdata.records import manifest as manifest_lib
-from xray_tfdata.training import checkpointing, distribute, steps
+from xray_tfdata.training import checkpointing, distribute, finetune, steps
 from xray_tfdata.training.config import TrainConfig
 
 ModelBuilder = Callable[..., keras.Model]
@@ -78,20 +79,24 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
 
 
 def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.ndarray:
-    """Per-class loss weights: ones, or n / (K * n_c) from the train split's counts ("balanced")."""
-    if config.class_weights == "none":
+    """Per-class loss weights: ones, or n / (K * n_c) from the train split's counts ("balanced").
+
+    Ones under balanced sampling: the batches already hold every class equally, and weighting
+    them again would over-correct (the minority class counted n / n_c times twice)."""
+    if config.class_weights == "none" or config.sampling == "balanced":
         return np.ones(labels.NUM_CLASSES, np.float32)
     counts = np.asarray(manifest_lib.class_counts(manifest, "train"), np.float64)
     weights = np.where(counts > 0, counts.sum() / (labels.NUM_CLASSES * np.maximum(counts, 1)), 1.0)
     return weights.astype(np.float32)
 
 
-def make_lr_schedule(config: TrainConfig,
-                     steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warmup from 0 to the (optionally batch-scaled) peak, then cosine decay to 0."""
+def make_lr_schedule(config: TrainConfig, steps_per_epoch: int, scale: float = 1.0,
+                     ) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warmup from 0 to the (optionally batch-scaled) peak x `scale`, then cosine decay
+    to 0."""
     total = config.epochs * steps_per_epoch
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
-    peak = config.effective_learning_rate
+    peak = config.effective_learning_rate * scale
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else peak,
         decay_steps=max(total - warmup, 1),
@@ -100,9 +105,10 @@ def make_lr_schedule(config: TrainConfig,
     )
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int, precision: str) -> keras.Optimizer:
+def make_optimizer(config: TrainConfig, steps_per_epoch: int, precision: str,
+                   lr_scale: float = 1.0) -> keras.Optimizer:
     """AdamW or SGD+momentum on the warmup+cosine schedule; loss scaling under float16."""
-    schedule = make_lr_schedule(config, steps_per_epoch)
+    schedule = make_lr_schedule(config, steps_per_epoch, lr_scale)
     if config.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(learning_rate=schedule,
                                            weight_decay=config.weight_decay)
@@ -134,6 +140,12 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, *
     data = resolve_data(config)
     distribute.per_replica_batch_size(config.global_batch_size, strategy)
     precision = distribute.resolve_precision(config.precision, strategy)
+    if precision == "mixed_float16" and config.backbone_learning_rate_multiplier != 1.0:
+        # Two optimizers would need one shared loss scale; Keras' LossScaleOptimizer has its own.
+        raise ConfigError("backbone_learning_rate_multiplier",
+                          config.backbone_learning_rate_multiplier,
+                          "1.0 under mixed_float16 (loss scaling)",
+                          "Use --precision=float32 or mixed_bfloat16.")
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
     try:
@@ -173,6 +185,8 @@ class _Run:
     val_ds: tf.data.Dataset
     writer: Any
     profile: steps.ProfileWindow
+    make_train_steps: Callable[[bool], Callable[[Any, tf.Tensor], tf.Tensor]]
+    frozen: bool | None = None  # the phase run.train_steps was built for
 
     @property
     def best_path(self) -> Path:
@@ -208,9 +222,17 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
         model = model_builder(config.model, data.image_size, data.channels,
                               weights=config.weights, dropout=config.dropout, seed=config.seed)
         optimizer = make_optimizer(config, data.steps_per_epoch, precision)
-        # Build the slots now, inside the scope, so they are mirrored like the weights.
-        optimizer.build(model.trainable_variables)
-    state = checkpointing.RunState(model, optimizer)
+        head_vars, backbone_vars = finetune.split_variables(model)
+        backbone_optimizer = None
+        if backbone_vars and config.backbone_learning_rate_multiplier != 1.0:
+            backbone_optimizer = make_optimizer(config, data.steps_per_epoch, precision,
+                                                config.backbone_learning_rate_multiplier)
+            backbone_optimizer.build(backbone_vars)
+        # Build the slots now, inside the scope, so they are mirrored like the weights; for
+        # every variable, before any freezing, so checkpoints look the same in both phases.
+        optimizer.build(head_vars if backbone_optimizer is not None
+                        else model.trainable_variables)
+    state = checkpointing.RunState(model, optimizer, backbone_optimizer)
     checkpointer = checkpointing.Checkpointer(state, model_dir, strategy, config.max_checkpoints)
     resumed_from = checkpointer.restore()
     start_epoch = min(int(state.epoch.numpy()), config.epochs)
@@ -218,14 +240,20 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
 
     class_weights = class_weight_vector(config, data.manifest)
     loss_fn = steps.make_loss_fn(class_weights, config.label_smoothing, config.global_batch_size)
-    train_steps = steps.make_train_function(
-        strategy, model, optimizer, loss_fn, jit_compile=config.jit_compile,
-        loss_scaling=precision == "mixed_float16",
-    )
+    backbone_ids = frozenset(id(v) for v in backbone_vars)
+
+    def make_train_steps(frozen: bool):
+        return finetune.make_phase_train_function(
+            lambda model: steps.make_train_function(
+                strategy, model, optimizer, loss_fn, jit_compile=config.jit_compile,
+                loss_scaling=precision == "mixed_float16", backbone_optimizer=backbone_optimizer,
+                backbone_ids=backbone_ids),
+            model, frozen)
+
     input_config = pipeline.InputConfig(
         global_batch_size=config.global_batch_size, image_size=data.image_size,
         channels=data.channels, training=True, cache=config.cache,
-        shuffle_buffer=config.shuffle_buffer, augment=config.augment,
+        shuffle_buffer=config.shuffle_buffer, augment=config.augment, sampling=config.sampling,
         # Reseed per resumed epoch so a resumed run does not replay epoch 0's order.
         seed=config.seed + start_epoch, deterministic=config.deterministic,
     )
@@ -246,14 +274,20 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
     return _Run(config=config, strategy=strategy, data=data, precision=precision, chief=chief,
                 model_dir=model_dir, model=model, optimizer=optimizer, state=state,
                 checkpointer=checkpointer, history=history, resumed_from=resumed_from,
-                start_epoch=start_epoch, class_weights=class_weights, train_steps=train_steps,
-                iterator=iterator, predict=predict, val_ds=val_ds, writer=writer, profile=profile)
+                start_epoch=start_epoch, class_weights=class_weights, train_steps=None,
+                iterator=iterator, predict=predict, val_ds=val_ds, writer=writer, profile=profile,
+                make_train_steps=make_train_steps)
 
 
 def _train_epoch(run: _Run, progress: _Progress, epoch: int) -> bool:
     """Trains the rest of `epoch` (all of it unless resumed mid-epoch) and validates; records the
     epoch's row in `progress.last_row`. Returns False when the loss went NaN/inf."""
     config, steps_per_epoch = run.config, run.data.steps_per_epoch
+    frozen = finetune.frozen_at(epoch, config.freeze_backbone_epochs)
+    if run.frozen is not frozen:  # first epoch of this session, or the unfreeze
+        run.train_steps, run.frozen = run.make_train_steps(frozen), frozen
+        logging.info("Epoch %d: %s.", epoch + 1, "head only (backbone frozen, BatchNorm in "
+                     "inference mode)" if frozen else "every layer trains")
     done_in_epoch = min(max(progress.step - epoch * steps_per_epoch, 0), steps_per_epoch)
     epoch_start_step = progress.step
     losses, train_seconds = [], 0.0
@@ -328,6 +362,8 @@ def _end_of_epoch(run: _Run, progress: _Progress, epoch: int) -> bool:
         if run.chief:
             with files.atomic_path(run.best_path) as tmp:
                 run.model.save(tmp)
+            # This best.keras is uncalibrated until _finish: a stale record must not claim it.
+            (run.model_dir / finetune.CALIBRATION_FILE).unlink(missing_ok=True)
     else:
         state.bad_epochs.assign_add(1)
     run.history.append(progress.last_row)
@@ -353,9 +389,14 @@ def _finish(run: _Run, progress: _Progress) -> dict[str, Any]:
         run.model.set_weights(progress.best_weights)
     elif run.best_path.is_file():
         run.model.load_weights(str(run.best_path))
+    calibration_record = _calibrate(run, progress)
     export_dir = steps.export_model(
         run.model, run.model_dir, run.data, run.strategy,
-        enabled=config.export and progress.stop_reason != "nan_loss")
+        enabled=config.export and progress.stop_reason != "nan_loss",
+        extra_metadata=None if not calibration_record else {
+            "calibration": calibration_record,
+            "probabilities": f"calibrated: softmax(logits / {calibration_record['temperature']:.4f}),"
+                             f" the temperature fitted on {config.val_split}"})
 
     speeds = progress.epoch_speeds
     steady = speeds[1:] or speeds  # the first epoch pays for tracing and filling the cache
@@ -372,6 +413,12 @@ def _finish(run: _Run, progress: _Progress) -> dict[str, Any]:
             "peak_learning_rate": config.effective_learning_rate,
             "image_size": run.data.image_size, "channels": run.data.channels,
             "class_weights": run.class_weights.tolist(),
+            "class_weighting": ("none: balanced sampling already equalises the classes"
+                                if config.sampling == "balanced" else config.class_weights
+                                + (" (the default)" if config.class_weights == "balanced"
+                                   else "")),
+            "sampling": config.sampling,
+            "records_dir": str(Path(config.records_dir).resolve()),
             "num_train_examples": run.data.num_train,
         },
         "versions": files.versions(),
@@ -386,6 +433,7 @@ def _finish(run: _Run, progress: _Progress) -> dict[str, Any]:
         "best": {"epoch": int(state.best_epoch.numpy()),
                  "val_macro_f1": float(state.best_score.numpy())},
         "weights_fingerprint": fingerprint,
+        "calibration": calibration_record,
         "paths": {"best_model": str(run.best_path), "export": export_dir,
                   "history": str(run.history.path), "logs": str(run.log_dir),
                   "checkpoints": run.checkpointer.chief_dir},
@@ -393,3 +441,24 @@ def _finish(run: _Run, progress: _Progress) -> dict[str, Any]:
     if run.chief:
         files.write_json(run.model_dir / "summary.json", summary, nan_to_null=True)
     return summary
+
+
+def _calibrate(run: _Run, progress: _Progress) -> dict[str, Any] | None:
+    """Temperature scaling on val folded into the best model (finetune.calibrate); best.keras is
+    rewritten calibrated and calibration.json records T. A best.keras loaded from an earlier
+    finish is already calibrated (its calibration.json still exists): kept as it is."""
+    path = run.model_dir / finetune.CALIBRATION_FILE
+    if not run.config.calibrate or progress.stop_reason == "nan_loss" \
+            or not (progress.best_weights is not None or run.best_path.is_file()):
+        return None
+    if progress.best_weights is None and path.is_file():
+        return json.loads(path.read_text())
+    record = finetune.calibrate(run.model, run.predict, run.val_ds)
+    logging.info("Temperature scaling on %s: T = %.3f, val NLL %.4f -> %.4f, ECE %.4f -> %.4f.",
+                 run.config.val_split, record["temperature"], record["val_nll"],
+                 record["val_nll_calibrated"], record["val_ece"], record["val_ece_calibrated"])
+    if run.chief:
+        with files.atomic_path(run.best_path) as tmp:
+            run.model.save(tmp)
+        files.write_json(path, record, nan_to_null=True)
+    return record

@@ -52,16 +52,25 @@ def make_loss_fn(class_weights: np.ndarray, label_smoothing: float,
 
 
 def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: Callable, *,
-                      jit_compile: bool, loss_scaling: bool) -> Callable[[tf.Tensor, tf.Tensor],
-                                                                      tf.Tensor]:
+                      jit_compile: bool, loss_scaling: bool,
+                      backbone_optimizer: keras.Optimizer | None = None,
+                      backbone_ids: frozenset[int] = frozenset()) -> Callable[[tf.Tensor,
+                                                                              tf.Tensor],
+                                                                             tf.Tensor]:
     """One replica's step on one batch: forward, loss (+ the model's regularization losses),
     backward, update; returns the replica's loss. Training and the train benchmark both run it,
     so the benchmark times exactly the step training runs.
 
     XLA (jit_compile) covers the forward and backward pass only: the optimizer update calls
     merge_call under a strategy, which XLA cannot compile, so it stays outside.
+    The variables are the model's trainable ones when this is called (a frozen backbone's are
+    left out); with `backbone_optimizer`, those in `backbone_ids` are updated by it instead
+    (their own learning rate, training/finetune.py).
     """
     variables = model.trainable_variables
+    own = [i for i, v in enumerate(variables) if id(v) not in backbone_ids] \
+        if backbone_optimizer is not None else list(range(len(variables)))
+    other = [i for i in range(len(variables)) if i not in set(own)]
 
     def forward_backward(images: tf.Tensor, labels_: tf.Tensor):
         with tf.GradientTape() as tape:
@@ -78,7 +87,9 @@ def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: C
 
     def replica_step(images: tf.Tensor, labels_: tf.Tensor) -> tf.Tensor:
         loss, grads = compute(images, labels_)
-        optimizer.apply_gradients(zip(grads, variables))
+        optimizer.apply_gradients([(grads[i], variables[i]) for i in own])
+        if other:
+            backbone_optimizer.apply_gradients([(grads[i], variables[i]) for i in other])
         return loss
 
     return replica_step
@@ -86,11 +97,15 @@ def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: C
 
 def make_train_function(strategy: tf.distribute.Strategy, model: keras.Model,
                         optimizer: keras.Optimizer, loss_fn: Callable, *, jit_compile: bool,
-                        loss_scaling: bool) -> Callable[[Any, tf.Tensor], tf.Tensor]:
+                        loss_scaling: bool, backbone_optimizer: keras.Optimizer | None = None,
+                        backbone_ids: frozenset[int] = frozenset(),
+                        ) -> Callable[[Any, tf.Tensor], tf.Tensor]:
     """Returns f(distributed_iterator, num_steps) -> mean global training loss of those steps
     (`num_steps` steps per call: --steps_per_execution)."""
     replica_step = make_replica_step(model, optimizer, loss_fn, jit_compile=jit_compile,
-                                     loss_scaling=loss_scaling)
+                                     loss_scaling=loss_scaling,
+                                     backbone_optimizer=backbone_optimizer,
+                                     backbone_ids=backbone_ids)
 
     @tf.function
     def train_steps(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
@@ -163,7 +178,8 @@ class ProfileWindow:
 
 
 def export_model(model: keras.Model, model_dir: Path, data: Any,
-                 strategy: tf.distribute.Strategy, *, enabled: bool) -> str | None:
+                 strategy: tf.distribute.Strategy, *, enabled: bool,
+                 extra_metadata: dict[str, Any] | None = None) -> str | None:
     """Exports the serving SavedModel to <model_dir>/export via export.export_serving.
 
     `data` is the run's loop.ResolvedData (image size, channels, resize mode). Every worker saves
@@ -180,7 +196,7 @@ def export_model(model: keras.Model, model_dir: Path, data: Any,
     if target.exists():
         shutil.rmtree(target)
     path = export.export_serving(model, str(target), data.image_size, data.channels,
-                                 resize_mode=data.resize_mode)
+                                 resize_mode=data.resize_mode, extra_metadata=extra_metadata)
     if not chief:
         shutil.rmtree(target.parent, ignore_errors=True)
         return None

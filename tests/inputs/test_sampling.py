@@ -1,0 +1,105 @@
+"""inputs/sampling.py through the pipeline: class mix of balanced batches, determinism, sharding,
+caching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import fixtures
+from xray_tfdata.inputs import pipeline
+
+SIZE = 16
+COUNTS = (30, 3, 9)  # NORMAL : COVID19 : PNEUMONIA = 10 : 1 : 3
+
+
+@pytest.fixture(scope="module")
+def imbalanced(tmp_path_factory) -> Path:
+    """Train records with COUNTS per class; pixel value encodes the example id (label*100 + k)."""
+    records = []
+    for label, n in enumerate(COUNTS):
+        for k in range(n):
+            image = np.full((SIZE, SIZE, 1), label * 60 + k, np.uint8)
+            records.append(fixtures.example(image, label=label, source_path=f"{label}/{k}.png"))
+    order = np.random.default_rng(0).permutation(len(records))
+    return fixtures.write_records(tmp_path_factory.mktemp("records"),
+                                  {"train": [records[i] for i in order]}, image_size=SIZE,
+                                  num_shards=4)
+
+
+def _config(**kw) -> pipeline.InputConfig:
+    args = dict(global_batch_size=12, image_size=SIZE, training=True, augment=False,
+                shuffle_buffer=64, deterministic=True, seed=3, sampling="balanced",
+                cache="memory")
+    args.update(kw)
+    return pipeline.InputConfig(**args)
+
+
+def _labels(ds, batches: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, ids = [], []
+    for images, y in ds.take(batches):
+        ys.append(y.numpy())
+        ids.append(images.numpy()[:, 0, 0, 0])
+    return np.concatenate(ys), np.concatenate(ids)
+
+
+def test_balanced_batches_hold_every_class_equally(imbalanced):
+    y, ids = _labels(pipeline.build_dataset(imbalanced, "train", _config()), 100)
+    share = np.bincount(y, minlength=3) / y.size
+    # 1200 draws at 1/3 each: a 4-sigma band is +-0.054.
+    np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.054)
+    # The natural stream keeps the 10 : 1 : 3 mix: what balancing changes.
+    natural, _ = _labels(pipeline.build_dataset(imbalanced, "train",
+                                                _config(sampling="natural")), 100)
+    assert np.bincount(natural, minlength=3)[1] / natural.size < 0.12
+    # Every COVID19 image is drawn (they repeat), never an image of another class as COVID19.
+    assert set(ids[y == 1].tolist()) == {60, 61, 62}
+    assert set((ids[y == 0]).tolist()) <= set(range(30))
+
+
+def test_balanced_sampling_is_deterministic_with_the_seed_and_cache_mode(imbalanced, tmp_path):
+    first = _labels(pipeline.build_dataset(imbalanced, "train", _config()), 20)
+    again = _labels(pipeline.build_dataset(imbalanced, "train", _config()), 20)
+    np.testing.assert_array_equal(first[1], again[1])
+    # Every cache mode is balanced and deterministic. (Their orders differ from each other, as
+    # in natural sampling: a cache freezes the first pass's file order.)
+    for cache in ("none", str(tmp_path / "cache")):
+        runs = [_labels(pipeline.build_dataset(imbalanced, "train", _config(cache=cache)), 50)
+                for _ in range(2)]
+        np.testing.assert_array_equal(runs[0][1], runs[1][1])
+        np.testing.assert_allclose(np.bincount(runs[0][0], minlength=3) / runs[0][0].size,
+                                   [1 / 3] * 3, atol=0.08)
+    other = _labels(pipeline.build_dataset(imbalanced, "train", _config(seed=4)), 20)
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_balanced_under_input_context_sharding(imbalanced):
+    seen = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
+                                             num_replicas_in_sync=2)
+        ds = pipeline.build_dataset(imbalanced, "train", _config(), context)
+        y, ids = _labels(ds, 100)
+        assert y.size == 100 * 6  # per-replica batches of 12 / 2
+        np.testing.assert_allclose(np.bincount(y, minlength=3) / y.size, [1 / 3] * 3, atol=0.08)
+        seen.append(set(ids.tolist()))
+    # Files are split between the pipelines: no image is read by both.
+    assert not seen[0] & seen[1]
+    assert len(seen[0] | seen[1]) == sum(COUNTS)
+
+
+def test_a_class_missing_from_a_shard_does_not_stall(tmp_path):
+    records = [fixtures.example(np.full((SIZE, SIZE, 1), k, np.uint8), label=k % 2)
+               for k in range(10)]  # no PNEUMONIA at all
+    root = fixtures.write_records(tmp_path / "r", {"train": records}, image_size=SIZE,
+                                  num_shards=2)
+    y, _ = _labels(pipeline.build_dataset(root, "train", _config(global_batch_size=4)), 50)
+    np.testing.assert_allclose(np.bincount(y, minlength=3) / y.size, [0.5, 0.5, 0.0], atol=0.1)
+
+
+def test_unknown_sampling_mode_is_rejected():
+    with pytest.raises(ValueError, match="sampling must be one of natural, balanced"):
+        _config(sampling="oversample")

@@ -1,0 +1,212 @@
+"""Calibrated probabilities and a COVID19 operating point (numpy only, no TF).
+
+- `expected_calibration_error`: top-label ECE over 15 equal-width confidence bins (Guo et al. 2017):
+  ECE = sum_b |B_b| / n * |accuracy(B_b) - mean confidence(B_b)|, bin b = (b/15, (b+1)/15]
+  (the first bin also holds confidence 0).
+- `reliability_png`: the reliability diagram (accuracy per confidence bin against the diagonal),
+  before and, when given, after calibration.
+- `fit_temperature` / `apply_temperature`: temperature scaling, one scalar T > 0 minimising the
+  negative log-likelihood of softmax(log p / T) on the validation split. Dividing the logits by
+  one positive scalar never changes the argmax, so accuracy and macro-F1 are untouched; only the
+  confidences move. The model outputs probabilities, and log p equals the logits up to a per-row
+  constant, which softmax ignores, so probabilities are enough.
+- `covid_threshold` / `threshold_metrics`: the threshold on P(COVID19) chosen on val to reach a
+  target sensitivity, and sensitivity / specificity / PPV at it on another split, with
+  percentile-bootstrap intervals from metrics.py's resampler.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from xray_tfdata import labels
+from xray_tfdata.evaluation import metrics
+
+NUM_BINS = 15
+COVID = labels.LABEL_MAP["COVID19"]
+DEFAULT_TARGET_SENSITIVITY = 0.95
+# Search range of log T: T in [0.05, 20] covers every temperature seen in practice (Guo et al.
+# report 1-3); the bound keeps the 1-D search finite on a separable val split.
+_LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
+_EPS = 1e-12
+
+
+def _as_arrays(probs: Any, y_true: Any) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
+    if probs.ndim != 2 or probs.shape[0] != y_true.shape[0] or probs.shape[0] == 0:
+        raise ValueError(f"probs must have shape [num_examples > 0, num_classes] matching y_true "
+                         f"[{y_true.shape[0]}]. Received: probs.shape={probs.shape}.")
+    return probs, y_true
+
+
+def reliability_bins(probs: Any, y_true: Any, num_bins: int = NUM_BINS) -> dict[str, np.ndarray]:
+    """Per equal-width bin of top-label confidence: count, mean confidence, accuracy."""
+    probs, y_true = _as_arrays(probs, y_true)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
+    # Bin b holds (b/B, (b+1)/B]; ceil puts an edge value in the lower bin, 0 goes to bin 0.
+    index = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    count = np.bincount(index, minlength=num_bins).astype(np.float64)
+    conf_sum = np.bincount(index, weights=confidence, minlength=num_bins)
+    acc_sum = np.bincount(index, weights=correct, minlength=num_bins)
+    safe = np.maximum(count, 1.0)
+    return {"count": count, "confidence": np.where(count > 0, conf_sum / safe, np.nan),
+            "accuracy": np.where(count > 0, acc_sum / safe, np.nan),
+            "edges": np.linspace(0.0, 1.0, num_bins + 1)}
+
+
+def expected_calibration_error(probs: Any, y_true: Any, num_bins: int = NUM_BINS) -> float:
+    """Top-label ECE with `num_bins` equal-width bins (see the module docstring)."""
+    bins = reliability_bins(probs, y_true, num_bins)
+    filled = bins["count"] > 0
+    gap = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
+    return float(np.sum(bins["count"][filled] * gap) / np.sum(bins["count"]))
+
+
+def nll(probs: Any, y_true: Any) -> float:
+    """Mean negative log-likelihood of the true class."""
+    probs, y_true = _as_arrays(probs, y_true)
+    return float(-np.mean(np.log(np.clip(probs[np.arange(y_true.size), y_true], _EPS, 1.0))))
+
+
+def apply_temperature(probs: Any, temperature: float) -> np.ndarray:
+    """softmax(log p / T): the probabilities of logits divided by T."""
+    if not (isinstance(temperature, (int, float)) and temperature > 0
+            and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number > 0. Received: "
+                         f"temperature={temperature!r}.")
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs: Any, y_true: Any, tolerance: float = 1e-4) -> float:
+    """The T > 0 minimising the NLL of apply_temperature(probs, T): golden-section search on
+    log T over [0.05, 20].
+
+    NLL is convex in 1/T (a log-sum-exp of logits scaled by 1/T minus a linear term), hence
+    unimodal in log T, so the golden-section search finds the minimum in the range.
+    """
+    probs, y_true = _as_arrays(probs, y_true)
+
+    def loss(log_t: float) -> float:
+        return nll(apply_temperature(probs, math.exp(log_t)), y_true)
+
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    low, high = _LOG_T_BOUNDS
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = loss(a), loss(b)
+    while high - low > tolerance:
+        if fa <= fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = loss(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = loss(b)
+    best = math.exp((low + high) / 2.0)
+    # Keep T = 1 exactly when scaling does not help (e.g. an already calibrated model).
+    return best if loss(math.log(best)) < nll(probs, y_true) else 1.0
+
+
+def calibration_summary(probs: Any, y_true: Any, temperature: float | None) -> dict[str, Any]:
+    """ECE and NLL before and (when a temperature is known) after temperature scaling."""
+    out: dict[str, Any] = {"num_bins": NUM_BINS, "ece": expected_calibration_error(probs, y_true),
+                           "nll": nll(probs, y_true), "temperature": temperature}
+    if temperature is not None:
+        scaled = apply_temperature(probs, temperature)
+        out.update(ece_calibrated=expected_calibration_error(scaled, y_true),
+                   nll_calibrated=nll(scaled, y_true))
+    return out
+
+
+def covid_threshold(probs: Any, y_true: Any,
+                    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> float | None:
+    """The highest threshold t on P(COVID19) with sensitivity (p >= t) >= target on these labels.
+
+    The highest such t gives the best specificity at that sensitivity. None when the split has no
+    COVID19 example (no sensitivity to reach).
+    """
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise ValueError(f"target_sensitivity must be in (0, 1]. Received: "
+                         f"target_sensitivity={target_sensitivity!r}.")
+    probs, y_true = _as_arrays(probs, y_true)
+    positives = np.sort(probs[y_true == COVID, COVID])[::-1]
+    if positives.size == 0:
+        return None
+    # k positives at or above t reach sensitivity k / n_pos; the small epsilon keeps 0.95 * 20
+    # = 19 from rounding up to 20.
+    k = int(math.ceil(target_sensitivity * positives.size - 1e-9))
+    return float(positives[max(k, 1) - 1])
+
+
+def threshold_metrics(probs: Any, y_true: Any, threshold: float, *, n_resamples: int = 1000,
+                      seed: int = 0) -> dict[str, Any]:
+    """COVID19-vs-rest sensitivity, specificity and PPV at `threshold`, with bootstrap CIs."""
+    probs, y_true = _as_arrays(probs, y_true)
+    positive = (y_true == COVID).astype(np.int64)
+    called = (probs[:, COVID] >= threshold).astype(np.int64)
+    # 2x2 confusion with class 1 = COVID19: recall = sensitivity, precision = PPV.
+    cm = np.zeros((2, 2))
+    np.add.at(cm, (positive, called), 1.0)
+    rates = metrics.rates_from_confusion(cm)
+    out: dict[str, Any] = {
+        "threshold": float(threshold), "num_examples": int(y_true.size),
+        "num_positive": int(positive.sum()),
+        "sensitivity": float(rates["recall"][1]) if positive.any() else None,
+        "specificity": float(rates["specificity"][1]) if (1 - positive).any() else None,
+        "ppv": float(rates["precision"][1]) if called.any() else None,
+        "confidence_intervals": {},
+    }
+    if n_resamples > 0:
+        sens, spec, ppv = [], [], []
+        for _, cms in metrics.bootstrap_confusions(positive, called, 2, n_resamples=n_resamples,
+                                                   seed=seed):
+            r = metrics.rates_from_confusion(cms)
+            # A resample without positives (or without any call) has no such rate: NaN, dropped.
+            sens.append(np.where(r["support"][:, 1] > 0, r["recall"][:, 1], np.nan))
+            spec.append(np.where(r["support"][:, 0] > 0, r["specificity"][:, 1], np.nan))
+            ppv.append(np.where(cms[:, :, 1].sum(axis=1) > 0, r["precision"][:, 1], np.nan))
+        out["confidence_intervals"] = {
+            name: metrics.percentile_interval(np.concatenate(values))
+            for name, values in (("sensitivity", sens), ("specificity", spec), ("ppv", ppv))}
+    return out
+
+
+def reliability_png(probs: Any, y_true: Any, title: str,
+                    calibrated: Any | None = None) -> bytes:
+    """PNG reliability diagram: accuracy per confidence bin, ECE in the legend."""
+    from matplotlib.figure import Figure  # Agg rendering, no global backend switch
+
+    fig = Figure(figsize=(5.5, 5.0), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    width = 1.0 / NUM_BINS
+    curves = [("model", probs, "tab:blue")]
+    if calibrated is not None:
+        curves.append(("temperature-scaled", calibrated, "tab:orange"))
+    for offset, (name, p, colour) in enumerate(curves):
+        bins = reliability_bins(p, y_true)
+        centres = bins["edges"][:-1] + width / 2
+        filled = bins["count"] > 0
+        ece = expected_calibration_error(p, y_true)
+        shift = (offset - (len(curves) - 1) / 2) * width / len(curves)
+        ax.bar(centres[filled] + shift, bins["accuracy"][filled], width=width / len(curves),
+               color=colour, alpha=0.7, edgecolor="black", label=f"{name} (ECE {ece:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -1,0 +1,48 @@
+"""Class-balanced sampling for training: every class drawn with equal probability.
+
+The Kaggle COVID-19 X-ray set is 1 : 2.75 : 7.4 (COVID19 : NORMAL : PNEUMONIA); drawn naturally,
+a batch of 32 holds about 3 COVID19 images. `balanced(ds, ...)` splits the (decoded, cached)
+stream into one stream per class (`filter` on the label), shuffles and repeats each, and draws
+from them with `tf.data.Dataset.sample_from_datasets` at equal weights, so each example is of
+class c with probability 1/K whatever the class counts; minority images repeat more often within
+an epoch, majority images less. The epoch length is unchanged (steps_per_epoch from the train
+count), only its class mix changes.
+
+- Cache: the per-class filters sit after the cache, so every stream reads the one decoded cache
+  (the first epoch fills it; no image is decoded twice once it is full).
+- Sharding: it runs per input pipeline, on the files (or elements) that InputContext gave it;
+  each pipeline balances its own share. A class absent from a pipeline's share yields an empty
+  stream, which `repeat` ends at once and `sample_from_datasets` (stop_on_empty_dataset=False)
+  skips, so the other classes share its weight instead of the loop stalling.
+- Determinism: each stream's shuffle and the stream choice are seeded from `seed` and the
+  pipeline id, so the same seed gives the same class sequence and the same images.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+SAMPLING_MODES: tuple[str, ...] = ("natural", "balanced")
+# Seeds of different pipelines / classes must differ; any large stride avoids collisions.
+_SEED_STRIDE = 7919
+
+
+def balanced(ds: tf.data.Dataset, num_classes: int, *, seed: int, shuffle_buffer: int,
+             pipeline_id: int = 0) -> tf.data.Dataset:
+    """Infinite stream of (image, label) elements with the classes drawn uniformly.
+
+    `ds` yields unbatched (image, label) pairs, label a scalar integer in [0, num_classes).
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2. Received: num_classes={num_classes}.")
+    base = seed + _SEED_STRIDE * (num_classes + 1) * pipeline_id
+    streams = []
+    for c in range(num_classes):
+        stream = ds.filter(lambda image, label, c=c: tf.equal(tf.cast(label, tf.int64), c))
+        # Per-class buffers: the minority class needs only a small one to be well mixed.
+        stream = stream.shuffle(shuffle_buffer, seed=base + c + 1,
+                                reshuffle_each_iteration=True)
+        streams.append(stream.repeat())
+    return tf.data.Dataset.sample_from_datasets(
+        streams, weights=[1.0 / num_classes] * num_classes, seed=base,
+        stop_on_empty_dataset=False)
