@@ -267,8 +267,9 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
     augment = _augment_fn(config, pipeline_id)
     if remote:
         ds, augment = _on_service(ds, config, split, batch_size, augment), None
-    # Static batch shapes in training (tf.distribute, XLA); keep the tail in evaluation.
-    ds = ds.batch(batch_size, drop_remainder=config.training)
+    if not (remote and config.training):
+        # Static batch shapes in training (tf.distribute, XLA); keep the tail in evaluation.
+        ds = ds.batch(batch_size, drop_remainder=config.training)
     dtype = tf.as_dtype(config.output_dtype)
     if augment is not None:
         ds = ds.enumerate().map(
@@ -286,9 +287,10 @@ def _on_service(ds: tf.data.Dataset, config: InputConfig, split: str, batch_size
                 augment: Callable | None) -> tf.data.Dataset:
     """Everything so far, plus batching and augmentation, runs on the service's workers.
 
-    Workers send whole (augmented) batches, cheaper over gRPC than single images; the trainer
-    unbatches and batches again so batch shapes, and an eval pass's tail, equal the local
-    pipeline's. Workers share the augmentation seed stream, so their k-th batches draw the same
+    Workers send whole (augmented) batches, cheaper over gRPC than single images. Training
+    batches arrive full (drop_remainder on the worker) and pass straight through; in evaluation
+    the trainer unbatches and batches again, so an eval pass has one tail, as locally, rather
+    than one per worker. Workers share the augmentation seed stream, so their k-th batches draw the same
     transforms for different images; the service's dynamic file assignment makes the order
     irreproducible anyway.
     """
@@ -298,7 +300,7 @@ def _on_service(ds: tf.data.Dataset, config: InputConfig, split: str, batch_size
                                 num_parallel_calls=tf.data.AUTOTUNE)
     ds = service.distribute(ds, config.data_service,
                             service.job_name(config.job_prefix, split, config.training))
-    return ds.unbatch()
+    return ds if config.training else ds.unbatch()
 
 
 def _augment_fn(config: InputConfig, stream: int):
