@@ -39,3 +39,43 @@ def host_input_config(config, augment_on: str):
         raise ValueError(f"augment_on must be resolved to 'host' or 'device' first. Received: "
                          f"augment_on={augment_on!r}.")
     return dataclasses.replace(config, augment=config.augment and augment_on == "host")
+
+
+def make_step_augment(params, seed: int, jit_compile: bool = True):
+    """`augment(images, replica_id, step)` for the train step (steps.make_replica_step).
+
+    Seeds mirror the host pipeline's (online_augment.make_augment with stream = replica id and
+    the batch index = the global step), so on one replica batch k gets exactly the transforms
+    host mode would give it, and replica r draws what input pipeline r would: the same
+    distribution of transforms, replicas differing from one another.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from xray_tfdata.inputs import online_augment  # pylint: disable=import-outside-toplevel
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0. Received: seed={seed!r}.")
+    base = tf.constant(seed * online_augment.STREAM_STRIDE, tf.int64)
+
+    def augment(images, replica_id, step):
+        stream = base + tf.cast(replica_id, tf.int64)
+        return online_augment.augment_batch(
+            images, tf.stack([stream, tf.cast(step, tf.int64)]), params, jit_compile=jit_compile)
+
+    return augment
+
+
+def input_options(strategy):
+    """How batches reach the replicas: fetched to each device ahead of the step.
+
+    experimental_fetch_to_device copies every per-replica batch onto its device from a
+    background prefetch (2 batches per replica here), so the step never waits for a
+    host-to-device copy. TPUStrategy only accepts its own default (it prefetches to the TPU
+    itself), so it gets None.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return None
+    return tf.distribute.InputOptions(experimental_fetch_to_device=True,
+                                      experimental_per_replica_buffer_size=2)
