@@ -62,6 +62,9 @@ flags.DEFINE_bool("baselines", _DEFAULTS.baselines,
 flags.DEFINE_bool("host_cost", _DEFAULTS.host_cost,
                   "Input mode: host CPU per image (no model) for augmentation on host vs device, "
                   "jpeg vs raw, cached vs not, and the cores needed for 10k / 50k images/s.")
+flags.DEFINE_list("augment_on", list(_DEFAULTS.augment_on),
+                  "Train mode: where augmentation runs, host (tf.data) and/or device (inside the "
+                  "step); each is measured real vs synthetic.")
 flags.DEFINE_list("service_workers", [str(w) for w in _DEFAULTS.service_workers],
                   "Input mode: tf.data service variants with this many local worker processes "
                   "(0 = the same pipeline locally). Empty: none.")
@@ -95,7 +98,7 @@ def config_from_flags() -> suite.BenchConfig:
     config = cli.settings_from_flags(
         suite.BenchConfig, flag_names=_FIELD_TO_FLAG, precisions=tuple(FLAGS.precision),
         replicas=_int_list("replicas"), workers=_int_list("workers"),
-        service_workers=_int_list("service_workers"))
+        service_workers=_int_list("service_workers"), augment_on=tuple(FLAGS.augment_on))
     if "train" in config.modes:
         from xray_tfdata import models  # pylint: disable=import-outside-toplevel  (imports TF)
 

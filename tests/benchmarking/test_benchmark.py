@@ -305,7 +305,8 @@ def test_cores_needed_is_rate_times_cpu_per_image():
 def test_train_mode_end_to_end_real_vs_synthetic_and_replicas(work_dir, tmp_path):
     lines, printed = _run(work_dir, tmp_path, "train")
     measured = {r["variant"]: r for r in lines if r["kind"] == "measurement"}
-    assert list(measured) == [f"float32 x{n}" for n in REPLICAS]
+    assert list(measured) == ["float32 x1, augment on host", "float32 x1, augment on device"] + [
+        f"float32 x{n}, augment on host" for n in REPLICAS[1:]]
     for name, record in measured.items():
         metrics = record["metrics"]
         for feed in ("real", "synthetic"):
@@ -314,7 +315,8 @@ def test_train_mode_end_to_end_real_vs_synthetic_and_replicas(work_dir, tmp_path
             wait = metrics[f"{feed}_input_wait_ms_per_step"]
             assert SUMMARY_KEYS <= set(wait)
             assert 0 <= wait["median"] <= metrics[f"{feed}_step_time_ms"]["max"]
-        replicas = int(name[-1])
+        _, replicas, where = train_bench.parse_variant(name)
+        assert record["details"]["augment_on"] == where
         assert record["details"]["replicas_resolved"] == replicas
         assert record["details"]["global_batch"] == 4 * replicas
         assert record["details"]["element_spec"] == \
@@ -322,12 +324,15 @@ def test_train_mode_end_to_end_real_vs_synthetic_and_replicas(work_dir, tmp_path
         assert np.isfinite(record["details"]["final_loss"])
         assert metrics["peak_rss_mb"] > 0
     ratios = lines[-1]["ratios"]
-    assert {"real_vs_synthetic_float32_x1", "input_bound_fraction_float32_x1"} <= set(ratios)
-    assert ratios["input_bound_fraction_float32_x1"] == \
-        pytest.approx(1 - ratios["real_vs_synthetic_float32_x1"])
+    for where in ("host", "device"):
+        tag = f"float32_x1_augment_{where}"
+        assert {f"real_vs_synthetic_{tag}", f"input_bound_fraction_{tag}"} <= set(ratios)
+        assert ratios[f"input_bound_fraction_{tag}"] == \
+            pytest.approx(1 - ratios[f"real_vs_synthetic_{tag}"])
+    assert "real_device_vs_host_augment_float32_x1" in ratios
     if 2 in REPLICAS:
-        assert "scaling_efficiency_float32_x2" in ratios
-    assert "real >= 0.95 x synthetic (float32, 1 replica)" in printed
+        assert "scaling_efficiency_float32_x2_augment_host" in ratios
+    assert "real >= 0.95 x synthetic (float32, 1 replica, augment on host)" in printed
 
 
 def test_synthetic_feed_delivers_the_real_batches_shapes_to_the_model(work_dir):

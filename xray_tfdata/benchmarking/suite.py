@@ -51,6 +51,7 @@ class BenchConfig:
     ablation: bool = True
     baselines: bool = True  # input mode: the Keras and tutorial loaders
     host_cost: bool = True  # input mode: host CPU per image, host vs device augmentation
+    augment_on: tuple[str, ...] = ("host", "device")  # train mode: where augmentation runs
     service_workers: tuple[int, ...] = (0, 1, 2)  # input mode: tf.data service workers; () = off
     isolate: bool = True  # each variant in its own process (fair peak RSS, fresh TF runtime)
     plot: bool = False
@@ -88,6 +89,11 @@ class BenchConfig:
                     or len(set(values)) != len(values):
                 raise bad(field, f"a non-empty list of distinct integers in "
                           f"[{allowed.start}, {allowed.stop - 1}], e.g. 1,2,4")
+        object.__setattr__(self, "augment_on", tuple(self.augment_on))
+        if not self.augment_on or any(a not in train_bench.AUGMENT_ON for a in self.augment_on) \
+                or len(set(self.augment_on)) != len(self.augment_on):
+            raise bad("augment_on", "a non-empty list of distinct " + ", ".join(
+                train_bench.AUGMENT_ON))
         object.__setattr__(self, "service_workers", tuple(self.service_workers))
         if any(isinstance(v, bool) or v not in range(0, 9) for v in self.service_workers) \
                 or len(set(self.service_workers)) != len(self.service_workers):
@@ -166,7 +172,8 @@ def _plan_train(config: BenchConfig, source: str, data: dict[str, Any]):
         records_dir=records, model=config.model, image_size=config.image_size,
         channels=config.channels, batch_size=config.batch_size, precisions=config.precisions,
         strategy=config.strategy, replicas=config.replicas, warmup_steps=config.warmup_steps,
-        steps=config.steps, repeats=config.repeats, seed=config.seed)
+        steps=config.steps, repeats=config.repeats, seed=config.seed,
+        augment_on=config.augment_on)
 
 
 _PLANNERS: dict[str, Callable] = {"convert": _plan_convert, "input": _plan_input,
