@@ -258,7 +258,10 @@ def test_input_mode_end_to_end_with_ablation(work_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_input_mode_host_cost_and_data_service(work_dir, tmp_path):
+def test_input_mode_host_cost_and_data_service(work_dir, tmp_path, monkeypatch):
+    from xray_tfdata.benchmarking import input_bench
+
+    monkeypatch.setattr(input_bench, "MIN_REPEAT_SECONDS", 0.05)  # tiny images: keep it quick
     lines, printed = _run(work_dir, tmp_path, "input", repeats=1, baselines=False,
                           ablation=False, service_workers=(0, 1))
     measured = {r["variant"]: r for r in lines if r["kind"] == "measurement"}

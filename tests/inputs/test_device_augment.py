@@ -101,12 +101,26 @@ def test_trains_with_device_augmentation_on_two_mirrored_cpus(records, tmp_path)
     assert summary["steps_completed"] == 3 and np.isfinite(summary["final_metrics"]["loss"])
 
 
-@pytest.mark.slow
-def test_single_device_xla_compiles_the_whole_step_with_device_augmentation(records, tmp_path):
-    config = TrainConfig(records_dir=str(records), model_dir=str(tmp_path), epochs=1,
-                         steps_per_epoch=2, global_batch_size=8, warmup_epochs=0,
-                         steps_per_execution=2, export=False, augment_on="device",
-                         jit_compile="true", val_split="val")
-    summary = loop.train(config)
-    assert summary["resolved"]["jit_compile"] is True
-    assert np.isfinite(summary["final_metrics"]["loss"])
+def test_single_device_xla_compiles_the_whole_step_with_device_augmentation():
+    """jit_compile + compile_update: augmentation, forward, backward and the optimizer update in
+    one XLA function (one device, no cross-replica reduction)."""
+    import keras
+
+    from xray_tfdata.training import steps
+
+    assert distribute.compiles_update(tf.distribute.get_strategy())
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Flatten(), keras.layers.Dense(3, "softmax")])
+    optimizer = keras.optimizers.Adam(1e-2)
+    optimizer.build(model.trainable_variables)
+    loss_fn = steps.make_loss_fn(np.ones(3, np.float32), 0.0, 8)
+    step = steps.make_replica_step(model, optimizer, loss_fn, jit_compile=True,
+                                   loss_scaling=False, compile_update=True,
+                                   augment=device_augment.make_step_augment(PARAMS, 0))
+    assert step.__class__.__name__ == "Function"  # one compiled function: the whole step
+    images, labels = _batch(), tf.constant([0, 1, 2, 0, 1, 2, 0, 1])
+    before = model.get_weights()[1].copy()
+    losses = [float(step(images, labels)) for _ in range(3)]
+    assert int(optimizer.iterations.numpy()) == 3 and all(np.isfinite(losses))
+    assert not np.allclose(model.get_weights()[1], before)
