@@ -7,6 +7,12 @@ The straight-line pipeline (`build_dataset`), one transformation per line:
     -> shuffle -> repeat -> batch (drop_remainder in training) -> augment whole batches
     -> cast to output dtype -> prefetch
 
+With `data_service` (a tf.data service dispatcher, inputs/service.py) everything up to and
+including augmentation runs on the service's workers, without the file sharding and the cache;
+the trainer receives whole batches (evaluation: re-batched, so the tail is as local) and only
+casts and prefetches. With augmentation on the device (inputs/device_augment.py) the pipeline
+runs with augment=False and the train step augments.
+
 Images stay uint8 on the host (4x smaller than float32 everywhere: cache, shuffle buffer,
 host-to-device copy); the model's first layer casts and scales them on the accelerator.
 
