@@ -56,6 +56,18 @@ flags.DEFINE_integer("convert_images", _DEFAULTS.convert_images,
                      "Convert mode: number of source images (spread over the set; 0 = all).")
 flags.DEFINE_bool("ablation", _DEFAULTS.ablation,
                   "Input mode: also run ours with each optimisation switched off.")
+flags.DEFINE_bool("baselines", _DEFAULTS.baselines,
+                  "Input mode: also run the Keras image_dataset_from_directory and tutorial "
+                  "loaders.")
+flags.DEFINE_bool("host_cost", _DEFAULTS.host_cost,
+                  "Input mode: host CPU per image (no model) for augmentation on host vs device, "
+                  "jpeg vs raw, cached vs not, and the cores needed for 10k / 50k images/s.")
+flags.DEFINE_list("augment_on", list(_DEFAULTS.augment_on),
+                  "Train mode: where augmentation runs, host (tf.data) and/or device (inside the "
+                  "step); each is measured real vs synthetic.")
+flags.DEFINE_list("service_workers", [str(w) for w in _DEFAULTS.service_workers],
+                  "Input mode: tf.data service variants with this many local worker processes "
+                  "(0 = the same pipeline locally). Empty: none.")
 flags.DEFINE_bool("isolate", _DEFAULTS.isolate,
                   "Run each variant in its own process (fair peak memory; needed for several "
                   "logical CPU replicas). --noisolate: in-process, for quick smoke runs.")
@@ -85,7 +97,8 @@ def config_from_flags() -> suite.BenchConfig:
                              f"--synthetic={FLAGS.synthetic}, not both.")
     config = cli.settings_from_flags(
         suite.BenchConfig, flag_names=_FIELD_TO_FLAG, precisions=tuple(FLAGS.precision),
-        replicas=_int_list("replicas"), workers=_int_list("workers"))
+        replicas=_int_list("replicas"), workers=_int_list("workers"),
+        service_workers=_int_list("service_workers"), augment_on=tuple(FLAGS.augment_on))
     if "train" in config.modes:
         from xray_tfdata import models  # pylint: disable=import-outside-toplevel  (imports TF)
 

@@ -20,6 +20,7 @@ from absl import app, flags, logging
 
 from xray_tfdata import cli, models
 from xray_tfdata.errors import ConfigError
+from xray_tfdata.inputs.device_augment import AUGMENT_ON
 from xray_tfdata.records.manifest import ManifestError
 from xray_tfdata.training import config as train_config
 from xray_tfdata.training import distribute
@@ -69,10 +70,11 @@ flags.DEFINE_float("backbone_learning_rate_multiplier", 1.0,
 flags.DEFINE_bool("calibrate", True, "Fit a temperature on the val split at the end; best.keras "
                   "and the export then return calibrated probabilities (calibration.json).")
 flags.DEFINE_enum("precision", "auto", distribute.PRECISIONS,
-                  "auto = mixed_float16 on GPUs with compute capability >= 7.0, mixed_bfloat16 "
-                  "on TPU, float32 on CPU.")
-flags.DEFINE_bool("jit_compile", False, "XLA-compile the forward/backward pass (set explicitly: "
-                  "Keras's 'auto' turns XLA off under any strategy).")
+                  "auto = mixed_bfloat16 on TPU and on GPUs with compute capability >= 8.0, "
+                  "mixed_float16 on 7.x, float32 on older GPUs and on CPU.")
+flags.DEFINE_enum("jit_compile", "auto", distribute.JIT_COMPILE,
+                  "XLA-compile the train step: auto = on with GPUs/TPUs, off on CPU (slower "
+                  "there); true/false force it.")
 flags.DEFINE_integer("steps_per_execution", 1, "Training steps per tf.function call.")
 flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES,
                   "auto = MirroredStrategy over all GPUs, else the default strategy; "
@@ -82,6 +84,16 @@ flags.DEFINE_string("tpu_address", "", "TPU name or grpc:// address for --strate
 flags.DEFINE_string("cache", "memory", "Decoded-image cache: none, memory, or a file path prefix.")
 flags.DEFINE_integer("shuffle_buffer", 2048, "Shuffle buffer (examples).")
 flags.DEFINE_bool("augment", True, "Online augmentation of training batches.")
+flags.DEFINE_enum("augment_on", "auto", AUGMENT_ON,
+                  "Where augmentation runs: host (tf.data, CPU cores), device (inside the train "
+                  "step on each replica; the host only reads cached uint8), auto = device when a "
+                  "GPU or TPU is present.")
+flags.DEFINE_string("data_service", "", "grpc://HOST:PORT of a tf.data service dispatcher "
+                    "(python -m xray_tfdata.data_service): read, decode and host augmentation of "
+                    "the training input run on its workers. Validation stays local.")
+flags.DEFINE_string("data_service_job", "", "Service job name prefix; every trainer process of "
+                    "one multi-worker run must pass the same value (e.g. the launcher's job id). "
+                    "Default: a random one (right for a single trainer process).")
 flags.DEFINE_bool("deterministic", False,
                   "Reproducible runs: deterministic input order and deterministic TF ops (slower).")
 flags.DEFINE_integer("seed", 0, "Seed for weights, data order and augmentation.")

@@ -236,7 +236,7 @@ def test_a_failing_variant_is_recorded_and_the_run_goes_on(work_dir, tmp_path, m
 def test_input_mode_end_to_end_with_ablation(work_dir, tmp_path):
     # One repeat: eleven variants, each building several pipelines, must stay within seconds.
     lines, printed = _run(work_dir, tmp_path, "input", plot=True, plot_dir=str(tmp_path),
-                          repeats=1)
+                          repeats=1, host_cost=False, service_workers=())
     measured = {r["variant"]: r for r in lines if r["kind"] == "measurement"}
     assert len(measured) == 2 + 4 + 5
     for name, record in measured.items():
@@ -257,10 +257,59 @@ def test_input_mode_end_to_end_with_ablation(work_dir, tmp_path):
     assert (tmp_path / "input.png").is_file() and "steady x keras" in printed
 
 
+@pytest.mark.slow
+def test_input_mode_host_cost_and_data_service(work_dir, tmp_path, monkeypatch):
+    from xray_tfdata.benchmarking import input_bench
+
+    monkeypatch.setattr(input_bench, "MIN_REPEAT_SECONDS", 0.05)  # tiny images: keep it quick
+    lines, printed = _run(work_dir, tmp_path, "input", repeats=1, baselines=False,
+                          ablation=False, service_workers=(0, 1))
+    measured = {r["variant"]: r for r in lines if r["kind"] == "measurement"}
+    host = {name: r for name, r in measured.items() if name.startswith("host cost")}
+    assert len(host) == 8  # jpeg/raw x cached/not x host/device
+    for name, record in host.items():
+        where = name.rsplit(" ", 1)[1]
+        assert record["details"]["augment_on"] == where
+        assert record["details"]["input_config"]["cache"] == ("none" if "no cache" in name
+                                                              else "memory")
+        _check_summary(record["metrics"]["host_cpu_us_per_image"], repeats=1)
+    service = [measured["data service: local (0 workers)"],
+               measured["data service: 1 local worker"]]
+    assert [r["details"]["workers"] for r in service] == [0, 1]
+    assert service[0]["details"]["input_config"]["data_service"] == ""
+    assert service[1]["details"]["input_config"]["data_service"].startswith("grpc://")
+    assert service[1]["details"]["worker_cpu_us_per_image"] > 0  # the worker did the decoding
+    for record in service:
+        assert record["details"]["batch_shape"] == [4, 32, 32, 1]
+        _check_summary(record["metrics"]["steady_images_per_sec"], repeats=1)
+    ratios = lines[-1]["ratios"]
+    for fmt in ("jpeg", "raw"):
+        for cache in ("cached", "uncached"):
+            key = f"host_cpu_device_vs_host_{fmt}_{cache}"
+            device = host[f"host cost {fmt} 1ch {'cached' if cache == 'cached' else 'no cache'}"
+                          ", augment on device"]
+            hosted = host[device["variant"].replace("on device", "on host")]
+            assert ratios[key] == pytest.approx(
+                device["metrics"]["host_cpu_us_per_image"]["median"]
+                / hosted["metrics"]["host_cpu_us_per_image"]["median"])
+    assert "data_service_1_workers_vs_local" in ratios
+    assert [t["target"] for t in lines[-1]["targets"]] == [
+        "device augmentation host CPU/image <= 0.2x host's (jpeg 1ch cached)"]
+    assert "cores for 50k img/s" in printed and "workers' CPU us/img" in printed
+
+
+def test_cores_needed_is_rate_times_cpu_per_image():
+    from xray_tfdata.benchmarking import host_cost_bench
+
+    assert host_cost_bench.cores_needed(100.0, 10_000) == pytest.approx(1.0)
+    assert host_cost_bench.cores_needed(250.0, 50_000) == pytest.approx(12.5)
+
+
 def test_train_mode_end_to_end_real_vs_synthetic_and_replicas(work_dir, tmp_path):
     lines, printed = _run(work_dir, tmp_path, "train")
     measured = {r["variant"]: r for r in lines if r["kind"] == "measurement"}
-    assert list(measured) == [f"float32 x{n}" for n in REPLICAS]
+    assert list(measured) == ["float32 x1, augment on host", "float32 x1, augment on device"] + [
+        f"float32 x{n}, augment on host" for n in REPLICAS[1:]]
     for name, record in measured.items():
         metrics = record["metrics"]
         for feed in ("real", "synthetic"):
@@ -269,7 +318,8 @@ def test_train_mode_end_to_end_real_vs_synthetic_and_replicas(work_dir, tmp_path
             wait = metrics[f"{feed}_input_wait_ms_per_step"]
             assert SUMMARY_KEYS <= set(wait)
             assert 0 <= wait["median"] <= metrics[f"{feed}_step_time_ms"]["max"]
-        replicas = int(name[-1])
+        _, replicas, where = train_bench.parse_variant(name)
+        assert record["details"]["augment_on"] == where
         assert record["details"]["replicas_resolved"] == replicas
         assert record["details"]["global_batch"] == 4 * replicas
         assert record["details"]["element_spec"] == \
@@ -277,12 +327,15 @@ def test_train_mode_end_to_end_real_vs_synthetic_and_replicas(work_dir, tmp_path
         assert np.isfinite(record["details"]["final_loss"])
         assert metrics["peak_rss_mb"] > 0
     ratios = lines[-1]["ratios"]
-    assert {"real_vs_synthetic_float32_x1", "input_bound_fraction_float32_x1"} <= set(ratios)
-    assert ratios["input_bound_fraction_float32_x1"] == \
-        pytest.approx(1 - ratios["real_vs_synthetic_float32_x1"])
+    for where in ("host", "device"):
+        tag = f"float32_x1_augment_{where}"
+        assert {f"real_vs_synthetic_{tag}", f"input_bound_fraction_{tag}"} <= set(ratios)
+        assert ratios[f"input_bound_fraction_{tag}"] == \
+            pytest.approx(1 - ratios[f"real_vs_synthetic_{tag}"])
+    assert "real_device_vs_host_augment_float32_x1" in ratios
     if 2 in REPLICAS:
-        assert "scaling_efficiency_float32_x2" in ratios
-    assert "real >= 0.95 x synthetic (float32, 1 replica)" in printed
+        assert "scaling_efficiency_float32_x2_augment_host" in ratios
+    assert "real >= 0.95 x synthetic (float32, 1 replica, augment on host)" in printed
 
 
 def test_synthetic_feed_delivers_the_real_batches_shapes_to_the_model(work_dir):

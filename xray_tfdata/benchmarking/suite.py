@@ -49,6 +49,10 @@ class BenchConfig:
     workers: tuple[int, ...] = (1, 2)
     convert_images: int = 2000  # sources for the convert mode (0 = all of data_dir)
     ablation: bool = True
+    baselines: bool = True  # input mode: the Keras and tutorial loaders
+    host_cost: bool = True  # input mode: host CPU per image, host vs device augmentation
+    augment_on: tuple[str, ...] = ("host", "device")  # train mode: where augmentation runs
+    service_workers: tuple[int, ...] = (0, 1, 2)  # input mode: tf.data service workers; () = off
     isolate: bool = True  # each variant in its own process (fair peak RSS, fresh TF runtime)
     plot: bool = False
     plot_dir: str = ""  # "" = beside `output`
@@ -85,6 +89,16 @@ class BenchConfig:
                     or len(set(values)) != len(values):
                 raise bad(field, f"a non-empty list of distinct integers in "
                           f"[{allowed.start}, {allowed.stop - 1}], e.g. 1,2,4")
+        object.__setattr__(self, "augment_on", tuple(self.augment_on))
+        if not self.augment_on or any(a not in train_bench.AUGMENT_ON for a in self.augment_on) \
+                or len(set(self.augment_on)) != len(self.augment_on):
+            raise bad("augment_on", "a non-empty list of distinct " + ", ".join(
+                train_bench.AUGMENT_ON))
+        object.__setattr__(self, "service_workers", tuple(self.service_workers))
+        if any(isinstance(v, bool) or v not in range(0, 9) for v in self.service_workers) \
+                or len(set(self.service_workers)) != len(self.service_workers):
+            raise bad("service_workers", "a list of distinct integers in [0, 8] (0 = local "
+                      "pipeline), e.g. 0,1,2; empty = no data-service variants")
         object.__setattr__(self, "precisions", tuple(self.precisions))
         if not self.precisions or any(p not in train_bench.PRECISION_NAMES
                                       for p in self.precisions):
@@ -143,7 +157,9 @@ def _plan_input(config: BenchConfig, source: str, data: dict[str, Any]):
     return input_bench, input_bench.plan(
         data_dir=source, records=records, image_size=config.image_size,
         batch_size=config.batch_size, warmup_steps=config.warmup_steps, steps=config.steps,
-        repeats=config.repeats, seed=config.seed, ablation=config.ablation)
+        repeats=config.repeats, seed=config.seed, ablation=config.ablation,
+        baselines=config.baselines, host_cost=config.host_cost,
+        service_workers=config.service_workers)
 
 
 def _plan_train(config: BenchConfig, source: str, data: dict[str, Any]):
@@ -156,7 +172,8 @@ def _plan_train(config: BenchConfig, source: str, data: dict[str, Any]):
         records_dir=records, model=config.model, image_size=config.image_size,
         channels=config.channels, batch_size=config.batch_size, precisions=config.precisions,
         strategy=config.strategy, replicas=config.replicas, warmup_steps=config.warmup_steps,
-        steps=config.steps, repeats=config.repeats, seed=config.seed)
+        steps=config.steps, repeats=config.repeats, seed=config.seed,
+        augment_on=config.augment_on)
 
 
 _PLANNERS: dict[str, Callable] = {"convert": _plan_convert, "input": _plan_input,
@@ -224,12 +241,16 @@ def run(config: BenchConfig, echo: Callable[[str], None] = print) -> list[dict[s
         all_records.extend(records)
         echo(f"\n## {mode} ({'isolated processes' if config.isolate else 'in-process'}, "
              f"median of {config.repeats} repeats)\n")
-        echo(harness.format_table(summary["rows"], summary["columns"]))
+        if summary["rows"]:
+            echo(harness.format_table(summary["rows"], summary["columns"]))
+        for title, rows, columns in summary.get("tables", ()):
+            echo(f"\n### {title}\n")
+            echo(harness.format_table(rows, columns))
         if summary["targets"]:
             echo("")
             echo(harness.format_table(harness.target_rows(summary["targets"]),
                                       harness.TARGET_COLUMNS))
-        if config.plot:
+        if config.plot and summary["rows"]:
             from xray_tfdata.benchmarking import plot  # pylint: disable=C0415
 
             plot_dir = Path(config.plot_dir or Path(config.output).parent)

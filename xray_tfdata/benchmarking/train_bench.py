@@ -33,24 +33,37 @@ STRATEGY_NAMES = ("mirrored", "one_device")
 FEEDS = ("real", "synthetic")
 
 
-def variant_name(precision: str, replicas: int) -> str:
-    return f"{precision} x{replicas}"
+AUGMENT_ON = ("host", "device")
+_SEPARATOR = ", augment on "
+
+
+def variant_name(precision: str, replicas: int, augment_on: str = "host") -> str:
+    return f"{precision} x{replicas}{_SEPARATOR}{augment_on}"
+
+
+def parse_variant(name: str) -> tuple[str, int, str]:
+    """(precision, replicas, augment_on) of a variant_name."""
+    head, augment_on = name.split(_SEPARATOR)
+    precision, replicas = head.split(" ")
+    return precision, int(replicas[1:]), augment_on
 
 
 def plan(*, records_dir: str, model: str, image_size: int, channels: int, batch_size: int,
          precisions: tuple[str, ...], strategy: str, replicas: tuple[int, ...],
-         warmup_steps: int, steps: int, repeats: int, seed: int) -> list[Task]:
-    """Every precision at the first replica count, then every further replica count in the
-    first precision; each task measures the real and the synthetic feed."""
-    combos = [(p, replicas[0]) for p in precisions]
-    combos += [(precisions[0], r) for r in replicas[1:]]
-    return [Task(variant_name(precision, n), f"{_HERE}:measure_training",
+         warmup_steps: int, steps: int, repeats: int, seed: int,
+         augment_on: tuple[str, ...] = ("host",)) -> list[Task]:
+    """Every precision at the first replica count in every augmentation mode, then every further
+    replica count in the first precision and mode; each task measures the real and the
+    synthetic feed."""
+    combos = [(p, replicas[0], where) for where in augment_on for p in precisions]
+    combos += [(precisions[0], r, augment_on[0]) for r in replicas[1:]]
+    return [Task(variant_name(precision, n, where), f"{_HERE}:measure_training",
                  {"records_dir": records_dir, "model": model, "image_size": image_size,
                   "channels": channels, "per_replica_batch": batch_size, "precision": precision,
                   "strategy": strategy, "replicas": n, "warmup_steps": warmup_steps,
-                  "steps": steps, "repeats": repeats, "seed": seed},
+                  "steps": steps, "repeats": repeats, "seed": seed, "augment_on": where},
                  logical_cpus=n)
-            for precision, n in combos]
+            for precision, n, where in combos]
 
 
 def resolve_precision(name: str) -> str:
@@ -99,15 +112,16 @@ def synthetic_dataset_fn(element_spec, seed: int):
 
 
 def build_feeds(records_dir: str, image_size: int, channels: int, global_batch: int,
-                seed: int, strategy) -> dict[str, Any]:
-    """The real input dataset_fn and its synthetic twin (same per-replica element_spec)."""
+                seed: int, strategy, augment_on: str = "host") -> dict[str, Any]:
+    """The real input dataset_fn and its synthetic twin (same per-replica element_spec); with
+    augment_on="device" the real pipeline is the host part of device mode (no augmentation)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from xray_tfdata.inputs import pipeline  # pylint: disable=import-outside-toplevel
+    from xray_tfdata.inputs import device_augment, pipeline  # pylint: disable=C0415
 
-    config = pipeline.InputConfig(global_batch_size=global_batch, image_size=image_size,
-                                  channels=channels, training=True, cache="memory", augment=True,
-                                  seed=seed)
+    config = device_augment.host_input_config(pipeline.InputConfig(
+        global_batch_size=global_batch, image_size=image_size, channels=channels, training=True,
+        cache="memory", augment=True, seed=seed), augment_on)
     real_fn = pipeline.dataset_fn(records_dir, SPLIT, config)
     context = tf.distribute.InputContext(
         num_input_pipelines=1, input_pipeline_id=0,
@@ -117,8 +131,10 @@ def build_feeds(records_dir: str, image_size: int, channels: int, global_batch: 
             "element_spec": spec}
 
 
-def make_step(strategy, model, optimizer, global_batch: int, loss_scaling: bool):
-    """One distributed training step on an already-fetched (PerReplica) batch."""
+def make_step(strategy, model, optimizer, global_batch: int, loss_scaling: bool,
+              augment=None):
+    """One distributed training step on an already-fetched (PerReplica) batch; `augment`:
+    device augmentation inside the step (device_augment.make_step_augment)."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -128,7 +144,7 @@ def make_step(strategy, model, optimizer, global_batch: int, loss_scaling: bool)
     loss_fn = steps.make_loss_fn(np.ones(labels.NUM_CLASSES, np.float32), 0.0, global_batch)
     # The very step training runs (regularization losses included); XLA off, as on CPU.
     replica_step = steps.make_replica_step(model, optimizer, loss_fn, jit_compile=False,
-                                           loss_scaling=loss_scaling)
+                                           loss_scaling=loss_scaling, augment=augment)
 
     @tf.function
     def step(images, labels_):
@@ -154,8 +170,12 @@ def _timed_steps(step, iterator, steps: int, global_batch: int) -> tuple[float, 
 
 def measure_training(records_dir: str, model: str, image_size: int, channels: int,
                      per_replica_batch: int, precision: str, strategy: str, replicas: int,
-                     warmup_steps: int, steps: int, repeats: int, seed: int) -> dict[str, Any]:
-    """Images/s, step time and input wait per step, real vs synthetic feed, one configuration."""
+                     warmup_steps: int, steps: int, repeats: int, seed: int,
+                     augment_on: str = "host") -> dict[str, Any]:
+    """Images/s, step time and input wait per step, real vs synthetic feed, one configuration.
+
+    augment_on="device": the real feed is the un-augmented cached pipeline and BOTH feeds go
+    through a step that augments on the device, so synthetic stays the ceiling of that step."""
     import keras  # pylint: disable=import-outside-toplevel
 
     from xray_tfdata import models  # pylint: disable=import-outside-toplevel
@@ -169,14 +189,20 @@ def measure_training(records_dir: str, model: str, image_size: int, channels: in
         dist = make_strategy(strategy, replicas)
         n = dist.num_replicas_in_sync
         global_batch = per_replica_batch * n
-        feeds = build_feeds(records_dir, image_size, channels, global_batch, seed, dist)
+        feeds = build_feeds(records_dir, image_size, channels, global_batch, seed, dist,
+                            augment_on)
         with dist.scope():
             net = models.build_model(model, image_size, channels, seed=seed)
             optimizer = keras.optimizers.Adam(1e-3)
             if policy == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(net.trainable_variables)
-        step = make_step(dist, net, optimizer, global_batch, policy == "mixed_float16")
+        augment = None
+        if augment_on == "device":
+            from xray_tfdata.inputs import device_augment  # pylint: disable=C0415
+
+            augment = device_augment.make_step_augment(feeds["config"].augment_params, seed)
+        step = make_step(dist, net, optimizer, global_batch, policy == "mixed_float16", augment)
         iterators = {feed: iter(dist.distribute_datasets_from_function(feeds[feed]))
                      for feed in FEEDS}
 
@@ -208,6 +234,7 @@ def measure_training(records_dir: str, model: str, image_size: int, channels: in
             **out,
             "final_loss": float(step(*next(iterators["real"]))),
             "precision_resolved": policy, "replicas_resolved": n, "global_batch": global_batch,
+            "augment_on": augment_on,
             "per_replica_batch": per_replica_batch, "cache_fill_steps": fill_steps,
             "devices": list(dist.extended.worker_devices),
             "element_spec": {"images": [list(spec[0].shape), spec[0].dtype.name],
@@ -227,19 +254,16 @@ REAL_VS_SYNTHETIC_TARGET = 0.95
 
 def report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Rows, real/synthetic ratios, input-bound fractions, scaling efficiency, the target."""
-    by_key = {}
-    for name, result in results.items():
-        precision, replicas = name.split(" ")
-        by_key[(precision, int(replicas[1:]))] = result
+    by_key = {parse_variant(name): result for name, result in results.items()}
     rows, ratios = [], {}
-    for (precision, n), result in by_key.items():
+    for (precision, n, where), result in by_key.items():
         real = result["real_images_per_sec"]["median"]
         synth = result["synthetic_images_per_sec"]["median"]
-        base = by_key.get((precision, 1), {}).get("real_images_per_sec", {}).get("median")
+        base = by_key.get((precision, 1, where), {}).get("real_images_per_sec", {}).get("median")
         eff = real / (n * base) if base and n > 1 else (1.0 if n == 1 else None)
-        tag = f"{precision}_x{n}"
+        tag = f"{precision}_x{n}_augment_{where}"
         rows.append({
-            "variant": variant_name(precision, n), "real": real, "synthetic": synth,
+            "variant": variant_name(precision, n, where), "real": real, "synthetic": synth,
             "vs_synthetic": real / synth,
             "spread_pct": result["real_images_per_sec"]["spread_pct"],
             "real_step_ms": result["real_step_time_ms"]["median"],
@@ -251,12 +275,18 @@ def report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ratios[f"input_bound_fraction_{tag}"] = 1.0 - real / synth
         if n > 1 and base:
             ratios[f"scaling_efficiency_{tag}"] = eff
-            synth_base = by_key[(precision, 1)]["synthetic_images_per_sec"]["median"]
+            synth_base = by_key[(precision, 1, where)]["synthetic_images_per_sec"]["median"]
             ratios[f"scaling_efficiency_synthetic_{tag}"] = synth / (n * synth_base)
+        host = by_key.get((precision, n, "host"))
+        if where == "device" and host:
+            ratios[f"real_device_vs_host_augment_{precision}_x{n}"] = \
+                real / host["real_images_per_sec"]["median"]
     targets = []
     first = next(iter(by_key), None)
     if first is not None:
         targets.append(harness.target(
-            f"real >= {REAL_VS_SYNTHETIC_TARGET} x synthetic ({first[0]}, {first[1]} replica)",
-            ratios.get(f"real_vs_synthetic_{first[0]}_x{first[1]}"), REAL_VS_SYNTHETIC_TARGET))
+            f"real >= {REAL_VS_SYNTHETIC_TARGET} x synthetic ({first[0]}, {first[1]} replica, "
+            f"augment on {first[2]})",
+            ratios.get(f"real_vs_synthetic_{first[0]}_x{first[1]}_augment_{first[2]}"),
+            REAL_VS_SYNTHETIC_TARGET))
     return {"rows": rows, "columns": TABLE_COLUMNS, "ratios": ratios, "targets": targets}

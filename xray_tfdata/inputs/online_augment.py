@@ -23,6 +23,8 @@ from typing import Callable
 import tensorflow as tf
 
 FILL_MODES = ("REFLECT", "NEAREST", "CONSTANT")  # no WRAP: meaningless for a chest film
+# Seed streams: seed * STREAM_STRIDE + stream (device_augment builds the same seeds in the step).
+STREAM_STRIDE = 1_000_003
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +196,7 @@ def make_augment(
     """
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0. Received: seed={seed!r}.")
-    base = tf.constant(seed * 1_000_003 + stream, tf.int64)
+    base = tf.constant(seed * STREAM_STRIDE + stream, tf.int64)
 
     def augment(step: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
         return augment_batch(images, tf.stack([base, tf.cast(step, tf.int64)]), params,

@@ -7,6 +7,12 @@ The straight-line pipeline (`build_dataset`), one transformation per line:
     -> shuffle -> repeat -> batch (drop_remainder in training) -> augment whole batches
     -> cast to output dtype -> prefetch
 
+With `data_service` (a tf.data service dispatcher, inputs/service.py) everything up to and
+including augmentation runs on the service's workers, without the file sharding and the cache;
+the trainer receives whole batches (evaluation: re-batched, so the tail is as local) and only
+casts and prefetches. With augmentation on the device (inputs/device_augment.py) the pipeline
+runs with augment=False and the train step augments.
+
 Images stay uint8 on the host (4x smaller than float32 everywhere: cache, shuffle buffer,
 host-to-device copy); the model's first layer casts and scales them on the accelerator.
 
@@ -31,7 +37,7 @@ from absl import logging
 
 from xray_tfdata import errors
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.inputs import decode, online_augment, sampling
+from xray_tfdata.inputs import decode, online_augment, sampling, service
 from xray_tfdata.records import features, manifest
 
 CACHE_MODES = ("none", "memory")  # or any other string: a file path prefix for an on-disk cache
@@ -64,6 +70,10 @@ class InputConfig:
     parallel_interleave: bool = True
     vectorized_parse: bool = True
     prefetch: bool = True
+    # grpc://HOST:PORT of a tf.data service dispatcher: read/parse/decode/augment run on its
+    # workers (inputs/service.py); "" = all in this process.
+    data_service: str = ""
+    job_prefix: str = ""  # service job name prefix; the replicas of one run must share it
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "image_size", "shuffle_buffer", "ram_budget_mb"):
@@ -79,6 +89,12 @@ class InputConfig:
             raise ConfigError("augment_params", self.augment_params,
                               "an online_augment.AugmentParams")
         errors.one_of("sampling", self.sampling, sampling.SAMPLING_MODES)
+        if self.data_service:
+            service.check_address("data_service", self.data_service, scheme=True)
+            if self.skip_corrupt:
+                raise ConfigError("skip_corrupt", self.skip_corrupt, "False with data_service",
+                                  "Service workers cannot run the Python callback that logs "
+                                  "skipped records; rebuild the records, or read them locally.")
 
 
 # ---------------------------------------------------------------- corrupt-record accounting
@@ -235,17 +251,22 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
                   if input_context else config.global_batch_size)
     image_format = info["image"]["format"]
 
+    remote = bool(config.data_service)
+    # On the service the dispatcher splits the file list among workers and consumers; sharding
+    # it here as well would drop data.
     ds = _read_records(paths, counts, info.get("compression", ""),
-                       num_pipelines=num_pipelines, pipeline_id=pipeline_id,
+                       num_pipelines=1 if remote else num_pipelines,
+                       pipeline_id=0 if remote else pipeline_id,
                        shuffle_files=config.training, seed=config.seed,
                        deterministic=config.deterministic,
                        parallel=config.parallel_interleave, skip_corrupt=config.skip_corrupt)
     ds = decode.decode_records(ds, image_format, config.image_size, config.channels,
                                vectorized_parse=config.vectorized_parse)
     # Cache decoded uint8 images BEFORE random augmentation, so augmentation differs each epoch.
-    if config.cache == "memory":
+    # (Not on the service: each worker sees a different set of files every epoch.)
+    if not remote and config.cache == "memory":
         ds = ds.cache()
-    elif config.cache != "none":
+    elif not remote and config.cache != "none":
         ds = ds.cache(_cache_path(config.cache, info, split, config, num_pipelines, pipeline_id))
     if config.training and config.sampling == "balanced":
         ds = sampling.balanced(ds, len(info["label_map"]), seed=config.seed,
@@ -254,16 +275,12 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
         # Shuffle before repeat: every epoch is a full permutation, no example twice per epoch.
         ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
         ds = ds.repeat()
-    # Static batch shapes in training (tf.distribute, XLA); keep the tail in evaluation.
-    ds = ds.batch(batch_size, drop_remainder=config.training)
-    # Augment whole batches (one vectorised op per batch, not per image).
-    augment = None
-    if config.training and config.augment:
-        # allow_flips is the public switch; augment_params.flip=True also turns flips on.
-        params = dataclasses.replace(
-            config.augment_params, flip=config.allow_flips or config.augment_params.flip)
-        augment = online_augment.make_augment(params, config.seed, pipeline_id,
-                                              jit_compile=config.jit_augment)
+    augment = _augment_fn(config, pipeline_id)
+    if remote:
+        ds, augment = _on_service(ds, config, split, batch_size, augment), None
+    if not (remote and config.training):
+        # Static batch shapes in training (tf.distribute, XLA); keep the tail in evaluation.
+        ds = ds.batch(batch_size, drop_remainder=config.training)
     dtype = tf.as_dtype(config.output_dtype)
     if augment is not None:
         ds = ds.enumerate().map(
@@ -275,6 +292,37 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
     if config.prefetch:
         ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(config, sharded_by_us=input_context is not None))
+
+
+def _on_service(ds: tf.data.Dataset, config: InputConfig, split: str, batch_size: int,
+                augment: Callable | None) -> tf.data.Dataset:
+    """Everything so far, plus batching and augmentation, runs on the service's workers.
+
+    Workers send whole (augmented) batches, cheaper over gRPC than single images. Training
+    batches arrive full (drop_remainder on the worker) and pass straight through; in evaluation
+    the trainer unbatches and batches again, so an eval pass has one tail, as locally, rather
+    than one per worker. Workers share the augmentation seed stream, so their k-th batches draw the same
+    transforms for different images; the service's dynamic file assignment makes the order
+    irreproducible anyway.
+    """
+    ds = ds.batch(batch_size, drop_remainder=config.training)
+    if augment is not None:
+        ds = ds.enumerate().map(lambda step, batch: (augment(step, batch[0]), batch[1]),
+                                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = service.distribute(ds, config.data_service,
+                            service.job_name(config.job_prefix, split, config.training))
+    return ds if config.training else ds.unbatch()
+
+
+def _augment_fn(config: InputConfig, stream: int):
+    """The batch augmentation of a training pipeline, or None (eval, or augment=False)."""
+    if not (config.training and config.augment):
+        return None
+    # allow_flips is the public switch; augment_params.flip=True also turns flips on.
+    params = dataclasses.replace(
+        config.augment_params, flip=config.allow_flips or config.augment_params.flip)
+    return online_augment.make_augment(params, config.seed, stream,
+                                       jit_compile=config.jit_augment)
 
 
 def dataset_fn(records_dir: str | os.PathLike, split: str,

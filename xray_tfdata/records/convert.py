@@ -31,22 +31,22 @@ from typing import Any, Iterator, Sequence
 from absl import logging
 
 from xray_tfdata import __version__, errors, files, labels
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import (
-    dedupe,
-    features,
-    image_io,
-    manifest,
-    offline_augment,
     collect,
     conversion_state,
     decode_pass,
+    dedupe,
+    features,
+    image_io,
     labels_csv,
+    manifest,
+    offline_augment,
     patients,
     shard_plan,
     shard_writer,
     sources,
 )
-from xray_tfdata.errors import ConfigError
 from xray_tfdata.records.conversion_state import Spill, SpillEntry
 
 DEDUPE_MODES: tuple[str, ...] = ("report", "drop")

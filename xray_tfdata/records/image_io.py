@@ -50,6 +50,7 @@ import numpy as np
 
 from xray_tfdata.records import dicom, image_format
 from xray_tfdata.records.image_format import SOURCE_FORMATS, ImageReadError  # noqa: F401
+
 # The resize/encode half of the old image_io, re-exported so sources.py, convert.py and
 # build_records.py keep working unchanged; new code imports records.resize directly.
 from xray_tfdata.records.resize import (  # noqa: F401

@@ -13,7 +13,6 @@ from typing import Any, Sequence
 
 from xray_tfdata.records import image_format
 
-
 # Default ceiling on width x height read from the header before any pixel is decoded, for inputs
 # from a network (the converter's own default, 200 Mpixel, is for a trusted folder): the largest
 # digital chest X-rays are about 4300 x 3500 (15 Mpixel), while a 50 kB PNG can claim

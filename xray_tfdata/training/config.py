@@ -13,8 +13,10 @@ from pathlib import Path
 
 from xray_tfdata import errors
 from xray_tfdata.errors import ConfigError
+from xray_tfdata.inputs import service
+from xray_tfdata.inputs.device_augment import AUGMENT_ON
 from xray_tfdata.models import MODEL_NAMES
-from xray_tfdata.training.distribute import PRECISIONS
+from xray_tfdata.training.distribute import JIT_COMPILE, PRECISIONS
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
@@ -50,11 +52,14 @@ class TrainConfig:
     backbone_learning_rate_multiplier: float = 1.0  # backbone rate = this x the head's
     calibrate: bool = True  # temperature scaling on val at the end (best.keras, export)
     precision: str = "auto"
-    jit_compile: bool = False
+    jit_compile: str = "auto"  # auto = on for GPU/TPU, off on CPU; "true" / "false" win
     steps_per_execution: int = 1
     cache: str = "memory"
     shuffle_buffer: int = 2048
     augment: bool = True
+    augment_on: str = "auto"  # host | device | auto (device when a GPU or TPU is present)
+    data_service: str = ""  # grpc://HOST:PORT of a tf.data service dispatcher; "" = local input
+    data_service_job: str = ""  # job name prefix the trainer processes of one run share
     deterministic: bool = False
     seed: int = 0
     patience: int = 0  # epochs without a better val macro-F1 before stopping; 0 = never
@@ -83,6 +88,9 @@ class TrainConfig:
                 and math.isfinite(self.learning_rate)):
             raise ConfigError("learning_rate", self.learning_rate, "a number in (0, 10]",
                               "Typical: 1e-3 for adamw, 0.05 for sgd.")
+        if isinstance(self.jit_compile, bool):  # library callers may pass a bool
+            object.__setattr__(self, "jit_compile", "true" if self.jit_compile else "false")
+        errors.one_of("jit_compile", self.jit_compile, JIT_COMPILE)
         errors.in_range("weight_decay", self.weight_decay, 0.0, 1.0, closed_high=False)
         errors.in_range("momentum", self.momentum, 0.0, 1.0, closed_high=False)
         errors.in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, closed_high=False)
@@ -107,6 +115,9 @@ class TrainConfig:
             raise ConfigError("freeze_backbone_epochs", self.freeze_backbone_epochs,
                               f"at most epochs={self.epochs}")
         errors.one_of("precision", self.precision, PRECISIONS)
+        errors.one_of("augment_on", self.augment_on, AUGMENT_ON)
+        if self.data_service:
+            service.check_address("data_service", self.data_service, scheme=True)
         if not self.cache:
             raise ConfigError("cache", self.cache, "'none', 'memory' or a file path prefix")
         if not self.records_dir:

@@ -169,6 +169,8 @@ class _Run:
     strategy: tf.distribute.Strategy
     data: ResolvedData
     precision: str
+    jit_compile: bool
+    augment_on: str  # "host" | "device", resolved
     chief: bool
     model_dir: Path
     model: keras.Model
@@ -241,25 +243,17 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
     class_weights = class_weight_vector(config, data.manifest)
     loss_fn = steps.make_loss_fn(class_weights, config.label_smoothing, config.global_batch_size)
     backbone_ids = frozenset(id(v) for v in backbone_vars)
+    jit_compile = distribute.resolve_jit_compile(config.jit_compile, strategy)
+    augment_on, step_augment, iterator = _train_input(config, strategy, data, start_epoch)
 
     def make_train_steps(frozen: bool):
         return finetune.make_phase_train_function(
             lambda model: steps.make_train_function(
-                strategy, model, optimizer, loss_fn, jit_compile=config.jit_compile,
-                loss_scaling=precision == "mixed_float16", backbone_optimizer=backbone_optimizer,
-                backbone_ids=backbone_ids),
+                strategy, model, optimizer, loss_fn, jit_compile=jit_compile,
+                loss_scaling=precision == "mixed_float16", augment=step_augment,
+                backbone_optimizer=backbone_optimizer, backbone_ids=backbone_ids),
             model, frozen)
 
-    input_config = pipeline.InputConfig(
-        global_batch_size=config.global_batch_size, image_size=data.image_size,
-        channels=data.channels, training=True, cache=config.cache,
-        shuffle_buffer=config.shuffle_buffer, augment=config.augment, sampling=config.sampling,
-        # Reseed per resumed epoch so a resumed run does not replay epoch 0's order.
-        seed=config.seed + start_epoch, deterministic=config.deterministic,
-    )
-    train_ds = strategy.distribute_datasets_from_function(
-        pipeline.dataset_fn(config.records_dir, "train", input_config))
-    iterator = iter(train_ds)
     predict = evaluator.predict_fn(model)
     val_ds = pipeline.build_dataset(config.records_dir, config.val_split, pipeline.InputConfig(
         global_batch_size=config.global_batch_size, image_size=data.image_size,
@@ -271,12 +265,41 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
               else tf.summary.create_noop_writer())
     profile = steps.ProfileWindow(config.profile_steps, config.steps_per_execution,
                                   str(log_dir) if chief else None)
-    return _Run(config=config, strategy=strategy, data=data, precision=precision, chief=chief,
+    return _Run(config=config, strategy=strategy, data=data, precision=precision,
+                jit_compile=jit_compile, augment_on=augment_on, chief=chief,
                 model_dir=model_dir, model=model, optimizer=optimizer, state=state,
                 checkpointer=checkpointer, history=history, resumed_from=resumed_from,
                 start_epoch=start_epoch, class_weights=class_weights, train_steps=None,
                 iterator=iterator, predict=predict, val_ds=val_ds, writer=writer, profile=profile,
                 make_train_steps=make_train_steps)
+
+
+def _train_input(config: TrainConfig, strategy: tf.distribute.Strategy, data: ResolvedData,
+                 start_epoch: int) -> tuple[str, Callable | None, Any]:
+    """Where augmentation runs ("host" | "device"), the step's augmentation (device mode) and
+    the distributed train iterator (fetching batches to the devices ahead of the step)."""
+    from xray_tfdata.inputs import device_augment, pipeline  # pylint: disable=C0415
+
+    augment_on = device_augment.resolve_augment_on(config.augment_on)
+    input_config = pipeline.InputConfig(
+        global_batch_size=config.global_batch_size, image_size=data.image_size,
+        channels=data.channels, training=True, cache=config.cache,
+        shuffle_buffer=config.shuffle_buffer, augment=config.augment, sampling=config.sampling,
+        # Reseed per resumed epoch so a resumed run does not replay epoch 0's order.
+        seed=config.seed + start_epoch, deterministic=config.deterministic,
+        data_service=config.data_service, job_prefix=config.data_service_job,
+    )
+    # Device augmentation: the step augments (seeded by the global step, so resuming needs no
+    # reseed); the host pipeline then only reads cached uint8, shuffles, batches, prefetches.
+    step_augment = None
+    if config.augment and augment_on == "device":
+        step_augment = device_augment.make_step_augment(input_config.augment_params,
+                                                        config.seed)
+    input_config = device_augment.host_input_config(input_config, augment_on)
+    train_ds = strategy.distribute_datasets_from_function(
+        pipeline.dataset_fn(config.records_dir, "train", input_config),
+        options=device_augment.input_options(strategy))
+    return augment_on, step_augment, iter(train_ds)
 
 
 def _train_epoch(run: _Run, progress: _Progress, epoch: int) -> bool:
@@ -405,6 +428,8 @@ def _finish(run: _Run, progress: _Progress) -> dict[str, Any]:
         "settings": config.to_dict(),
         "resolved": {
             "precision": run.precision, "strategy": distribute.strategy_name(run.strategy),
+            "jit_compile": run.jit_compile, "augment_on": run.augment_on,
+            "data_service": config.data_service or None,
             "replicas": run.strategy.num_replicas_in_sync,
             "per_replica_batch_size":
                 config.global_batch_size // run.strategy.num_replicas_in_sync,

@@ -52,17 +52,24 @@ def make_loss_fn(class_weights: np.ndarray, label_smoothing: float,
 
 
 def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: Callable, *,
-                      jit_compile: bool, loss_scaling: bool,
+                      jit_compile: bool, loss_scaling: bool, augment: Callable | None = None,
+                      compile_update: bool = False,
                       backbone_optimizer: keras.Optimizer | None = None,
-                      backbone_ids: frozenset[int] = frozenset()) -> Callable[[tf.Tensor,
-                                                                              tf.Tensor],
-                                                                             tf.Tensor]:
-    """One replica's step on one batch: forward, loss (+ the model's regularization losses),
-    backward, update; returns the replica's loss. Training and the train benchmark both run it,
-    so the benchmark times exactly the step training runs.
+                      backbone_ids: frozenset[int] = frozenset(),
+                      ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """One replica's step on one batch: (device augmentation,) forward, loss (+ the model's
+    regularization losses), backward, update; returns the replica's loss. Training and the train
+    benchmark both run it, so the benchmark times exactly the step training runs.
 
-    XLA (jit_compile) covers the forward and backward pass only: the optimizer update calls
-    merge_call under a strategy, which XLA cannot compile, so it stays outside.
+    `augment(images, replica_id, step)` (device_augment.make_step_augment) augments the batch on
+    this replica after it arrived, seeded by (seed, replica id, the optimizer's step count), so
+    replicas draw different transforms and a rerun draws the same ones.
+
+    XLA (jit_compile) covers augmentation, forward and backward pass; the optimizer update joins
+    them only with `compile_update` (distribute.compiles_update: one replica, no cross-replica
+    reduction). Under Mirrored/MultiWorker/TPU strategies apply_gradients all-reduces through
+    merge_call, which XLA cannot compile, so there the update stays outside.
+
     The variables are the model's trainable ones when this is called (a frozen backbone's are
     left out); with `backbone_optimizer`, those in `backbone_ids` are updated by it instead
     (their own learning rate, training/finetune.py).
@@ -73,6 +80,11 @@ def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: C
     other = [i for i in range(len(variables)) if i not in set(own)]
 
     def forward_backward(images: tf.Tensor, labels_: tf.Tensor):
+        if augment is not None:
+            context = tf.distribute.get_replica_context()
+            replica = context.replica_id_in_sync_group if context is not None else 0
+            # The update count before this step's update: batch k of a fresh run gets step k.
+            images = augment(images, replica, tf.convert_to_tensor(optimizer.iterations))
         with tf.GradientTape() as tape:
             probabilities = model(images, training=True)
             loss = loss_fn(labels_, probabilities)
@@ -83,13 +95,23 @@ def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: C
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         return loss, tape.gradient(scaled, variables)
 
+    def apply(grads) -> None:
+        optimizer.apply_gradients([(grads[i], variables[i]) for i in own])
+        if other:
+            backbone_optimizer.apply_gradients([(grads[i], variables[i]) for i in other])
+
+    def whole_step(images: tf.Tensor, labels_: tf.Tensor) -> tf.Tensor:
+        loss, grads = forward_backward(images, labels_)
+        apply(grads)
+        return loss
+
+    if jit_compile and compile_update:
+        return tf.function(whole_step, jit_compile=True)
     compute = tf.function(forward_backward, jit_compile=jit_compile)
 
     def replica_step(images: tf.Tensor, labels_: tf.Tensor) -> tf.Tensor:
         loss, grads = compute(images, labels_)
-        optimizer.apply_gradients([(grads[i], variables[i]) for i in own])
-        if other:
-            backbone_optimizer.apply_gradients([(grads[i], variables[i]) for i in other])
+        apply(grads)
         return loss
 
     return replica_step
@@ -97,13 +119,19 @@ def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: C
 
 def make_train_function(strategy: tf.distribute.Strategy, model: keras.Model,
                         optimizer: keras.Optimizer, loss_fn: Callable, *, jit_compile: bool,
-                        loss_scaling: bool, backbone_optimizer: keras.Optimizer | None = None,
+                        loss_scaling: bool, augment: Callable | None = None,
+                        backbone_optimizer: keras.Optimizer | None = None,
                         backbone_ids: frozenset[int] = frozenset(),
                         ) -> Callable[[Any, tf.Tensor], tf.Tensor]:
     """Returns f(distributed_iterator, num_steps) -> mean global training loss of those steps
-    (`num_steps` steps per call: --steps_per_execution)."""
+    (`num_steps` steps per call: --steps_per_execution). `augment`, `backbone_*`: see
+    make_replica_step.
+
+    Outside XLA in any case: this loop over steps (it pulls from the distributed iterator, a
+    host-side op) and the cross-replica loss reduction."""
     replica_step = make_replica_step(model, optimizer, loss_fn, jit_compile=jit_compile,
-                                     loss_scaling=loss_scaling,
+                                     loss_scaling=loss_scaling, augment=augment,
+                                     compile_update=distribute.compiles_update(strategy),
                                      backbone_optimizer=backbone_optimizer,
                                      backbone_ids=backbone_ids)
 

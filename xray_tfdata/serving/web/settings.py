@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from xray_tfdata import errors
-from xray_tfdata.records.image_io import RESIZE_MODES  # the converter's, mirrored by the export
+from xray_tfdata.records.image_io import (
+    RESIZE_MODES,  # the converter's, mirrored by the export
+)
 from xray_tfdata.serving.predict import DEFAULT_MAX_PIXELS
 
 WEB_DIR = Path(__file__).resolve().parent

@@ -19,9 +19,8 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
 from xray_tfdata.serving import predict
-from xray_tfdata.serving.web import middleware
+from xray_tfdata.serving.web import middleware, payloads
 from xray_tfdata.serving.web import model as model_lib
-from xray_tfdata.serving.web import payloads
 from xray_tfdata.serving.web.settings import MAX_INSTANCES, WEB_DIR
 
 log = logging.getLogger("xray_tfdata.serve")
