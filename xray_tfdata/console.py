@@ -46,6 +46,8 @@ _NATIVE_NOISE = (
     r"^[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\]",
     r"^E\d{4} [\d:.]+ +\d+ (cuda_platform|cuda_driver|cuda_diagnostics|"
     r"cuda_executor|node_def_util)\.cc:\d+\]",
+    # CPU-only: "oneDNN supports DT_UINT8 only on platforms with AVX-512. Falling back ..."
+    r"^E\d{4} [\d:.]+ +\d+ util\.cc:\d+\] oneDNN supports",
 )
 _FILTER_CODE = """
 import os, re, sys

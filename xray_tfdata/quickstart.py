@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from xray_tfdata import cli
 from xray_tfdata.records import synthetic
@@ -32,14 +32,20 @@ flags.DEFINE_integer("seed", 0, "Seed for data generation, splits and training."
 flags.DEFINE_bool("overwrite", True, "Start from scratch (remove a previous quickstart's records and model).")
 
 
+STEPS = 6  # synthetic data + the five commands below
+_timings: list[tuple[str, float]] = []
+
+
 def _run(step: str, args: list[str]) -> None:
+    """Runs `python -m <args>` as a user would type it (printed first); records its time."""
     cmd = [sys.executable, "-m", *args]
-    print(f"\n=== {step}\n$ {shlex.join(['python', '-m', *args])}", flush=True)
+    print(f"\n[{len(_timings) + 1}/{STEPS}] {step}: $ {shlex.join(['python', '-m', *args])}",
+          flush=True)
     start = time.perf_counter()
     result = subprocess.run(cmd)
     if result.returncode != 0:
         raise SystemExit(f"quickstart: step '{step}' failed with exit code {result.returncode}.")
-    print(f"--- {step}: done in {time.perf_counter() - start:.1f} s", flush=True)
+    _timings.append((step, time.perf_counter() - start))
 
 
 def _fmt(value: object) -> str:
@@ -71,14 +77,16 @@ def main(argv: list[str]) -> None:
     overwrite = ["--overwrite"] if FLAGS.overwrite else []
     start = time.perf_counter()
 
-    print(f"=== generate synthetic X-rays -> {data_dir}", flush=True)
+    print(f"[1/{STEPS}] synthetic X-rays -> {data_dir}", flush=True)
+    t0 = time.perf_counter()
     info = synthetic.generate_dataset(
         data_dir,
         synthetic.small_counts(FLAGS.per_class_train, FLAGS.per_class_test),
         seed=FLAGS.seed,
         overwrite=FLAGS.overwrite,
     )
-    print(f"--- wrote {info['num_images']} images")
+    print(f"wrote {info['num_images']} images")
+    _timings.append(("synthetic data", time.perf_counter() - t0))
 
     _run("build records", [
         "xray_tfdata.build_records", f"--data_dir={data_dir}", f"--output_dir={records_dir}",
@@ -107,19 +115,14 @@ def main(argv: list[str]) -> None:
 
     metrics_path = model_dir / "eval" / "test" / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    print("\n=== quickstart finished in %.0f s" % (time.perf_counter() - start))
+    print(f"\nquickstart finished in {time.perf_counter() - start:.0f} s ("
+          + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in _timings) + ")")
     if metrics:
         print(f"test accuracy {_fmt(metrics.get('accuracy'))}, macro-F1 "
               f"{_fmt(metrics.get('macro_f1'))} (chance is about 0.33)")
-    for what, path in (
-        ("synthetic data", data_dir), ("records + manifest", records_dir),
-        ("checkpoints, TensorBoard logs, history.csv, summary.json", model_dir),
-        ("best Keras model", best), ("SavedModel export", model_dir / "export"),
-        ("evaluation report", model_dir / "eval" / "test"),
-        ("classical classifiers", model_dir / "classical"),
-    ):
-        print(f"  {what:<58} {path}")
-    logging.info("tensorboard --logdir %s", model_dir / "logs")
+    print(f"Everything is under {work}: data/ (synthetic X-rays), records/ (shards + manifest), "
+          f"model/ ({best.name}, export/, eval/test/, classical/, checkpoints/, history.csv, "
+          f"summary.json). TensorBoard: tensorboard --logdir {model_dir / 'logs'}")
 
 
 if __name__ == "__main__":

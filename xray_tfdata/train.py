@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from xray_tfdata import cli, models
 from xray_tfdata.errors import ConfigError
@@ -163,10 +163,8 @@ def main(argv: list[str]) -> None:
           f"{summary['steps_completed']} steps, best val macro-F1 "
           f"{summary['best']['val_macro_f1']:.4f} (epoch {summary['best']['epoch']}), "
           f"{summary['images_per_sec'] or 0:.0f} images/s.")
-    for what in ("best_model", "export", "history", "logs", "checkpoints"):
-        print(f"  {what:<12} {paths[what]}")
-    print(f"  {'summary':<12} {Path(config.model_dir) / 'summary.json'}")
-    logging.info("tensorboard --logdir %s", paths["logs"])
+    print(f"Wrote {paths['best_model']}, export/, history.csv, summary.json, checkpoints/ and "
+          f"logs/ (tensorboard --logdir {paths['logs']}) in {config.model_dir}.")
     if summary["status"] == "nan_loss":
         sys.exit("Training stopped: the loss became NaN/inf (see the log above for the fix).")
 

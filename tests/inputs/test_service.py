@@ -149,7 +149,7 @@ def test_command_survives_a_killed_worker_and_stops_on_sigterm(records, tmp_path
     env = {**os.environ, "PYTHONPATH": str(fixtures.REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     port = _free_port()
     journal = tmp_path / "dispatcher"
-    dispatcher = _start([f"--role=dispatcher", f"--port={port}", f"--work_dir={journal}",
+    dispatcher = _start(["--role=dispatcher", f"--port={port}", f"--work_dir={journal}",
                          "--worker_timeout_ms=2000"], env)
     procs = [dispatcher]
     try:
