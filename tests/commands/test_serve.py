@@ -12,7 +12,6 @@ import pytest
 
 from tests import fixtures
 
-pytest.importorskip("django", reason="the [web] extra is not installed: pip install -e '.[web]'")
 
 ENV = {**os.environ, "PYTHONPATH": str(fixtures.REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
 

@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("django", reason="the [web] extra is not installed: pip install -e '.[web]'")
 
 from django.test import Client, override_settings  # noqa: E402
 
