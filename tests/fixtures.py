@@ -192,3 +192,14 @@ def tiny_export(export_dir: Path) -> Path:
     model = keras.models.load_model(keras_file, compile=False)
     export.export_serving(model, export_dir, TINY_SIZE, 1)
     return export_dir
+
+
+def encode(image, image_format: str, quality: int = 95) -> bytes:
+    """`image` (H x W x C uint8) as the bytes a record holds for `image_format` (jpeg/png/raw)."""
+    import tensorflow as tf
+
+    if image_format == "jpeg":
+        return tf.io.encode_jpeg(image, quality=quality).numpy()
+    if image_format == "png":
+        return tf.io.encode_png(image).numpy()
+    return np.asarray(image).tobytes()

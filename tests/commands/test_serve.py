@@ -12,7 +12,6 @@ import pytest
 
 from tests import fixtures
 
-
 ENV = {**os.environ, "PYTHONPATH": str(fixtures.REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import fixtures
 from xray_tfdata.inputs import decode
 from xray_tfdata.records import features
 
@@ -20,18 +21,11 @@ def _image(channels: int) -> np.ndarray:
     return image.astype(np.uint8)
 
 
-def _encode(image: np.ndarray, image_format: str) -> bytes:
-    if image_format == "jpeg":
-        return tf.io.encode_jpeg(image, quality=100).numpy()
-    if image_format == "png":
-        return tf.io.encode_png(image).numpy()
-    return image.tobytes()
-
-
 def _serialized(image: np.ndarray, image_format: str, label: int) -> bytes:
     height, width, channels = image.shape
     return features.serialize(features.ExampleRecord(
-        encoded=_encode(image, image_format), image_format=image_format, height=height,
+        encoded=fixtures.encode(image, image_format, quality=100), image_format=image_format,
+        height=height,
         width=width, channels=channels, label=label, class_text="NORMAL", source_path="a.png",
         source_sha256="0" * 64, source_width=width, source_height=height, source_mode="L",
         source_format="PNG", source_bytes=1))
@@ -41,7 +35,7 @@ def _serialized(image: np.ndarray, image_format: str, label: int) -> bytes:
 @pytest.mark.parametrize("image_format", ["jpeg", "png", "raw"])
 def test_decode_image_eager_and_in_tf_data(image_format, channels):
     image = _image(channels)
-    encoded = _encode(image, image_format)
+    encoded = fixtures.encode(image, image_format, quality=100)
     eager = decode.decode_image(tf.constant(encoded), image_format, SIZE, channels)
     in_data = next(iter(tf.data.Dataset.from_tensors(encoded).map(
         lambda e: decode.decode_image(e, image_format, SIZE, channels))))
@@ -54,7 +48,7 @@ def test_decode_image_eager_and_in_tf_data(image_format, channels):
 
 
 def test_decode_image_wrong_size_fails_loudly():
-    encoded = _encode(_image(1), "png")
+    encoded = fixtures.encode(_image(1), "png")
     with pytest.raises(tf.errors.InvalidArgumentError):
         decode.decode_image(tf.constant(encoded), "png", SIZE + 1, 1)
 

@@ -18,14 +18,6 @@ SIZE = 16
 STEP = 6  # pixel value = example id * STEP: survives JPEG on flat images, fits in uint8 for 40 ids
 
 
-def _encode(image: np.ndarray, image_format: str) -> bytes:
-    if image_format == "jpeg":
-        return tf.io.encode_jpeg(image, quality=95).numpy()
-    if image_format == "png":
-        return tf.io.encode_png(image).numpy()
-    return image.tobytes()
-
-
 def write_records(root: Path, *, image_format: str = "png", n: int = 40, shards: int = 4,
                   channels: int = 1, split: str = "train", compression: str = "",
                   **overrides) -> Path:
@@ -35,7 +27,8 @@ def write_records(root: Path, *, image_format: str = "png", n: int = 40, shards:
     for i in range(n):
         image = np.full((SIZE, SIZE, channels), i * STEP, np.uint8)
         records.append(fixtures.example(
-            image, label=i % 3, image_format=image_format, encoded=_encode(image, image_format),
+            image, label=i % 3, image_format=image_format,
+            encoded=fixtures.encode(image, image_format),
             source_path=f"{split}/x/{i}.png", source_sha256=f"{i:064x}", source_width=500 + i,
             source_height=400, source_bytes=1000 + i))
     return fixtures.write_records(root, {split: records}, image_size=SIZE, channels=channels,

@@ -14,8 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-
 from django.test import Client, override_settings  # noqa: E402
 
 from tests import fixtures  # noqa: E402
