@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -119,16 +118,15 @@ def convert_subset(data_dir: str | os.PathLike, work_dir: str | os.PathLike, lim
     folder = Path(work_dir) / f"convert-subset-{limit}-{key}"
     if (folder / "COMPLETE").is_file():
         return folder
-    if folder.exists():
-        shutil.rmtree(folder)
-    for src in chosen:
-        link = folder / src.relpath
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path(src.path).resolve())
-    # The converter needs both splits to exist even if the subset misses one class.
-    for split in ("train", "test"):
-        (folder / split).mkdir(parents=True, exist_ok=True)
-    (folder / "COMPLETE").write_text(f"{len(chosen)}\n")
+    with files.atomic_dir(folder) as tmp:  # a half-linked subset never looks complete
+        for src in chosen:
+            link = tmp / src.relpath
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path(src.path).resolve())
+        # The converter needs both splits to exist even if the subset misses one class.
+        for split in ("train", "test"):
+            (tmp / split).mkdir(parents=True, exist_ok=True)
+        files.write_atomic(tmp / "COMPLETE", f"{len(chosen)}\n")
     return folder
 
 
