@@ -316,6 +316,34 @@ def _existing_files(out_dir: Path) -> list[Path]:
             for p in (out_dir / split).rglob("*") if p.is_file()]
 
 
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuses an out_dir that already holds images unless `overwrite`, which clears them."""
+    existing = _existing_files(out)
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{str(out)!r} already holds {len(existing)} files under train/val/test "
+            f"(e.g. {existing[0]}). Pass overwrite=True (--overwrite) to replace them, "
+            "or choose another directory."
+        )
+    for split in GENERATED_SPLITS:
+        if overwrite and (out / split).is_dir():
+            shutil.rmtree(out / split)
+
+
+def _plan_tasks(spec: SyntheticSpec, out: Path) -> list[tuple]:
+    """One (spec, out, split, class, index, file number) task per image, class folders made."""
+    tasks = []
+    for split in sorted(spec.counts, key=_SPLIT_KEYS.get):
+        for name in KAGGLE_CLASSES:
+            (out / split / name).mkdir(parents=True, exist_ok=True)
+            # Kaggle numbers test files after train files: COVID19(460).jpg is the first test COVID.
+            first = sum(spec.counts[s].get(name, 0) for s in spec.counts
+                        if _SPLIT_KEYS[s] < _SPLIT_KEYS[split])
+            tasks += [(spec, str(out), split, name, i, first + i)
+                      for i in range(spec.counts[split].get(name, 0))]
+    return tasks
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     counts: Mapping[str, Mapping[str, int]] | None = None,
@@ -357,26 +385,8 @@ def generate_dataset(
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0 (0 = all cores).")
     out = Path(out_dir)
-    existing = _existing_files(out)
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{str(out)!r} already holds {len(existing)} files under train/val/test "
-            f"(e.g. {existing[0]}). Pass overwrite=True (--overwrite) to replace them, "
-            "or choose another directory."
-        )
-    for split in GENERATED_SPLITS:
-        if overwrite and (out / split).is_dir():
-            shutil.rmtree(out / split)
-
-    tasks = []
-    for split in sorted(spec.counts, key=_SPLIT_KEYS.get):
-        for name in KAGGLE_CLASSES:
-            (out / split / name).mkdir(parents=True, exist_ok=True)
-            # Kaggle numbers test files after train files: COVID19(460).jpg is the first test COVID.
-            first = sum(spec.counts[s].get(name, 0) for s in spec.counts
-                        if _SPLIT_KEYS[s] < _SPLIT_KEYS[split])
-            tasks += [(spec, str(out), split, name, i, first + i)
-                      for i in range(spec.counts[split].get(name, 0))]
+    _prepare_out_dir(out, overwrite)
+    tasks = _plan_tasks(spec, out)
     total, num_bytes = len(tasks), 0
     paths = {split: {name: [] for name in KAGGLE_CLASSES} for split in spec.counts}
     per_format = {f: 0 for f in spec.formats}
