@@ -261,7 +261,8 @@ def _check_rejects(rejected: list[dict[str, str]], total: int, usable: int,
         raise ConversionError(
             f"No usable images in data_dir={str(config.data_dir)!r}: {total} file(s) found, "
             f"{len(rejected)} rejected ({first}). Check the folder holds JPEG/PNG/BMP X-rays in "
-            "train|test/<class>/ folders."
+            "{train,val,test}/<CLASS>/ or <CLASS>/ folders, or that the --labels_csv paths are "
+            "relative to --data_dir."
         )
     fraction = len(rejected) / max(total, 1)
     if fraction > config.max_reject_fraction:
@@ -288,8 +289,10 @@ class _Shards:
     def _fingerprint(self, examples: Sequence[shard_plan.PlannedExample]) -> str:
         digest = hashlib.sha256()
         for e in examples:
+            f = self.files[e.relpath]  # what the record says beyond the image (CSV label, patient)
             digest.update(f"{e.relpath}|{e.augmentation}|{self.index[e.relpath].info.sha256}|"
-                          f"{e.num_bytes}\n".encode("utf-8"))
+                          f"{e.num_bytes}|{f.label}|{f.source}|{f.patient}|{f.metadata}\n"
+                          .encode("utf-8"))
         return digest.hexdigest()
 
     def _records(self, examples: Sequence[shard_plan.PlannedExample]) -> Iterator[bytes]:
