@@ -33,7 +33,7 @@ from xray_tfdata.records.sources import (
     ScanResult,
     SourceFile,
     SourceSpec,
-    _image_or_reason,
+    unsupported_reason,
     key_of,
 )
 
@@ -160,7 +160,7 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
             if not path.is_file():
                 rejected.append((k, f"missing: listed in {name} line {line}, no such file"))
                 continue
-            if reason := _image_or_reason(path):
+            if reason := unsupported_reason(path):
                 rejected.append((k, reason))
                 continue
             extra = {c: row[c] for c in others if row.get(c)}

@@ -148,7 +148,7 @@ def key_of(source: str, relpath: str) -> str:
     return f"{source}:{relpath}" if source else relpath
 
 
-def _image_or_reason(entry: Path) -> str:
+def unsupported_reason(entry: Path) -> str:
     """"" if `entry` may be a source image (a known extension, or none and the DICOM marker:
     image_format.is_source_file), else the reason it is rejected."""
     if image_format.is_source_file(entry):
@@ -208,7 +208,7 @@ def scan_sources(data_dir: str | os.PathLike, source: str = "") -> ScanResult:
 
     def add(split: str, class_name: str, entry: Path) -> None:
         relpath = key_of(source, entry.relative_to(root).as_posix())
-        if reason := _image_or_reason(entry):
+        if reason := unsupported_reason(entry):
             rejected.append((relpath, reason))
         else:
             files.append(SourceFile(split, labels.LABEL_MAP[class_name], class_name, str(entry),
