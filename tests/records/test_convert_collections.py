@@ -233,3 +233,24 @@ def test_evaluate_reads_converter_records_of_a_test_only_collection(tmp_path):
         model_path=str(model), records_dir=str(tmp_path / "rec"), split="test", bootstrap=10,
         shortcut_probe=False, output_dir=str(tmp_path / "eval")))
     assert result["num_examples"] == 9 and (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_real_sample_labels_csv_with_patient_ids(real_sample_dir, tmp_path):
+    # The real sample's own labels.csv: every row says train, so test and val are carved, by
+    # patient (patient 9 has two X-rays). Read in place: the converter never writes to data_dir.
+    result = convert.build_records(_config(
+        real_sample_dir, tmp_path / "out", labels_csv=str(real_sample_dir / "labels.csv"),
+        csv_columns="patient_id=patientid", image_format="jpeg"), progress=False)
+    assert result["rejected"] == [] and result["sources"][""]["splits_given"] == ["train"]
+    records = _records(tmp_path / "out")
+    splits_of_patient: dict[bytes, set[str]] = defaultdict(set)
+    for split, rs in records.items():
+        for r in rs:
+            splits_of_patient[r[features.PATIENT_HASH]].add(split)
+    rows = list(csv.DictReader(open(real_sample_dir / "labels.csv")))
+    assert len(splits_of_patient) == len({row["patientid"] for row in rows}) == 35
+    assert all(len(s) == 1 for s in splits_of_patient.values())
+    assert {s: i["per_class"]["COVID19"] for s, i in result["splits"].items()} == {
+        "train": 9, "val": 1, "test": 2}
+    meta = json.loads(records["test"][0][features.SOURCE_METADATA])
+    assert "patientid" not in meta and {"source", "width", "original_name"} <= set(meta)
