@@ -226,6 +226,11 @@ def _final_splits(usable: Sequence[sources.SourceFile], index: dict[str, SpillEn
     if any(f.split == "val" for f in usable):
         logging.info("Using the data_dir's val split; val_fraction=%s is not applied to it.",
                      config.val_fraction)
+    if config.test_fraction is not None and not config.holdout_source and all(
+            "test" in {f.split for f in usable if f.source == name}
+            for name in {f.source for f in usable}):
+        logging.warning("--test_fraction=%s is not used: every collection has its own test split.",
+                        config.test_fraction)
     return shard_plan.assign_splits(
         usable, val_fraction=config.val_fraction, seed=config.seed,
         test_fraction=config.test_fraction, holdout_source=config.holdout_source,
