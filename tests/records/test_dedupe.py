@@ -213,3 +213,14 @@ def test_manifest_lists_at_most_the_closest_near_pairs_and_counts_all(monkeypatc
     assert [p["paths"][1] for p in out["near"]] == ["test/b001", "test/b003"]
     assert (out["near_pairs_total"], out["near_cross_split_total"], out["near_pairs_listed"]) == (4, 2, 2)
     assert out["dropped"] == [{"path": "train/a000", "reason": "why"}]
+
+
+def test_with_splits_equals_finding_duplicates_after_the_split():
+    rng = np.random.default_rng(0)
+    base = [int(rng.integers(0, 2**63)) << 193 for _ in range(4)]
+    items = [HashedItem(f"k{i}", "", f"sha{i % 3}", base[i % 4] ^ (i & 3)) for i in range(12)]
+    split_of = {f"k{i}": ("train", "val", "test")[i % 3 if i < 6 else 0] for i in range(12)}
+    before = find_duplicates(items, near_distance=4)
+    after = find_duplicates([HashedItem(it.key, split_of[it.key], it.sha256, it.phash)
+                             for it in items], near_distance=4)
+    assert after["exact"] and after["near"] and dedupe.with_splits(before, split_of) == after

@@ -50,14 +50,16 @@ def scan(specs: Sequence[sources.SourceSpec], *, csv_columns: str = "", label_ma
                    collections, legacy)
 
 
-def patient_groups(usable: Sequence[sources.SourceFile], index: Mapping[str, SpillEntry],
-                   near_distance: int) -> dict[str, str] | None:
-    """Patient groups joined by duplicate links; None (image-level carving) without patient ids."""
-    if not any(f.patient for f in usable):
-        return None
+def find_links(usable: Sequence[sources.SourceFile], index: Mapping[str, SpillEntry],
+               near_distance: int) -> dict:
+    """Exact and near duplicates among the usable files, before any split is known."""
     items = [dedupe.HashedItem(f.relpath, "", index[f.relpath].info.sha256,
                                index[f.relpath].phash) for f in usable]
-    found = dedupe.find_duplicates(items, near_distance)
-    links = [g["paths"] for g in found["exact"]] + [p["paths"] for p in found["near"]]
+    return dedupe.find_duplicates(items, near_distance)
+
+
+def patient_groups(usable: Sequence[sources.SourceFile], links: dict) -> dict[str, str]:
+    """key -> group id: each patient's images, joined by the duplicate `links` (find_links)."""
+    pairs = [g["paths"] for g in links["exact"]] + [p["paths"] for p in links["near"]]
     return patients.groups([f.relpath for f in usable], {f.relpath: f.patient for f in usable},
-                           links)
+                           pairs)

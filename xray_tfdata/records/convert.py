@@ -220,7 +220,7 @@ def _may_train(f: sources.SourceFile, config: ConversionConfig) -> bool:
     return f.split in ("train", "")
 
 
-def _final_splits(usable: Sequence[sources.SourceFile], index: dict[str, SpillEntry],
+def _final_splits(usable: Sequence[sources.SourceFile], links: dict | None,
                   config: ConversionConfig) -> dict[str, str]:
     """relpath -> split: given splits kept, test and val carved per collection (assign_splits)."""
     if any(f.split == "val" for f in usable):
@@ -234,7 +234,7 @@ def _final_splits(usable: Sequence[sources.SourceFile], index: dict[str, SpillEn
     return shard_plan.assign_splits(
         usable, val_fraction=config.val_fraction, seed=config.seed,
         test_fraction=config.test_fraction, holdout_source=config.holdout_source,
-        group_of=collect.patient_groups(usable, index, config.near_distance))
+        group_of=None if links is None else collect.patient_groups(usable, links))
 
 
 def _check_patient_overlap(files: Sequence[sources.SourceFile], config: ConversionConfig) -> int:
@@ -401,10 +401,13 @@ def _plan(per_split: dict[str, list], config: ConversionConfig) -> dict[str, lis
 
 
 def _dedupe(usable: Sequence[sources.SourceFile], index: dict[str, SpillEntry],
-            split_of: dict[str, str], config: ConversionConfig) -> tuple[dict, dict[str, str]]:
+            split_of: dict[str, str], links: dict | None, config: ConversionConfig
+            ) -> tuple[dict, dict[str, str]]:
+    """Duplicates with their final splits (`links`: found before the split, reused) + drops."""
     items = [dedupe.HashedItem(f.relpath, split_of[f.relpath], index[f.relpath].info.sha256,
                                index[f.relpath].phash) for f in usable]
-    duplicates = dedupe.find_duplicates(items, config.near_distance)
+    duplicates = (dedupe.find_duplicates(items, config.near_distance) if links is None
+                  else dedupe.with_splits(links, split_of))
     drops = dedupe.plan_drops(items, duplicates) if config.dedupe == "drop" else {}
     counts = dedupe.summarize(duplicates)
     logging.info("Duplicates: %d exact groups, %d near pairs (%d cross-split); %s.",
@@ -450,8 +453,11 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
                           key=lambda r: r["path"])
         usable = [f for f in inputs.files if not index[f.relpath].reason]
         _check_rejects(rejected, len(inputs.files) + len(inputs.rejected), len(usable), config)
-        split_of = _final_splits(usable, index, config)
-        duplicates, drops = _dedupe(usable, index, split_of, config)
+        # With patient ids, duplicate links join patients before the split: found once, here.
+        links = (collect.find_links(usable, index, config.near_distance)
+                 if any(f.patient for f in usable) else None)
+        split_of = _final_splits(usable, links, config)
+        duplicates, drops = _dedupe(usable, index, split_of, links, config)
         per_split = _split_examples([f for f in usable if f.relpath not in drops], index,
                                     split_of, config)
         splits_info = _write_all(out, _plan(per_split, config), per_split,
