@@ -253,3 +253,17 @@ def test_collect_scan_merges_collections_sorted_with_facts(tmp_path):
                                   "e": {"layout": "classes", "splits_given": []}}
     assert not inputs.legacy
     assert collect.scan(sources.parse_source_specs(str(tmp_path / "a"))).legacy
+
+
+def test_collect_scan_mixes_a_folder_and_a_csv_collection(tmp_path):
+    _png(tmp_path / "kaggle" / "test" / "COVID19" / "a.png")
+    _png(tmp_path / "nih" / "x" / "b.png")
+    _csv(tmp_path / "nih" / "l.csv", ["path", "label", "pid"], [["x/b.png", "Pneumonia", "7"]])
+    specs = sources.parse_source_specs(f"kaggle={tmp_path / 'kaggle'},nih={tmp_path / 'nih'}",
+                                       f"nih={tmp_path / 'nih' / 'l.csv'}")
+    inputs = collect.scan(specs, csv_columns="patient_id=pid", label_map="Pneumonia=PNEUMONIA",
+                          key=b"k")
+    assert [(f.relpath, f.class_name, f.source, bool(f.patient)) for f in inputs.files] == [
+        ("kaggle:test/COVID19/a.png", "COVID19", "kaggle", False),
+        ("nih:x/b.png", "PNEUMONIA", "nih", True)]
+    assert inputs.collections["nih"]["layout"] == "csv" and not inputs.legacy
