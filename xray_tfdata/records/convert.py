@@ -95,7 +95,8 @@ class ConversionConfig:
     label_map: str = ""
     test_fraction: float | None = None  # None: 0.2 for a collection without a test split
     patient_overlap: str = "error"
-    patient_key: str = ""  # never written; the manifest holds a fingerprint
+    # A secret: never written (the manifest holds a fingerprint) nor shown in a repr.
+    patient_key: str = dataclasses.field(default="", repr=False)
     holdout_source: str = ""
 
     def __post_init__(self) -> None:
@@ -201,7 +202,7 @@ def _augment_spec(config: ConversionConfig) -> dict[str, tuple[str, ...]]:
 
 def _plan_tasks(files: Sequence[sources.SourceFile], config: ConversionConfig
                 ) -> list[sources.Task]:
-    """Every source, with every variant it may need: all ops of its class if it is in train/.
+    """Every source, with every variant it may need: all ops of its class if it may be train.
 
     Which train sources end up in val, or past --augment_max_source, is only decided after the
     pass, among the *usable* ones (so a corrupt file never takes a val slot). Encoding a few
