@@ -139,6 +139,8 @@ def test_csv_rows_become_sources_with_rejects_skips_hash_and_metadata(tmp_path):
     details = dict(result.details)["labels_csv"]
     assert details["rows"] == 9 and details["ambiguous_rows"] == 1
     assert details["skipped_labels"] == {"COVID-19|No Finding": 1, "Effusion": 1}
+    assert details["rejected_rows"] == {"duplicate_row": 1, "missing_file": 1, "outside_data_dir": 1,
+                                        "unknown_split": 1, "unsupported_extension": 1}
 
 
 def test_csv_missing_column_names_the_columns_and_the_flag(tmp_path):

@@ -123,6 +123,7 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
     files: list[SourceFile] = []
     rejected: list[tuple[str, str]] = []
     skipped: collections.Counter[str] = collections.Counter()
+    kinds: collections.Counter[str] = collections.Counter()  # rejects by kind
     ambiguous, rows, seen = 0, 0, {}
     name = os.path.basename(csv_path)
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -137,10 +138,12 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
             relpath = PurePosixPath(raw_path)
             k = key_of(spec.name, relpath.as_posix())
             if not raw_path or relpath.is_absolute() or ".." in relpath.parts:
+                kinds["outside_data_dir"] += 1
                 rejected.append((k if raw_path else f"{name} line {line}",
                                  f"path {raw_path!r} is empty or outside data_dir"))
                 continue
             if k in seen:
+                kinds["duplicate_row"] += 1
                 rejected.append((k, f"duplicate row in {name}: line {line} repeats line "
                                     f"{seen[k]} (the first is used)"))
                 continue
@@ -153,14 +156,17 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
                 continue
             split_text = cell("split").lower()
             if split_text not in SPLIT_ALIASES:
+                kinds["unknown_split"] += 1
                 rejected.append((k, f"unknown split {split_text!r} in {name} line {line} "
                                     "(allowed: train, val, test or empty)"))
                 continue
             path = root / relpath
             if not path.is_file():
+                kinds["missing_file"] += 1
                 rejected.append((k, f"missing: listed in {name} line {line}, no such file"))
                 continue
             if reason := unsupported_reason(path):
+                kinds["unsupported_extension"] += 1
                 rejected.append((k, reason))
                 continue
             extra = {c: row[c] for c in others if row.get(c)}
@@ -170,5 +176,6 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
                 json.dumps(extra, sort_keys=True) if extra else ""))
     files.sort(key=lambda f: f.relpath)
     details = {"file": csv_path, "rows": rows, "columns": present,
-               "skipped_labels": dict(sorted(skipped.items())), "ambiguous_rows": ambiguous}
+               "skipped_labels": dict(sorted(skipped.items())), "ambiguous_rows": ambiguous,
+               "rejected_rows": dict(sorted(kinds.items()))}
     return ScanResult(tuple(files), tuple(sorted(rejected)), "csv", (("labels_csv", details),))

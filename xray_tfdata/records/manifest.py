@@ -27,7 +27,8 @@ Schema (format_version = features.FORMAT_VERSION):
                  "near_cross_split_total", "near_pairs_listed",
                  "dropped": [{"path", "reason"}]},
   "sources": {name: {"layout": "splits" | "classes" | "csv", "splits_given": [...],
-              "labels_csv": {"file", "rows", "columns", "skipped_labels", "ambiguous_rows"}}}
+              "labels_csv": {"file", "rows", "columns", "skipped_labels", "ambiguous_rows",
+                             "rejected_rows": {kind: n}}}}
              (absent for a single unnamed train/test folder: such manifests stay as before),
   "patient_overlap": {"patients": n, "mode": "warn"} (only when the input crossed splits)
 }
