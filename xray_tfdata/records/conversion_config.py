@@ -1,0 +1,162 @@
+"""The converter's settings: one frozen dataclass, validated on construction (ConfigError).
+
+`manifest_args` is what the manifest records and a resumed run must repeat: execution-only
+fields are left out, and the collection options (issue 10) only when set, so a plain Kaggle
+build's manifest is byte-identical to the one earlier versions wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from xray_tfdata import errors, files
+from xray_tfdata.errors import ConfigError
+from xray_tfdata.records import (
+    dedupe,
+    features,
+    image_io,
+    labels_csv,
+    offline_augment,
+    patients,
+    shard_writer,
+    sources,
+)
+
+DEDUPE_MODES: tuple[str, ...] = ("report", "drop")
+_DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shadows the module
+# Not written to the manifest: they change how the run executes, not what it writes (so 1 and 8
+# workers give byte-identical manifests), or would make a copied records dir lie (output_dir).
+_NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite")
+# Also not compared on resume: a rerun with a looser threshold must be allowed.
+NOT_COMPARED = ("max_reject_fraction",)
+_SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
+                  "patient_key", "holdout_source")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionConfig:
+    """Everything that decides the records; validated on construction (raises ConfigError)."""
+
+    data_dir: str
+    output_dir: str
+    image_size: int = 224
+    resize_mode: str = "stretch"
+    channels: int = 1
+    image_format: str = "jpeg"
+    jpeg_quality: int = 95
+    compression: str = ""
+    shard_size_mb: float = 100.0
+    num_shards: int = 0
+    min_shards: int = 8
+    val_fraction: float = 0.1
+    seed: int = 0
+    augment: str = ""
+    augment_max_source: int = 0
+    dedupe: str = "report"
+    near_distance: int = _DEFAULT_NEAR_DISTANCE
+    max_reject_fraction: float = 0.01
+    num_workers: int = 0
+    overwrite: bool = False
+    # Sources beyond the Kaggle layout (issue 10). Left at their defaults they are not written to
+    # the manifest's args, so a Kaggle build's manifest stays byte-identical to earlier versions.
+    labels_csv: str = ""
+    csv_columns: str = ""
+    label_map: str = ""
+    test_fraction: float | None = None  # None: 0.2 for a collection without a test split
+    patient_overlap: str = "error"
+    # A secret: never written (the manifest holds a fingerprint) nor shown in a repr.
+    patient_key: str = dataclasses.field(default="", repr=False)
+    holdout_source: str = ""
+
+    def __post_init__(self) -> None:
+        if not str(self.data_dir):
+            raise ConfigError("data_dir", self.data_dir, "a folder path",
+                              "Pass --data_dir=<the extracted Kaggle folder>.")
+        if not str(self.output_dir):
+            raise ConfigError("output_dir", self.output_dir, "a folder path")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
+            raise ConfigError("image_size", self.image_size, "an integer in [8, 4096]")
+        errors.in_range("image_size", self.image_size, 8, 4096,
+                        allowed="an integer in [8, 4096] (224 is the default)")
+        errors.one_of("resize_mode", self.resize_mode, image_io.RESIZE_MODES)
+        errors.one_of("channels", self.channels, (1, 3),
+                      "X-rays are gray: 1 is 3x smaller; 3 repeats the gray channel.")
+        errors.one_of("image_format", self.image_format, features.IMAGE_FORMATS)
+        errors.positive_int("jpeg_quality", self.jpeg_quality)
+        errors.in_range("jpeg_quality", self.jpeg_quality, 1, 100, allowed="an integer in [1, 100]")
+        if self.compression not in shard_writer.COMPRESSIONS:
+            raise ConfigError("compression", self.compression, "'' (none) or 'GZIP'")
+        if not (isinstance(self.shard_size_mb, (int, float)) and self.shard_size_mb > 0):
+            raise ConfigError("shard_size_mb", self.shard_size_mb, "a number > 0",
+                              "About 100 MB per shard reads well; or set num_shards.")
+        errors.non_negative_int("num_shards", self.num_shards)
+        errors.positive_int("min_shards", self.min_shards)
+        errors.in_range("val_fraction", self.val_fraction, 0.0, 1.0, closed_high=False)
+        errors.non_negative_int("seed", self.seed)
+        try:
+            offline_augment.parse_augment_spec(self.augment)
+        except ValueError as err:
+            raise ConfigError("augment", self.augment, "a valid augmentation spec",
+                              str(err)) from err
+        errors.non_negative_int("augment_max_source", self.augment_max_source)
+        errors.one_of("dedupe", self.dedupe, DEDUPE_MODES)
+        errors.non_negative_int("near_distance", self.near_distance)
+        errors.in_range("near_distance", self.near_distance, 0, dedupe.HASH_BITS,
+                        allowed=f"an integer in [0, {dedupe.HASH_BITS}] (Hamming bits)")
+        errors.in_range("max_reject_fraction", self.max_reject_fraction, 0.0, 1.0)
+        errors.non_negative_int("num_workers", self.num_workers)
+        self._check_sources()
+
+    def _check_sources(self) -> None:
+        """The issue-10 settings: pure parsing only (no file-system access)."""
+        try:
+            specs = sources.parse_source_specs(self.data_dir, self.labels_csv)
+        except ValueError as err:
+            field = "labels_csv" if "labels_csv" in str(err) else "data_dir"
+            raise ConfigError(field, getattr(self, field),
+                              "a path, or name=path entries separated by commas",
+                              f"Here: {err}.") from err
+        for field, parse in (("csv_columns", labels_csv.parse_columns),
+                             ("label_map", labels_csv.parse_label_map)):
+            try:
+                parse(getattr(self, field))
+            except ValueError as err:
+                raise ConfigError(field, getattr(self, field), "a comma-separated list",
+                                  f"Here: {err}.") from err
+        if self.test_fraction is not None:
+            errors.in_range("test_fraction", self.test_fraction, 0.0, 1.0, closed_high=False)
+            if self.test_fraction + self.val_fraction >= 1.0:
+                raise ConfigError("test_fraction", self.test_fraction,
+                                  f"below 1 - val_fraction = {1 - self.val_fraction:g}",
+                                  "Nothing would be left for training.")
+        errors.one_of("patient_overlap", self.patient_overlap, patients.OVERLAP_MODES)
+        if self.holdout_source:
+            names = [spec.name for spec in specs]
+            if self.holdout_source not in names or len(names) < 2:
+                raise ConfigError("holdout_source", self.holdout_source,
+                                  f"one of the collections named in data_dir ({names})",
+                                  "It needs at least one other collection to train on, e.g. "
+                                  "--data_dir=kaggle=/a,nih=/b --holdout_source=nih.")
+
+    def source_specs(self) -> list[sources.SourceSpec]:
+        return sources.parse_source_specs(self.data_dir, self.labels_csv)
+
+    def manifest_args(self) -> dict[str, Any]:
+        """The arguments the manifest records (and a resumed run must repeat)."""
+        args = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_MANIFEST}
+        args["data_dir"] = str(self.data_dir)
+        for field in dataclasses.fields(self):
+            if field.name in _SOURCE_FIELDS and args[field.name] == field.default:
+                del args[field.name]  # absent = default: older manifests compare equal
+        if self.patient_key:
+            args["patient_key"] = patients.key_fingerprint(self.patient_key)
+        return args
+
+    def workers(self) -> int:
+        return self.num_workers or files.usable_cpus()
+
+    def settings(self) -> sources.ProcessSettings:
+        return sources.ProcessSettings(self.image_size, self.resize_mode, self.channels,
+                                       self.image_format, self.jpeg_quality)
