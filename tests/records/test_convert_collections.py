@@ -254,3 +254,30 @@ def test_real_sample_labels_csv_with_patient_ids(real_sample_dir, tmp_path):
         "train": 9, "val": 1, "test": 2}
     meta = json.loads(records["test"][0][features.SOURCE_METADATA])
     assert "patientid" not in meta and {"source", "width", "original_name"} <= set(meta)
+
+
+def test_a_crashed_csv_build_resumes_to_identical_records(tmp_path, monkeypatch):
+    from xray_tfdata import files
+    from xray_tfdata.records import sources
+
+    data = tmp_path / "d"
+    csv_path = _patient_csv(data)
+    config = dict(labels_csv=f"nih={csv_path}", label_map=LABEL_MAP,
+                  csv_columns="path=Image Index,label=Finding Labels,patient_id=Patient ID")
+    spec = f"nih={data}"
+    convert.build_records(_config(spec, tmp_path / "ref", **config), progress=False)
+    real, calls = sources.process_source, []
+
+    def crash_after_five(task, settings):
+        calls.append(task.key)
+        if len(calls) > 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real(task, settings)
+
+    monkeypatch.setattr(sources, "process_source", crash_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        convert.build_records(_config(spec, tmp_path / "out", **config), progress=False)
+    monkeypatch.setattr(sources, "process_source", real)
+    convert.build_records(_config(spec, tmp_path / "out", **config), progress=False)
+    shas = lambda d: {p.name: files.sha256_file(p) for p in d.iterdir()}  # noqa: E731
+    assert shas(tmp_path / "out") == shas(tmp_path / "ref")
