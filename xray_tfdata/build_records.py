@@ -84,7 +84,8 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False,
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments {argv[1:]}; all inputs are flags.")
-    from xray_tfdata.records import convert, manifest  # noqa: PLC0415 - see the import note at the top
+    # Imported here, not at the top: see the import note there.
+    from xray_tfdata.records import convert, manifest  # noqa: PLC0415
 
     compression = "" if _COMPRESSION.value.lower() == "none" else "GZIP"
     config = cli.settings_from_flags(convert.ConversionConfig, compression=compression)

@@ -12,7 +12,8 @@ pass, then a writing pass) would halve throughput. Instead:
      each result to an append-only spill file in `<output_dir>/.build/` and keeps only a small
      index in memory (no 6.4k images in RAM);
   2. plan (pure, stable key + seed): drop rejects, carve test / val from the usable sources
-     (stratified, by patient group when ids are given: shard_plan.assign_splits), dedupe, choose the augmented sources, cut shards by actual encoded bytes;
+     (stratified, by patient group when ids are given: shard_plan.assign_splits), dedupe,
+     choose the augmented sources, cut shards by actual encoded bytes;
   3. write shards in plan order in the main process, reading the bytes back from the spill.
 Resume: the spill survives a kill -9 (a torn last frame is cut off), so a rerun decodes only the
 sources not yet in it; complete shards recorded in `.build/shards.json` are kept. Output depends
@@ -290,7 +291,9 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
     """
     start = time.monotonic()
     out, args = Path(config.output_dir), config.manifest_args()
-    if not config.overwrite and (done := conversion_state.complete_manifest(out, args, NOT_COMPARED)):
+    done = (None if config.overwrite
+            else conversion_state.complete_manifest(out, args, NOT_COMPARED))
+    if done:
         logging.info("Records in %s are complete and match these arguments; nothing to do "
                      "(pass --overwrite to rebuild).", out)
         return done
@@ -299,7 +302,8 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
                           key=patients.derive_key(config.seed, config.patient_key))
     overlapping = _check_patient_overlap(inputs.files, config)
     try:
-        conversion_state.prepare_output_dir(out, args, overwrite=config.overwrite, ignore=NOT_COMPARED)
+        conversion_state.prepare_output_dir(out, args, overwrite=config.overwrite,
+                                            ignore=NOT_COMPARED)
     except conversion_state.OutputDirError as err:
         raise ConversionError(str(err)) from err
 
@@ -345,7 +349,8 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
     if overlapping:
         result["patient_overlap"] = {"patients": overlapping, "mode": config.patient_overlap}
     manifest.write_manifest(out, result)
-    shutil.rmtree(out / conversion_state.WORK_DIR)  # complete: the spill (about the records' size) goes
+    # Complete: the spill (about the records' size) goes.
+    shutil.rmtree(out / conversion_state.WORK_DIR)
     total_bytes = sum(s["bytes"] for info in splits_info.values() for s in info["shards"])
     logging.info(
         "Done in %.1f s: %s; %d rejected, %d dropped as duplicates; %d sources decoded at "

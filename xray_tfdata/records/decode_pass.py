@@ -65,7 +65,8 @@ def main_module_hidden() -> Iterator[None]:
 
 
 def run_pass(tasks: list[sources.Task], spill: Spill, workers: int,
-             settings: sources.ProcessSettings, progress: bool) -> tuple[dict[str, SpillEntry], float, int]:
+             settings: sources.ProcessSettings, progress: bool
+             ) -> tuple[dict[str, SpillEntry], float, int]:
     """Processes every task not already in the spill; returns the index, images/s, count done."""
     reusable = {}
     for task in tasks:
