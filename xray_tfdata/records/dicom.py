@@ -26,6 +26,7 @@ Decisions:
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import io
@@ -94,7 +95,7 @@ def technical_tags(ds: Any) -> tuple[tuple[str, str], ...]:
         value = ds.get(name)
         if value is None or value == "":
             continue
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if isinstance(value, collections.abc.Sequence) and not isinstance(value, str):
             text = "\\".join(str(v) for v in value)
         else:
             text = str(value)
