@@ -213,3 +213,15 @@ def test_tags_become_optional_record_features():
     assert parsed[keys["Manufacturer"]].numpy().tolist() == [b"", b""]
     with pytest.raises(ValueError, match="Unknown source tags"):
         features.ExampleRecord(**base, tags={"PatientName": "x"}).as_features()
+
+
+def test_decoding_a_dicom_in_a_worker_does_not_import_tensorflow(tmp_path):
+    path = D.write(tmp_path / "a.dcm", D.chest_monochrome1())
+    code = ("import sys\nfrom xray_tfdata.records import image_io\n"
+            "gray, info = image_io.read_source(sys.argv[1])\n"
+            "assert info.format == 'DICOM'\n"
+            "sys.exit(1 if 'tensorflow' in sys.modules else 0)\n")
+    env = {**os.environ, "PYTHONPATH": str(fixtures.REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr

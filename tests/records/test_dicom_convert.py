@@ -118,15 +118,14 @@ def test_dicom_records_have_dark_lungs_and_rejects_have_reasons(converted):
 
 
 def test_dcm_and_extensionless_files_and_tags_reach_the_records(converted):
-    """The scanner takes .dcm and extension-less DICM files (image_format.is_source_file) and the
-    converter writes each file's technical tags."""
     written, out, _, _ = converted
     rows = _records(out)
-    converted_paths = {r[features.SOURCE_PATH].decode() for r in rows}
-    missing = sorted(set(written) - converted_paths)
-    assert not missing
+    assert {r[features.SOURCE_PATH].decode() for r in rows} == set(written)
     for row in rows:
         assert row[features.DICOM_TAG_KEYS["Modality"]] == b"DX"
         assert row[features.DICOM_TAG_KEYS["ViewPosition"]] == b"PA"
+        assert row[features.DICOM_TAG_KEYS["Manufacturer"]] == b"Acme Detectors"
         assert row[features.DICOM_TAG_KEYS["PixelSpacing"]] == b"0.139\\0.139"
         assert row[features.DICOM_TAG_KEYS["BitsStored"]] in (b"12", b"16")
+        assert row[features.DICOM_TAG_KEYS["PhotometricInterpretation"]] in (
+            b"MONOCHROME1", b"MONOCHROME2")

@@ -228,13 +228,6 @@ def test_real_xrays_serve_like_the_converter(exported, real_sample_dir):
 
 # --- EXIF orientation and the one magic-byte table ----------------------------------------------
 
-def test_serving_exif_limits_are_the_converters():
-    from xray_tfdata.records import image_format
-
-    assert export._EXIF_SCAN_BYTES == image_format.EXIF_SCAN_BYTES
-    assert export._EXIF_MAX_ENTRIES == image_format.EXIF_MAX_ENTRIES
-
-
 @pytest.mark.parametrize("ext", [".jpg", ".png"])
 def test_exif_orientation_served_as_converted_and_as_cv2_imread(tmp_path, ext):
     """Orientation 6 (a landscape photo of a portrait film) comes out portrait in the converter

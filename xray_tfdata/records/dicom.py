@@ -26,6 +26,7 @@ Decisions:
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import io
@@ -94,7 +95,7 @@ def technical_tags(ds: Any) -> tuple[tuple[str, str], ...]:
         value = ds.get(name)
         if value is None or value == "":
             continue
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if isinstance(value, collections.abc.Sequence) and not isinstance(value, str):
             text = "\\".join(str(v) for v in value)
         else:
             text = str(value)
@@ -188,8 +189,6 @@ def _check_decoder(ds: Any) -> None:
 
 def _to_gray8(pixels: np.ndarray, ds: Any) -> np.ndarray:
     """Stored values -> displayed 8-bit gray (module docstring: LUTs, range, MONOCHROME1)."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: PLC0415
-
     photometric = str(ds.PhotometricInterpretation)
     if photometric not in _MONOCHROME:
         # pydicom returns YBR as RGB by default; colour images carry no VOI, so scale by depth.
@@ -197,8 +196,24 @@ def _to_gray8(pixels: np.ndarray, ds: Any) -> np.ndarray:
         if values.ndim == 3:
             values = values @ np.array([0.299, 0.587, 0.114])
         return _scale(values, 0.0, float(2 ** int(ds.BitsStored) - 1))
+    if pixels.dtype.kind in "iu":
+        # The display chain is a function of the stored value alone, so it is evaluated once
+        # per distinct value (at most 2^17 here) and applied as one table lookup: same bytes,
+        # measured 46 -> 8 ms on a 1536x1536 12-bit windowed image (pydicom's float64 window
+        # over every pixel makes several full-size passes).
+        low, high = int(pixels.min()), int(pixels.max())
+        if high - low < 1 << 17:
+            table = _display(np.arange(low, high + 1, dtype=np.int64), ds, photometric)
+            index = pixels.astype(np.int64) - low if low else pixels
+            return np.ascontiguousarray(table[index])
+    return _display(pixels, ds, photometric)
+
+
+def _display(values: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: PLC0415
+
     try:
-        values = apply_modality_lut(pixels, ds)
+        values = apply_modality_lut(values, ds)
         low, high = _output_range(ds)
         if _has_voi(ds):
             values = apply_voi_lut(values, ds, prefer_lut=True)
@@ -237,7 +252,7 @@ def _output_range(ds: Any) -> tuple[float, float]:
 
 def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
     if high <= low:
-        return np.zeros(values.shape[:2], dtype=np.uint8)
+        return np.zeros(values.shape, dtype=np.uint8)
     scaled = (values - low) * (255.0 / (high - low))
     return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
 

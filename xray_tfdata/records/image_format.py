@@ -42,7 +42,7 @@ _OTHER_MAGICS: tuple[tuple[bytes, str], ...] = (
 _JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
 # PNG colour type -> mode name at 8 bits (PIL's names); 16-bit variants get ";16" (gray: "I;16").
 _PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
-_EXIF_ORIENTATION_TAG = 0x0112
+EXIF_ORIENTATION_TAG = 0x0112
 # EXIF is looked for in the first MiB of a file, here and in serving/export.py alike (the
 # SavedModel walks the header in TensorFlow ops and must bound what it reads).
 EXIF_SCAN_BYTES = 1 << 20
@@ -302,7 +302,7 @@ def _tiff_orientation(tiff: bytes) -> int:
         if entry + 12 > len(tiff):
             break
         tag, kind = struct.unpack(order + "HH", tiff[entry:entry + 4])
-        if tag == _EXIF_ORIENTATION_TAG and kind == 3:  # SHORT
+        if tag == EXIF_ORIENTATION_TAG and kind == 3:  # SHORT
             (value,) = struct.unpack(order + "H", tiff[entry + 8:entry + 10])
             return value if 1 <= value <= 8 else 1
     return 1

@@ -168,6 +168,10 @@ def decode_source_bytes(data: bytes, *, target_size: int = 0,
 
 def _decode_jpeg(data: bytes, target_size: int, max_pixels: int
                  ) -> tuple[np.ndarray, int, int, str]:
+    if not image_format.jpeg_has_eoi_near_end(data):
+        # libjpeg decodes a file cut right before its EOI without a word: the marker decides.
+        raise ImageReadError("truncated JPEG (no end-of-image marker in its last "
+                             f"{image_format.JPEG_EOI_WINDOW >> 20} MiB)")
     width, height, mode = image_format.jpeg_header(data)
     image_format.check_pixel_limit(width, height, max_pixels)
     orientation = image_format.exif_orientation(data, "JPEG")
@@ -176,10 +180,6 @@ def _decode_jpeg(data: bytes, target_size: int, max_pixels: int
         if target_size > 0 and min(width, height) >= 2 * factor * target_size:
             flags = reduced
             break
-    if not image_format.jpeg_has_eoi_near_end(data):
-        # libjpeg decodes a file cut right before its EOI without a word: the marker decides.
-        raise ImageReadError("truncated JPEG (no end-of-image marker in its last "
-                             f"{image_format.JPEG_EOI_WINDOW >> 20} MiB)")
     # OpenCV's own orientation handling is off: the rule is applied below, in one place, so the
     # serving signature can mirror it exactly.
     with _codec_messages() as messages:

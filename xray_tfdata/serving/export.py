@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from xray_tfdata import files
 from xray_tfdata.labels import CLASS_NAMES
+from xray_tfdata.records import image_format
 
 RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")
 METADATA_FILE = "xray_tfdata.json"
@@ -35,12 +36,13 @@ OUTPUT_KEY = "probabilities"
 
 # ITU-R BT.601 luma, the weights of cv2.COLOR_BGR2GRAY and tf.image.rgb_to_grayscale.
 _GRAY_WEIGHTS_RGB = (0.299, 0.587, 0.114)
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# The converter's EXIF limits (records/image_format.py), repeated as literals so a SavedModel
-# needs TensorFlow only; tests/serving checks they agree.
-_EXIF_SCAN_BYTES = 1 << 20
-_EXIF_MAX_ENTRIES = 128
-_EXIF_ORIENTATION_TAG = 0x0112
+# The converter's magic bytes and EXIF limits (records/image_format.py): constants baked into the
+# exported graph, so the SavedModel itself still needs TensorFlow only.
+_PNG_SIGNATURE = image_format.PNG_MAGIC
+_JPEG_MAGIC = image_format.JPEG_MAGIC
+_EXIF_SCAN_BYTES = image_format.EXIF_SCAN_BYTES
+_EXIF_MAX_ENTRIES = image_format.EXIF_MAX_ENTRIES
+_EXIF_ORIENTATION_TAG = image_format.EXIF_ORIENTATION_TAG
 
 
 def _to_gray_float(image: tf.Tensor) -> tf.Tensor:
@@ -57,7 +59,7 @@ def _to_gray_float(image: tf.Tensor) -> tf.Tensor:
 
 def _is_16bit_png(data: tf.Tensor) -> tf.Tensor:
     # PNG: 8-byte signature, IHDR length+type (8 bytes), width, height (8 bytes), bit depth at 24.
-    is_png = tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE)
+    is_png = tf.equal(tf.strings.substr(data, 0, len(_PNG_SIGNATURE)), _PNG_SIGNATURE)
     depth = tf.strings.substr(data, 24, 1)
     return tf.logical_and(is_png, tf.equal(depth, b"\x10"))
 
@@ -147,8 +149,8 @@ def _tiff_orientation(head: _Header, start: tf.Tensor) -> tf.Tensor:
 def exif_orientation(data: tf.Tensor) -> tf.Tensor:
     """EXIF orientation (int64 1..8) of JPEG/PNG bytes, as records.image_format reads it."""
     head = _Header(data)
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
-    is_png = tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE)
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
+    is_png = tf.equal(tf.strings.substr(data, 0, len(_PNG_SIGNATURE)), _PNG_SIGNATURE)
     start = tf.case([(is_jpeg, lambda: _jpeg_exif_start(head)),
                      (is_png, lambda: _png_exif_start(head))],
                     default=lambda: tf.constant(-1, tf.int64), exclusive=False)
@@ -192,7 +194,7 @@ def decode_gray(data: tf.Tensor) -> tf.Tensor:
         image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
         return _to_gray_float(tf.cast(image, tf.float32))
 
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
     gray = tf.case([(_is_16bit_png(data), decode_16bit), (is_jpeg, decode_jpeg)],
                    default=decode_other, exclusive=False)
     gray = tf.cast(tf.clip_by_value(tf.round(gray), 0.0, 255.0), tf.uint8)

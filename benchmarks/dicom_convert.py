@@ -1,0 +1,130 @@
+"""Converter speed on DICOM sources (issue 10): images/s with 1 and 2 workers, side by side.
+
+    python benchmarks/dicom_convert.py [--count=120 --side=1536 --repeats=3 ...]
+
+Generates (once, cached in --work_dir) a Kaggle-layout folder of `.dcm` chest-X-ray-like images,
+12 bits in 16-bit words with a rescale and a window, uncompressed ("explicit": Explicit VR Little
+Endian) and JPEG 2000 lossless ("j2k", decoded by pylibjpeg-openjpeg), then times full
+`build_records` runs (the converter library, fresh output dir each repeat) with 1 and 2 workers.
+Prints a table and appends JSON lines to --output. Needs the [dicom] extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from xray_tfdata.benchmarking import convert_bench, harness
+from xray_tfdata.records import sources
+
+_SYNTAXES = ("explicit", "j2k")
+_CLASSES = ("NORMAL", "COVID19", "PNEUMONIA")
+
+
+def _image(side: int, rng: np.random.Generator) -> np.ndarray:
+    """A 12-bit chest-like image: bright body, two dark lung fields, smooth texture, noise."""
+    yy, xx = np.mgrid[:side, :side] / side
+    body = 2800 + 600 * np.cos(3 * xx) * np.sin(2 * yy)
+    for cx in (0.3, 0.7):
+        lung = ((yy - 0.5) / 0.33) ** 2 + ((xx - cx) / 0.16) ** 2 <= 1
+        body[lung] -= 1900
+    noise = rng.normal(0, 60, (side // 8, side // 8))
+    texture = np.kron(noise, np.ones((8, 8)))[:side, :side]
+    return np.clip(body + texture, 0, 4095).astype(np.uint16)
+
+
+def _dicom_bytes(pixels: np.ndarray, syntax: str, index: int) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset  # noqa: PLC0415
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: PLC0415
+
+    uid = f"1.2.826.0.1.3680043.8.498.{index + 1}"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, uid
+    ds.Modality, ds.ViewPosition, ds.Manufacturer = "DX", "PA", "Benchmark"
+    ds.PixelSpacing = [0.139, 0.139]
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.WindowCenter, ds.WindowWidth = 2000, 3500
+    ds.PixelData = pixels.tobytes()
+    if syntax == "j2k":
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def make_corpus(root: Path, syntax: str, count: int, side: int) -> Path:
+    """<root>/<syntax>-<count>x<side>/{train,test}/<class>/IMnnnn.dcm, written once."""
+    data_dir = root / f"{syntax}-{count}x{side}"
+    done = data_dir / ".complete"
+    if done.is_file():
+        return data_dir
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        split = "test" if i % 5 == 4 else "train"
+        folder = data_dir / split / _CLASSES[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"IM{i:04d}.dcm").write_bytes(_dicom_bytes(_image(side, rng), syntax, i))
+    done.write_text("ok\n")
+    return data_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work_dir", default="/tmp/xray_dicom_bench")
+    parser.add_argument("--output", default="workspace/benchmarks/results.jsonl")
+    parser.add_argument("--count", type=int, default=120)
+    parser.add_argument("--side", type=int, default=1536)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--syntaxes", default=",".join(_SYNTAXES))
+    args = parser.parse_args(argv)
+    syntaxes = [s for s in args.syntaxes.split(",") if s]
+    unknown = sorted(set(syntaxes) - set(_SYNTAXES))
+    if unknown:
+        parser.error(f"--syntaxes={args.syntaxes!r}: unknown {unknown}; allowed: {_SYNTAXES}")
+    root = Path(args.work_dir)
+    run_id, rows, records = harness.new_run_id(), [], []
+    for syntax in syntaxes:
+        data_dir = make_corpus(root, syntax, args.count, args.side)
+        found = len(sources.scan_sources(data_dir).files)
+        if found != args.count:
+            print(f"error: the scanner found {found} of {args.count} .dcm files in {data_dir}; "
+                  "records/sources.py must accept image_format.is_source_file.", file=sys.stderr)
+            return 1
+        rates = {}
+        for workers in (1, 2):
+            result = convert_bench.measure_converter(str(data_dir), str(root / "out"),
+                                                     args.image_size, workers, args.repeats,
+                                                     warmup=False)
+            rate = result["images_per_sec"]
+            rates[workers] = rate["median"]
+            rows.append({"variant": f"{syntax} DICOM, {workers} worker(s)", **rate,
+                         "vs_1": rate["median"] / rates[1]})
+            records.append({"run_id": run_id, "time": harness.utc_now(), "mode": "dicom_convert",
+                            "syntax": syntax, "count": args.count, "side": args.side,
+                            "image_size": args.image_size, "machine": harness.machine_facts(),
+                            "versions": harness.library_versions(), **result})
+    columns = (("variant", "variant"), ("median", "images/s"), ("min", "min"), ("max", "max"),
+               ("spread_pct", "spread %"), ("vs_1", "x 1 worker"))
+    print(harness.format_table(rows, columns))
+    out = harness.append_jsonl(args.output, records)
+    print(f"{len(records)} JSON lines appended to {out} (run {run_id}); "
+          f"{json.dumps({r['variant']: round(r['median'], 1) for r in rows})}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
