@@ -52,7 +52,8 @@ def main(argv: list[str]) -> int:
     print(predict.format_table(results, serving.class_names))
     failed = sum("error" in r for r in results)
     # Calibrated exports (training's temperature scaling) say so in their metadata.
-    print(f"\nProbabilities: {serving.metadata.get('probabilities', 'uncalibrated softmax')}.")
+    calibrated = serving.metadata.get("probabilities", "uncalibrated softmax")
+    print(f"\nProbabilities: {calibrated}.")
     print(f"{len(results) - failed} predicted, {failed} failed.")
     if FLAGS.output_json:
         payload = {"model_path": FLAGS.model_path, "metadata": serving.metadata,

@@ -165,6 +165,12 @@ def main(argv: list[str]) -> None:
           f"{summary['images_per_sec'] or 0:.0f} images/s.")
     print(f"Wrote {paths['best_model']}, export/, history.csv, summary.json, checkpoints/ and "
           f"logs/ (tensorboard --logdir {paths['logs']}) in {config.model_dir}.")
+    cal = summary.get("calibration")
+    if cal:
+        print(f"Calibrated on --val_split={config.val_split}: temperature "
+              f"{cal['temperature']:.3f}, val ECE {cal['val_ece']:.3f} -> "
+              f"{cal['val_ece_calibrated']:.3f}; best.keras and export/ return calibrated "
+              f"probabilities ({Path(config.model_dir) / 'calibration.json'}).")
     if summary["status"] == "nan_loss":
         sys.exit("Training stopped: the loss became NaN/inf (see the log above for the fix).")
 

@@ -113,3 +113,7 @@ def test_killed_run_resumes_from_checkpoint(records, tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(1, 31))
     assert [int(r["step"]) for r in rows] == list(range(10, 301, 10))
     assert "Training completed: 30 epoch(s), 300 steps" in second.stdout
+    # Temperature scaling at the end, reported with the file that records it.
+    calibration = json.loads((model_dir / "calibration.json").read_text())
+    assert f"temperature {calibration['temperature']:.3f}" in second.stdout
+    assert "best.keras and export/ return calibrated probabilities" in second.stdout

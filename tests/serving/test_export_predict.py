@@ -203,6 +203,8 @@ def test_predict_cli_good_and_bad_files(exported, tmp_path):
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env)
     assert proc.returncode == 1, proc.stderr
     assert "2 predicted, 4 failed." in proc.stdout
+    # This export was not written by train (no temperature scaling): predict says so.
+    assert "Probabilities: uncalibrated softmax." in proc.stdout
     assert "ERROR: not an image (looks like text)" in proc.stdout
     results = json.loads(out_json.read_text())["results"]
     assert sum("probabilities" in r for r in results) == 2

@@ -5,8 +5,9 @@ COVID19 from adult ones, so image size, file format, colour mode and file size d
 CNN can score well by recognising the source instead of the disease. The probe fits a small
 scikit-learn classifier on those metadata alone (never on pixels), on the train split, and scores
 its macro-F1 on the evaluated split. The train split must be the one the MODEL was trained on
-(evaluation/reference.py finds it from the training run), not the evaluated records' own. When it comes within `threshold` (default 80%) of the CNN's
-macro-F1, the CNN's number cannot be trusted as evidence of learning the disease.
+(evaluation/reference.py finds it from the training run), not the evaluated records' own. When
+it comes within `threshold` (default 80%) of the CNN's macro-F1, the CNN's number cannot be
+trusted as evidence of learning the disease.
 """
 
 from __future__ import annotations

@@ -418,8 +418,9 @@ def _finish(run: _Run, progress: _Progress) -> dict[str, Any]:
         enabled=config.export and progress.stop_reason != "nan_loss",
         extra_metadata=None if not calibration_record else {
             "calibration": calibration_record,
-            "probabilities": f"calibrated: softmax(logits / {calibration_record['temperature']:.4f}),"
-                             f" the temperature fitted on {config.val_split}"})
+            "probabilities": "calibrated: softmax(logits / "
+                             f"{calibration_record['temperature']:.4f}), the temperature fitted "
+                             f"on {config.val_split}"})
 
     speeds = progress.epoch_speeds
     steady = speeds[1:] or speeds  # the first epoch pays for tracing and filling the cache
