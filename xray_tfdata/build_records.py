@@ -77,6 +77,9 @@ _HOLDOUT_SOURCE = flags.DEFINE_string(
     "holdout_source", "", "A collection named in --data_dir whose images are the whole test "
     "split (leave-one-collection-out).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Worker processes (0 = all cores).")
+_MAX_PIXELS = flags.DEFINE_integer(
+    "max_pixels", image_io.DEFAULT_MAX_PIXELS, "Refuse images with more pixels than this, read from the header "
+    "before decoding (at most 2^30, OpenCV's limit); the reason is listed in the manifest.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Delete existing shards/manifest in --output_dir and start over.")
 

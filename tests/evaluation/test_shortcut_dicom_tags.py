@@ -37,5 +37,5 @@ def test_a_view_that_follows_the_class_is_caught_by_the_probe():
 def test_tag_columns_from_tf_example_keys_match_features():
     from xray_tfdata.records import features
 
-    assert {keys[1] for keys in shortcut.TAG_COLUMNS.values()} == set(
-        features.DICOM_TAG_KEYS.values())
+    assert {keys[1] for keys in shortcut.TAG_COLUMNS.values()} == {
+        *features.DICOM_TAG_KEYS.values(), features.SOURCE_NAME}

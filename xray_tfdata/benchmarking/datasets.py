@@ -131,17 +131,13 @@ def convert_subset(data_dir: str | os.PathLike, work_dir: str | os.PathLike, lim
 
 
 # The modules whose code decides what the records hold: records are rebuilt when one changes.
-_CONVERTER_MODULES = ("convert", "sources", "image_io", "dedupe", "shard_plan", "writer",
-                      "offline_augment", "features", "manifest")
-
-
 def converter_code_key() -> str:
-    """A hash of the converter's source files (cached records must match the current code)."""
-    package = Path(__file__).resolve().parents[1]
+    """A hash of the converter's source files, records/*.py (cached records must match the
+    current code)."""
+    records = Path(__file__).resolve().parents[1] / "records"
     digest = hashlib.sha256()
-    for name in _CONVERTER_MODULES:
-        path = package / f"{name}.py"
-        digest.update(path.read_bytes() if path.is_file() else name.encode())
+    for path in sorted(records.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:10]
 
 

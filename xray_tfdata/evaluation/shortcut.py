@@ -48,6 +48,9 @@ TAG_COLUMNS: dict[str, tuple[str, ...]] = {
     for name in ("modality", "view_position", "photometric", "bits_stored", "manufacturer",
                  "pixel_spacing")
 }
+# The collection an image came from (--data_dir=name=path builds; "" for a single unnamed one):
+# when classes come from different collections, the collection alone predicts the class.
+TAG_COLUMNS["source"] = ("source", "image/source/collection")
 _ALIASES.update(TAG_COLUMNS)
 
 
@@ -182,7 +185,33 @@ def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_m
         probe_confusion_matrix=probe_metrics["confusion_matrix"],
         features=encoder.feature_names)
     result.update(compare(probe_f1, cnn_macro_f1, threshold))
+    source_f1 = source_alone_macro_f1(train_meta, eval_meta)
+    if source_f1 is not None:
+        result["source_alone_macro_f1"] = source_f1
+        result["message"] += (f" The collection alone (each collection's majority class in "
+                              f"train) scores macro-F1 {source_f1:.3f}.")
     return result
+
+
+def source_alone_macro_f1(train_meta: Mapping[str, Any],
+                          eval_meta: Mapping[str, Any]) -> float | None:
+    """Macro-F1 of predicting each image's class as its collection's majority class in train;
+    None when the records name fewer than two collections (nothing to learn from)."""
+    size_train = column(train_meta, "label").size
+    size_eval = column(eval_meta, "label").size
+    train_src = _tag_column(train_meta, "source", size_train)
+    eval_src = _tag_column(eval_meta, "source", size_eval)
+    if len(set(train_src.tolist()) | set(eval_src.tolist())) < 2 or size_eval == 0:
+        return None
+    y_train = column(train_meta, "label").astype(np.int64)
+    overall = int(np.bincount(y_train, minlength=labels.NUM_CLASSES).argmax())
+    majority = {src: int(np.bincount(y_train[train_src == src],
+                                     minlength=labels.NUM_CLASSES).argmax())
+                for src in set(train_src.tolist())}
+    predicted = np.array([majority.get(src, overall) for src in eval_src.tolist()], np.int64)
+    probs = np.eye(labels.NUM_CLASSES)[predicted]
+    y_eval = column(eval_meta, "label").astype(np.int64)
+    return float(metrics.compute_metrics(y_eval, probs, n_resamples=0)["macro_f1"])
 
 
 def compare(probe_f1: float, cnn_macro_f1: float,

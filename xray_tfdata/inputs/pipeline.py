@@ -361,6 +361,10 @@ METADATA_FIELDS = {
     "source_format": features.SOURCE_FORMAT,
     "source_bytes": features.SOURCE_BYTES,
     "augmentation": features.AUGMENTATION,
+    # Optional keys ("" when a record lacks them): the collection and the DICOM tags, which the
+    # shortcut probe one-hots.
+    "source": features.SOURCE_NAME,
+    **{f"dicom_{key.rsplit('/', 1)[1]}": key for key in features.DICOM_TAG_KEYS.values()},
 }
 
 

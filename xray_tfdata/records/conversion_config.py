@@ -31,7 +31,7 @@ _NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite")
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 NOT_COMPARED = ("max_reject_fraction",)
 _SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
-                  "patient_key", "holdout_source")
+                  "patient_key", "holdout_source", "max_pixels")
 
 
 
@@ -69,8 +69,14 @@ class ConversionConfig:
     # A secret: never written (the manifest holds a fingerprint) nor shown in a repr.
     patient_key: str = dataclasses.field(default="", repr=False)
     holdout_source: str = ""
+    # Refuse sources with more pixels than this, from the header before decoding (image_io).
+    max_pixels: int = image_io.DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
+        if (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
+                or not 1 <= self.max_pixels <= image_io.OPENCV_MAX_PIXELS):
+            raise ConfigError("max_pixels", self.max_pixels,
+                              f"an integer in [1, {image_io.OPENCV_MAX_PIXELS}] (OpenCV's limit)")
         if not str(self.data_dir):
             raise ConfigError("data_dir", self.data_dir, "a folder path",
                               "Pass --data_dir=<the extracted Kaggle folder>.")
@@ -159,4 +165,4 @@ class ConversionConfig:
 
     def settings(self) -> sources.ProcessSettings:
         return sources.ProcessSettings(self.image_size, self.resize_mode, self.channels,
-                                       self.image_format, self.jpeg_quality)
+                                       self.image_format, self.jpeg_quality, self.max_pixels)

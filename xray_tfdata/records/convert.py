@@ -129,7 +129,7 @@ def _check_rejects(rejected: list[dict[str, str]], total: int, usable: int,
     if usable == 0:
         raise ConversionError(
             f"No usable images in data_dir={str(config.data_dir)!r}: {total} file(s) found, "
-            f"{len(rejected)} rejected ({first}). Check the folder holds JPEG/PNG/BMP X-rays in "
+            f"{len(rejected)} rejected ({first}). Check the folder holds JPEG/PNG/BMP/DICOM X-rays in "
             "{train,val,test}/<CLASS>/ or <CLASS>/ folders, or that the --labels_csv paths are "
             "relative to --data_dir."
         )

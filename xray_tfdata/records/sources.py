@@ -287,6 +287,7 @@ class ProcessSettings:
     channels: int
     image_format: str
     jpeg_quality: int
+    max_pixels: int = image_io.DEFAULT_MAX_PIXELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,7 +329,8 @@ def process_source(task: Task, settings: ProcessSettings) -> Processed:
     try:
         # target_size lets libjpeg decode a large JPEG at 1/2 scale in the DCT domain (still >= 2x
         # the output side, so the area resize that follows sees enough pixels): ~1.7x faster decode.
-        gray, info = image_io.read_source(task.path, target_size=settings.image_size)
+        gray, info = image_io.read_source(task.path, target_size=settings.image_size,
+                                          max_pixels=settings.max_pixels)
         small = image_io.resize(gray, settings.image_size, settings.resize_mode)
         # The hash's own thumbnail is an area average, so hashing the (area-)resized output
         # gives nearly the same bits at 1/20 of the cost of a second pass over a 2000 px source
