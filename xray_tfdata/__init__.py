@@ -2,12 +2,14 @@
 
 The packages follow the data's journey (imports run one way, down this list):
   commands (build_records, train, evaluate, classical, predict, benchmark, quickstart, ...)
-  training/    config, loop, steps, checkpointing, distribute
-  evaluation/  metrics, evaluator, shortcut, classical
-  serving/     export, predict
-  inputs/      decode, online_augment, pipeline
-  records/     sources, image_io, offline_augment, dedupe, shard_plan, shard_writer, convert,
-               features + manifest (the on-disk format), synthetic
+  training/    config, loop, steps, finetune, checkpointing, distribute
+  evaluation/  metrics, evaluator, calibration, shortcut, reference, gradcam, explainer, classical
+  serving/     export, predict, web/ (the Django app)
+  inputs/      decode, online_augment, device_augment, sampling, service, pipeline
+  records/     sources, labels_csv, collect, patients (what to read) -> image_format, image_io,
+               dicom, resize (reading it) -> offline_augment, dedupe -> shard_plan -> decode_pass,
+               shard_writer, conversion_state, conversion_config, convert (writing it);
+               features + manifest (the on-disk format); synthetic
   shared:      labels, files, errors, console, cli, models
 """
 

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from xray_tfdata import labels
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import convert, features, manifest, synthetic
 
 SIZE = 16
@@ -281,3 +282,21 @@ def test_a_crashed_csv_build_resumes_to_identical_records(tmp_path, monkeypatch)
     convert.build_records(_config(spec, tmp_path / "out", **config), progress=False)
     shas = lambda d: {p.name: files.sha256_file(p) for p in d.iterdir()}  # noqa: E731
     assert shas(tmp_path / "out") == shas(tmp_path / "ref")
+
+
+def test_max_pixels_refuses_oversized_sources_by_their_header(tmp_path):
+    synthetic.generate_dataset(tmp_path / "d", {"train": {"NORMAL": 4, "COVID19": 4, "PNEUMONIA": 4},
+                                                "test": {"NORMAL": 1, "COVID19": 1, "PNEUMONIA": 1}},
+                               min_size=40, max_size=60, seed=5)
+    with pytest.raises(ConfigError, match=r"max_pixels must be an integer in \[1, 1073741824\]"):
+        _config(tmp_path / "d", tmp_path / "o", max_pixels=0)
+    with pytest.raises(convert.ConversionError, match=r"over the --max_pixels limit of 100 pixel \(100 pixels\)"):
+        convert.build_records(_config(tmp_path / "d", tmp_path / "o", max_pixels=100),
+                              progress=False)
+    info = convert.build_records(_config(tmp_path / "d", tmp_path / "o2", max_pixels=2500,
+                                         max_reject_fraction=1.0), progress=False)
+    assert info["args"]["max_pixels"] == 2500  # not the default: recorded, a rerun must repeat it
+    reasons = [r["reason"] for r in info["rejected"]]
+    assert reasons and all("over the --max_pixels limit" in r for r in reasons)
+    kept = sum(s["num_examples"] for s in info["splits"].values())
+    assert 0 < kept and kept + len(reasons) >= 15  # every source either kept or refused
