@@ -78,6 +78,7 @@ def test_page_has_form_notice_and_security_headers(client):
     assert response["X-Frame-Options"] == "DENY"
     assert response["Referrer-Policy"] == "same-origin"
     assert "script-src 'self'" in response["Content-Security-Policy"]
+    assert "--max_pixels" not in page
     assert response["Cache-Control"] == "no-store"
 
 
@@ -167,13 +168,16 @@ BAD_JSON = {
     "not an image": ({"instances": [{"b64": b64(b"patient notes, not pixels\n")}]},
                      "instances[0]: not an image (looks like text)"),
     "unsupported format": ({"instances": [{"b64": b64(b"II*\x00" + bytes(200))}]},
-                           "instances[0]: unsupported format TIFF"),
+                           "instances[0]: unsupported format TIFF (allowed: JPEG, PNG, BMP)"),
+    "GIF": ({"instances": [{"b64": b64(b"GIF89a" + bytes(40))}]},
+            "instances[0]: unsupported format GIF"),
     "empty image": ({"instances": [{"b64": b64(IMAGES[0])}, {"b64": ""}]},
                     "instances[1]: empty file"),
     "truncated PNG": ({"instances": [{"b64": b64(IMAGES[1][:60])}]},
                       "instances[0]: truncated or corrupt PNG"),
     "decompression bomb": ({"instances": [{"b64": b64(_bomb())}]},
-                           "instances[0]: decompression bomb refused: the header says 8000 x 6000"),
+                           "instances[0]: decompression bomb refused: 8000x6000 = 48.0 Mpixel is "
+                           "over the --max_pixels limit of 40.0 Mpixel"),
     "too many": ({"instances": [{"b64": b64(IMAGES[0])}] * 65}, "65 images in one request"),
     "unknown signature": ({"signature_name": "explain", "instances": [{"b64": "eA=="}]},
                           "unknown signature_name 'explain'"),
@@ -342,7 +346,7 @@ def test_load_refuses_other_paths(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("port", 70000), ("port", -1), ("threads", 0),
-                                          ("max_upload_mb", 0), ("max_megapixels", -2.0),
+                                          ("max_upload_mb", 0), ("max_pixels", 0),
                                           ("resize_mode", "crop"), ("host", "")])
 def test_settings_name_the_bad_field(field, value):
     with pytest.raises(ConfigError) as err:
@@ -362,3 +366,20 @@ def test_allowed_hosts_default_and_flag():
 def test_unknown_host_header_is_refused(client):
     response = client.get("/healthz", HTTP_HOST="evil.example")
     assert response.status_code == 400 and "--allowed_hosts" in response.json()["error"]
+
+
+def test_dicom_is_served_as_the_converter_sees_it(client, loaded, caplog):
+    pytest.importorskip("pydicom", reason="the [dicom] extra is not installed")
+    from tests.records import dicom_files
+    from xray_tfdata.serving.predict import dicom_to_png
+
+    data = dicom_files.to_bytes(dicom_files.chest_12bit_windowed())
+    with caplog.at_level(logging.INFO, logger="xray_tfdata.serve"):
+        answer = post_json(client, {"instances": [{"b64": b64(data)}]})
+        page = client.post("/", {"image": _upload("study.dcm", data)}).content.decode()
+    assert answer.status_code == 200, answer.content
+    np.testing.assert_allclose(answer.json()["predictions"],
+                               loaded.serving.predict([dicom_to_png(data)]), atol=1e-6)
+    assert 'class="predicted"' in page and 'class="xray"' not in page  # no <img> for DICOM
+    shown = answer.content.decode() + page + caplog.text
+    assert not [v for v in dicom_files.PHI.values() if v in shown]

@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from xray_tfdata import errors
-from xray_tfdata.records.image_io import (
-    RESIZE_MODES,  # the converter's, mirrored by the export
-)
+from xray_tfdata.records.resize import RESIZE_MODES  # the converter's, mirrored by the export
 from xray_tfdata.serving.predict import DEFAULT_MAX_PIXELS
 
 WEB_DIR = Path(__file__).resolve().parent
 DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-MAX_INSTANCES = 64  # images per request: bounds one request's decode memory (64 x 40 MP worst)
+MAX_INSTANCES = 64  # images per request: bounds one request's decode memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +40,7 @@ class WebSettings:
     threads: int = 4
     max_upload_mb: float = 20.0
     allowed_hosts: tuple[str, ...] = ()  # () = DEFAULT_ALLOWED_HOSTS plus `host`
-    max_megapixels: float = DEFAULT_MAX_PIXELS / 1e6
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width x height from the header, before decoding
     resize_mode: str = ""  # best.keras only; "" = the sibling export's, else "stretch"
     access_log: bool = True  # one line per request: method, route, status, sizes, ms
 
@@ -63,8 +61,7 @@ class WebSettings:
         errors.positive_int("threads", self.threads)
         errors.in_range("max_upload_mb", self.max_upload_mb, 0.001, 1024.0,
                         allowed="a number of megabytes in (0, 1024]")
-        errors.in_range("max_megapixels", self.max_megapixels, 0.001, 1000.0,
-                        allowed="a number of megapixels in (0, 1000]")
+        errors.positive_int("max_pixels", self.max_pixels)
         if self.resize_mode:
             errors.one_of("resize_mode", self.resize_mode, RESIZE_MODES,
                           "Pass the converter's --resize_mode, or '' to take the export's.")
@@ -74,10 +71,6 @@ class WebSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
-
-    @property
-    def max_pixels(self) -> int:
-        return int(self.max_megapixels * 1e6)
 
     def hosts(self) -> list[str]:
         """ALLOWED_HOSTS: the flag's list, or localhost names plus the listening address."""

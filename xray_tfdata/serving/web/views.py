@@ -27,8 +27,7 @@ log = logging.getLogger("xray_tfdata.serve")
 
 STATIC_FILES = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 NOTICE = "Research use only, not for diagnosis."
-_BROWSER_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp",
-                        "GIF": "image/gif"}
+_BROWSER_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp"}
 
 
 def error(message: str, status: int = 400) -> JsonResponse:
@@ -122,12 +121,12 @@ def _result_context(name: str, data: bytes, result: dict) -> dict[str, Any]:
     """What the template shows for one upload: the class, the bars, the image as a data: URL."""
     if "error" in result:
         return {"name": name, "error": f"Cannot read this file: {result['error']}."}
-    kind = predict.encoded_format(data) or "PNG"
     bars = [{"name": n, "p": p, "percent": f"{100 * p:.1f}"}
             for n, p in result["probabilities"].items()]
-    return {"name": name, "predicted": result["predicted"], "bars": bars,
-            "image_url": f"data:{_BROWSER_IMAGE_TYPES[kind]};base64,"
-                         + base64.b64encode(data).decode("ascii")}
+    kind = predict.encoded_format(data)  # None for DICOM: browsers cannot show it
+    image_url = (f"data:{_BROWSER_IMAGE_TYPES[kind]};base64,"
+                 + base64.b64encode(data).decode("ascii")) if kind else ""
+    return {"name": name, "predicted": result["predicted"], "bars": bars, "image_url": image_url}
 
 
 @allow("GET", "HEAD", "POST")

@@ -20,6 +20,7 @@
     const article = el("article", "result pending");
     const img = el("img", "xray");
     img.alt = "uploaded chest X-ray";
+    img.addEventListener("error", () => img.remove());  // a DICOM: the browser cannot show it
     img.src = URL.createObjectURL(file);
     const answer = el("div", "answer");
     answer.append(el("p", "file", file.name), el("h2", "predicted", "Classifying\u2026"));
