@@ -40,7 +40,9 @@ def define_flags() -> None:
     flags.DEFINE_list("allowed_hosts", [],
                       "Host names the server answers to (Django's ALLOWED_HOSTS), comma-"
                       "separated; empty = localhost, 127.0.0.1, [::1] and --host.")
-    flags.DEFINE_integer("max_pixels", 40_000_000,
+    from xray_tfdata.serving.web.settings import WEB_MAX_PIXELS  # noqa: PLC0415 - no TF import
+
+    flags.DEFINE_integer("max_pixels", WEB_MAX_PIXELS,
                          "Largest image, width x height read from its header before decoding "
                          "(stricter than the converter's 200 M: uploads come from a network); "
                          "larger ones are refused as decompression bombs.")

@@ -11,13 +11,11 @@ import struct
 from pathlib import Path
 from typing import Any, Sequence
 
-from xray_tfdata.records import image_format
+from xray_tfdata.records import image_format, image_io
 
-# Default ceiling on width x height read from the header before any pixel is decoded, for inputs
-# from a network (the converter's own default, 200 Mpixel, is for a trusted folder): the largest
-# digital chest X-rays are about 4300 x 3500 (15 Mpixel), while a 50 kB PNG can claim
-# 50000 x 50000, which the decoder would try to allocate (gigabytes) before finding out.
-DEFAULT_MAX_PIXELS = 40_000_000
+# The converter's ceiling on width x height (read from the header before decoding) for local
+# files; the web app passes a stricter one for uploads (serving/web/settings.py).
+DEFAULT_MAX_PIXELS = image_io.DEFAULT_MAX_PIXELS
 
 
 def sniff(data: bytes) -> str | None:

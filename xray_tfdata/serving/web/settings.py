@@ -23,10 +23,13 @@ from typing import Any
 
 from xray_tfdata import errors
 from xray_tfdata.records.resize import RESIZE_MODES  # the converter's, mirrored by the export
-from xray_tfdata.serving.predict import DEFAULT_MAX_PIXELS
 
 WEB_DIR = Path(__file__).resolve().parent
 DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# Uploads come from a network: a stricter pixel ceiling than the converter's 200 M for a trusted
+# folder. The largest digital chest X-rays are about 4300 x 3500 (15 Mpixel), while a 50 kB PNG
+# can claim 50000 x 50000, which a decoder would try to allocate (gigabytes) before failing.
+WEB_MAX_PIXELS = 40_000_000
 MAX_INSTANCES = 64  # images per request: bounds one request's decode memory
 
 
@@ -40,7 +43,7 @@ class WebSettings:
     threads: int = 4
     max_upload_mb: float = 20.0
     allowed_hosts: tuple[str, ...] = ()  # () = DEFAULT_ALLOWED_HOSTS plus `host`
-    max_pixels: int = DEFAULT_MAX_PIXELS  # width x height from the header, before decoding
+    max_pixels: int = WEB_MAX_PIXELS  # width x height from the header, before decoding
     resize_mode: str = ""  # best.keras only; "" = the sibling export's, else "stretch"
     access_log: bool = True  # one line per request: method, route, status, sizes, ms
 
