@@ -118,6 +118,7 @@ def test_real_server_413_json_near_the_limit_and_early_far_above(server):
 def test_real_server_refuses_unknown_hosts(server):
     status, answer = _http(f"{server.url}/healthz", headers={"Host": "evil.example"})
     assert status == 400 and "--allowed_hosts" in answer["error"]
+    assert "evil.example" not in server.output()  # logs carry no request content
 
 
 def test_real_server_logs_status_and_sizes_only(server, real_sample_dir):

@@ -144,5 +144,7 @@ def configure(cfg: WebSettings) -> None:
                            "per process (settings.configure can run only once).")
     settings.configure(**django_settings(cfg))
     django.setup()
-    # Django logs every 4xx as a warning naming the path: the access log already has the status.
+    # Django logs every 4xx as a warning naming the path, and a refused Host with the header's
+    # value: the access log already has the status, and logs carry no request content.
     logging.getLogger("django.request").setLevel(logging.ERROR)
+    logging.getLogger("django.security").setLevel(logging.CRITICAL)
