@@ -52,8 +52,8 @@ def _loaded() -> model_lib.LoadedModel | None:
     return model_lib.current()
 
 
-def _predict(images: list[bytes]) -> list[dict]:
-    return predict.predict_bytes(_loaded().serving, images, batch_size=MAX_INSTANCES,
+def _predict(loaded: model_lib.LoadedModel, images: list[bytes]) -> list[dict]:
+    return predict.predict_bytes(loaded.serving, images, batch_size=MAX_INSTANCES,
                                  max_pixels=settings.XRAY_MAX_PIXELS)
 
 
@@ -99,7 +99,7 @@ def model_predict(request: HttpRequest) -> JsonResponse:
             labels = [f"instances[{i}]" for i in range(len(images))]
     except payloads.BadRequest as err:
         return error(err.message, err.status)
-    results = _predict(images)
+    results = _predict(loaded, images)
     reason = payloads.first_error(results, labels)
     if reason:
         return error(reason)
@@ -134,7 +134,8 @@ def index(request: HttpRequest) -> HttpResponse:
     """GET: the upload page. POST (the form, works without JavaScript): a result per file."""
     if request.method != "POST":
         return _page(request)
-    if _loaded() is None:
+    loaded = _loaded()
+    if loaded is None:
         return _page(request, 503, error="The model is still loading; try again in a moment.")
     try:
         uploads = _files(request).getlist("image")
@@ -148,7 +149,7 @@ def index(request: HttpRequest) -> HttpResponse:
         return _page(request, 400, error=err.message)
     images = [upload.read() for upload in uploads]
     results = [_result_context(upload.name, data, result)
-               for upload, data, result in zip(uploads, images, _predict(images))]
+               for upload, data, result in zip(uploads, images, _predict(loaded, images))]
     status = 400 if all("error" in r for r in results) else 200
     return _page(request, status, results=results)
 
