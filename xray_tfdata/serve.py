@@ -6,7 +6,8 @@ r"""Serves one trained classifier as a web app (upload page + TensorFlow Serving
 
 Inputs: JPEG, PNG, BMP (and DICOM with the [dicom] extra), decoded like the converter.
 Routes: GET / (upload page), POST /v1/models/xray:predict ({"instances": [{"b64": ...}]} or a
-multipart upload), GET /v1/models/xray (name, classes, input size, sha256), GET /healthz.
+multipart upload), GET /v1/models/xray (name, classes, input size, sha256), GET
+/v1/models/xray/metadata (the signature, as TF Serving), GET /healthz.
 Django run by waitress; uploads stay in memory and are never logged. Research use only.
 """
 

@@ -116,6 +116,17 @@ def test_model_status_names_classes_size_and_sha256(client, loaded):
     assert info["model_version_status"][0]["state"] == "AVAILABLE"
 
 
+def test_signature_metadata_like_tf_serving(client):
+    meta = client.get("/v1/models/xray/metadata").json()
+    assert meta["model_spec"]["name"] == "xray"
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert sig["inputs"]["image_bytes"]["tensor_shape"] == {"dim": [{"size": "-1"}]}
+    assert sig["outputs"]["probabilities"]["dtype"] == "DT_FLOAT"
+    assert sig["outputs"]["probabilities"]["tensor_shape"] == {"dim": [{"size": "-1"},
+                                                                       {"size": "3"}]}
+
+
 def test_predict_json_matches_the_model(client, loaded):
     payload = {"instances": [{"b64": b64(IMAGES[k])} for k in range(3)]}
     response = post_json(client, payload)

@@ -58,6 +58,30 @@ class LoadedModel:
         }
 
 
+def _tensor_info(spec: Any) -> dict[str, Any]:
+    from tensorflow.core.framework import types_pb2  # noqa: PLC0415 - TF's own dtype names
+
+    dims = [{"size": str(-1 if d is None else d)} for d in spec.shape.as_list()]
+    dtype = types_pb2.DataType.Name(spec.dtype.as_datatype_enum)  # "DT_STRING", "DT_FLOAT"
+    return {"dtype": dtype, "tensor_shape": {"dim": dims},
+            "name": spec.name or ""}
+
+
+def signature_metadata(loaded: LoadedModel) -> dict[str, Any]:
+    """TF Serving's GET /v1/models/<name>/metadata answer, from the loaded signature itself."""
+    signature = loaded.serving.signature
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    return {
+        "model_spec": {"name": MODEL_NAME, "signature_name": "", "version": "1"},
+        "metadata": {"signature_def": {"signature_def": {export.SIGNATURE: {
+            "inputs": {key: _tensor_info(spec) for key, spec in inputs.items()},
+            "outputs": {key: _tensor_info(t) for key, t in outputs.items()},
+            "method_name": "tensorflow/serving/predict",
+        }}}},
+    }
+
+
 def tree_sha256(directory: str | os.PathLike) -> str:
     """sha256 over every file's relative path and sha256, in sorted order: one fingerprint for a
     SavedModel directory that changes when any file (graph, variables, metadata) changes."""

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("v1/models/xray:predict", views.model_predict, name="predict"),
     path("v1/models/xray", views.model_status, name="model_status"),
+    path("v1/models/xray/metadata", views.model_metadata, name="model_metadata"),
     path("healthz", views.healthz, name="healthz"),
     path("static/<str:name>", views.static, name="static"),
 ]

@@ -82,6 +82,14 @@ def model_status(request: HttpRequest) -> JsonResponse:
     return JsonResponse(loaded.describe())
 
 
+@allow("GET", "HEAD")
+def model_metadata(request: HttpRequest) -> JsonResponse:
+    loaded = _loaded()
+    if loaded is None:
+        return error("no model loaded yet", 503)
+    return JsonResponse(model_lib.signature_metadata(loaded))
+
+
 @csrf_exempt  # a cookie-less JSON API for TF Serving clients; it changes nothing on the server
 @allow("POST")
 def model_predict(request: HttpRequest) -> JsonResponse:
