@@ -187,8 +187,8 @@ BAD_JSON = {
     "truncated PNG": ({"instances": [{"b64": b64(IMAGES[1][:60])}]},
                       "instances[0]: truncated or corrupt PNG"),
     "decompression bomb": ({"instances": [{"b64": b64(_bomb())}]},
-                           "instances[0]: decompression bomb refused: 8000x6000 = 48.0 Mpixel is "
-                           "over the --max_pixels limit of 40.0 Mpixel"),
+                           "instances[0]: decompression bomb refused: the header says 8000 x 6000 "
+                           "= 48,000,000 pixels, more than the 40,000,000 allowed"),
     "too many": ({"instances": [{"b64": b64(IMAGES[0])}] * 65}, "65 images in one request"),
     "unknown signature": ({"signature_name": "explain", "instances": [{"b64": "eA=="}]},
                           "unknown signature_name 'explain'"),
