@@ -394,3 +394,26 @@ def test_dicom_is_served_as_the_converter_sees_it(client, loaded, caplog):
     assert 'class="predicted"' in page and 'class="xray"' not in page  # no <img> for DICOM
     shown = answer.content.decode() + page + caplog.text
     assert not [v for v in dicom_files.PHI.values() if v in shown]
+
+
+def test_the_page_and_status_say_whether_probabilities_are_calibrated(client, loaded, tmp_path):
+    assert client.get("/v1/models/xray").json()["probabilities"] == "uncalibrated softmax"
+    assert "Probabilities: uncalibrated softmax." in client.get("/").content.decode()
+    # Training writes best.keras and, beside it, an export whose metadata notes the calibration.
+    import keras
+
+    from xray_tfdata.serving import export
+
+    keras_file = fixtures.tiny_model_file(tmp_path / "best.keras")
+    note = "calibrated: softmax(logits / 1.2500), temperature scaling on val"
+    export.export_serving(keras.models.load_model(keras_file, compile=False), tmp_path / "export",
+                          fixtures.TINY_SIZE, 1, "pad", extra_metadata={"probabilities": note})
+    from_keras = model_lib.load(keras_file)
+    assert from_keras.probabilities == note
+    assert from_keras.serving.metadata["resize_mode"] == "pad"  # the records' mode, from beside
+    model_lib.install(from_keras)
+    try:
+        assert client.get("/v1/models/xray").json()["probabilities"] == note
+        assert f"Probabilities: {note}." in client.get("/").content.decode()
+    finally:
+        model_lib.install(loaded)

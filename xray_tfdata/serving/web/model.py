@@ -27,6 +27,7 @@ from xray_tfdata import files
 from xray_tfdata.serving import export
 
 MODEL_NAME = "xray"  # the name in TF Serving's URLs: /v1/models/xray:predict
+UNCALIBRATED = "uncalibrated softmax"  # predict's wording for an export without calibration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,12 @@ class LoadedModel:
     def class_names(self) -> tuple[str, ...]:
         return self.serving.class_names
 
+    @property
+    def probabilities(self) -> str:
+        """What the numbers are: training's temperature scaling says so in the export's
+        metadata ("calibrated: softmax(logits / T), ..."); otherwise the plain softmax."""
+        return self.serving.metadata.get("probabilities", UNCALIBRATED)
+
     def describe(self) -> dict[str, Any]:
         meta = self.serving.metadata
         return {
@@ -52,6 +59,7 @@ class LoadedModel:
                       "resize_mode": meta.get("resize_mode"), "encoding": "image file bytes"},
             "format": self.kind,
             "sha256": self.sha256,
+            "probabilities": self.probabilities,
             # TF Serving's model status shape, so its clients' health checks work unchanged.
             "model_version_status": [{"version": "1", "state": "AVAILABLE",
                                       "status": {"error_code": "OK", "error_message": ""}}],
@@ -92,14 +100,10 @@ def tree_sha256(directory: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _keras_resize_mode(keras_path: Path, resize_mode: str) -> str:
-    """The resize mode for a .keras file: given, else the sibling export's, else "stretch"."""
-    if resize_mode:
-        return resize_mode
+def _sibling_metadata(keras_path: Path) -> dict[str, Any]:
+    """The metadata of the export training wrote next to a .keras file ({} if none)."""
     sibling = keras_path.parent / "export" / export.METADATA_FILE
-    if sibling.is_file():
-        return json.loads(sibling.read_text()).get("resize_mode", "stretch")
-    return "stretch"
+    return json.loads(sibling.read_text()) if sibling.is_file() else {}
 
 
 def _load_keras(path: Path, resize_mode: str) -> export.ServingModel:
@@ -107,11 +111,17 @@ def _load_keras(path: Path, resize_mode: str) -> export.ServingModel:
 
     model = evaluator.load_model(path)
     image_size, channels = evaluator.input_spec(model)
+    # Training exports the same weights beside best.keras: its resize mode (the records') and
+    # its note on calibration (temperature scaling is folded into both) hold for this file too.
+    sibling = _sibling_metadata(path)
+    extra = {"exported_from": str(path)}
+    if "probabilities" in sibling:
+        extra["probabilities"] = sibling["probabilities"]
     tmp = Path(tempfile.mkdtemp(prefix="xray_tfdata_serve-"))
     try:
-        export_dir = export.export_serving(model, tmp / "export", image_size, channels,
-                                           _keras_resize_mode(path, resize_mode),
-                                           extra_metadata={"exported_from": str(path)})
+        export_dir = export.export_serving(
+            model, tmp / "export", image_size, channels,
+            resize_mode or sibling.get("resize_mode", "stretch"), extra_metadata=extra)
         # tf.saved_model.load restores the variables into memory: the files are not needed after.
         return export.load_serving(export_dir)
     finally:

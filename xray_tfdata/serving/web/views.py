@@ -121,6 +121,7 @@ def model_predict(request: HttpRequest) -> JsonResponse:
 def _page(request: HttpRequest, status: int = 200, **context: Any) -> HttpResponse:
     loaded = _loaded()
     context.update(notice=NOTICE, classes=list(loaded.class_names) if loaded else [],
+                   probabilities=loaded.probabilities if loaded else "",
                    max_upload_mb=settings.XRAY_MAX_UPLOAD_BYTES / 1048576)
     return render(request, "xray/index.html", context, status=status)
 
