@@ -85,7 +85,7 @@ def test_page_has_form_notice_and_security_headers(client):
 def test_static_files_and_unknown_paths(client):
     js = client.get("/static/app.js")
     assert js.status_code == 200 and js["Content-Type"].startswith("text/javascript")
-    assert b"/v1/models/xray:predict" in b"".join(js.streaming_content)
+    assert b"/v1/models/xray:" in b"".join(js.streaming_content)
     assert client.get("/static/app.css")["Content-Type"].startswith("text/css")
     assert client.get("/static/settings.py").status_code == 404
     assert client.get("/admin/").json()["error"].startswith("no such route /admin/")
@@ -415,5 +415,33 @@ def test_the_page_and_status_say_whether_probabilities_are_calibrated(client, lo
     try:
         assert client.get("/v1/models/xray").json()["probabilities"] == note
         assert f"Probabilities: {note}." in client.get("/").content.decode()
+    finally:
+        model_lib.install(loaded)
+
+
+def test_grad_cam_overlays_for_a_keras_file_and_404_for_an_export(client, loaded, tmp_path):
+    from xray_tfdata.models import build_model
+
+    assert post_json(client, {"instances": [{"b64": b64(IMAGES[0])}]},
+                     "/v1/models/xray:explain").status_code == 404  # the export: no layers
+    build_model("seed_cnn", 32, 1, seed=0).save(tmp_path / "best.keras")
+    with_cam = model_lib.load(tmp_path / "best.keras")
+    assert with_cam.explainer is not None and with_cam.describe()["explain"] is True
+    model_lib.install(with_cam)
+    try:
+        answer = post_json(client, {"instances": [{"b64": b64(IMAGES[k])} for k in range(2)]},
+                           "/v1/models/xray:explain").json()
+        np.testing.assert_allclose(answer["predictions"],
+                                   with_cam.serving.predict([IMAGES[0], IMAGES[1]]), atol=1e-6)
+        assert answer["layer"] == "conv3"
+        overlays = [cv2.imdecode(np.frombuffer(base64.b64decode(o), np.uint8), cv2.IMREAD_COLOR)
+                    for o in answer["overlays"]]
+        assert [o.shape for o in overlays] == [(32, 32, 3)] * 2
+        assert all(o.std() > 0 for o in overlays)
+        bad = post_json(client, {"instances": [{"b64": b64(b"text\n")}]}, "/v1/models/xray:explain")
+        assert bad.status_code == 400 and "looks like text" in bad.json()["error"]
+        page = client.post("/", {"image": _upload("x.png", IMAGES[1])}).content.decode()
+        assert 'class="xray overlay" src="data:image/png;base64,' in page
+        assert 'data-explain="true"' in client.get("/").content.decode()
     finally:
         model_lib.install(loaded)

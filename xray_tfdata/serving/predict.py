@@ -89,7 +89,8 @@ def dicom_to_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     return cv2.imencode(".png", gray)[1].tobytes()
 
 
-def _model_input(data: bytes, max_pixels: int) -> tuple[bytes | None, str | None]:
+def model_input(data: bytes,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes | None, str | None]:
     """(bytes the SavedModel decodes, None) or (None, the reason to refuse the input)."""
     if image_format.is_dicom(data):
         try:
@@ -114,11 +115,11 @@ def predict_bytes(serving: Any, images: Sequence[bytes], batch_size: int = 32,
     results: list[dict] = [{} for _ in images]
     pending: list[tuple[int, bytes]] = []
     for index, data in enumerate(images):
-        model_input, reason = _model_input(data, max_pixels)
+        prepared, reason = model_input(data, max_pixels)
         if reason:
             results[index]["error"] = reason
         else:
-            pending.append((index, model_input))
+            pending.append((index, prepared))
 
     names = serving.class_names
 

@@ -38,6 +38,7 @@ class LoadedModel:
     source: str  # the --model_path it came from
     kind: str  # "saved_model" or "keras"
     sha256: str  # of the .keras file, or of the export directory (see tree_sha256)
+    explainer: Any = None  # explain.Explainer for a .keras with a convolution block, else None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -60,6 +61,7 @@ class LoadedModel:
             "format": self.kind,
             "sha256": self.sha256,
             "probabilities": self.probabilities,
+            "explain": bool(self.explainer),  # POST /v1/models/xray:explain (Grad-CAM)
             # TF Serving's model status shape, so its clients' health checks work unchanged.
             "model_version_status": [{"version": "1", "state": "AVAILABLE",
                                       "status": {"error_code": "OK", "error_message": ""}}],
@@ -106,7 +108,7 @@ def _sibling_metadata(keras_path: Path) -> dict[str, Any]:
     return json.loads(sibling.read_text()) if sibling.is_file() else {}
 
 
-def _load_keras(path: Path, resize_mode: str) -> export.ServingModel:
+def _load_keras(path: Path, resize_mode: str) -> tuple[export.ServingModel, Any]:
     from xray_tfdata.evaluation import evaluator  # noqa: PLC0415 - the one .keras loader
 
     model = evaluator.load_model(path)
@@ -123,9 +125,12 @@ def _load_keras(path: Path, resize_mode: str) -> export.ServingModel:
             model, tmp / "export", image_size, channels,
             resize_mode or sibling.get("resize_mode", "stretch"), extra_metadata=extra)
         # tf.saved_model.load restores the variables into memory: the files are not needed after.
-        return export.load_serving(export_dir)
+        serving = export.load_serving(export_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    from xray_tfdata.serving.web import explain  # noqa: PLC0415
+
+    return serving, explain.for_keras(model, serving.metadata)
 
 
 def load(model_path: str | os.PathLike, resize_mode: str = "") -> LoadedModel:
@@ -139,8 +144,8 @@ def load(model_path: str | os.PathLike, resize_mode: str = "") -> LoadedModel:
         serving = export.load_serving(path)  # its ValueError names a dir without saved_model.pb
         return LoadedModel(serving, str(path), "saved_model", tree_sha256(path))
     if path.suffix == ".keras":
-        return LoadedModel(_load_keras(path, resize_mode), str(path), "keras",
-                           files.sha256_file(path))
+        serving, explainer = _load_keras(path, resize_mode)
+        return LoadedModel(serving, str(path), "keras", files.sha256_file(path), explainer)
     raise FileNotFoundError(
         f"--model_path={str(path)!r} is neither a SavedModel export directory nor a .keras "
         "file; pass <model_dir>/export or <model_dir>/best.keras written by train.")
