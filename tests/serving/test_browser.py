@@ -28,7 +28,6 @@ ARTIFACT_DIR = fixtures.REPO_ROOT / "workspace" / "test_artifacts"
 pytestmark = pytest.mark.slow  # child processes: the server, chromedriver and Chromium
 
 
-
 def _require(ok: bool, reason: str) -> None:
     if ok:
         return
@@ -139,10 +138,6 @@ def _chrome(user_data_dir: Path, javascript: bool = True):
     _require(Path(launch.CHROMIUM).is_file() and Path(launch.CHROMEDRIVER).is_file(),
              f"headless Chromium not installed ({launch.CHROMIUM}, {launch.CHROMEDRIVER}): "
              "apt-get install chromium chromium-driver")
-    try:
-        import selenium  # noqa: F401 - only whether it imports
-    except ImportError:
-        _require(False, "selenium is not installed: pip install -e '.[web]'")
     return launch.headless_chrome(user_data_dir, javascript=javascript)
 
 

@@ -60,7 +60,6 @@ def test_reasons(data, reason):
 
 
 def test_dicom_becomes_the_converters_grey_image():
-    pytest.importorskip("pydicom", reason="the [dicom] extra is not installed")
     from tests.records import dicom_files
     from xray_tfdata.records import image_io
 

@@ -380,7 +380,6 @@ def test_unknown_host_header_is_refused(client):
 
 
 def test_dicom_is_served_as_the_converter_sees_it(client, loaded, caplog):
-    pytest.importorskip("pydicom", reason="the [dicom] extra is not installed")
     from tests.records import dicom_files
     from xray_tfdata.serving.predict import dicom_to_png
 
