@@ -1,6 +1,6 @@
 r"""The README's screenshot of the web app: real server, headless Chromium, one upload per class.
 
-  python benchmarks/serve_screenshot.py --model_path=workspace/quickstart/model/export \
+  python benchmarks/serve_screenshot.py --model_path=workspace/quickstart/model/best.keras \
       --images_dir=workspace/quickstart/data/test --output=benchmarks/serve_page.png
 
 Starts `python -m xray_tfdata.serve` on a free port, opens the page, selects the first image of
@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_path", "workspace/quickstart/model/export", "Export dir or .keras.")
+flags.DEFINE_string("model_path", "workspace/quickstart/model/best.keras",
+                    "Export dir or .keras (a .keras adds the Grad-CAM overlays).")
 flags.DEFINE_string("images_dir", "workspace/quickstart/data/test",
                     "A folder with NORMAL/, COVID19/, PNEUMONIA/ subfolders.")
 flags.DEFINE_string("output", "benchmarks/serve_page.png", "Where the PNG goes.")

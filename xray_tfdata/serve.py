@@ -4,8 +4,10 @@ r"""Serves one trained classifier as a web app (upload page + TensorFlow Serving
   python -m xray_tfdata.serve --model_path=workspace/model/export [--host=127.0.0.1]
       [--port=8000] [--threads=4] [--max_upload_mb=20] [--allowed_hosts=xray.example.org]
 
+Inputs: JPEG, PNG, BMP (and DICOM with the [dicom] extra), decoded like the converter.
 Routes: GET / (upload page), POST /v1/models/xray:predict ({"instances": [{"b64": ...}]} or a
-multipart upload), GET /v1/models/xray (name, classes, input size, sha256), GET /healthz.
+multipart upload), GET /v1/models/xray (name, classes, input size, sha256), GET
+/v1/models/xray/metadata (the signature, as TF Serving), GET /healthz.
 Django run by waitress; uploads stay in memory and are never logged. Research use only.
 """
 
@@ -39,9 +41,12 @@ def define_flags() -> None:
     flags.DEFINE_list("allowed_hosts", [],
                       "Host names the server answers to (Django's ALLOWED_HOSTS), comma-"
                       "separated; empty = localhost, 127.0.0.1, [::1] and --host.")
-    flags.DEFINE_float("max_megapixels", 40.0,
-                       "Largest image (width x height, read from its header before decoding) "
-                       "in megapixels; larger ones are refused as decompression bombs.")
+    from xray_tfdata.serving.web.settings import WEB_MAX_PIXELS  # noqa: PLC0415 - no TF import
+
+    flags.DEFINE_integer("max_pixels", WEB_MAX_PIXELS,
+                         "Largest image, width x height read from its header before decoding "
+                         "(stricter than the converter's 200 M: uploads come from a network); "
+                         "larger ones are refused as decompression bombs.")
     flags.DEFINE_bool("access_log", True,
                       "One stderr line per request: method, route, status, bytes in/out, ms "
                       "(never a file name, header or image byte).")

@@ -23,7 +23,7 @@ def _serve(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_helpfull_lists_the_flags():
     proc = _serve("--helpfull")
     for flag in ("--model_path", "--host", "--port", "--threads", "--max_upload_mb",
-                 "--allowed_hosts", "--max_megapixels", "--resize_mode"):
+                 "--allowed_hosts", "--max_pixels", "--resize_mode"):
         assert flag in proc.stdout, flag
     assert "best.keras" in proc.stdout
 

@@ -25,7 +25,7 @@ from xray_tfdata import files
 IN_CI = os.environ.get("CI", "").lower() == "true"
 MAX_UPLOAD_MB = 2  # the real samples are < 400 kB; small enough to test both 413 paths quickly
 ARTIFACT_DIR = fixtures.REPO_ROOT / "workspace" / "test_artifacts"
-
+pytestmark = pytest.mark.slow  # child processes: the server, chromedriver and Chromium
 
 
 def _require(ok: bool, reason: str) -> None:
@@ -118,6 +118,7 @@ def test_real_server_413_json_near_the_limit_and_early_far_above(server):
 def test_real_server_refuses_unknown_hosts(server):
     status, answer = _http(f"{server.url}/healthz", headers={"Host": "evil.example"})
     assert status == 400 and "--allowed_hosts" in answer["error"]
+    assert "evil.example" not in server.output()  # logs carry no request content
 
 
 def test_real_server_logs_status_and_sizes_only(server, real_sample_dir):
@@ -137,10 +138,6 @@ def _chrome(user_data_dir: Path, javascript: bool = True):
     _require(Path(launch.CHROMIUM).is_file() and Path(launch.CHROMEDRIVER).is_file(),
              f"headless Chromium not installed ({launch.CHROMIUM}, {launch.CHROMEDRIVER}): "
              "apt-get install chromium chromium-driver")
-    try:
-        import selenium  # noqa: F401 - only whether it imports
-    except ImportError:
-        _require(False, "selenium is not installed: pip install -e '.[web]'")
     return launch.headless_chrome(user_data_dir, javascript=javascript)
 
 
@@ -257,3 +254,29 @@ def test_page_without_javascript_posts_the_form(server, serving, real_sample_dir
         _screenshot(driver, tmp_path, "serve_page_nojs.png")
     finally:
         driver.quit()
+
+
+def test_grad_cam_overlay_in_chromium_for_a_keras_file(real_sample_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from xray_tfdata.models import build_model
+    from xray_tfdata.serving.web import launch
+
+    build_model("seed_cnn", 32, 1, seed=0).save(tmp_path / "best.keras")
+    driver = _chrome(tmp_path / "chrome-cam")
+    server = launch.start(str(tmp_path / "best.keras"), cwd=str(fixtures.REPO_ROOT),
+                          env={"PYTHONPATH": str(fixtures.REPO_ROOT)})
+    try:
+        driver.get(server.url + "/")
+        driver.find_element(By.ID, "image").send_keys(str(_real_files(real_sample_dir)[2]))
+        WebDriverWait(driver, 60).until(
+            lambda d: d.find_element(By.ID, "results").get_attribute("data-done") == "1")
+        widths = driver.execute_script(
+            "return Array.from(document.querySelectorAll('img.overlay')).map(i => i.naturalWidth)")
+        assert widths == [32]  # the overlay at the model's input size, rendered
+        assert driver.find_element(By.CSS_SELECTOR, ".predicted").text in (
+            "NORMAL", "COVID19", "PNEUMONIA")
+    finally:
+        driver.quit()
+        assert server.stop() == 0

@@ -57,3 +57,15 @@ def test_bombs_are_refused_by_their_header_in_every_format():
 ])
 def test_reasons(data, reason):
     assert predict.check_image(data) == reason
+
+
+def test_dicom_becomes_the_converters_grey_image():
+    from tests.records import dicom_files
+    from xray_tfdata.records import image_io
+
+    data = dicom_files.to_bytes(dicom_files.chest_12bit_windowed())
+    png = predict.dicom_to_png(data)
+    served = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    converter, _ = image_io.decode_source_bytes(data)
+    np.testing.assert_array_equal(served, converter)
+    assert served[dicom_files.lung_mask()].mean() < served[~dicom_files.lung_mask()].mean()

@@ -78,13 +78,14 @@ def test_page_has_form_notice_and_security_headers(client):
     assert response["X-Frame-Options"] == "DENY"
     assert response["Referrer-Policy"] == "same-origin"
     assert "script-src 'self'" in response["Content-Security-Policy"]
+    assert "--max_pixels" not in page
     assert response["Cache-Control"] == "no-store"
 
 
 def test_static_files_and_unknown_paths(client):
     js = client.get("/static/app.js")
     assert js.status_code == 200 and js["Content-Type"].startswith("text/javascript")
-    assert b"/v1/models/xray:predict" in b"".join(js.streaming_content)
+    assert b"/v1/models/xray:" in b"".join(js.streaming_content)
     assert client.get("/static/app.css")["Content-Type"].startswith("text/css")
     assert client.get("/static/settings.py").status_code == 404
     assert client.get("/admin/").json()["error"].startswith("no such route /admin/")
@@ -113,6 +114,17 @@ def test_model_status_names_classes_size_and_sha256(client, loaded):
         digest.update(f"{rel}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
     assert info["sha256"] == digest.hexdigest()
     assert info["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_signature_metadata_like_tf_serving(client):
+    meta = client.get("/v1/models/xray/metadata").json()
+    assert meta["model_spec"]["name"] == "xray"
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert sig["inputs"]["image_bytes"]["tensor_shape"] == {"dim": [{"size": "-1"}]}
+    assert sig["outputs"]["probabilities"]["dtype"] == "DT_FLOAT"
+    assert sig["outputs"]["probabilities"]["tensor_shape"] == {"dim": [{"size": "-1"},
+                                                                       {"size": "3"}]}
 
 
 def test_predict_json_matches_the_model(client, loaded):
@@ -167,13 +179,16 @@ BAD_JSON = {
     "not an image": ({"instances": [{"b64": b64(b"patient notes, not pixels\n")}]},
                      "instances[0]: not an image (looks like text)"),
     "unsupported format": ({"instances": [{"b64": b64(b"II*\x00" + bytes(200))}]},
-                           "instances[0]: unsupported format TIFF"),
+                           "instances[0]: unsupported format TIFF (allowed: JPEG, PNG, BMP)"),
+    "GIF": ({"instances": [{"b64": b64(b"GIF89a" + bytes(40))}]},
+            "instances[0]: unsupported format GIF"),
     "empty image": ({"instances": [{"b64": b64(IMAGES[0])}, {"b64": ""}]},
                     "instances[1]: empty file"),
     "truncated PNG": ({"instances": [{"b64": b64(IMAGES[1][:60])}]},
                       "instances[0]: truncated or corrupt PNG"),
     "decompression bomb": ({"instances": [{"b64": b64(_bomb())}]},
-                           "instances[0]: decompression bomb refused: the header says 8000 x 6000"),
+                           "instances[0]: decompression bomb refused: the header says 8000 x 6000 "
+                           "= 48,000,000 pixels, more than the 40,000,000 allowed"),
     "too many": ({"instances": [{"b64": b64(IMAGES[0])}] * 65}, "65 images in one request"),
     "unknown signature": ({"signature_name": "explain", "instances": [{"b64": "eA=="}]},
                           "unknown signature_name 'explain'"),
@@ -342,7 +357,7 @@ def test_load_refuses_other_paths(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("port", 70000), ("port", -1), ("threads", 0),
-                                          ("max_upload_mb", 0), ("max_megapixels", -2.0),
+                                          ("max_upload_mb", 0), ("max_pixels", 0),
                                           ("resize_mode", "crop"), ("host", "")])
 def test_settings_name_the_bad_field(field, value):
     with pytest.raises(ConfigError) as err:
@@ -362,3 +377,70 @@ def test_allowed_hosts_default_and_flag():
 def test_unknown_host_header_is_refused(client):
     response = client.get("/healthz", HTTP_HOST="evil.example")
     assert response.status_code == 400 and "--allowed_hosts" in response.json()["error"]
+
+
+def test_dicom_is_served_as_the_converter_sees_it(client, loaded, caplog):
+    from tests.records import dicom_files
+    from xray_tfdata.serving.predict import dicom_to_png
+
+    data = dicom_files.to_bytes(dicom_files.chest_12bit_windowed())
+    with caplog.at_level(logging.INFO, logger="xray_tfdata.serve"):
+        answer = post_json(client, {"instances": [{"b64": b64(data)}]})
+        page = client.post("/", {"image": _upload("study.dcm", data)}).content.decode()
+    assert answer.status_code == 200, answer.content
+    np.testing.assert_allclose(answer.json()["predictions"],
+                               loaded.serving.predict([dicom_to_png(data)]), atol=1e-6)
+    assert 'class="predicted"' in page and 'class="xray"' not in page  # no <img> for DICOM
+    shown = answer.content.decode() + page + caplog.text
+    assert not [v for v in dicom_files.PHI.values() if v in shown]
+
+
+def test_the_page_and_status_say_whether_probabilities_are_calibrated(client, loaded, tmp_path):
+    assert client.get("/v1/models/xray").json()["probabilities"] == "uncalibrated softmax"
+    assert "Probabilities: uncalibrated softmax." in client.get("/").content.decode()
+    # Training writes best.keras and, beside it, an export whose metadata notes the calibration.
+    import keras
+
+    from xray_tfdata.serving import export
+
+    keras_file = fixtures.tiny_model_file(tmp_path / "best.keras")
+    note = "calibrated: softmax(logits / 1.2500), temperature scaling on val"
+    export.export_serving(keras.models.load_model(keras_file, compile=False), tmp_path / "export",
+                          fixtures.TINY_SIZE, 1, "pad", extra_metadata={"probabilities": note})
+    from_keras = model_lib.load(keras_file)
+    assert from_keras.probabilities == note
+    assert from_keras.serving.metadata["resize_mode"] == "pad"  # the records' mode, from beside
+    model_lib.install(from_keras)
+    try:
+        assert client.get("/v1/models/xray").json()["probabilities"] == note
+        assert f"Probabilities: {note}." in client.get("/").content.decode()
+    finally:
+        model_lib.install(loaded)
+
+
+def test_grad_cam_overlays_for_a_keras_file_and_404_for_an_export(client, loaded, tmp_path):
+    from xray_tfdata.models import build_model
+
+    assert post_json(client, {"instances": [{"b64": b64(IMAGES[0])}]},
+                     "/v1/models/xray:explain").status_code == 404  # the export: no layers
+    build_model("seed_cnn", 32, 1, seed=0).save(tmp_path / "best.keras")
+    with_cam = model_lib.load(tmp_path / "best.keras")
+    assert with_cam.explainer is not None and with_cam.describe()["explain"] is True
+    model_lib.install(with_cam)
+    try:
+        answer = post_json(client, {"instances": [{"b64": b64(IMAGES[k])} for k in range(2)]},
+                           "/v1/models/xray:explain").json()
+        np.testing.assert_allclose(answer["predictions"],
+                                   with_cam.serving.predict([IMAGES[0], IMAGES[1]]), atol=1e-6)
+        assert answer["layer"] == "conv3"
+        overlays = [cv2.imdecode(np.frombuffer(base64.b64decode(o), np.uint8), cv2.IMREAD_COLOR)
+                    for o in answer["overlays"]]
+        assert [o.shape for o in overlays] == [(32, 32, 3)] * 2
+        assert all(o.std() > 0 for o in overlays)
+        bad = post_json(client, {"instances": [{"b64": b64(b"text\n")}]}, "/v1/models/xray:explain")
+        assert bad.status_code == 400 and "looks like text" in bad.json()["error"]
+        page = client.post("/", {"image": _upload("x.png", IMAGES[1])}).content.decode()
+        assert 'class="xray overlay" src="data:image/png;base64,' in page
+        assert 'data-explain="true"' in client.get("/").content.decode()
+    finally:
+        model_lib.install(loaded)

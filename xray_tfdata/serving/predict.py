@@ -11,13 +11,11 @@ import struct
 from pathlib import Path
 from typing import Any, Sequence
 
-from xray_tfdata.records import image_format
+from xray_tfdata.records import image_format, image_io
 
-# Default ceiling on width x height read from the header before any pixel is decoded, for inputs
-# from a network (the converter's own default, 200 Mpixel, is for a trusted folder): the largest
-# digital chest X-rays are about 4300 x 3500 (15 Mpixel), while a 50 kB PNG can claim
-# 50000 x 50000, which the decoder would try to allocate (gigabytes) before finding out.
-DEFAULT_MAX_PIXELS = 40_000_000
+# The converter's ceiling on width x height (read from the header before decoding) for local
+# files; the web app passes a stricter one for uploads (serving/web/settings.py).
+DEFAULT_MAX_PIXELS = image_io.DEFAULT_MAX_PIXELS
 
 
 def sniff(data: bytes) -> str | None:
@@ -76,10 +74,38 @@ def _decode_error(data: bytes) -> str:
     return "cannot decode (the serving signature rejected it)"
 
 
+def dicom_to_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """A DICOM file -> an 8-bit grey PNG of the image exactly as the converter sees it (the
+    display chain of records/dicom.py), which the SavedModel then resizes like the converter.
+
+    Raises:
+      image_format.ImageReadError: the [dicom] extra missing, or a file the converter refuses.
+    """
+    import cv2  # noqa: PLC0415
+
+    from xray_tfdata.records import dicom  # noqa: PLC0415 - pydicom only when a DICOM arrives
+
+    gray = dicom.decode_dicom(data, max_pixels=max_pixels).gray
+    return cv2.imencode(".png", gray)[1].tobytes()
+
+
+def model_input(data: bytes,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes | None, str | None]:
+    """(bytes the SavedModel decodes, None) or (None, the reason to refuse the input)."""
+    if image_format.is_dicom(data):
+        try:
+            return dicom_to_png(data, max_pixels), None
+        except image_format.ImageReadError as err:
+            return None, err.reason
+    reason = check_image(data, max_pixels)
+    return (None, reason) if reason else (data, None)
+
+
 def predict_bytes(serving: Any, images: Sequence[bytes], batch_size: int = 32,
                   max_pixels: int = DEFAULT_MAX_PIXELS) -> list[dict]:
-    """Predicts each encoded image; one dict per image, in order: "probabilities" + "predicted",
-    or "error" (the reason). Pure apart from `serving.predict`, so safe to call from threads.
+    """Predicts each encoded image (JPEG, PNG, BMP; DICOM with the [dicom] extra); one dict per
+    image, in order: "probabilities" + "predicted", or "error" (the reason). Pure apart from
+    `serving.predict`, so safe to call from threads.
 
     `serving` is an `export.ServingModel`. A batch that fails to decode is retried image by image
     so one bad image costs only its own result.
@@ -89,11 +115,11 @@ def predict_bytes(serving: Any, images: Sequence[bytes], batch_size: int = 32,
     results: list[dict] = [{} for _ in images]
     pending: list[tuple[int, bytes]] = []
     for index, data in enumerate(images):
-        reason = check_image(data, max_pixels)
+        prepared, reason = model_input(data, max_pixels)
         if reason:
             results[index]["error"] = reason
         else:
-            pending.append((index, data))
+            pending.append((index, prepared))
 
     names = serving.class_names
 

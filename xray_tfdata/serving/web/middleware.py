@@ -42,8 +42,8 @@ class AccessLog:
         start = time.perf_counter()
         response = self.get_response(request)
         elapsed_ms = (time.perf_counter() - start) * 1000
-        size = len(response.content) if not response.streaming else -1
-        log.info("%s %s %d in=%dB out=%dB %.1fms", request.method, request.path,
+        size = "stream" if response.streaming else f"{len(response.content)}B"
+        log.info("%s %s %d in=%dB out=%s %.1fms", request.method, request.path,
                  response.status_code, _content_length(request), size, elapsed_ms)
         return response
 

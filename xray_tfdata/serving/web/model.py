@@ -27,6 +27,7 @@ from xray_tfdata import files
 from xray_tfdata.serving import export
 
 MODEL_NAME = "xray"  # the name in TF Serving's URLs: /v1/models/xray:predict
+UNCALIBRATED = "uncalibrated softmax"  # predict's wording for an export without calibration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +38,17 @@ class LoadedModel:
     source: str  # the --model_path it came from
     kind: str  # "saved_model" or "keras"
     sha256: str  # of the .keras file, or of the export directory (see tree_sha256)
+    explainer: Any = None  # explain.Explainer for a .keras with a convolution block, else None
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.serving.class_names
+
+    @property
+    def probabilities(self) -> str:
+        """What the numbers are: training's temperature scaling says so in the export's
+        metadata ("calibrated: softmax(logits / T), ..."); otherwise the plain softmax."""
+        return self.serving.metadata.get("probabilities", UNCALIBRATED)
 
     def describe(self) -> dict[str, Any]:
         meta = self.serving.metadata
@@ -52,10 +60,36 @@ class LoadedModel:
                       "resize_mode": meta.get("resize_mode"), "encoding": "image file bytes"},
             "format": self.kind,
             "sha256": self.sha256,
+            "probabilities": self.probabilities,
+            "explain": bool(self.explainer),  # POST /v1/models/xray:explain (Grad-CAM)
             # TF Serving's model status shape, so its clients' health checks work unchanged.
             "model_version_status": [{"version": "1", "state": "AVAILABLE",
                                       "status": {"error_code": "OK", "error_message": ""}}],
         }
+
+
+def _tensor_info(spec: Any) -> dict[str, Any]:
+    from tensorflow.core.framework import types_pb2  # noqa: PLC0415 - TF's own dtype names
+
+    dims = [{"size": str(-1 if d is None else d)} for d in spec.shape.as_list()]
+    dtype = types_pb2.DataType.Name(spec.dtype.as_datatype_enum)  # "DT_STRING", "DT_FLOAT"
+    return {"dtype": dtype, "tensor_shape": {"dim": dims},
+            "name": spec.name or ""}
+
+
+def signature_metadata(loaded: LoadedModel) -> dict[str, Any]:
+    """TF Serving's GET /v1/models/<name>/metadata answer, from the loaded signature itself."""
+    signature = loaded.serving.signature
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    return {
+        "model_spec": {"name": MODEL_NAME, "signature_name": "", "version": "1"},
+        "metadata": {"signature_def": {"signature_def": {export.SIGNATURE: {
+            "inputs": {key: _tensor_info(spec) for key, spec in inputs.items()},
+            "outputs": {key: _tensor_info(t) for key, t in outputs.items()},
+            "method_name": "tensorflow/serving/predict",
+        }}}},
+    }
 
 
 def tree_sha256(directory: str | os.PathLike) -> str:
@@ -68,30 +102,35 @@ def tree_sha256(directory: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _keras_resize_mode(keras_path: Path, resize_mode: str) -> str:
-    """The resize mode for a .keras file: given, else the sibling export's, else "stretch"."""
-    if resize_mode:
-        return resize_mode
+def _sibling_metadata(keras_path: Path) -> dict[str, Any]:
+    """The metadata of the export training wrote next to a .keras file ({} if none)."""
     sibling = keras_path.parent / "export" / export.METADATA_FILE
-    if sibling.is_file():
-        return json.loads(sibling.read_text()).get("resize_mode", "stretch")
-    return "stretch"
+    return json.loads(sibling.read_text()) if sibling.is_file() else {}
 
 
-def _load_keras(path: Path, resize_mode: str) -> export.ServingModel:
+def _load_keras(path: Path, resize_mode: str) -> tuple[export.ServingModel, Any]:
     from xray_tfdata.evaluation import evaluator  # noqa: PLC0415 - the one .keras loader
 
     model = evaluator.load_model(path)
     image_size, channels = evaluator.input_spec(model)
+    # Training exports the same weights beside best.keras: its resize mode (the records') and
+    # its note on calibration (temperature scaling is folded into both) hold for this file too.
+    sibling = _sibling_metadata(path)
+    extra = {"exported_from": str(path)}
+    if "probabilities" in sibling:
+        extra["probabilities"] = sibling["probabilities"]
     tmp = Path(tempfile.mkdtemp(prefix="xray_tfdata_serve-"))
     try:
-        export_dir = export.export_serving(model, tmp / "export", image_size, channels,
-                                           _keras_resize_mode(path, resize_mode),
-                                           extra_metadata={"exported_from": str(path)})
+        export_dir = export.export_serving(
+            model, tmp / "export", image_size, channels,
+            resize_mode or sibling.get("resize_mode", "stretch"), extra_metadata=extra)
         # tf.saved_model.load restores the variables into memory: the files are not needed after.
-        return export.load_serving(export_dir)
+        serving = export.load_serving(export_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    from xray_tfdata.serving.web import explain  # noqa: PLC0415
+
+    return serving, explain.for_keras(model, serving.metadata)
 
 
 def load(model_path: str | os.PathLike, resize_mode: str = "") -> LoadedModel:
@@ -105,8 +144,8 @@ def load(model_path: str | os.PathLike, resize_mode: str = "") -> LoadedModel:
         serving = export.load_serving(path)  # its ValueError names a dir without saved_model.pb
         return LoadedModel(serving, str(path), "saved_model", tree_sha256(path))
     if path.suffix == ".keras":
-        return LoadedModel(_load_keras(path, resize_mode), str(path), "keras",
-                           files.sha256_file(path))
+        serving, explainer = _load_keras(path, resize_mode)
+        return LoadedModel(serving, str(path), "keras", files.sha256_file(path), explainer)
     raise FileNotFoundError(
         f"--model_path={str(path)!r} is neither a SavedModel export directory nor a .keras "
         "file; pass <model_dir>/export or <model_dir>/best.keras written by train.")

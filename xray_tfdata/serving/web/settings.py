@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from xray_tfdata import errors
-from xray_tfdata.records.image_io import (
-    RESIZE_MODES,  # the converter's, mirrored by the export
-)
-from xray_tfdata.serving.predict import DEFAULT_MAX_PIXELS
+from xray_tfdata.records.resize import RESIZE_MODES  # the converter's, mirrored by the export
 
 WEB_DIR = Path(__file__).resolve().parent
 DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-MAX_INSTANCES = 64  # images per request: bounds one request's decode memory (64 x 40 MP worst)
+# Uploads come from a network: a stricter pixel ceiling than the converter's 200 M for a trusted
+# folder. The largest digital chest X-rays are about 4300 x 3500 (15 Mpixel), while a 50 kB PNG
+# can claim 50000 x 50000, which a decoder would try to allocate (gigabytes) before failing.
+WEB_MAX_PIXELS = 40_000_000
+MAX_INSTANCES = 64  # images per request: bounds one request's decode memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,7 @@ class WebSettings:
     threads: int = 4
     max_upload_mb: float = 20.0
     allowed_hosts: tuple[str, ...] = ()  # () = DEFAULT_ALLOWED_HOSTS plus `host`
-    max_megapixels: float = DEFAULT_MAX_PIXELS / 1e6
+    max_pixels: int = WEB_MAX_PIXELS  # width x height from the header, before decoding
     resize_mode: str = ""  # best.keras only; "" = the sibling export's, else "stretch"
     access_log: bool = True  # one line per request: method, route, status, sizes, ms
 
@@ -63,8 +64,7 @@ class WebSettings:
         errors.positive_int("threads", self.threads)
         errors.in_range("max_upload_mb", self.max_upload_mb, 0.001, 1024.0,
                         allowed="a number of megabytes in (0, 1024]")
-        errors.in_range("max_megapixels", self.max_megapixels, 0.001, 1000.0,
-                        allowed="a number of megapixels in (0, 1000]")
+        errors.positive_int("max_pixels", self.max_pixels)
         if self.resize_mode:
             errors.one_of("resize_mode", self.resize_mode, RESIZE_MODES,
                           "Pass the converter's --resize_mode, or '' to take the export's.")
@@ -74,10 +74,6 @@ class WebSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
-
-    @property
-    def max_pixels(self) -> int:
-        return int(self.max_megapixels * 1e6)
 
     def hosts(self) -> list[str]:
         """ALLOWED_HOSTS: the flag's list, or localhost names plus the listening address."""
@@ -148,5 +144,7 @@ def configure(cfg: WebSettings) -> None:
                            "per process (settings.configure can run only once).")
     settings.configure(**django_settings(cfg))
     django.setup()
-    # Django logs every 4xx as a warning naming the path: the access log already has the status.
+    # Django logs every 4xx as a warning naming the path, and a refused Host with the header's
+    # value: the access log already has the status, and logs carry no request content.
     logging.getLogger("django.request").setLevel(logging.ERROR)
+    logging.getLogger("django.security").setLevel(logging.CRITICAL)

@@ -7,7 +7,9 @@ from xray_tfdata.serving.web import views
 urlpatterns = [
     path("", views.index, name="index"),
     path("v1/models/xray:predict", views.model_predict, name="predict"),
+    path("v1/models/xray:explain", views.model_explain, name="explain"),
     path("v1/models/xray", views.model_status, name="model_status"),
+    path("v1/models/xray/metadata", views.model_metadata, name="model_metadata"),
     path("healthz", views.healthz, name="healthz"),
     path("static/<str:name>", views.static, name="static"),
 ]

@@ -27,8 +27,7 @@ log = logging.getLogger("xray_tfdata.serve")
 
 STATIC_FILES = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 NOTICE = "Research use only, not for diagnosis."
-_BROWSER_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp",
-                        "GIF": "image/gif"}
+_BROWSER_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp"}
 
 
 def error(message: str, status: int = 400) -> JsonResponse:
@@ -53,8 +52,8 @@ def _loaded() -> model_lib.LoadedModel | None:
     return model_lib.current()
 
 
-def _predict(images: list[bytes]) -> list[dict]:
-    return predict.predict_bytes(_loaded().serving, images, batch_size=MAX_INSTANCES,
+def _predict(loaded: model_lib.LoadedModel, images: list[bytes]) -> list[dict]:
+    return predict.predict_bytes(loaded.serving, images, batch_size=MAX_INSTANCES,
                                  max_pixels=settings.XRAY_MAX_PIXELS)
 
 
@@ -83,37 +82,75 @@ def model_status(request: HttpRequest) -> JsonResponse:
     return JsonResponse(loaded.describe())
 
 
+@allow("GET", "HEAD")
+def model_metadata(request: HttpRequest) -> JsonResponse:
+    loaded = _loaded()
+    if loaded is None:
+        return error("no model loaded yet", 503)
+    return JsonResponse(model_lib.signature_metadata(loaded))
+
+
+def _images_and_labels(request: HttpRequest) -> tuple[list[bytes], list[str]]:
+    """The request's images (JSON instances or multipart files) and how to name each in an
+    error; raises payloads.BadRequest."""
+    if request.content_type == "multipart/form-data":
+        uploads = [f for name in _files(request) for f in request.FILES.getlist(name)]
+        images = payloads.images_from_files(uploads, MAX_INSTANCES)
+        labels = ([f"file {i} ({len(data):,} bytes)" for i, data in enumerate(images)]
+                  if len(images) > 1 else [""])  # one file: the reason alone
+        return images, labels
+    images = payloads.images_from_json(request.body, MAX_INSTANCES)
+    return images, [f"instances[{i}]" for i in range(len(images))]
+
+
+def _answer(loaded: model_lib.LoadedModel, request: HttpRequest,
+            explain: bool = False) -> JsonResponse:
+    try:
+        images, labels = _images_and_labels(request)
+    except payloads.BadRequest as err:
+        return error(err.message, err.status)
+    results = _predict(loaded, images)
+    reason = payloads.first_error(results, labels)
+    if reason:
+        return error(reason)
+    names = list(loaded.class_names)
+    answer = {"predictions": [[r["probabilities"][n] for n in names] for r in results],
+              "classes": names}
+    if explain:
+        prepared = [predict.model_input(data, settings.XRAY_MAX_PIXELS)[0] for data in images]
+        answer["overlays"] = [base64.b64encode(png).decode("ascii")
+                              for png in loaded.explainer.overlays(prepared)]
+        answer["layer"] = loaded.explainer.layer
+    return JsonResponse(answer)
+
+
 @csrf_exempt  # a cookie-less JSON API for TF Serving clients; it changes nothing on the server
 @allow("POST")
 def model_predict(request: HttpRequest) -> JsonResponse:
     loaded = _loaded()
     if loaded is None:
         return error("no model loaded yet", 503)
-    try:
-        if request.content_type == "multipart/form-data":
-            uploads = [f for name in _files(request) for f in request.FILES.getlist(name)]
-            images = payloads.images_from_files(uploads, MAX_INSTANCES)
-            labels = ([f"file {i} ({len(data):,} bytes)" for i, data in enumerate(images)]
-                      if len(images) > 1 else [""])  # one file: the reason alone
-        else:
-            images = payloads.images_from_json(request.body, MAX_INSTANCES)
-            labels = [f"instances[{i}]" for i in range(len(images))]
-    except payloads.BadRequest as err:
-        return error(err.message, err.status)
-    results = _predict(images)
-    reason = payloads.first_error(results, labels)
-    if reason:
-        return error(reason)
-    names = list(loaded.class_names)
-    return JsonResponse({
-        "predictions": [[r["probabilities"][n] for n in names] for r in results],
-        "classes": names,
-    })
+    return _answer(loaded, request)
+
+
+@csrf_exempt  # the same inputs as predict; answers carry Grad-CAM overlays (PNG, base64) too
+@allow("POST")
+def model_explain(request: HttpRequest) -> JsonResponse:
+    loaded = _loaded()
+    if loaded is None:
+        return error("no model loaded yet", 503)
+    if loaded.explainer is None:
+        return error("Grad-CAM needs the Keras model with a convolution block: serve "
+                     "--model_path=<model_dir>/best.keras (an export has no layers to explain)",
+                     404)
+    return _answer(loaded, request, explain=True)
 
 
 def _page(request: HttpRequest, status: int = 200, **context: Any) -> HttpResponse:
     loaded = _loaded()
     context.update(notice=NOTICE, classes=list(loaded.class_names) if loaded else [],
+                   explain=bool(loaded and loaded.explainer),
+                   probabilities=loaded.probabilities if loaded else "",
                    max_upload_mb=settings.XRAY_MAX_UPLOAD_BYTES / 1048576)
     return render(request, "xray/index.html", context, status=status)
 
@@ -122,12 +159,12 @@ def _result_context(name: str, data: bytes, result: dict) -> dict[str, Any]:
     """What the template shows for one upload: the class, the bars, the image as a data: URL."""
     if "error" in result:
         return {"name": name, "error": f"Cannot read this file: {result['error']}."}
-    kind = predict.encoded_format(data) or "PNG"
     bars = [{"name": n, "p": p, "percent": f"{100 * p:.1f}"}
             for n, p in result["probabilities"].items()]
-    return {"name": name, "predicted": result["predicted"], "bars": bars,
-            "image_url": f"data:{_BROWSER_IMAGE_TYPES[kind]};base64,"
-                         + base64.b64encode(data).decode("ascii")}
+    kind = predict.encoded_format(data)  # None for DICOM: browsers cannot show it
+    image_url = (f"data:{_BROWSER_IMAGE_TYPES[kind]};base64,"
+                 + base64.b64encode(data).decode("ascii")) if kind else ""
+    return {"name": name, "predicted": result["predicted"], "bars": bars, "image_url": image_url}
 
 
 @allow("GET", "HEAD", "POST")
@@ -135,7 +172,8 @@ def index(request: HttpRequest) -> HttpResponse:
     """GET: the upload page. POST (the form, works without JavaScript): a result per file."""
     if request.method != "POST":
         return _page(request)
-    if _loaded() is None:
+    loaded = _loaded()
+    if loaded is None:
         return _page(request, 503, error="The model is still loading; try again in a moment.")
     try:
         uploads = _files(request).getlist("image")
@@ -149,7 +187,12 @@ def index(request: HttpRequest) -> HttpResponse:
         return _page(request, 400, error=err.message)
     images = [upload.read() for upload in uploads]
     results = [_result_context(upload.name, data, result)
-               for upload, data, result in zip(uploads, images, _predict(images))]
+               for upload, data, result in zip(uploads, images, _predict(loaded, images))]
+    if loaded.explainer is not None:
+        good = [i for i, r in enumerate(results) if "error" not in r]
+        prepared = [predict.model_input(images[i], settings.XRAY_MAX_PIXELS)[0] for i in good]
+        for i, png in zip(good, loaded.explainer.overlays(prepared) if good else []):
+            results[i]["overlay_url"] = "data:image/png;base64," + base64.b64encode(png).decode()
     status = 400 if all("error" in r for r in results) else 200
     return _page(request, status, results=results)
 

@@ -20,6 +20,7 @@
     const article = el("article", "result pending");
     const img = el("img", "xray");
     img.alt = "uploaded chest X-ray";
+    img.addEventListener("error", () => img.remove());  // a DICOM: the browser cannot show it
     img.src = URL.createObjectURL(file);
     const answer = el("div", "answer");
     answer.append(el("p", "file", file.name), el("h2", "predicted", "Classifying\u2026"));
@@ -62,9 +63,18 @@
     const body = new FormData();
     body.append("image", file);
     try {
-      const response = await fetch("/v1/models/xray:predict", { method: "POST", body: body });
+      const route = form.dataset.explain === "true" ? "explain" : "predict";  // Grad-CAM too
+      const response = await fetch("/v1/models/xray:" + route, { method: "POST", body: body });
       const answer = await response.json().catch(() => ({ error: "HTTP " + response.status }));
-      if (response.ok) show(article, answer.classes, answer.predictions[0]);
+      if (response.ok) {
+        show(article, answer.classes, answer.predictions[0]);
+        if (answer.overlays) {
+          const overlay = el("img", "xray overlay");
+          overlay.alt = "Grad-CAM: where the model looked";
+          overlay.src = "data:image/png;base64," + answer.overlays[0];
+          article.insertBefore(overlay, article.querySelector(".answer"));
+        }
+      }
       else fail(article, answer.error || "HTTP " + response.status);
     } catch (err) {
       fail(article, "the server did not answer (" + err + ")");
