@@ -8,8 +8,8 @@ batches back over gRPC. The trainer keeps only re-batching, the cast and prefetc
 Processing mode: `distributed_epoch`. The dispatcher splits the dataset's SOURCE (the
 `from_tensor_slices` list of shard files) and hands each file to one worker, so one pass over an
 evaluation split yields every example exactly once across all workers and all consumers of a job
-(`parallel_epochs` would have each worker produce the whole split). Training repeats the file list
-inside the dataset, so the dispatcher keeps handing out files forever.
+(`parallel_epochs` would have each worker produce the whole split). Training repeats inside the
+dataset (after the shuffle), so the dispatcher keeps handing out the files epoch after epoch.
 
 Jobs: every consumer passing the same `job_name` reads from ONE job, each element going to one
 consumer; the replicas (trainer processes) of one training job therefore share the name, and the
