@@ -301,9 +301,9 @@ def _on_service(ds: tf.data.Dataset, config: InputConfig, split: str, batch_size
     Workers send whole (augmented) batches, cheaper over gRPC than single images. Training
     batches arrive full (drop_remainder on the worker) and pass straight through; in evaluation
     the trainer unbatches and batches again, so an eval pass has one tail, as locally, rather
-    than one per worker. Workers share the augmentation seed stream, so their k-th batches draw the same
-    transforms for different images; the service's dynamic file assignment makes the order
-    irreproducible anyway.
+    than one per worker. Workers share the augmentation seed stream, so their k-th batches draw
+    the same transforms for different images; the service's dynamic file assignment makes the
+    order irreproducible anyway.
     """
     ds = ds.batch(batch_size, drop_remainder=config.training)
     if augment is not None:
