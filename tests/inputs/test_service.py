@@ -3,6 +3,7 @@ and the data_service command as subprocesses for the worker-failure and SIGTERM 
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -56,7 +57,8 @@ def cluster():
     address = dispatcher.target.removeprefix("grpc://")
     workers = [service.start_worker(address) for _ in range(2)]
     yield dispatcher.target
-    for server in (*workers, dispatcher):
+    gc.collect()  # drop the tests' iterators, so no job keeps the workers busy while stopping
+    for server in (dispatcher, *workers):
         server.stop()
 
 
