@@ -3,7 +3,6 @@ and the data_service command as subprocesses for the worker-failure and SIGTERM 
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import socket
@@ -41,6 +40,53 @@ def _ids(images: np.ndarray) -> list[int]:
     return [int(a) * 256 + int(b) for a, b in zip(images[:, 0, 0, 0], images[:, 0, 1, 0])]
 
 
+ENV = {**os.environ, "PYTHONPATH": str(fixtures.REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    """The data_service command, its output to `log` (a pipe nobody reads would fill and block
+    the server)."""
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "xray_tfdata.data_service", *args],
+                                env=ENV, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_ready(proc: subprocess.Popen, log: Path, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if "listening" in log.read_text():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"server did not start in time: {log.read_text()[-2000:]}")
+
+
+def _start_cluster(logs: Path, workers: int, *dispatcher_flags: str
+                   ) -> tuple[int, list[subprocess.Popen]]:
+    """A dispatcher and `workers` workers on 127.0.0.1; returns (dispatcher port, processes)."""
+    port = _free_port()
+    procs = [_start(["--role=dispatcher", f"--port={port}", *dispatcher_flags],
+                    logs / "dispatcher.log")]
+    try:
+        procs += [_start(["--role=worker", f"--port={_free_port()}",
+                          f"--dispatcher_address=127.0.0.1:{port}"], logs / f"worker{i}.log")
+                  for i in range(workers)]
+        for i, proc in enumerate(procs):
+            _wait_ready(proc, logs / ("dispatcher.log" if i == 0 else f"worker{i - 1}.log"))
+    except BaseException:
+        _kill(procs)
+        raise
+    return port, procs
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> Path:
     examples = [fixtures.example(_id_image(i), label=i % 3, source_path=f"{i}.png")
@@ -51,15 +97,17 @@ def records(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A dispatcher and two workers in this process."""
-    dispatcher = service.start_dispatcher(worker_timeout_ms=5000)
-    address = dispatcher.target.removeprefix("grpc://")
-    workers = [service.start_worker(address) for _ in range(2)]
-    yield dispatcher.target
-    gc.collect()  # drop the tests' iterators, so no job keeps the workers busy while stopping
-    for server in (dispatcher, *workers):
-        server.stop()
+def cluster(tmp_path_factory):
+    """A dispatcher and two workers: the data_service command as subprocesses on 127.0.0.1.
+
+    Subprocesses rather than in-process servers: stopping an in-process worker blocks until its
+    jobs' tasks end (up to a minute here), while a killed process is gone at once. (The clean
+    SIGTERM path has its own test below.)
+    """
+    port, procs = _start_cluster(tmp_path_factory.mktemp("cluster"), 2,
+                                 "--worker_timeout_ms=5000")
+    yield f"grpc://127.0.0.1:{port}"
+    _kill(procs)
 
 
 def test_addresses_are_checked():
@@ -130,37 +178,13 @@ def test_training_through_the_service_matches_local_batches(records, cluster):
     assert not np.all(images.numpy() == 7.0)
 
 
-def _start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "xray_tfdata.data_service", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_ready(proc: subprocess.Popen, timeout_s: float = 60) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "listening" in line:
-            return line
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {proc.stdout.read()}")
-    raise AssertionError("server did not start in time")
-
-
 @pytest.mark.slow
 def test_command_survives_a_killed_worker_and_stops_on_sigterm(records, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(fixtures.REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    port = _free_port()
     journal = tmp_path / "dispatcher"
-    dispatcher = _start(["--role=dispatcher", f"--port={port}", f"--work_dir={journal}",
-                         "--worker_timeout_ms=2000"], env)
-    procs = [dispatcher]
+    port, procs = _start_cluster(tmp_path, 2, f"--work_dir={journal}",
+                                 "--worker_timeout_ms=2000")
+    dispatcher, workers = procs[0], procs[1:]
     try:
-        _wait_ready(dispatcher)
-        workers = [_start(["--role=worker", f"--port={_free_port()}",
-                           f"--dispatcher_address=127.0.0.1:{port}"], env) for _ in range(2)]
-        procs += workers
-        for worker in workers:
-            _wait_ready(worker)
         config = pipeline.InputConfig(global_batch_size=4, image_size=SIZE, training=True,
                                       augment=False, data_service=f"grpc://127.0.0.1:{port}",
                                       job_prefix="kill")
@@ -187,10 +211,7 @@ def test_command_survives_a_killed_worker_and_stops_on_sigterm(records, tmp_path
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _kill(procs)
 
 
 @pytest.mark.slow
