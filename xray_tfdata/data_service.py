@@ -22,7 +22,7 @@ from xray_tfdata.inputs import service
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("role", None, list(service.ROLES), "Which server to run.")
-flags.DEFINE_integer("port", None, "Port to listen on.")
+flags.DEFINE_integer("port", None, "Port to listen on (workers: 0 = any free port).")
 flags.DEFINE_string("work_dir", "", "Dispatcher only: directory for its journal (fault "
                     "tolerance: a restarted dispatcher with the same --work_dir and --port "
                     "resumes its jobs). Empty: no journal.")

@@ -69,7 +69,7 @@ def _start_cluster(logs: Path, workers: int, *dispatcher_flags: str
     procs = [_start(["--role=dispatcher", f"--port={port}", *dispatcher_flags],
                     logs / "dispatcher.log")]
     try:
-        procs += [_start(["--role=worker", f"--port={_free_port()}",
+        procs += [_start(["--role=worker", "--port=0",
                           f"--dispatcher_address=127.0.0.1:{port}"], logs / f"worker{i}.log")
                   for i in range(workers)]
         for i, proc in enumerate(procs):
@@ -133,8 +133,11 @@ def test_server_config_checks_roles():
         service.ServerConfig(role="worker", port=5051, dispatcher_address="d:1", work_dir="/x")
     with pytest.raises(ConfigError, match="worker_address"):
         service.ServerConfig(role="dispatcher", port=5050, worker_address="w:1")
-    with pytest.raises(ConfigError, match="port"):
+    with pytest.raises(ConfigError, match=r"port must be an integer port in \[1, 65535\]"):
         service.ServerConfig(role="dispatcher", port=0)
+    assert service.ServerConfig(role="worker", port=0, dispatcher_address="d:1").port == 0
+    with pytest.raises(ConfigError, match="0 = any free port"):
+        service.ServerConfig(role="worker", port=70000, dispatcher_address="d:1")
     assert service.job_name("run7", "val", False) != service.job_name("run7", "val", True)
     assert service.job_name("run7", "val", False) == service.job_name("run7", "val", False)
     assert service.job_name("", "val", False) != service.job_name("", "val", False)

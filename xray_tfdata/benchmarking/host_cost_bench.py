@@ -16,7 +16,6 @@ trainer's own CPU per image shows what moves off the trainer; the workers' CPU i
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -63,17 +62,11 @@ def plan(*, records: dict[str, str], common: dict[str, Any], seed: int,
     return tasks
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start_worker(dispatcher: str) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "xray_tfdata.data_service", "--role=worker",
-         f"--port={_free_port()}", f"--dispatcher_address={dispatcher}"],
+         "--port=0", f"--dispatcher_address={dispatcher}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -165,7 +165,11 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         errors.one_of("role", self.role, ROLES)
-        errors.in_range("port", self.port, 1, 65535, allowed="an integer port in [1, 65535]")
+        # A worker may take any free port (0): it reports its address to the dispatcher itself.
+        low = 0 if self.role == "worker" else 1
+        errors.in_range("port", self.port, low, 65535,
+                        allowed=f"an integer port in [{low}, 65535]"
+                        + (" (0 = any free port)" if low == 0 else ""))
         errors.positive_int("worker_timeout_ms", self.worker_timeout_ms)
         if self.role == "worker":
             object.__setattr__(self, "dispatcher_address", check_address(
@@ -194,6 +198,6 @@ def run_server(config: ServerConfig, on_ready: Callable[[str], None] | None = No
                    + (f", journal in {config.work_dir}" if config.work_dir else ""))
     else:
         server = start_worker(config.dispatcher_address, config.port, config.worker_address)
-        message = (f"tf.data worker listening on port {config.port}, registered with "
-                   f"{config.dispatcher_address}")
+        message = (f"tf.data worker listening on port {config.port or 'any free port'}, "
+                   f"registered with {config.dispatcher_address}")
     return serve_until_signal(server, on_ready=(lambda: on_ready(message)) if on_ready else None)
