@@ -39,7 +39,7 @@ _timings: list[tuple[str, float]] = []
 def _run(step: str, args: list[str]) -> None:
     """Runs `python -m <args>` as a user would type it (printed first); records its time."""
     cmd = [sys.executable, "-m", *args]
-    print(f"\n[{len(_timings) + 1}/{STEPS}] {step}: $ {shlex.join(['python', '-m', *args])}",
+    print(f"[{len(_timings) + 1}/{STEPS}] {step}: $ {shlex.join(['python', '-m', *args])}",
           flush=True)
     start = time.perf_counter()
     result = subprocess.run(cmd)
