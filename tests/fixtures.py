@@ -203,3 +203,15 @@ def encode(image, image_format: str, quality: int = 95) -> bytes:
     if image_format == "png":
         return tf.io.encode_png(image).numpy()
     return np.asarray(image).tobytes()
+
+
+def crash_after(n: int, real, calls: list, message: str = "simulated crash"):
+    """A stand-in for records.sources.process_source that records each task's key in `calls`
+    and raises KeyboardInterrupt (as a kill would stop the run) after `n` sources."""
+    def wrapped(task, settings):
+        calls.append(task.key)
+        if len(calls) > n:
+            raise KeyboardInterrupt(message)
+        return real(task, settings)
+
+    return wrapped

@@ -47,18 +47,24 @@ def displayed(low: int, high: int) -> np.ndarray:
     return image
 
 
-def dataset(stored: np.ndarray, *, bits_stored: int = 16, photometric: str = "MONOCHROME2",
-            signed: bool = False, **elements) -> Dataset:
-    """A single-frame DX dataset with `stored` as its pixel data (uint16/int16 words)."""
+def _base(sop_class: str, uid_suffix: str, modality: str) -> Dataset:
+    """A dataset with its file meta (explicit VR little endian) and SOP identity set."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_STORAGE
-    meta.MediaStorageSOPInstanceUID = _UID_ROOT + "1"
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = _UID_ROOT + uid_suffix
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID = DX_STORAGE
-    ds.SOPInstanceUID = _UID_ROOT + "1"
-    ds.Modality = "DX"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = _UID_ROOT + uid_suffix
+    ds.Modality = modality
+    return ds
+
+
+def dataset(stored: np.ndarray, *, bits_stored: int = 16, photometric: str = "MONOCHROME2",
+            signed: bool = False, **elements) -> Dataset:
+    """A single-frame DX dataset with `stored` as its pixel data (uint16/int16 words)."""
+    ds = _base(DX_STORAGE, "1", "DX")
     ds.ViewPosition = "PA"
     ds.Manufacturer = "Acme Detectors"
     ds.PixelSpacing = [0.139, 0.139]
@@ -115,16 +121,7 @@ def multi_frame() -> Dataset:
 
 def structured_report() -> Dataset:
     """A Basic Text SR: a DICOM file with no pixel data at all."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
-    meta.MediaStorageSOPInstanceUID = _UID_ROOT + "2"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = BASIC_TEXT_SR
-    ds.SOPInstanceUID = _UID_ROOT + "2"
-    ds.Modality = "SR"
-    return ds
+    return _base(BASIC_TEXT_SR, "2", "SR")
 
 
 def read(data: bytes) -> Dataset:

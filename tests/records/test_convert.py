@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import fixtures
 from xray_tfdata import files, labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import (
@@ -161,13 +162,8 @@ def test_resume_after_crashes_in_both_passes_gives_identical_output(
     real_process, real_write = sources.process_source, shard_writer.write_shard
     calls = []
 
-    def crash_after_five(task, settings):
-        calls.append(task.key)
-        if len(calls) > 5:
-            raise KeyboardInterrupt("simulated crash while decoding")
-        return real_process(task, settings)
-
-    monkeypatch.setattr(sources, "process_source", crash_after_five)
+    monkeypatch.setattr(sources, "process_source", fixtures.crash_after(
+        5, real_process, calls, "simulated crash while decoding"))
     with pytest.raises(KeyboardInterrupt):
         convert.build_records(_config(data_dir, tmp_path), progress=False)
     spill = tmp_path / conversion_state.WORK_DIR / "pass1.spill"

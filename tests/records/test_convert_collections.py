@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import fixtures
 from xray_tfdata import labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import convert, features, manifest, synthetic
@@ -269,13 +270,7 @@ def test_a_crashed_csv_build_resumes_to_identical_records(tmp_path, monkeypatch)
     convert.build_records(_config(spec, tmp_path / "ref", **config), progress=False)
     real, calls = sources.process_source, []
 
-    def crash_after_five(task, settings):
-        calls.append(task.key)
-        if len(calls) > 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real(task, settings)
-
-    monkeypatch.setattr(sources, "process_source", crash_after_five)
+    monkeypatch.setattr(sources, "process_source", fixtures.crash_after(5, real, calls))
     with pytest.raises(KeyboardInterrupt):
         convert.build_records(_config(spec, tmp_path / "out", **config), progress=False)
     monkeypatch.setattr(sources, "process_source", real)
