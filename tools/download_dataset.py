@@ -221,10 +221,6 @@ def safe_extract(archive: str | os.PathLike, target_dir: str | os.PathLike) -> l
 # Layout check.
 
 
-def _dirs(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
-
-
 def find_data_dir(root: str | os.PathLike, max_depth: int = 3) -> Path:
     """Finds the folder under root (root included) that holds train/ and test/ with the 3 classes.
 
@@ -240,13 +236,13 @@ def find_data_dir(root: str | os.PathLike, max_depth: int = 3) -> Path:
     for _ in range(max_depth + 1):
         following = []
         for folder in level:
-            names = {n.lower() for n in _dirs(folder)}
+            names = {n.lower() for n in sources.subdirs(folder)}
             if names & set(REQUIRED_SPLITS):
                 problems = sources.kaggle_layout_problems(folder)  # the converter's check
                 if not problems:
                     return folder
                 candidates[folder] = problems
-            following.extend(_dirs(folder).values())
+            following.extend(sources.subdirs(folder).values())
         level = following
     details = "".join(f"\n  {folder}: " + "; ".join(p) for folder, p in candidates.items())
     top = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if not p.name.startswith("."))
@@ -263,10 +259,10 @@ def find_data_dir(root: str | os.PathLike, max_depth: int = 3) -> Path:
 def count_images(data_dir: str | os.PathLike) -> dict[str, dict[str, int]]:
     """Files per split and class (canonical class names) in a valid data_dir."""
     counts: dict[str, dict[str, int]] = {}
-    for split_name, split_dir in _dirs(Path(data_dir)).items():
+    for split_name, split_dir in sources.subdirs(Path(data_dir)).items():
         counts[split_name.lower()] = {
             name.upper(): sum(1 for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-            for name, path in _dirs(split_dir).items()
+            for name, path in sources.subdirs(split_dir).items()
         }
     return counts
 

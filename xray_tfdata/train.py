@@ -132,7 +132,7 @@ def main(argv: list[str]) -> None:
     from xray_tfdata.training import loop
 
     try:
-        loop.resolve_data(config)  # manifest, image size, splits: cheap, no TF op
+        data = loop.resolve_data(config)  # manifest, image size, splits: cheap, no TF op
         # Before any other TF op: MultiWorkerMirroredStrategy must start the collective runtime.
         strategy = distribute.make_strategy(FLAGS.strategy, devices=FLAGS.devices,
                                             tpu_address=FLAGS.tpu_address)
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.overwrite and distribute.is_chief(strategy):
         _remove_previous_run(Path(config.model_dir))
 
-    summary = loop.train(config, strategy)
+    summary = loop.train(config, strategy, data=data)
     if not distribute.is_chief(strategy):
         return
     paths = summary["paths"]

@@ -14,7 +14,6 @@ silently applied to features it was not trained on.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -273,8 +272,7 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
                      "classifiers": list(classifiers), "params": dataclasses.asdict(params),
                      "bootstrap": bootstrap},
     }
-    files.write_atomic(output_dir / "metrics.json",
-                            json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    files.write_json(output_dir / "metrics.json", summary)
     files.write_atomic(output_dir / "report.txt", comparison_report(summary))
     return summary
 

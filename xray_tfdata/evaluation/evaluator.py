@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -140,11 +139,9 @@ def input_spec(model) -> tuple[int, int]:
 def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, batch_size: int):
     """The split in evaluation mode (one pass, remainder kept, no augmentation, fixed order)."""
     # Imported here: `evaluate` validates its flags before TensorFlow is loaded.
+    # build_dataset checks the manifest against image_size and channels.
     from xray_tfdata.inputs import pipeline
-    from xray_tfdata.records import manifest
 
-    manifest.check_compatible(manifest.read_manifest(records_dir), image_size=image_size,
-                              channels=channels, records_dir=records_dir)
     config = pipeline.InputConfig(global_batch_size=batch_size, image_size=image_size,
                                   channels=channels, training=False, cache="none", augment=False,
                                   deterministic=True)
@@ -292,12 +289,13 @@ def _reference_point(config: EvalConfig, model, image_size: int, channels: int):
     return point
 
 
-def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, probs: np.ndarray,
-                   point: dict[str, Any], cnn_macro_f1: float) -> dict[str, Any]:
-    """Calibration, the COVID19 operating point and the shortcut probe of one evaluated set."""
+def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw: np.ndarray,
+                   point: dict[str, Any], cnn_macro_f1: float,
+                   train_meta: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """Calibration, the COVID19 operating point and the shortcut probe of one evaluated set.
+    `raw`: its uncalibrated probabilities; `train_meta`: the training records' metadata."""
     from xray_tfdata.inputs import pipeline
 
-    raw = reference.uncalibrated(probs, point)
     out: dict[str, Any] = {"calibration": calibration.calibration_summary(
         raw, y_true, point["temperature"])}
     out["calibration"]["temperature_source"] = point["temperature_source"]
@@ -314,7 +312,6 @@ def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, pro
                                      "message": f"Shortcut probe skipped: "
                                                 f"{point['train_records_found_by']}."}
         else:
-            train_meta = pipeline.read_metadata(point["train_records_dir"], "train")
             eval_meta = pipeline.read_metadata(records_dir, config.split)
             out["shortcut_probe"] = shortcut.run_probe(
                 train_meta, eval_meta, cnn_macro_f1, model=config.shortcut_model,
@@ -324,7 +321,9 @@ def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, pro
 
 
 def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
-                  point: dict[str, Any], image_size: int, channels: int) -> dict[str, Any]:
+                  point: dict[str, Any], image_size: int, channels: int,
+                  shared: dict[str, Any]) -> dict[str, Any]:
+    """One records dir; `shared`: what is the same for every dir (model sha256, train metadata)."""
     dataset = eval_dataset(records_dir, config.split, image_size, channels, config.batch_size)
     y_true, (probs, *_) = run_model(
         model, dataset, label=f"evaluate {config.split}",
@@ -334,7 +333,9 @@ def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
                          f"[{labels.NUM_CLASSES}] class probabilities.")
     result = metrics.compute_metrics(y_true, probs, n_resamples=config.bootstrap,
                                      seed=config.seed)
-    result.update(_trust_metrics(config, records_dir, y_true, probs, point, result["macro_f1"]))
+    raw = reference.uncalibrated(probs, point)
+    result.update(_trust_metrics(config, records_dir, y_true, raw, point, result["macro_f1"],
+                                 shared["train_meta"]))
     if config.split == "train" and result.get("shortcut_probe", {}).get("message"):
         result["shortcut_probe"]["message"] += (
             " (Scored on train: if these are the training records, the probe's own training "
@@ -350,10 +351,9 @@ def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
                                           "per_class": {}, "num_images": 0, "layer": None,
                                           "message": f"Border attention skipped: {err}"}
     result["settings"] = {**dataclasses.asdict(config), "records_dir": records_dir,
-                          "model_sha256": files.sha256_file(config.model_path),
+                          "model_sha256": shared["model_sha256"],
                           "model_name": model.name, "image_size": image_size,
                           "channels": channels, "reference": point, "versions": files.versions()}
-    raw = reference.uncalibrated(probs, point)
     reliability = calibration.reliability_png(
         raw, y_true, f"{model.name} on {config.split}", None if point["temperature"] is None
         else calibration.apply_temperature(raw, point["temperature"]))
@@ -369,7 +369,12 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     model = load_model(config.model_path)
     image_size, channels = input_spec(model)
     point = _reference_point(config, model, image_size, channels)
-    results = [_evaluate_one(config, model, d, out, point, image_size, channels)
+    shared = {"model_sha256": files.sha256_file(config.model_path), "train_meta": None}
+    if config.shortcut_probe and point["train_records_dir"] is not None:
+        from xray_tfdata.inputs import pipeline
+
+        shared["train_meta"] = pipeline.read_metadata(point["train_records_dir"], "train")
+    results = [_evaluate_one(config, model, d, out, point, image_size, channels, shared)
                for d, out in zip(config.records_dirs, config.output_dirs())]
     if len(results) > 1:
         rows = [reference.comparison_row(out.name, r)
@@ -425,8 +430,7 @@ def write_outputs(output_dir: Path, result: dict[str, Any], split: str, title: s
     report = report_text(result, title)
     png = confusion_png(result["confusion_matrix"], result["class_names"], title)
     paths = {
-        "metrics": files.write_atomic(output_dir / METRICS_FILE,
-                                json.dumps(result, indent=2, sort_keys=True) + "\n"),
+        "metrics": files.write_json(output_dir / METRICS_FILE, result),
         "report": files.write_atomic(output_dir / REPORT_FILE, report),
         "confusion_matrix": files.write_atomic(output_dir / CONFUSION_FILE, png),
     }

@@ -271,11 +271,6 @@ def caption(true_label: int, pred_label: int, prob: float, share: float) -> str:
             f"p={prob:.2f}\nborder {share:.2f}")
 
 
-def overlay_png(image: np.ndarray, cam_map: np.ndarray, title: str) -> bytes:
-    """One overlay as a PNG with its caption."""
-    return sheet_png([overlay_rgb(image, cam_map)], [title], columns=1, title="")
-
-
 def sheet_png(overlays: Sequence[np.ndarray], captions: Sequence[str], *, columns: int = 4,
               title: str = "") -> bytes:
     """A contact sheet: overlays in a grid, each with its caption."""

@@ -13,16 +13,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from xray_tfdata import errors
+
 AUGMENT_ON: tuple[str, ...] = ("auto", "host", "device")
 
 
 def resolve_augment_on(name: str, device_types: Sequence[str] | None = None) -> str:
     """`host` or `device` for `name`; `auto` = device when a GPU or TPU is among
     `device_types` (default: TensorFlow's visible logical devices)."""
-    from xray_tfdata.errors import ConfigError  # pylint: disable=import-outside-toplevel
-
-    if name not in AUGMENT_ON:
-        raise ConfigError("augment_on", name, "one of " + ", ".join(AUGMENT_ON))
+    errors.one_of("augment_on", name, AUGMENT_ON)
     if name != "auto":
         return name
     if device_types is None:
@@ -53,8 +52,7 @@ def make_step_augment(params, seed: int, jit_compile: bool = True):
 
     from xray_tfdata.inputs import online_augment  # pylint: disable=import-outside-toplevel
 
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0. Received: seed={seed!r}.")
+    errors.non_negative_int("seed", seed)
     base = tf.constant(seed * online_augment.STREAM_STRIDE, tf.int64)
 
     def augment(images, replica_id, step):

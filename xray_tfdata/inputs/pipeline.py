@@ -275,18 +275,16 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
         # Shuffle before repeat: every epoch is a full permutation, no example twice per epoch.
         ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
         ds = ds.repeat()
+    # Static batch shapes in training (tf.distribute, XLA); keep the tail in evaluation.
+    ds = ds.batch(batch_size, drop_remainder=config.training)
     augment = _augment_fn(config, pipeline_id)
-    if remote:
-        ds, augment = _on_service(ds, config, split, batch_size, augment), None
-    if not (remote and config.training):
-        # Static batch shapes in training (tf.distribute, XLA); keep the tail in evaluation.
-        ds = ds.batch(batch_size, drop_remainder=config.training)
-    dtype = tf.as_dtype(config.output_dtype)
     if augment is not None:
-        ds = ds.enumerate().map(
-            lambda step, batch: (tf.cast(augment(step, batch[0]), dtype), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
-    elif dtype != tf.uint8:
+        ds = ds.enumerate().map(lambda step, batch: (augment(step, batch[0]), batch[1]),
+                                num_parallel_calls=tf.data.AUTOTUNE)
+    if remote:
+        ds = _on_service(ds, config, split, batch_size)
+    dtype = tf.as_dtype(config.output_dtype)
+    if dtype != tf.uint8:
         ds = ds.map(lambda images, labels: (tf.cast(images, dtype), labels),
                     num_parallel_calls=tf.data.AUTOTUNE)
     if config.prefetch:
@@ -294,9 +292,9 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
     return ds.with_options(_options(config, sharded_by_us=input_context is not None))
 
 
-def _on_service(ds: tf.data.Dataset, config: InputConfig, split: str, batch_size: int,
-                augment: Callable | None) -> tf.data.Dataset:
-    """Everything so far, plus batching and augmentation, runs on the service's workers.
+def _on_service(ds: tf.data.Dataset, config: InputConfig, split: str,
+                batch_size: int) -> tf.data.Dataset:
+    """Everything so far (read, decode, batching, augmentation) runs on the service's workers.
 
     Workers send whole (augmented) batches, cheaper over gRPC than single images. Training
     batches arrive full (drop_remainder on the worker) and pass straight through; in evaluation
@@ -305,13 +303,9 @@ def _on_service(ds: tf.data.Dataset, config: InputConfig, split: str, batch_size
     the same transforms for different images; the service's dynamic file assignment makes the
     order irreproducible anyway.
     """
-    ds = ds.batch(batch_size, drop_remainder=config.training)
-    if augment is not None:
-        ds = ds.enumerate().map(lambda step, batch: (augment(step, batch[0]), batch[1]),
-                                num_parallel_calls=tf.data.AUTOTUNE)
     ds = service.distribute(ds, config.data_service,
                             service.job_name(config.job_prefix, split, config.training))
-    return ds if config.training else ds.unbatch()
+    return ds if config.training else ds.unbatch().batch(batch_size)
 
 
 def _augment_fn(config: InputConfig, stream: int):

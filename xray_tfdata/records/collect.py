@@ -50,12 +50,18 @@ def scan(specs: Sequence[sources.SourceSpec], *, csv_columns: str = "", label_ma
                    collections, legacy)
 
 
+def hashed_items(usable: Sequence[sources.SourceFile], index: Mapping[str, SpillEntry],
+                 split_of: Mapping[str, str] | None = None) -> list[dedupe.HashedItem]:
+    """What dedupe compares, per usable file: its key, split ("" before any is known) and hashes."""
+    return [dedupe.HashedItem(f.relpath, split_of[f.relpath] if split_of else "",
+                              index[f.relpath].info.sha256, index[f.relpath].phash)
+            for f in usable]
+
+
 def find_links(usable: Sequence[sources.SourceFile], index: Mapping[str, SpillEntry],
                near_distance: int) -> dict:
     """Exact and near duplicates among the usable files, before any split is known."""
-    items = [dedupe.HashedItem(f.relpath, "", index[f.relpath].info.sha256,
-                               index[f.relpath].phash) for f in usable]
-    return dedupe.find_duplicates(items, near_distance)
+    return dedupe.find_duplicates(hashed_items(usable, index), near_distance)
 
 
 def patient_groups(usable: Sequence[sources.SourceFile], links: dict) -> dict[str, str]:

@@ -100,7 +100,7 @@ class Spill:
         return entry
 
     def outputs(self, entry: SpillEntry) -> dict[str, bytes]:
-        self._file.flush()
+        # No flush needed: append() flushes every frame, and it is the only writer.
         self._reader.seek(entry.offset)
         return dict(pickle.loads(self._reader.read(entry.length)).outputs)
 
@@ -187,14 +187,17 @@ def complete_manifest(out: Path, args: dict[str, Any],
         return None
     if (out / WORK_DIR).exists() or diff_args(previous.get("args", {}), args, ignore):
         return None
-    for split in previous.get("splits", {}).values():
-        for shard in split["shards"]:
-            path = out / shard["file"]
-            if not path.is_file() or path.stat().st_size != shard["bytes"]:
-                return None
-            if files.sha256_file(path) != shard["sha256"]:
-                return None
+    if not all(shard_intact(out, shard) for split in previous.get("splits", {}).values()
+               for shard in split["shards"]):
+        return None
     return previous
+
+
+def shard_intact(out: Path, entry: dict[str, Any]) -> bool:
+    """Whether the shard a manifest entry describes is on disk with its recorded size and sha256."""
+    path = out / entry["file"]
+    return (path.is_file() and path.stat().st_size == entry["bytes"]
+            and files.sha256_file(path) == entry["sha256"])
 
 
 def remove_stale_shards(out: Path, planned: set[str]) -> None:
@@ -219,10 +222,8 @@ class ShardJournal:
 
     def intact(self, name: str, fingerprint: str) -> dict[str, Any] | None:
         """The recorded entry of shard `name` if it is still on disk unchanged, else None."""
-        known, path = self.entries.get(name), self.out / name
-        if (known and known["fingerprint"] == fingerprint and path.is_file()
-                and path.stat().st_size == known["entry"]["bytes"]
-                and files.sha256_file(path) == known["entry"]["sha256"]):
+        known = self.entries.get(name)
+        if known and known["fingerprint"] == fingerprint and shard_intact(self.out, known["entry"]):
             return known["entry"]
         return None
 

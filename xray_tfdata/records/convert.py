@@ -169,9 +169,7 @@ class _Shards:
         for e in examples:
             entry, source = self.index[e.relpath], self.files[e.relpath]
             info = entry.info
-            # deterministic=True: tf.train.Features is a protobuf map whose default serialization
-            # order varies between processes, which would break byte-identical reruns.
-            yield features.make_example(features.ExampleRecord(
+            yield features.serialize(features.ExampleRecord(
                 encoded=self.spill.outputs(entry)[e.augmentation], image_format=c.image_format,
                 height=c.image_size, width=c.image_size, channels=c.channels,
                 label=source.label, class_text=source.class_name, source_path=e.relpath,
@@ -179,7 +177,7 @@ class _Shards:
                 source_mode=info.mode, source_format=info.format, source_bytes=info.num_bytes,
                 augmentation=e.augmentation, source=source.source,
                 patient_hash=source.patient, metadata=source.metadata, tags=info.tags,
-            )).SerializeToString(deterministic=True)
+            ))
 
     def write(self, split: str, shards: list[list[shard_plan.PlannedExample]]) -> list[dict]:
         entries = []
@@ -268,8 +266,7 @@ def _dedupe(usable: Sequence[sources.SourceFile], index: dict[str, SpillEntry],
             split_of: dict[str, str], links: dict | None, config: ConversionConfig
             ) -> tuple[dict, dict[str, str]]:
     """Duplicates with their final splits (`links`: found before the split, reused) + drops."""
-    items = [dedupe.HashedItem(f.relpath, split_of[f.relpath], index[f.relpath].info.sha256,
-                               index[f.relpath].phash) for f in usable]
+    items = collect.hashed_items(usable, index, split_of)
     duplicates = (dedupe.find_duplicates(items, config.near_distance) if links is None
                   else dedupe.with_splits(links, split_of))
     drops = dedupe.plan_drops(items, duplicates) if config.dedupe == "drop" else {}

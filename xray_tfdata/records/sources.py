@@ -115,7 +115,8 @@ def parse_source_specs(data_dir: str, labels_csv: str = "") -> list[SourceSpec]:
     return [SourceSpec(name, path, csvs.get(name, "")) for name, path in dirs]
 
 
-def _subdirs(folder: Path) -> dict[str, Path]:
+def subdirs(folder: Path) -> dict[str, Path]:
+    """Visible subfolders of `folder` by name, sorted (the layout checks and the download tool)."""
     return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
 
@@ -176,7 +177,7 @@ def folder_layout(data_dir: str | os.PathLike) -> str:
       ValueError: not a directory, no folders, or folders of neither kind (found vs expected).
     """
     root = _root_or_raise(data_dir)
-    found = _subdirs(root)
+    found = subdirs(root)
     names = {n.lower() for n in found}
     if names & set(SOURCE_SPLITS):
         return "splits"
@@ -215,17 +216,17 @@ def scan_sources(data_dir: str | os.PathLike, source: str = "") -> ScanResult:
                                     relpath, source))
 
     if layout == "classes":
-        for class_name, class_dir in _match(_subdirs(root), labels.CLASS_NAMES,
+        for class_name, class_dir in _match(subdirs(root), labels.CLASS_NAMES,
                                             f"data_dir {str(root)!r}").items():
             for entry in sorted(class_dir.rglob("*")):
                 hidden = any(part.startswith(".") for part in entry.relative_to(class_dir).parts)
                 if not hidden and not entry.is_dir():  # .DS_Store, editor swap files: never data
                     add("", class_name, entry)
     else:
-        split_dirs = _match(_subdirs(root), SOURCE_SPLITS, f"data_dir {str(root)!r}")
+        split_dirs = _match(subdirs(root), SOURCE_SPLITS, f"data_dir {str(root)!r}")
         for split, split_dir in split_dirs.items():
             where = f"{str(split_dir)!r}"
-            for class_name, class_dir in _match(_subdirs(split_dir), labels.CLASS_NAMES,
+            for class_name, class_dir in _match(subdirs(split_dir), labels.CLASS_NAMES,
                                                 where).items():
                 for entry in sorted(class_dir.iterdir()):
                     if entry.name.startswith("."):
@@ -252,8 +253,8 @@ def kaggle_layout_problems(data_dir: str | os.PathLike) -> list[str]:
     if not root.is_dir():
         return [f"{str(root)!r} is not a directory"]
     try:
-        split_dirs = _match(_subdirs(root), SOURCE_SPLITS, f"data_dir {str(root)!r}")
-        class_dirs = {split: _match(_subdirs(folder), labels.CLASS_NAMES, f"{str(folder)!r}")
+        split_dirs = _match(subdirs(root), SOURCE_SPLITS, f"data_dir {str(root)!r}")
+        class_dirs = {split: _match(subdirs(folder), labels.CLASS_NAMES, f"{str(folder)!r}")
                       for split, folder in split_dirs.items()}
     except ValueError as err:
         return [str(err)]
@@ -261,7 +262,7 @@ def kaggle_layout_problems(data_dir: str | os.PathLike) -> list[str]:
     for split, classes in sorted(class_dirs.items()):
         missing = [c for c in labels.CLASS_NAMES if c not in classes]
         if missing:
-            problems.append(f"{split}/ lacks {missing} (has {sorted(_subdirs(split_dirs[split]))})")
+            problems.append(f"{split}/ lacks {missing} (has {sorted(subdirs(split_dirs[split]))})")
         empty = [c for c, folder in classes.items()
                  if not any(p.is_file() and not p.name.startswith(".") for p in folder.iterdir())]
         if empty:

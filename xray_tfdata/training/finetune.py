@@ -59,17 +59,6 @@ def split_variables(model: keras.Model) -> tuple[list, list]:
     return head, rest
 
 
-def backbone_variable_ids(model: keras.Model) -> frozenset[int]:
-    return frozenset(id(v) for v in split_variables(model)[1])
-
-
-def make_phase_train_function(make_train_function: Callable[..., Any], model: keras.Model,
-                              frozen: bool, **kwargs: Any):
-    """The compiled train function of one phase (its variable list is fixed when traced)."""
-    set_backbone_frozen(model, frozen)
-    return make_train_function(model=model, **kwargs)
-
-
 def calibrate(model: keras.Model, predict: Callable, val_ds: tf.data.Dataset) -> dict[str, Any]:
     """Fits T on val, folds 1/T into the output layer, returns the record for calibration.json."""
     y_val, (probs, *_) = evaluator.run_model(None, val_ds, predict=predict)

@@ -32,6 +32,7 @@ from xray_tfdata.training import checkpointing, distribute, finetune, steps
 from xray_tfdata.training.config import TrainConfig
 
 ModelBuilder = Callable[..., keras.Model]
+LOGS_DIR = "logs"  # TensorBoard logs under model_dir
 
 
 def _default_model_builder(name: str, image_size: int, channels: int, **kwargs: Any) -> keras.Model:
@@ -129,15 +130,17 @@ def weights_fingerprint(model: keras.Model) -> str:
 
 
 def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, *,
-          model_builder: ModelBuilder | None = None) -> dict[str, Any]:
+          model_builder: ModelBuilder | None = None,
+          data: ResolvedData | None = None) -> dict[str, Any]:
     """Trains, validates and exports per `config`; returns the run summary (also summary.json).
 
     `strategy` defaults to the current (default) strategy. `model_builder(name, image_size,
     channels, weights=, dropout=)` defaults to models.build_model. The mixed-precision policy is
-    set before the model is built and restored afterwards.
+    set before the model is built and restored afterwards. `data`: resolve_data(config), if the
+    caller already has it.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    data = resolve_data(config)
+    data = data or resolve_data(config)
     distribute.per_replica_batch_size(config.global_batch_size, strategy)
     precision = distribute.resolve_precision(config.precision, strategy)
     if precision == "mixed_float16" and config.backbone_learning_rate_multiplier != 1.0:
@@ -196,7 +199,7 @@ class _Run:
 
     @property
     def log_dir(self) -> Path:
-        return self.model_dir / "logs"
+        return self.model_dir / LOGS_DIR
 
 
 @dataclasses.dataclass
@@ -247,12 +250,12 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
     augment_on, step_augment, iterator = _train_input(config, strategy, data, start_epoch)
 
     def make_train_steps(frozen: bool):
-        return finetune.make_phase_train_function(
-            lambda model: steps.make_train_function(
-                strategy, model, optimizer, loss_fn, jit_compile=jit_compile,
-                loss_scaling=precision == "mixed_float16", augment=step_augment,
-                backbone_optimizer=backbone_optimizer, backbone_ids=backbone_ids),
-            model, frozen)
+        # One compiled function per phase: its variable list is fixed when traced.
+        finetune.set_backbone_frozen(model, frozen)
+        return steps.make_train_function(
+            strategy, model, optimizer, loss_fn, jit_compile=jit_compile,
+            loss_scaling=precision == "mixed_float16", augment=step_augment,
+            backbone_optimizer=backbone_optimizer, backbone_ids=backbone_ids)
 
     predict = evaluator.predict_fn(model)
     val_ds = pipeline.build_dataset(config.records_dir, config.val_split, pipeline.InputConfig(
@@ -260,7 +263,7 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
         channels=data.channels, training=False, augment=False,
         cache="none" if config.cache == "none" else "memory", seed=config.seed))
 
-    log_dir = model_dir / "logs"
+    log_dir = model_dir / LOGS_DIR
     writer = (tf.summary.create_file_writer(str(log_dir / "train")) if chief
               else tf.summary.create_noop_writer())
     profile = steps.ProfileWindow(config.profile_steps, config.steps_per_execution,
@@ -278,7 +281,7 @@ def _train_input(config: TrainConfig, strategy: tf.distribute.Strategy, data: Re
                  start_epoch: int) -> tuple[str, Callable | None, Any]:
     """Where augmentation runs ("host" | "device"), the step's augmentation (device mode) and
     the distributed train iterator (fetching batches to the devices ahead of the step)."""
-    from xray_tfdata.inputs import device_augment, pipeline  # pylint: disable=C0415
+    from xray_tfdata.inputs import device_augment  # pylint: disable=C0415
 
     augment_on = device_augment.resolve_augment_on(config.augment_on)
     input_config = pipeline.InputConfig(

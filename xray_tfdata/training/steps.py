@@ -75,9 +75,9 @@ def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: C
     (their own learning rate, training/finetune.py).
     """
     variables = model.trainable_variables
-    own = [i for i, v in enumerate(variables) if id(v) not in backbone_ids] \
-        if backbone_optimizer is not None else list(range(len(variables)))
-    other = [i for i in range(len(variables)) if i not in set(own)]
+    in_backbone = [backbone_optimizer is not None and id(v) in backbone_ids for v in variables]
+    own = [i for i, b in enumerate(in_backbone) if not b]
+    other = [i for i, b in enumerate(in_backbone) if b]
 
     def forward_backward(images: tf.Tensor, labels_: tf.Tensor):
         if augment is not None:
