@@ -28,13 +28,22 @@ if _cpus and tf.config.get_logical_device_configuration(_cpus[0]) is None:
 from tests import fixtures  # noqa: E402
 
 REAL_SAMPLE_DIR = fixtures.REAL_SAMPLE_DIR
+# CI clones the repo beside a copy of shared/: there a missing sample is a failure, not a skip.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _missing(what: str, where: Path) -> None:
+    message = f"{what} not found at {where}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: CI runs beside a copy of shared/)")
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def real_sample_dir() -> Path:
     """The read-only real chest X-ray sample (never copied into the repo)."""
     if not (REAL_SAMPLE_DIR / "labels.csv").is_file():
-        pytest.skip(f"real X-ray sample not found at {REAL_SAMPLE_DIR}")
+        _missing("real X-ray sample", REAL_SAMPLE_DIR)
     return REAL_SAMPLE_DIR
 
 
@@ -42,5 +51,5 @@ def real_sample_dir() -> Path:
 def real_paediatric_dir() -> Path:
     """300 NORMAL + 300 PNEUMONIA real paediatric X-rays (read-only, never copied into the repo)."""
     if not (fixtures.REAL_PAEDIATRIC_DIR / "NORMAL").is_dir():
-        pytest.skip(f"real paediatric X-rays not found at {fixtures.REAL_PAEDIATRIC_DIR}")
+        _missing("real paediatric X-rays", fixtures.REAL_PAEDIATRIC_DIR)
     return fixtures.REAL_PAEDIATRIC_DIR

@@ -190,7 +190,7 @@ def test_full_model_weights_load_from_local_file(tmp_path):
 def test_backbone_notop_file_loads_into_backbone(tmp_path):
     # Keras' ImageNet "notop" files are legacy-H5 weights of the bare application; write one the
     # same way from a randomly initialised backbone and check every tensor arrives.
-    legacy = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format")
+    from keras.src.legacy.saving import legacy_h5_format as legacy
     source = build_model("mobilenetv3small", SIZE, 1, seed=1).get_layer("backbone")
     path = tmp_path / "weights_mobilenet_v3_small_notop.h5"
     with h5py.File(path, "w") as f:

@@ -102,7 +102,7 @@ def test_missing_credentials_explain_how_to_set_one(dl, tmp_path, setup, env, pr
 
 def test_token_detection_agrees_with_kagglesdk(dl, tmp_path, monkeypatch):
     """The kaggle package's own token lookup (kagglesdk, importable without authenticating)."""
-    kaggle_env = pytest.importorskip("kagglesdk.kaggle_env")
+    from kagglesdk import kaggle_env
     for key in [k for k in os.environ if k.startswith("KAGGLE_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path))

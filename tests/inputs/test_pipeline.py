@@ -204,8 +204,7 @@ def test_read_metadata_aligns_with_deterministic_eval_order(tmp_path):
 
 def test_mirrored_strategy_two_replicas_per_replica_batches(tmp_path):
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-        pytest.skip("needs 2 logical CPU devices (tests/conftest.py sets them up)")
+    assert len(devices) == 2, "tests/conftest.py failed to set up 2 logical CPU devices"
     records = write_records(tmp_path / "r", n=24, shards=4)
     strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     config = pipeline.InputConfig(global_batch_size=8, image_size=SIZE, deterministic=True)
