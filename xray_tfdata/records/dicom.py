@@ -83,35 +83,47 @@ def decode_dicom(data: bytes, *, max_pixels: int,
         than `max_pixels` pixels or `max_decoded_bytes` decoded, or malformed in any other way.
     """
     pydicom = _import_pydicom()
-    with _quiet(pydicom):
-        try:
-            return _decode(pydicom, data, max_pixels, max_decoded_bytes)
-        except ImageReadError:
-            raise
-        except Exception as err:  # noqa: BLE001 - never the text: it may quote a tag's value
-            raise ImageReadError(
-                f"corrupt DICOM (malformed attributes: {type(err).__name__})") from None
+    with _quiet(pydicom), _reasons_only():
+        return _decode(pydicom, data, max_pixels, max_decoded_bytes)
 
 
 def estimate_decoded_bytes(data: bytes) -> int:
-    """image_format.decoded_bytes of a DICOM file, from its header (pixels are not read)."""
+    """image_format.decoded_bytes of a DICOM file, from its header (pixels are not read).
+
+    Raises:
+      ImageReadError: pydicom missing, or a header without usable Rows, Columns, BitsAllocated.
+    """
     pydicom = _import_pydicom()
-    with _quiet(pydicom):
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        except Exception as err:  # noqa: BLE001 - InvalidDicomError, EOFError, struct.error...
-            raise ImageReadError(f"corrupt DICOM (cannot parse: {type(err).__name__})") from None
+    with _quiet(pydicom), _reasons_only():
+        ds = _read(pydicom, data, stop_before_pixels=True)
         for name in ("Rows", "Columns", "BitsAllocated"):
             if ds.get(name) in (None, ""):
                 raise ImageReadError(f"corrupt DICOM (no {name})")
         return _decoded_bytes(ds)
 
 
-def _decode(pydicom, data: bytes, max_pixels: int, max_decoded_bytes: int) -> DicomImage:
+@contextlib.contextmanager
+def _reasons_only():
+    """Any exception not foreseen below becomes an ImageReadError naming only its type: its text
+    may quote a tag's value (PHI), and one malformed file must never stop a build or a server."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        yield
+    except ImageReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the per-file boundary of every DICOM read
+        raise ImageReadError(
+            f"corrupt DICOM (malformed attributes: {type(err).__name__})") from None
+
+
+def _read(pydicom, data: bytes, stop_before_pixels: bool = False) -> Any:
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
     except Exception as err:  # noqa: BLE001 - InvalidDicomError, EOFError, struct.error...
         raise ImageReadError(f"corrupt DICOM (cannot parse: {type(err).__name__})") from None
+
+
+def _decode(pydicom, data: bytes, max_pixels: int, max_decoded_bytes: int) -> DicomImage:
+    ds = _read(pydicom, data)
     _check_image(ds)
     check_pixel_limit(_int(ds, "Columns"), _int(ds, "Rows"), max_pixels)
     image_format.check_decoded_bytes(_decoded_bytes(ds), max_decoded_bytes)
