@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import csv
 import functools
+import io
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -104,12 +105,21 @@ def _header_columns(header: list[str], columns: dict[str, str], explicit: set[st
     return present
 
 
+def _not_utf8(csv_path: str, err: UnicodeDecodeError) -> str:
+    """One line: the file, where the first non-UTF-8 byte is, the likely encoding, the fix."""
+    line = err.object[:err.start].count(b"\n") + 1
+    return (f"labels_csv={csv_path!r} is not UTF-8: byte 0x{err.object[err.start]:02x} on line "
+            f"{line} (byte {err.start}), as in Latin-1 / Windows-1252 (Excel's default). Re-save "
+            "it as UTF-8 (e.g. `iconv -f cp1252 -t utf-8 in.csv > out.csv`) and pass that file.")
+
+
 def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
                     key: bytes) -> ScanResult:
     """Lists a CSV collection's images (sorted by relpath), its rejects, and its label counts.
 
     Raises:
-      ValueError: the CSV or data_dir is missing, or a required column is absent.
+      ValueError: the CSV or data_dir is missing, not UTF-8 (the message names the first bad
+        byte's line and the fix), or a required column is absent.
     """
     root, csv_path = Path(spec.data_dir), spec.labels_csv
     if not root.is_dir():
@@ -126,7 +136,11 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
     kinds: collections.Counter[str] = collections.Counter()  # rejects by kind
     ambiguous, rows, seen = 0, 0, {}
     name = os.path.basename(csv_path)
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    try:
+        text = Path(csv_path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(_not_utf8(csv_path, err)) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         present = _header_columns(list(reader.fieldnames or []), columns, explicit, csv_path)
         others = [c for c in (reader.fieldnames or []) if c not in present.values()]

@@ -344,12 +344,8 @@ def process_source(task: Task, settings: ProcessSettings) -> Processed:
             image = image_io.to_channels(image, settings.channels)
             outputs.append((name, image_io.encode(image, settings.image_format,
                                                   settings.jpeg_quality)))
-    except image_io.ImageReadError as err:
-        return Processed(task.key, signature, reason=err.reason)
-    except (OSError, MemoryError) as err:
-        return Processed(task.key, signature, reason=f"unreadable: {type(err).__name__}")
-    except (cv2.error, ValueError) as err:  # an odd file OpenCV chokes on must not stop the run
-        return Processed(task.key, signature, reason=f"decode error: {type(err).__name__}: {err}")
+    except Exception as err:  # noqa: BLE001 - the per-source boundary: one file never stops a build
+        return Processed(task.key, signature, reason=image_io.failure_reason(err))
     return Processed(task.key, signature, info, phash, tuple(outputs))
 
 
