@@ -1,9 +1,12 @@
-"""The converter's state in its output dir: the resume spill, ownership checks, stale outputs.
+"""The converter's state in its output dir: the build lock, the resume spill, ownership checks,
+stale outputs.
 
-`<output_dir>/.build/` holds what a killed run leaves for the next one: `state.json` (the
-arguments, so a rerun with other arguments is refused rather than mixed in), `pass1.spill` (every
-processed source) and `shards.json` (the shard journal). It is deleted once the manifest is
-written. The converter only ever deletes what it writes itself, never a user's other files.
+`<output_dir>/.build/` holds `lock` (flocked by the running build: one build per dir), and what a
+killed run leaves for the next one: `state.json` (the arguments, so a rerun with other arguments
+is refused rather than mixed in), `pass1.spill` (every processed source, data only) and
+`shards.json` (the shard journal); `rejected.json` after a build refused for too many rejects. It
+is deleted once the manifest is written. The converter only ever deletes what it writes itself,
+never a user's other files. Nothing here is ever unpickled: all of it is JSON or raw bytes.
 """
 
 from __future__ import annotations
