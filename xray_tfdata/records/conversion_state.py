@@ -111,11 +111,9 @@ def discard_work(out: Path) -> None:
         shutil.rmtree(work / name) if (work / name).is_dir() else (work / name).unlink()
 
 
-def write_rejected(out: Path, rejected: list[dict[str, str]]) -> Path:
-    """The full reject list of a refused build (it writes no manifest): `.build/rejected.json`."""
-    path = out / WORK_DIR / "rejected.json"
-    files.write_json(path, {"rejected": rejected})
-    return path
+def rejected_path(out: Path) -> Path:
+    """Where a build refused for too many rejects lists them all (it writes no manifest)."""
+    return out / WORK_DIR / "rejected.json"
 
 
 def work_files(out: Path) -> list[str]:

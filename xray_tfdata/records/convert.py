@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 
 from absl import logging
 
-from xray_tfdata import __version__, labels
+from xray_tfdata import __version__, files, labels
 from xray_tfdata.records import (
     collect,
     conversion_state,
@@ -137,18 +137,20 @@ def _check_rejects(rejected: list[dict[str, str]], total: int, usable: int,
     """
     fraction = len(rejected) / max(total, 1)
     refused = usable == 0 or fraction > config.max_reject_fraction
-    listing = (Path(config.output_dir) / conversion_state.WORK_DIR / "rejected.json" if refused
-               else Path(config.output_dir) / manifest.MANIFEST_NAME)
+    out = Path(config.output_dir)
+    # Nothing usable keeps nothing (see _build), so no list is promised then.
+    listing = (None if usable == 0 else conversion_state.rejected_path(out) if refused
+               else out / manifest.MANIFEST_NAME)
     for item in rejected[:20]:
         logging.warning("Rejected %s: %s", item["path"], item["reason"])
     if len(rejected) > 20:
-        logging.warning("... and %d more rejected files (%s lists all of them).",
-                        len(rejected) - 20, listing)
+        logging.warning("... and %d more rejected files%s.", len(rejected) - 20,
+                        f" ({listing} lists all of them)" if listing else "")
     if not refused:
         return
-    if usable:  # worth keeping beside the resumable spill; a build with nothing usable keeps none
-        conversion_state.write_rejected(Path(config.output_dir), rejected)
-    where = f"; all are listed in {listing}" if usable else ""
+    if listing:  # kept beside the resumable spill until the build completes
+        files.write_json(listing, {"rejected": rejected})
+    where = f"; all are listed in {listing}" if listing else ""
     first = "; ".join(f"{r['path']}: {r['reason']}" for r in rejected[:3])
     if usable == 0:
         raise ConversionError(
@@ -303,8 +305,7 @@ def _dedupe(usable: Sequence[sources.SourceFile], index: dict[str, SpillEntry],
 _WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                  errno.EROFS: "it is on a read-only file system",
                  errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-                 errno.ENOTDIR: "a part of its path is a file, not a directory",
-                 errno.EEXIST: "a part of its path is a file, not a directory"}
+                 errno.ENOTDIR: "a part of its path is a file, not a directory"}
 
 
 def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, Any]:
