@@ -150,7 +150,8 @@ def test_two_builds_into_one_dir_the_second_is_refused_and_the_first_is_right(tm
         for name in ("NORMAL", "COVID19", "PNEUMONIA"):
             (data / split / name).mkdir(parents=True)
             for i in range(n):
-                cv2.imwrite(str(data / split / name / f"{i}.png"), np.full((30, 30), value, np.uint8))
+                cv2.imwrite(str(data / split / name / f"{i}.png"),
+                            np.full((30, 30), value, np.uint8))
                 expected[f"{split}/{name}/{i}.png"], value = (value, name), value + 8
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "xray_tfdata.build_records", f"--data_dir={data}",

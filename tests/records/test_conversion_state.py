@@ -135,7 +135,8 @@ def test_a_write_error_is_one_line_with_the_fix(data, tmp_path, monkeypatch, cod
         convert.build_records(_config(root, tmp_path / "out"), progress=False)
     message = str(err.value)
     assert "\n" not in message and err.value.__cause__ is None
-    assert f"Cannot write to output_dir='{tmp_path / 'out'}': {says} ({os.strerror(code)})" in message
+    assert (f"Cannot write to output_dir='{tmp_path / 'out'}': {says} ({os.strerror(code)})"
+            in message)
     assert "choose another --output_dir; rerunning the same command resumes" in message
 
 
