@@ -1,8 +1,8 @@
 """The converter's one decode pass: every source read and encoded once, results appended to the spill.
 
 Runs in-process for one worker, else in a spawn-context pool whose workers import only
-sources.py (never TensorFlow). Sources already in the spill with an unchanged file signature are
-reused, which is how a killed conversion resumes. Output never depends on worker count or order.
+sources.py (never TensorFlow). Sources already in the spill with unchanged size, mtime and
+sha256 are reused, which is how a killed conversion resumes. Output never depends on worker count or order.
 """
 
 from __future__ import annotations
