@@ -133,6 +133,9 @@ class RemotePath:
     def __hash__(self) -> int:
         return hash(self._url)
 
+    def __lt__(self, other: "RemotePath") -> bool:
+        return self._url < other._url
+
     def __truediv__(self, part: Union[str, os.PathLike]) -> "RemotePath":
         return RemotePath(f"{self._url}/{os.fspath(part).strip('/')}")
 
@@ -205,6 +208,11 @@ class RemotePath:
             found += [base / n.rstrip("/") for n in list(dirs) + list(names)
                       if fnmatch.fnmatch(n.rstrip("/"), pattern)]
         yield from sorted(found, key=str)
+
+    def files_under(self) -> set[str]:
+        """Every file below this directory, as URLs, from one recursive listing."""
+        return {f"{root.rstrip('/')}/{n}" for root, _, names in self._g().walk(self._url)
+                for n in names}
 
     def glob(self, pattern: str) -> Iterator["RemotePath"]:
         yield from sorted((RemotePath(p) for p in self._g().glob(f"{self._url}/{pattern}")),

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 
 from absl import logging
 
-from xray_tfdata import __version__, files, labels
+from xray_tfdata import __version__, files, labels, paths
 from xray_tfdata.records import (
     collect,
     conversion_state,
@@ -137,7 +137,7 @@ def _check_rejects(rejected: list[dict[str, str]], total: int, usable: int,
     """
     fraction = len(rejected) / max(total, 1)
     refused = usable == 0 or fraction > config.max_reject_fraction
-    out = Path(config.output_dir)
+    out = paths.location(config.output_dir)
     # Nothing usable keeps nothing (see _build), so no list is promised then.
     listing = (None if usable == 0 else conversion_state.rejected_path(out) if refused
                else out / manifest.MANIFEST_NAME)
@@ -320,7 +320,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         files were rejected, patients cross splits, or nothing usable was found.
     """
     start = time.monotonic()
-    out, args = Path(config.output_dir), config.manifest_args()
+    out, args = paths.location(config.output_dir), config.manifest_args()
     done = (None if config.overwrite
             else conversion_state.complete_manifest(out, args, NOT_COMPARED))
     if done:
@@ -350,7 +350,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
 def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, progress: bool,
            start: float) -> dict[str, Any]:
     """The build proper, under the output dir's lock: pass, plan, shards, manifest."""
-    out, args = Path(config.output_dir), config.manifest_args()
+    out, args = paths.location(config.output_dir), config.manifest_args()
     if not config.overwrite and (done := conversion_state.complete_manifest(out, args,
                                                                             NOT_COMPARED)):
         return done  # another build completed it while this one scanned
@@ -361,7 +361,7 @@ def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, p
     files = {f.relpath: f for f in inputs.files}
     logging.info("Found %d images in %s (%d other files); %d workers.", len(tasks),
                  config.data_dir, len(inputs.rejected), min(config.workers(), max(len(tasks), 1)))
-    spill = Spill(out / conversion_state.WORK_DIR / "pass1.spill")
+    spill = Spill(conversion_state.spill_path(out))
     try:
         index, rate, decoded = decode_pass.run_pass(tasks, spill, config.workers(),
                                                     config.settings(), progress)

@@ -21,7 +21,7 @@ from typing import Any
 
 import cv2
 
-from xray_tfdata import labels
+from xray_tfdata import labels, paths
 from xray_tfdata.records import dedupe, image_format, image_io, offline_augment
 
 IMAGE_EXTENSIONS: tuple[str, ...] = image_format.SOURCE_EXTENSIONS
@@ -159,7 +159,7 @@ def unsupported_reason(entry: Path) -> str:
 
 
 def _root_or_raise(data_dir: str | os.PathLike) -> Path:
-    root = Path(data_dir)
+    root = paths.location(data_dir)  # a URL is listed through its file system (paths.py)
     if not root.is_dir():
         raise ValueError(
             f"data_dir={str(data_dir)!r} is not a directory. Download the Kaggle set with "
@@ -298,6 +298,10 @@ class Task:
     key: str  # relpath
     path: str
     augmentations: tuple[str, ...]
+    # A URL source's bytes and signature, read by the parent (decode_pass): workers never
+    # import TensorFlow (gfile), and a ram:// file exists only in the parent's memory.
+    data: bytes | None = None
+    signature: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +318,8 @@ class Processed:
 
 def file_signature(path: str) -> tuple[int, int]:
     try:
-        st = os.stat(path)
+        # A URL (parent process only: see Task) is stat'ed through its file system.
+        st = paths.location(path).stat() if paths.is_url(path) else os.stat(path)
     except OSError:
         return (-1, -1)
     return (st.st_size, st.st_mtime_ns)
@@ -326,12 +331,15 @@ def process_source(task: Task, settings: ProcessSettings) -> Processed:
     Augmentations run on the resized gray image: the network only ever sees `image_size` pixels,
     so a 3x3 filter means the same thing for a 400 px and a 4000 px source, and it is ~80x cheaper.
     """
-    signature = file_signature(task.path)
+    signature = task.signature or file_signature(task.path)
     try:
         # target_size lets libjpeg decode a large JPEG at 1/2 scale in the DCT domain (still >= 2x
         # the output side, so the area resize that follows sees enough pixels): ~1.7x faster decode.
-        gray, info = image_io.read_source(task.path, target_size=settings.image_size,
-                                          max_pixels=settings.max_pixels)
+        gray, info = (image_io.read_source(task.path, target_size=settings.image_size,
+                                           max_pixels=settings.max_pixels)
+                      if task.data is None else
+                      image_io.decode_source_bytes(task.data, target_size=settings.image_size,
+                                                   max_pixels=settings.max_pixels))
         small = image_io.resize(gray, settings.image_size, settings.resize_mode)
         # The hash's own thumbnail is an area average, so hashing the (area-)resized output
         # gives nearly the same bits at 1/20 of the cost of a second pass over a 2000 px source
