@@ -50,6 +50,7 @@ def scan(specs: Sequence[sources.SourceSpec], *, csv_columns: str = "", label_ma
         collections[spec.name] = {"layout": result.layout, **dict(result.details),
                                   "splits_given": sorted({f.split for f in result.files} - {""})}
     legacy = (len(specs) == 1 and not specs[0].name and not specs[0].labels_csv
+              and not specs[0].layout
               and {"train", "test"} <= set(collections[""]["splits_given"]))
     return Inputs(tuple(sorted(found, key=lambda f: f.relpath)), tuple(sorted(rejected)),
                    collections, legacy)
