@@ -224,7 +224,7 @@ def test_a_missing_label_file_names_what_the_download_holds(tmp_path):
     ({"layout": "nih_chestxray"}, "layout"),
     ({"layout": "chexpert", "labels_csv": "/x.csv"}, "layout"),
     ({"layout": "csv"}, "layout"),
-    ({"data_dir": "a=/a,b=/b", "layout": "chexpert"}, "layout"),
+    ({"data_dir": "a=/a,b=/b", "layout": "a=chexpert,covidx"}, "layout"),
     ({"data_dir": "a=/a,b=/b", "layout": "a=chexpert,c=covidx"}, "layout"),
     ({"views": "PA;AP"}, "views"),
     ({"uncertain": "maybe"}, "uncertain"),

@@ -96,7 +96,7 @@ def parse_source_specs(data_dir: str, labels_csv: str = "", layout: str = "") ->
     """Parses --data_dir ('/a' or 'kaggle=/a,nih=/b'), --labels_csv and --layout (the same form).
 
     `layout` is a preset name (presets.py) or `folders` / `csv` (the default: a labels CSV when
-    given, else the folder layout), for one collection or as name=layout entries.
+    given, else the folder layout), for every collection or as name=layout entries.
 
     Raises:
       ValueError: an unnamed entry among several, a name used twice, a labels CSV or layout for a
@@ -108,10 +108,13 @@ def parse_source_specs(data_dir: str, labels_csv: str = "", layout: str = "") ->
         raise ValueError("data_dir is empty")
     names = [n for n, _ in dirs]
     csvs = _per_collection(labels_csv, "labels_csv", names)
-    layouts = _per_collection(layout, "layout", names)
+    # One unnamed layout (the default "folders", or e.g. two CheXpert downloads) is every
+    # collection's.
+    layouts = (dict.fromkeys(names, layout.strip()) if "=" not in str(layout)
+               else _per_collection(layout, "layout", names))
     specs = []
     for name, path in dirs:
-        chosen = layouts.get(name, "folders")
+        chosen = layouts.get(name) or "folders"
         if chosen not in presets.LAYOUTS:
             raise ValueError(f"layout {chosen!r} is not one of {list(presets.LAYOUTS)}")
         if chosen == "csv" and not csvs.get(name):
