@@ -32,24 +32,29 @@ class Found:
 
 
 class FileIndex:
-    """Base name -> relpaths (POSIX, relative to root) of every visible file under `root`."""
+    """Every visible file under `root` (POSIX relpaths), by base name and by trailing components."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.by_name: dict[str, list[str]] = {}
+        start = len(str(self.root).rstrip(os.sep)) + 1
         for folder, dirs, names in os.walk(self.root):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .git, .DS_Store folders
-            rel = Path(folder).relative_to(self.root)
+            prefix = folder[start:].replace(os.sep, "/") + "/" if len(folder) >= start else ""
             for name in sorted(names):
                 if not name.startswith("."):
-                    self.by_name.setdefault(name, []).append((rel / name).as_posix())
+                    self.by_name.setdefault(name, []).append(prefix + name)
+        self._all = {p for paths in self.by_name.values() for p in paths}
+        # n -> {last n components: relpaths}, built on first use: CheXpert names 200k files
+        # `view1_frontal.jpg`, so filtering by base name alone would make lookups quadratic.
+        self._by_tail: dict[int, dict[str, list[str]]] = {}
 
     def __len__(self) -> int:
-        return sum(len(paths) for paths in self.by_name.values())
+        return len(self._all)
 
     def relpaths(self) -> list[str]:
         """Every indexed file, sorted."""
-        return sorted(p for paths in self.by_name.values() for p in paths)
+        return sorted(self._all)
 
     def glob(self, pattern: str) -> list[str]:
         """Relpaths of the files whose base name matches `pattern` (fnmatch), or it + ".gz"."""
@@ -58,24 +63,32 @@ class FileIndex:
                       or fnmatch.fnmatchcase(name, pattern + ".gz")
                       for p in paths)
 
+    def _tails(self, n: int) -> dict[str, list[str]]:
+        if n not in self._by_tail:
+            tails: dict[str, list[str]] = {}
+            for relpath in sorted(self._all):
+                parts = relpath.split("/")
+                if len(parts) >= n:
+                    tails.setdefault("/".join(parts[-n:]), []).append(relpath)
+            self._by_tail[n] = tails
+        return self._by_tail[n]
+
     def lookup(self, listed: str) -> Found:
         """The file a label file's path means (see the module's matching rule)."""
         want = PurePosixPath(listed.replace("\\", "/").strip("/")).parts
         if not want:
             return Found()
-        best, ties = 0, []
-        for candidate in self.by_name.get(want[-1], ()):
-            have = PurePosixPath(candidate).parts
-            shared = min(len(have), len(want))
-            if have[-shared:] != want[-shared:]:
-                continue  # neither path is a suffix of the other: another file of that name
-            if shared > best:
-                best, ties = shared, [candidate]
-            elif shared == best:
-                ties.append(candidate)
-        if len(ties) == 1:
-            return Found(ties[0])
-        return Found("", tuple(ties))
+        # Files at or below the listed path share all its components: the best possible match.
+        deeper = (self.by_name.get(want[0], []) if len(want) == 1
+                  else self._tails(len(want)).get("/".join(want), []))
+        if deeper:
+            return Found(deeper[0]) if len(deeper) == 1 else Found("", tuple(deeper))
+        # Else the longest trailing part of the listed path that is a whole relpath (data_dir
+        # is below the label file's root): at most one file per length.
+        for k in range(len(want) - 1, 0, -1):
+            if (tail := "/".join(want[-k:])) in self._all:
+                return Found(tail)
+        return Found()
 
     def path(self, relpath: str) -> str:
         return str(self.root / relpath)

@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import gzip
 import json
+import os
 import re
 from typing import Any, Iterable, Sequence, TextIO
 
@@ -291,11 +292,10 @@ def _table_files(index: file_index.FileIndex, preset: presets.Preset, mapping: d
     return files, [path for _, (path, _) in tables]
 
 
-def _folder_files(index: file_index.FileIndex, preset: presets.Preset, mapping: dict[str, str],
-                  spec: SourceSpec, rules: Rules, report: _Report) -> list[SourceFile]:
+def _folder_files(index: file_index.FileIndex, preset: presets.Preset,
+                  findings: presets.FolderFindings, mapping: dict[str, str], spec: SourceSpec,
+                  rules: Rules, report: _Report) -> list[SourceFile]:
     """Images under class folders (any depth); mask folders never read; unmapped folders counted."""
-    findings = preset.findings
-    assert isinstance(findings, presets.FolderFindings)  # noqa: S101 - the caller dispatched on it
     class_folders = {f.casefold() for f in preset.mapping}
     skip = {s.casefold() for s in findings.skip_folders}
     files = []
@@ -331,14 +331,15 @@ def read_preset(spec: SourceSpec, rules: Rules) -> ScanResult:
       ValueError: data_dir is not a folder, or a required label file is absent or found twice.
     """
     preset = presets.PRESETS[spec.layout]
-    index = file_index.FileIndex(spec.data_dir)
-    if not index.root.is_dir():
+    if not os.path.isdir(spec.data_dir):
         raise ValueError(f"data_dir={spec.data_dir!r} (--layout={preset.name}) is not a "
                          f"directory; it should hold {preset.downloaded}.")
+    index = file_index.FileIndex(spec.data_dir)
     report = _Report()
     mapping = {f.casefold(): c for f, c in preset.mapping.items() if c in rules.classes}
     if isinstance(preset.findings, presets.FolderFindings):
-        files, label_files = _folder_files(index, preset, mapping, spec, rules, report), []
+        files = _folder_files(index, preset, preset.findings, mapping, spec, rules, report)
+        label_files: list[str] = []
     else:
         files, label_files = _table_files(index, preset, mapping, spec, rules, report)
     files.sort(key=lambda f: f.relpath)
