@@ -220,6 +220,15 @@ def test_a_missing_label_file_names_what_the_download_holds(tmp_path):
                                   preset_reader.Rules())
 
 
+def test_a_truncated_gzipped_label_file_is_one_line_error(tmp_path):
+    mini = minis.mimic(tmp_path / "mimic")
+    path = mini.root / "mimic-cxr-2.0.0-split.csv.gz"
+    path.write_bytes(path.read_bytes()[:30])
+    with pytest.raises(ValueError, match=r"cannot read 'mimic-cxr-2.0.0-split.csv.gz'"):
+        preset_reader.read_preset(SourceSpec("", str(mini.root), layout="mimic_cxr_jpg"),
+                                  preset_reader.Rules())
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"layout": "nih_chestxray"}, "layout"),
     ({"layout": "chexpert", "labels_csv": "/x.csv"}, "layout"),

@@ -97,10 +97,15 @@ def _read_table(index: file_index.FileIndex, table: presets.Table, preset: prese
     if len(found) > 1:
         raise ValueError(f"--layout={preset.name}: {table.pattern!r} matches {found} under "
                          f"{str(index.root)!r}; keep one of them there.")
-    with _open(index.path(found[0])) as f:
-        raw = _whitespace_rows(f, table) if table.columns else csv.DictReader(f)
-        given = {k: v for k, v in (("_split", table.split), ("_folder", table.folder)) if v}
-        rows = [_Row({k: (v or "").strip() for k, v in row.items() if k}, **given) for row in raw]
+    given = {k: v for k, v in (("_split", table.split), ("_folder", table.folder)) if v}
+    try:
+        with _open(index.path(found[0])) as f:
+            raw = _whitespace_rows(f, table) if table.columns else csv.DictReader(f)
+            rows = [_Row({k: (v or "").strip() for k, v in row.items() if k}, **given)
+                    for row in raw]
+    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as err:  # a truncated .gz, binary
+        raise ValueError(f"--layout={preset.name}: cannot read {found[0]!r} under "
+                         f"{str(index.root)!r} ({err}); download it again.") from err
     return found[0], rows
 
 
