@@ -154,7 +154,8 @@ def test_padchest_16bit_pngs_list_labels_and_projections(tmp_path):
                                           "['normal', 'pneumonia']": 1}
     modes = {tf.io.parse_single_example(raw, features.FEATURE_SPEC)[features.SOURCE_MODE]
              .numpy().decode() for split in info["splits"]
-             for raw in tf.data.TFRecordDataset(manifest.split_files(tmp_path / "out", info, split))}
+             for raw in tf.data.TFRecordDataset(
+                 manifest.split_files(tmp_path / "out", info, split))}
     assert modes == {"I;16"}  # every source read as the 16-bit PNG it is
 
 

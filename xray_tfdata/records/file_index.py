@@ -1,4 +1,4 @@
-"""Every file under a collection's folder, listed once, found by name or by the path a label file gives.
+"""Every file under a collection's folder, listed once, found by the path a label file gives.
 
 Public collections are downloaded in nested layouts that their label files ignore: NIH lists
 `00000001_000.png` while the file sits in `images_001/images/`; CheXpert lists

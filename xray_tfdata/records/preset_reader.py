@@ -1,4 +1,4 @@
-"""The one engine behind `--layout=NAME`: a collection preset (presets.py) -> source files + a report.
+"""The one engine behind `--layout=NAME`: a collection preset (presets.py) -> source files, report.
 
 Per collection: index every file once (file_index.py), read the spec's label files (CSV, `.csv.gz`
 or header-less whitespace text), join them, group rows by image, then apply the rules in a fixed
@@ -27,7 +27,13 @@ from typing import Any, Iterable, Sequence, TextIO
 
 from xray_tfdata import labels
 from xray_tfdata.records import file_index, labels_csv, patients, presets
-from xray_tfdata.records.sources import ScanResult, SourceFile, SourceSpec, key_of, unsupported_reason
+from xray_tfdata.records.sources import (
+    ScanResult,
+    SourceFile,
+    SourceSpec,
+    key_of,
+    unsupported_reason,
+)
 
 SKIP_RULES: tuple[str, ...] = ("unlabelled", "view", "uncertain", "unmapped_finding", "ambiguous")
 _MAX_LISTED = 20  # skipped findings listed in the manifest, most frequent first

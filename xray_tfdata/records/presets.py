@@ -1,4 +1,4 @@
-"""The public chest X-ray collections as data: one declarative spec per collection (`--layout=NAME`).
+"""The public chest X-ray collections as data: one declarative spec each (`--layout=NAME`).
 
 Each spec says, from the collection's own documentation, where its label files are (found by
 name anywhere under --data_dir: file_index.py), which columns hold the image, findings, patient,
@@ -117,7 +117,8 @@ def _mimic(name: str, labeler: str) -> Preset:
                     f"{labeler}}}.csv.gz"),
         tables=(_MIMIC_IMAGES, _MIMIC_SPLIT,
                 Table(f"mimic-cxr-2.0.0-{labeler}.csv", join_on=("subject_id", "study_id"))),
-        image="{dicom_id}.jpg",  # dicom_id is unique: the pXX/pSUBJECT/sSTUDY folders need not be rebuilt
+        # dicom_id is unique: the pXX/pSUBJECT/sSTUDY folders need not be rebuilt.
+        image="{dicom_id}.jpg",
         findings=ColumnFindings(), mapping=_CHEXPERT_MAPPING, patient="subject_id",
         view_columns=("ViewPosition",), frontal=("PA", "AP"),
         split_column="split", split_values={"train": "train", "validate": "val", "test": "test"},
