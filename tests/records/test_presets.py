@@ -221,6 +221,28 @@ def test_a_missing_label_file_names_what_the_download_holds(tmp_path):
                                   preset_reader.Rules())
 
 
+def test_repeated_rows_duplicate_reject_or_must_agree_by_the_spec(tmp_path):
+    nih = minis.nih(tmp_path / "nih")
+    with open(nih.root / "Data_Entry_2017.csv", "a") as f:
+        f.write("00000006_000.png,Pneumonia,1,6,40,F,PA,2500,2048,0.168,0.168,\n")
+    scan = preset_reader.read_preset(SourceSpec("", str(nih.root), layout="chestxray14"),
+                                     preset_reader.Rules())
+    assert dict(scan.rejected)["00000006_000.png"] == (
+        "duplicate row: Data_Entry_2017.csv row 13 repeats Data_Entry_2017.csv row 8 "
+        "(the first is used)")
+    assert {f.relpath: f.class_name for f in scan.files}[
+        "images_002/images/00000006_000.png"] == "NORMAL"
+    # RSNA's box rows of one image are expected, but must agree: disagreeing rows are ambiguous.
+    rsna = minis.rsna(tmp_path / "rsna")
+    with open(rsna.root / "stage_2_detailed_class_info.csv", "a") as f:
+        f.write("00322d4d-1c29-4943-afc9-b6754be640eb,Lung Opacity\n")
+    scan = preset_reader.read_preset(SourceSpec("", str(rsna.root), layout="rsna_pneumonia"),
+                                     preset_reader.Rules())
+    report = dict(scan.details)["preset"]
+    assert report["skipped"]["ambiguous"] == 1 and report["rejected_rows"] == {}
+    assert len(scan.files) == len(rsna.images) - 1
+
+
 def test_a_truncated_gzipped_label_file_is_one_line_error(tmp_path):
     mini = minis.mimic(tmp_path / "mimic")
     path = mini.root / "mimic-cxr-2.0.0-split.csv.gz"
