@@ -1,8 +1,10 @@
 """The routes: the upload page, TF Serving's predict and model-status REST calls, /healthz.
 
 Every refusal is a JSON `{"error": "..."}` naming the problem (the page shows the same message),
-with 400 for bad input, 405 for a wrong method, 413 for a too-large body (middleware), 503
-while no model is loaded. The model and Django's settings are the only shared state.
+with 400 for bad input, 405 for a wrong method, 413 for a too-large body (middleware) or a
+request over its decoded-byte budget (intake), 503 while no model is loaded. In a batch, an
+image that cannot be read gets its own reason in "errors" and the rest are answered (intake).
+The model and Django's settings are the only shared state.
 """
 
 from __future__ import annotations
