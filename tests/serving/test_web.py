@@ -221,6 +221,19 @@ def test_bad_multipart_uploads(client):
     assert text.json()["errors"] == ["not an image (looks like text)"] * 2
 
 
+def test_json_depth_counts_brackets_outside_strings_only():
+    from xray_tfdata.serving.web.payloads import json_depth
+
+    for payload in ({"instances": [{"b64": "eA=="}]}, {"a": '\\"[[[', "b": "x\\"},
+                    [[{"c": ["]]]", "\\\\"]}]]):
+        text = json.dumps(payload).encode()
+        depth, node = 0, payload
+        while isinstance(node, (list, dict)):  # the first branch is the deepest in each
+            depth, node = depth + 1, node[0] if isinstance(node, list) else next(
+                iter(v for v in node.values() if isinstance(v, (list, dict))), None)
+        assert json_depth(text) == depth, text
+
+
 @pytest.mark.parametrize("count, message", [
     (65, "65 images in one request; at most 64 are allowed (split the batch)"),
     (1001, "more than 1,000 files in one request; at most 64 are allowed (split the batch)")])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -22,7 +21,8 @@ _B64_HINT = 'expected {"b64": "<base64 image bytes>"}'
 # A predict body nests 4 deep ({"instances": [{"image_bytes": {"b64": ...}}]}); Python's parser
 # would recurse until its stack limit (a RecursionError, once a 500) on "[[[[...".
 MAX_JSON_DEPTH = 32
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_STRUCTURE = b'"[]{}'
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
 _OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
 
 
@@ -91,10 +91,16 @@ def images_from_json(body: bytes, max_instances: int) -> list[bytes]:
 
 
 def json_depth(body: bytes) -> int:
-    """The deepest nesting of [ and { outside strings, without parsing (vectorised: a 27 MB
-    body of base64 costs milliseconds)."""
-    marks = np.frombuffer(_JSON_STRING.sub(b'""', body), np.uint8)
-    steps = np.isin(marks, _OPEN).astype(np.int32) - np.isin(marks, _CLOSE)
+    """The deepest nesting of [ and { outside strings, without parsing: escapes dropped (a run
+    of backslashes pairs up from the left, as JSON reads it), then every byte but quotes and
+    brackets, in C; the few left are counted with numpy (a 27 MB base64 body: about half the
+    time json.loads takes)."""
+    if b"\\" in body:  # base64 has none: skip two passes over the body
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = body.translate(None, _NOT_STRUCTURE)
+    marks = np.frombuffer(marks, np.uint8)
+    outside = np.cumsum(marks == ord('"')) % 2 == 0  # the quotes themselves are not brackets
+    steps = (np.isin(marks, _OPEN).astype(np.int32) - np.isin(marks, _CLOSE)) * outside
     return int(np.cumsum(steps).max(initial=0))
 
 
