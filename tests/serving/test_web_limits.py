@@ -94,7 +94,6 @@ def _rle_rgb16_dicom(size: int) -> bytes:
             delattr(ds, name)
     ds.PixelData = encapsulate([bytes(64)])
     ds["PixelData"].VR = "OB"
-    ds.is_implicit_VR, ds.is_little_endian = False, True
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
