@@ -157,12 +157,12 @@ def test_slow_clients_cannot_lock_others_out(server, real_sample_dir):
     host, port = server.url.removeprefix("http://").split(":")
     head = b"POST /v1/models/xray:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 60
     sockets = []
+    opened = time.monotonic()  # before the first byte: no deadline can pass earlier than this
     try:
         for _ in range(SLOW_SOCKETS):
             sock = socket.create_connection((host, int(port)), timeout=5)
             sock.sendall(head[:1])
             sockets.append(sock)
-        opened = time.monotonic()
         closed_at: dict[int, float] = {}
 
         def trickle(position: int) -> None:  # one byte to every socket still open
