@@ -11,6 +11,9 @@ service, and why:
 - SecurityMiddleware (nosniff, Referrer-Policy, Cross-Origin-Opener-Policy) and X-Frame-Options
   DENY; a Content-Security-Policy with no inline script (middleware.SecurityHeaders).
 - No database, no sessions, no auth, no admin: the app keeps no state but the loaded model.
+- Limits against what a network can send (README, "What bad input gets"): connections, the time
+  to send a request (guard.py), images per request, decoded bytes per image and per request
+  (intake.py, from the headers before decoding).
 """
 
 from __future__ import annotations
@@ -87,10 +90,9 @@ class WebSettings:
                         allowed="seconds in [1, 3600]")
         errors.in_range("max_image_decoded_mb", self.max_image_decoded_mb, 1.0, 65536.0,
                         allowed="megabytes in [1, 65536]")
-        errors.in_range("max_request_decoded_mb", self.max_request_decoded_mb,
-                        self.max_image_decoded_mb, 65536.0,
-                        allowed=f"megabytes in [--max_image_decoded_mb={self.max_image_decoded_mb:g}"
-                                ", 65536]")
+        per_image = self.max_image_decoded_mb
+        errors.in_range("max_request_decoded_mb", self.max_request_decoded_mb, per_image, 65536.0,
+                        allowed=f"megabytes in [--max_image_decoded_mb={per_image:g}, 65536]")
         if self.resize_mode:
             errors.one_of("resize_mode", self.resize_mode, RESIZE_MODES,
                           "Pass the converter's --resize_mode, or '' to take the export's.")
