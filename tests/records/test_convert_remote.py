@@ -118,7 +118,8 @@ def test_labels_csv_on_ram(local_data, tmp_path):
 def test_pipeline_reads_records_from_ram(ram_data, local_reference):
     out = _ram_out()
     convert.build_records(_config(ram_data, out), progress=False)
-    config = pipeline.InputConfig(global_batch_size=2, image_size=SIZE, training=False)
+    config = pipeline.InputConfig(global_batch_size=2, image_size=SIZE, training=False,
+                                  deterministic=True)
     remote = [b[1].numpy().tolist()
               for b in pipeline.build_dataset(str(out), "test", config)]
     local = [b[1].numpy().tolist()

@@ -329,7 +329,8 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         return done
     inputs = collect.scan(config.source_specs(), csv_columns=config.csv_columns,
                           label_map=config.label_map,
-                          key=patients.derive_key(config.seed, config.patient_key))
+                          key=patients.derive_key(config.seed, config.patient_key),
+                          rules=config.preset_rules())
     overlapping = _check_patient_overlap(inputs.files, config)
     try:
         # Held from before the output dir is touched until .build/ is gone.
