@@ -119,3 +119,12 @@ def test_unknown_scheme_is_one_line_naming_known_schemes():
         paths.check("records_dir", "s3://bucket/records")
     paths.check("model_dir", "ram://fine")  # known: no error
     paths.check("model_dir", "workspace/model")
+
+
+def test_missing_remote_file_raises_like_pathlib(ram):
+    with pytest.raises(FileNotFoundError, match="ram://"):
+        (ram / "nope.json").read_text()
+    with pytest.raises(FileNotFoundError):
+        (ram / "nope.json").stat()
+    (ram / "nope.json").unlink(missing_ok=True)
+    assert paths.location("ram://x/y").resolve() == RemotePath("ram://x/y")

@@ -102,6 +102,21 @@ def join(base: Any, *parts: str) -> Union[Path, "RemotePath"]:
     return result
 
 
+@contextlib.contextmanager
+def _os_errors(url: str) -> Iterator[None]:
+    """gfile's tf.errors as the OSError subclasses pathlib raises, so callers that catch
+    FileNotFoundError / OSError for a local path behave the same for a URL."""
+    import tensorflow as tf
+    try:
+        yield
+    except tf.errors.NotFoundError as err:
+        raise FileNotFoundError(2, f"No such file or directory ({err.message})", url) from err
+    except tf.errors.PermissionDeniedError as err:
+        raise PermissionError(13, f"Permission denied ({err.message})", url) from err
+    except tf.errors.OpError as err:
+        raise OSError(5, err.message, url) from err
+
+
 @dataclasses.dataclass(frozen=True)
 class _Stat:
     st_size: int
@@ -219,14 +234,17 @@ class RemotePath:
                           key=str)
 
     def stat(self) -> _Stat:
-        st = self._g().stat(self._url)
+        g = self._g()
+        with _os_errors(self._url):
+            st = g.stat(self._url)
         return _Stat(int(st.length), int(st.mtime_nsec))
 
     def open(self, mode: str = "rb") -> BinaryIO:
         return self._g().GFile(self._url, mode)
 
     def read_bytes(self) -> bytes:
-        with self.open("rb") as f:
+        g = self._g()
+        with _os_errors(self._url), g.GFile(self._url, "rb") as f:
             return f.read()
 
     def read_text(self, encoding: str = "utf-8") -> str:
@@ -257,7 +275,14 @@ class RemotePath:
         g = self._g()
         if missing_ok and not g.exists(self._url):
             return
-        g.remove(self._url)
+        with _os_errors(self._url):
+            g.remove(self._url)
+
+    def resolve(self) -> "RemotePath":
+        return self  # a URL is absolute already
+
+    def is_absolute(self) -> bool:
+        return True
 
     def rmdir(self) -> None:
         self._g().remove(self._url)

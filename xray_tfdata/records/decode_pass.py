@@ -40,7 +40,7 @@ def _with_bytes(task: sources.Task) -> sources.Task:
         stat = location.stat()
         return dataclasses.replace(task, data=location.read_bytes(),
                                    signature=(stat.st_size, stat.st_mtime_ns))
-    except Exception:  # noqa: BLE001 - gfile raises tf.errors, not OSError; see the docstring
+    except OSError:  # paths.py maps gfile's errors to OSError, as pathlib raises them
         return task
 
 
