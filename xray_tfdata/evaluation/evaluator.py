@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import console, errors, files, labels
+from xray_tfdata import console, errors, files, labels, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
 
@@ -59,6 +59,8 @@ class EvalConfig:
 
     def __post_init__(self):
         errors.one_of("split", self.split, labels.SPLITS)
+        for field in ("model_path", "records_dir", "output_dir", "train_records_dir"):
+            paths.check(field, getattr(self, field))  # a URL's scheme must be one TF knows
         if not str(self.model_path).endswith(".keras"):
             raise ConfigError("model_path", self.model_path, "the .keras file training wrote",
                               "e.g. workspace/model/best.keras (an exported SavedModel is for "
@@ -96,15 +98,15 @@ class EvalConfig:
             return [self.resolved_output_dir]
         names: list[str] = []
         for d in dirs:
-            base = Path(d.rstrip("/")).name or "records"
+            base = paths.location(d.rstrip("/")).name or "records"
             names.append(base if base not in names else f"{base}_{len(names)}")
         return [self.resolved_output_dir / n for n in names]
 
     @property
-    def resolved_output_dir(self) -> Path:
+    def resolved_output_dir(self) -> Path | paths.RemotePath:
         if self.output_dir:
-            return Path(self.output_dir)
-        return Path(self.model_path).resolve().parent / "eval" / self.split
+            return paths.location(self.output_dir)
+        return paths.location(self.model_path).resolve().parent / "eval" / self.split
 
 
 # ----------------------------------------------------------------------------- model + data
@@ -115,13 +117,13 @@ def load_model(model_path: str | os.PathLike):
     import keras
 
     import xray_tfdata.models  # noqa: F401  (registers the package's custom layers for loading)
-    path = Path(model_path)
+    path = paths.location(model_path)  # Keras reads a URL through gfile itself
     if not path.is_file():
         raise FileNotFoundError(
             f"No model file at {str(path)!r}. Train first (python -m xray_tfdata.train "
             f"--model_dir=...), then pass --model_path=<model_dir>/best.keras.")
     try:
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(str(path), compile=False)
     except Exception as err:  # keras raises several types for a bad archive
         raise ValueError(f"Could not load Keras model {str(path)!r}: {err}. Pass a .keras file "
                          f"written by xray_tfdata.train (model.save).") from err
