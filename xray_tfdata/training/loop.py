@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import console, files, labels, models
+from xray_tfdata import console, files, labels, models, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator
 from xray_tfdata.inputs import pipeline
@@ -219,7 +219,7 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
     """Model, optimizer and checkpoint state (restored if a run is resumed), the compiled train
     function, the train iterator and validation dataset, and the summary writer."""
     chief = distribute.is_chief(strategy)
-    model_dir = Path(config.model_dir)
+    model_dir = paths.location(config.model_dir)  # a URL: gfile (paths.py), never a local "gs:"
     if chief:
         model_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -447,7 +447,7 @@ def _finish(run: _Run, progress: _Progress) -> dict[str, Any]:
                                 + (" (the default)" if config.class_weights == "balanced"
                                    else "")),
             "sampling": config.sampling,
-            "records_dir": str(Path(config.records_dir).resolve()),
+            "records_dir": str(paths.location(config.records_dir).resolve()),
             "num_train_examples": run.data.num_train,
         },
         "versions": files.versions(),

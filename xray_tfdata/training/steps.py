@@ -4,7 +4,6 @@ the profiler window and the final export.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,7 +14,7 @@ from absl import logging
 from sklearn import metrics as sk_metrics
 from tensorflow.core.framework import summary_pb2
 
-from xray_tfdata import labels
+from xray_tfdata import labels, paths
 from xray_tfdata.evaluation import evaluator, metrics
 from xray_tfdata.serving import export
 from xray_tfdata.training import distribute
@@ -222,10 +221,10 @@ def export_model(model: keras.Model, model_dir: Path, data: Any,
     if not chief:
         target = model_dir / f".workertemp_{task_type}_{task_id}" / "export"
     if target.exists():
-        shutil.rmtree(target)
+        paths.rmtree(target)
     path = export.export_serving(model, str(target), data.image_size, data.channels,
                                  resize_mode=data.resize_mode, extra_metadata=extra_metadata)
     if not chief:
-        shutil.rmtree(target.parent, ignore_errors=True)
+        paths.rmtree(target.parent, ignore_errors=True)
         return None
     return path
