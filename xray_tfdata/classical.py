@@ -12,11 +12,10 @@ same metrics (95% bootstrap CIs). Writes metrics.json, report.txt and classifier
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from absl import app, flags
 
-from xray_tfdata import cli, errors, labels
+from xray_tfdata import cli, errors, labels, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import classical
 
@@ -48,7 +47,8 @@ def _validated() -> tuple[tuple[str, ...], classical.ClassifierParams]:
     except ConfigError as err:
         raise cli.usage_error(err) from err
     params = cli.settings_from_flags(classical.ClassifierParams)
-    if not FLAGS.model_path.endswith(".keras") or not Path(FLAGS.model_path).is_file():
+    if (not FLAGS.model_path.endswith(".keras")
+            or not paths.location(FLAGS.model_path).is_file()):
         raise app.UsageError(f"--model_path={FLAGS.model_path} is not an existing .keras file. "
                              f"Train first and pass <model_dir>/best.keras.")
     return names, params
@@ -58,7 +58,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass settings as --flags.")
     names, params = _validated()
-    output_dir = Path(FLAGS.output_dir or Path(FLAGS.model_path).resolve().parent / "classical")
+    output_dir = paths.location(FLAGS.output_dir
+                                or paths.location(FLAGS.model_path).resolve().parent / "classical")
     summary = classical.run_classical(
         FLAGS.model_path, FLAGS.records_dir, output_dir, names, params,
         train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,

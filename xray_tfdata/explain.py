@@ -10,11 +10,10 @@ mass in the outer 12.5% band, 0.4375 for uniform attention.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from absl import app, flags
 
-from xray_tfdata import cli, labels
+from xray_tfdata import cli, labels, paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_path", "workspace/model/best.keras", "The .keras model to explain.")
@@ -33,7 +32,7 @@ def main(argv: list[str]) -> None:
     from xray_tfdata.evaluation import explainer
 
     config = cli.settings_from_flags(explainer.ExplainConfig)
-    if not Path(config.model_path).is_file():
+    if not paths.location(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} does not exist. Train first, or "
                              f"pass the best.keras written under --model_dir.")
     try:

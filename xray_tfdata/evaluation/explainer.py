@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_tfdata import errors, files, labels
+from xray_tfdata import errors, files, labels, paths
 
 EXPLAIN_FILE = "explain.json"
 
@@ -44,10 +44,10 @@ class ExplainConfig:
                                      "Pass the best.keras that training wrote.")
 
     @property
-    def resolved_output_dir(self) -> Path:
+    def resolved_output_dir(self) -> Path | paths.RemotePath:
         if self.output_dir:
-            return Path(self.output_dir)
-        return Path(self.model_path).resolve().parent / "explain" / self.split
+            return paths.location(self.output_dir)
+        return paths.location(self.model_path).resolve().parent / "explain" / self.split
 
 
 def explain(config: ExplainConfig) -> dict[str, Any]:
