@@ -128,3 +128,23 @@ def test_missing_remote_file_raises_like_pathlib(ram):
         (ram / "nope.json").stat()
     (ram / "nope.json").unlink(missing_ok=True)
     assert paths.location("ram://x/y").resolve() == RemotePath("ram://x/y")
+
+
+def test_command_names_the_flag_and_known_schemes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "xray_tfdata.build_records", f"--data_dir={tmp_path}",
+         "--output_dir=foo://bucket/records"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(
+        "xray_tfdata.build_records: error: --output_dir must be a local path or a URL whose "
+        "scheme TensorFlow knows (")
+    assert "ram://" in errors[0] and errors[0].endswith(
+        "Received: --output_dir='foo://bucket/records'.")
+    assert "Traceback" not in result.stderr and not (tmp_path / "foo:").exists()

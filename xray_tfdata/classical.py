@@ -44,6 +44,8 @@ def _validated() -> tuple[tuple[str, ...], classical.ClassifierParams]:
         names = classical.parse_classifiers(FLAGS.classifiers)
         errors.positive_int("batch_size", FLAGS.batch_size)
         errors.non_negative_int("bootstrap", FLAGS.bootstrap)
+        for name in ("model_path", "records_dir", "output_dir"):
+            paths.check(name, FLAGS[name].value)  # a URL's scheme must be one TF knows
     except ConfigError as err:
         raise cli.usage_error(err) from err
     params = cli.settings_from_flags(classical.ClassifierParams)

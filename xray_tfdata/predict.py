@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags
 
 from xray_tfdata import cli, paths
+from xray_tfdata.errors import ConfigError
 
 FLAGS = flags.FLAGS
 
@@ -37,6 +38,10 @@ def main(argv: list[str]) -> int:
     if not image_paths:
         raise app.UsageError("No image files given; usage: python -m xray_tfdata.predict "
                              "--model_path=<export dir> file1.png [file2.jpg ...]")
+    try:
+        paths.check("model_path", FLAGS.model_path)  # a gs:// export is read through gfile
+    except ConfigError as err:
+        raise cli.usage_error(err) from err
     if not paths.join(FLAGS.model_path, "saved_model.pb").is_file():
         raise app.UsageError(
             f"--model_path={FLAGS.model_path} is not a SavedModel directory (no saved_model.pb); "

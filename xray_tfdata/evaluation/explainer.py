@@ -39,6 +39,8 @@ class ExplainConfig:
         errors.one_of("split", self.split, labels.SPLITS)
         errors.positive_int("per_class", self.per_class)
         errors.positive_int("batch_size", self.batch_size)
+        for field in ("model_path", "records_dir", "output_dir"):
+            paths.check(field, getattr(self, field))  # a URL's scheme must be one TF knows
         if not str(self.model_path).endswith(".keras"):
             raise errors.ConfigError("model_path", self.model_path, "a .keras file",
                                      "Pass the best.keras that training wrote.")

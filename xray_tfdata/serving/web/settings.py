@@ -24,7 +24,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from xray_tfdata import errors
+from xray_tfdata import errors, paths
 from xray_tfdata.records.resize import RESIZE_MODES  # the converter's, mirrored by the export
 
 WEB_DIR = Path(__file__).resolve().parent
@@ -67,6 +67,7 @@ class WebSettings:
     max_request_decoded_mb: float = WEB_MAX_REQUEST_DECODED_MB  # the sum over a request
 
     def __post_init__(self) -> None:
+        paths.check("model_path", self.model_path)  # a gs:// export is read through gfile
         if not str(self.model_path):
             raise errors.ConfigError(
                 "model_path", self.model_path, "a SavedModel export directory or a .keras file",
