@@ -20,6 +20,7 @@ RUNNERS: a function (data_dir, output_dir, workers) -> manifest that runs inside
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -105,20 +106,28 @@ def _timed_phases() -> dict[str, float]:
     return phases
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the pool): load-independent cost."""
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def child(settings: dict[str, Any]) -> dict[str, Any]:
     from xray_tfdata.benchmarking import harness  # noqa: PLC0415
 
     phases = _timed_phases()
+    cpu = _cpu_seconds()
     with harness.RssSampler(0.05) as rss:
         start = time.perf_counter()
         info = RUNNERS[settings["runner"]](settings["data_dir"], settings["output_dir"],
                                            settings["workers"], settings["image_size"])
         end = time.perf_counter()
-    total = end - start
+    total, cpu = end - start, _cpu_seconds() - cpu
     phases["manifest"] = end - phases.pop("manifest_start")
     phases["plan"] = total - sum(phases.values())
     examples = sum(int(s["num_examples"]) for s in info["splits"].values())
     return {**settings, "total_s": total, "images_per_s": settings["n"] / total,
+            "cpu_s": cpu, "images_per_cpu_s": settings["n"] / cpu,
             "examples": examples, "rejected": len(info["rejected"]),
             "near_pairs": info["duplicates"]["near_pairs_total"],
             "baseline_rss_mb": harness.to_mb(rss.baseline_bytes),
@@ -128,6 +137,7 @@ def child(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 COLUMNS = (("runner", "runner"), ("n", "sources"), ("images_per_s", "images/s"),
+           ("images_per_cpu_s", "images/CPU s"),
            ("total_s", "total s"), ("scan_s", "scan s"), ("decode_s", "decode s"),
            ("plan_s", "plan+dedupe s"), ("write_s", "write s"), ("manifest_s", "manifest s"),
            ("peak_rss_mb", "peak RSS MB"), ("rss_per_source_b", "RSS B/source vs smallest"))

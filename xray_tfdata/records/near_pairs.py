@@ -26,7 +26,7 @@ import numpy as np
 HASH_BYTES = 32
 BITS = 8 * HASH_BYTES
 _MAX_TABLE_BITS = 24  # a 2**24-slot int32 table: 64 MB
-_BATCH = 1 << 21  # candidates verified at once (about 100 MB of temporaries)
+_BATCH = 1 << 19  # candidates verified at once: about 40 MB of temporaries, whatever n
 _SAMPLE = 2048  # hashes whose probes estimate a plan's candidate count
 # Costs per probe, per candidate (either direction) and per all-pairs comparison, in 10 ns:
 # fitted to 50k random hashes at d=32 (plans (11, 20, 2): 4.2 s, (17, 15, 1): 6.0 s; all pairs
