@@ -181,7 +181,7 @@ def with_splits(duplicates: dict, split_of: dict[str, str]) -> dict:
     """`find_duplicates`' result with the splits (and cross_split flags) of `split_of`.
 
     Lets the converter find duplicates once, before splitting (their links keep patients
-    together), instead of a second O(n^2) pass after it. Order is by paths, so unchanged.
+    together), instead of a second near-pair search after it. Order is by paths, so unchanged.
     """
     def relabel(group: dict) -> dict:
         splits = [split_of[p] for p in group["paths"]]

@@ -12,8 +12,9 @@ compared with the all-pairs cost; at large d (or hashes so alike that chunks do 
 the vectorised all-pairs search in blocks is the fallback.
 
 A fixed permutation of the bits spreads the pHash's biased low-frequency bits over the chunks
-(a chunk of always-similar bits filters nothing). Memory: m uint32 keys + 32 bytes per hash,
-the tables (4 * 2**b bytes each, one at a time) and a bounded batch of candidates.
+(a chunk of always-similar bits filters nothing). Memory per hash: 36 bytes of permuted bits,
+plus, for the chunk being searched, its key, its row order and a 32-byte copy of the words in
+key order; then the table (about 5 * 2**b bytes) and a bounded batch of candidates.
 """
 
 from __future__ import annotations
@@ -123,8 +124,9 @@ def _plans(n: int, max_distance: int) -> list[tuple[int, int, int]]:
     """(chunks, bits per chunk, radius) satisfying the pigeonhole bound chunks * (radius + 1) > d.
 
     The chunks need not cover all 256 bits (two hashes within d bits are within d on any
-    subset), so a chunk is at most about log2(n) + 1 bits: about one hash per table slot, a
-    table of ~2n ints, and no point in a sparser one.
+    subset), so a chunk is at most log2(n) + 4 bits: about one slot in 16 occupied, so most
+    probes stop at the occupancy byte and few candidates are compared, while the table stays
+    ~16n slots (more bits would add table memory and cache misses for little).
     """
     cap = int(min(_MAX_TABLE_BITS, max(8, math.ceil(math.log2(n)) + 4)))
     plans = []
