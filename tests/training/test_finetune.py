@@ -16,6 +16,7 @@ from xray_tfdata.evaluation import calibration, evaluator
 from xray_tfdata.serving import export
 from xray_tfdata.training import finetune, loop
 from xray_tfdata.training.config import TrainConfig
+from xray_tfdata.settings import from_flat
 
 pytestmark = pytest.mark.slow
 SIZE = 32
@@ -34,7 +35,7 @@ def _config(records: Path, model_dir: Path, **overrides) -> TrainConfig:
                     warmup_epochs=0, export=False, cache="memory", augment=False,
                     shuffle_buffer=64)
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return from_flat(TrainConfig, **settings)
 
 
 def _weights_at(model_dir: Path, step: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

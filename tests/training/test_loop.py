@@ -21,6 +21,7 @@ from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import manifest
 from xray_tfdata.training import distribute, loop, steps
 from xray_tfdata.training.config import TrainConfig
+from xray_tfdata.settings import from_flat
 
 make_records = fixtures.xray_records
 
@@ -35,7 +36,7 @@ def _config(records: Path, model_dir: Path, **overrides) -> TrainConfig:
                     global_batch_size=8, learning_rate=1e-3, warmup_epochs=0, dropout=0.2,
                     steps_per_execution=4, export=False, cache="memory")
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return from_flat(TrainConfig, **settings)
 
 
 def _history(model_dir: Path) -> list[dict[str, str]]:

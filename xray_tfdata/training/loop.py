@@ -84,7 +84,7 @@ def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.nda
 
     Ones under balanced sampling: the batches already hold every class equally, and weighting
     them again would over-correct (the minority class counted n / n_c times twice)."""
-    if config.class_weights == "none" or config.sampling == "balanced":
+    if config.class_weights == "none" or config.input.sampling == "balanced":
         return np.ones(labels.NUM_CLASSES, np.float32)
     counts = np.asarray(manifest_lib.class_counts(manifest, "train"), np.float64)
     weights = np.where(counts > 0, counts.sum() / (labels.NUM_CLASSES * np.maximum(counts, 1)), 1.0)
@@ -261,7 +261,7 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
     val_ds = pipeline.build_dataset(config.records_dir, config.val_split, pipeline.InputConfig(
         global_batch_size=config.global_batch_size, image_size=data.image_size,
         channels=data.channels, training=False, augment=False,
-        cache="none" if config.cache == "none" else "memory", seed=config.seed))
+        cache="none" if config.input.cache == "none" else "memory", seed=config.seed))
 
     log_dir = model_dir / LOGS_DIR
     writer = (tf.summary.create_file_writer(str(log_dir / "train")) if chief
@@ -284,18 +284,16 @@ def _train_input(config: TrainConfig, strategy: tf.distribute.Strategy, data: Re
     from xray_tfdata.inputs import device_augment  # pylint: disable=C0415
 
     augment_on = device_augment.resolve_augment_on(config.augment_on)
-    input_config = pipeline.InputConfig(
-        global_batch_size=config.global_batch_size, image_size=data.image_size,
-        channels=data.channels, training=True, cache=config.cache,
-        shuffle_buffer=config.shuffle_buffer, augment=config.augment, sampling=config.sampling,
-        # Reseed per resumed epoch so a resumed run does not replay epoch 0's order.
-        seed=config.seed + start_epoch, deterministic=config.deterministic,
-        data_service=config.data_service, job_prefix=config.data_service_job,
-    )
+    # The nested input settings, completed by what only the run knows: the records' image
+    # spec, and the run's seed, reseeded per resumed epoch so a resumed run does not replay
+    # epoch 0's order.
+    input_config = dataclasses.replace(
+        config.input, image_size=data.image_size, channels=data.channels, training=True,
+        seed=config.seed + start_epoch, deterministic=config.deterministic)
     # Device augmentation: the step augments (seeded by the global step, so resuming needs no
     # reseed); the host pipeline then only reads cached uint8, shuffles, batches, prefetches.
     step_augment = None
-    if config.augment and augment_on == "device":
+    if config.input.augment and augment_on == "device":
         step_augment = device_augment.make_step_augment(input_config.augment_params,
                                                         config.seed)
     input_config = device_augment.host_input_config(input_config, augment_on)
@@ -433,7 +431,7 @@ def _finish(run: _Run, progress: _Progress) -> dict[str, Any]:
         "resolved": {
             "precision": run.precision, "strategy": distribute.strategy_name(run.strategy),
             "jit_compile": run.jit_compile, "augment_on": run.augment_on,
-            "data_service": config.data_service or None,
+            "data_service": config.input.data_service or None,
             "replicas": run.strategy.num_replicas_in_sync,
             "per_replica_batch_size":
                 config.global_batch_size // run.strategy.num_replicas_in_sync,
@@ -443,10 +441,10 @@ def _finish(run: _Run, progress: _Progress) -> dict[str, Any]:
             "image_size": run.data.image_size, "channels": run.data.channels,
             "class_weights": run.class_weights.tolist(),
             "class_weighting": ("none: balanced sampling already equalises the classes"
-                                if config.sampling == "balanced" else config.class_weights
+                                if config.input.sampling == "balanced" else config.class_weights
                                 + (" (the default)" if config.class_weights == "balanced"
                                    else "")),
-            "sampling": config.sampling,
+            "sampling": config.input.sampling,
             "records_dir": str(Path(config.records_dir).resolve()),
             "num_train_examples": run.data.num_train,
         },
