@@ -23,7 +23,7 @@ import os
 import sys
 import types
 import typing
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, NoReturn, TypeVar
 
 from absl import app, flags
 
@@ -136,18 +136,35 @@ def settings_from_flags(cls: type[T], flag_values: flags.FlagValues | None = Non
         raise usage_error(err, settings.flag_names(cls)) from err
 
 
+class CommandFailed(Exception):
+    """The work itself failed (not a flag): `run` prints `<command>: error: <message>`, exit 1."""
+
+
+def fail(message: str) -> NoReturn:
+    """Ends a command that cannot finish its work; the one way a command reports a failure
+    (a bad flag raises app.UsageError instead, which also points to --helpfull)."""
+    raise CommandFailed(message)
+
+
+def _program() -> str:
+    return "xray_tfdata." + os.path.splitext(os.path.basename(sys.argv[0]))[0]
+
+
 def _short_usage(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     def wrapped(argv: list[str]) -> Any:
         console.quiet_python_logs(verbosity_given=flags.FLAGS["verbosity"].present)
         try:
             return main(argv)
         except app.UsageError as err:
-            program = "xray_tfdata." + os.path.splitext(os.path.basename(sys.argv[0]))[0]
-            sys.stderr.write(f"{program}: error: {err}\nSee --helpfull for every flag.\n")
+            sys.stderr.write(f"{_program()}: error: {err}\nSee --helpfull for every flag.\n")
             sys.exit(err.exitcode)
+        except CommandFailed as err:
+            sys.stderr.write(f"{_program()}: error: {err}\n")
+            sys.exit(1)
     return wrapped
 
 
 def run(main: Callable[[list[str]], Any]) -> None:
-    """`app.run(main)`, with a usage error printed as one message rather than the whole help."""
+    """`app.run(main)`, with a usage error printed as one message rather than the whole help,
+    and a `fail(...)` as one error line with exit status 1."""
     app.run(_short_usage(main))

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 from absl import app, flags
@@ -71,7 +70,7 @@ def main(argv: list[str]) -> None:
         try:  # into Keras' cache now: offline, one clear message instead of a traceback later
             models.fetch_imagenet(config.model)
         except models.ImageNetWeightsUnavailable as err:
-            sys.exit(f"xray_tfdata.train: error: --weights=imagenet: {err}")
+            cli.fail(f"--weights=imagenet: {err}")
     if config.deterministic:
         # Process-wide, so it is set here at the entry point, not in the library: the same seed
         # then gives the same weights bit for bit (thread-order reductions otherwise differ).
@@ -98,7 +97,7 @@ def main(argv: list[str]) -> None:
               f"{cal['val_ece_calibrated']:.3f}; best.keras and export/ return calibrated "
               f"probabilities ({Path(config.model_dir) / 'calibration.json'}).")
     if summary["status"] == "nan_loss":
-        sys.exit("Training stopped: the loss became NaN/inf (see the log above for the fix).")
+        cli.fail("Training stopped: the loss became NaN/inf (see the log above for the fix).")
 
 
 if __name__ == "__main__":

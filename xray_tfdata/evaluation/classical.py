@@ -23,9 +23,10 @@ import numpy as np
 from xray_tfdata import errors, files, labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator, metrics
+from xray_tfdata.settings import nested, setting
 
 CLASSIFIERS = ("svm", "rf", "logreg", "knn")
-CLASS_WEIGHTS = ("balanced", "none")
+CLASS_WEIGHTS = labels.CLASS_WEIGHT_MODES
 EMBEDDING_LAYER = "embedding"
 BUNDLE_FORMAT = 1
 
@@ -65,13 +66,14 @@ class EmbeddingIdentity:
 class ClassifierParams:
     """Hyperparameters of the classical classifiers; validates itself."""
 
-    svm_c: float = 1.0
-    svm_gamma: str = "scale"  # "scale", "auto" or a positive float as text
-    rf_trees: int = 300
-    knn_k: int = 5
-    logreg_c: float = 1.0
-    class_weight: str = "balanced"
-    seed: int = 0
+    svm_c: float = setting(1.0, "SVM (RBF kernel) regularisation C.")
+    svm_gamma: str = setting("scale", "SVM RBF gamma: 'scale', 'auto' or a positive float.")
+    rf_trees: int = setting(300, "Random forest: number of trees.")
+    knn_k: int = setting(5, "k-nearest neighbours: k.")
+    logreg_c: float = setting(1.0, "Logistic regression: inverse regularisation C.")
+    class_weight: str = setting("balanced", "Class weighting of SVM, random forest and logistic "
+                                "regression.", allowed=CLASS_WEIGHTS)
+    seed: int = setting(0, "Seed of the classifiers and of the bootstrap.")
 
     def __post_init__(self):
         for name in ("svm_c", "logreg_c"):
@@ -95,6 +97,35 @@ class ClassifierParams:
             raise ConfigError("svm_gamma", self.svm_gamma,
                               "'scale', 'auto' or a positive float such as 0.01")
         return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassicalConfig:
+    """Settings of one `classical` run: what to fit on and report, and the classifiers' own."""
+
+    model_path: str = setting(help="The trained .keras model.",
+                              flag_default="workspace/model/best.keras")
+    records_dir: str = setting(help="Records directory (dataset_info.json).",
+                               flag_default="workspace/records")
+    output_dir: str = setting("", "Output directory; default <dir of model>/classical.")
+    classifiers: str = setting(",".join(CLASSIFIERS),
+                               f"Comma-separated subset of {','.join(CLASSIFIERS)}.")
+    train_split: str = setting("train", "Split the classifiers are fit on.",
+                               allowed=labels.SPLITS)
+    eval_split: str = setting("test", "Split they are reported on.", allowed=labels.SPLITS)
+    batch_size: int = setting(64, "Batch size for embedding extraction.")
+    bootstrap: int = setting(1000, "Bootstrap resamples for 95% CIs; 0 disables them.")
+    params: ClassifierParams = nested(ClassifierParams)
+
+    def __post_init__(self) -> None:
+        parse_classifiers(self.classifiers)
+        errors.positive_int("batch_size", self.batch_size)
+        errors.non_negative_int("bootstrap", self.bootstrap)
+
+    @property
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or Path(self.model_path).resolve().parent / "classical")
+
 
 
 def parse_classifiers(spec: str) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ import numpy as np
 from xray_tfdata import console, errors, files, labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
+from xray_tfdata.settings import setting
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.txt"
@@ -41,21 +42,33 @@ TENSORBOARD_DIR = "tensorboard"
 class EvalConfig:
     """Settings of one evaluation run; validates itself."""
 
-    model_path: str
-    records_dir: str
-    split: str = "test"
-    output_dir: str = ""  # "" -> <dir of model>/eval/<split>
-    batch_size: int = 64
-    bootstrap: int = 1000
-    seed: int = 0
-    shortcut_probe: bool = True
-    shortcut_model: str = shortcut.PROBE_MODELS[0]
-    shortcut_threshold: float = shortcut.DEFAULT_THRESHOLD
-    external_records_dir: str = ""  # more records dirs (comma-separated), compared side by side
-    train_records_dir: str = ""  # "" -> the training run's summary.json
-    val_split: str = "val"  # of the training records: temperature and threshold
-    target_sensitivity: float = calibration.DEFAULT_TARGET_SENSITIVITY
-    gradcam_per_class: int = 16  # images per class for border attention; 0 = off
+    model_path: str = setting(help="The .keras model to evaluate.",
+                              flag_default="workspace/model/best.keras")
+    records_dir: str = setting(help="Records directory (dataset_info.json); several: "
+                               "comma-separated.", flag_default="workspace/records")
+    split: str = setting("test", "Split to evaluate.", allowed=labels.SPLITS)
+    output_dir: str = setting("", "Output directory; default <dir of model>/eval/<split>.")
+    batch_size: int = setting(64, "Evaluation batch size.")
+    bootstrap: int = setting(1000, "Bootstrap resamples for 95% CIs; 0 disables them.")
+    seed: int = setting(0, "Seed of the bootstrap and of the shortcut probe.")
+    shortcut_probe: bool = setting(
+        True, "Fit a metadata-only classifier (no pixels) and compare its macro-F1.")
+    shortcut_model: str = setting(shortcut.PROBE_MODELS[0], "Classifier of the shortcut probe.",
+                                  allowed=shortcut.PROBE_MODELS)
+    shortcut_threshold: float = setting(shortcut.DEFAULT_THRESHOLD, "Warn when probe macro-F1 "
+                                        ">= this fraction of the CNN's.")
+    external_records_dir: str = setting(
+        "", "More records directories (comma-separated), e.g. an external test-only "
+        "collection, compared side by side.")
+    train_records_dir: str = setting(
+        "", "Records the model was trained on (shortcut probe, temperature, threshold); "
+        "default: from the run's summary.json.")
+    val_split: str = setting("val", "Split of the training records that chooses the "
+                             "temperature and the COVID19 threshold.")
+    target_sensitivity: float = setting(calibration.DEFAULT_TARGET_SENSITIVITY,
+                                        "COVID19 sensitivity the threshold reaches on val.")
+    gradcam_per_class: int = setting(16, "Images per class for Grad-CAM border attention; "
+                                     "0 = off.")
 
     def __post_init__(self):
         errors.one_of("split", self.split, labels.SPLITS)

@@ -27,8 +27,8 @@ import tensorflow as tf
 from xray_tfdata import files
 from xray_tfdata.labels import CLASS_NAMES
 from xray_tfdata.records import image_format
+from xray_tfdata.records.resize import RESIZE_MODES
 
-RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")
 METADATA_FILE = "xray_tfdata.json"
 SIGNATURE = "serving_default"
 INPUT_KEY = "image_bytes"

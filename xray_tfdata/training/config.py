@@ -11,7 +11,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from xray_tfdata import errors
+from xray_tfdata import errors, labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs.device_augment import AUGMENT_ON
 from xray_tfdata.inputs.pipeline import InputConfig
@@ -20,7 +20,6 @@ from xray_tfdata.settings import nested, setting
 from xray_tfdata.training.distribute import JIT_COMPILE, PRECISIONS
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
-CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 # --learning_rate is the rate for this global batch; --scale_lr multiplies it by batch / this.
 LR_REFERENCE_BATCH = 32
 
@@ -63,7 +62,7 @@ class TrainConfig:
     class_weights: str = setting(
         "balanced", "'balanced' (default) weighs the loss by n / (3 * n_class) from the train "
         "split's counts; 'none' weighs every example alike. Off with --sampling=balanced, which "
-        "already equalises the classes.", allowed=CLASS_WEIGHTS)
+        "already equalises the classes.", allowed=labels.CLASS_WEIGHT_MODES)
     freeze_backbone_epochs: int = setting(0, "Backbones: train only the head for this many "
                                           "epochs (BatchNorm in inference mode), then everything.")
     backbone_learning_rate_multiplier: float = setting(
@@ -122,7 +121,7 @@ class TrainConfig:
             raise ConfigError("warmup_epochs", self.warmup_epochs,
                               f"a number in [0, epochs={self.epochs}]")
         errors.one_of("optimizer", self.optimizer, OPTIMIZERS)
-        errors.one_of("class_weights", self.class_weights, CLASS_WEIGHTS)
+        errors.one_of("class_weights", self.class_weights, labels.CLASS_WEIGHT_MODES)
         errors.in_range("backbone_learning_rate_multiplier",
                         self.backbone_learning_rate_multiplier, 0.0, 10.0,
                         allowed="a number in [0, 10] (0 keeps the backbone fixed)")
