@@ -68,7 +68,7 @@ def _flag_fields(cls: type):
 def define_flags(cls: type, flag_values: flags.FlagValues | None = None,
                  exclude: tuple[str, ...] = ()) -> None:
     """Defines an absl flag for every `settings.setting` field of `cls` (see the docstring)."""
-    flag_values = flag_values or flags.FLAGS
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     for field, annotation in _flag_fields(cls):
         name = settings.flag_name(field)
         if name in exclude:
@@ -84,7 +84,8 @@ def define_flags(cls: type, flag_values: flags.FlagValues | None = None,
             flags.DEFINE_list(default=None if default is None else [str(v) for v in default],
                               **args)
         elif meta["allowed"]:
-            flags.DEFINE_enum(default=default, enum_values=list(meta["allowed"]), **args)
+            flags.DEFINE_enum(default=default, enum_values=list(meta["allowed"]),
+                              case_sensitive=False, **args)
         elif kind is bool:
             flags.DEFINE_bool(default=default, **args)
         elif kind is int:
@@ -129,7 +130,7 @@ def settings_from_flags(cls: type[T], flag_values: flags.FlagValues | None = Non
                         **overrides: Any) -> T:
     """`cls(**{field: FLAGS.<flag>})` for every flag field (nested ones too); `overrides` win.
     A ConfigError (from `cls` or a nested dataclass) becomes a UsageError naming the flag."""
-    flag_values = flag_values or flags.FLAGS
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     try:
         return cls(**_values_from_flags(cls, flag_values, overrides))
     except ConfigError as err:

@@ -23,7 +23,6 @@ from absl import app  # noqa: E402
 from xray_tfdata import cli  # noqa: E402
 
 
-
 def define_flags() -> None:
     """Defines this entry point's flags (only when run as a program)."""
     from xray_tfdata.serving.web.settings import WebSettings  # noqa: PLC0415 - no TF import

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata import models
-from xray_tfdata.evaluation import calibration, evaluator
+from xray_tfdata.evaluation import calibration, inference
 from xray_tfdata.serving import export
 from xray_tfdata.training import finetune, loop
 from xray_tfdata.training.config import TrainConfig
@@ -108,10 +108,10 @@ def test_temperature_fitted_on_val_is_stored_and_built_into_best_and_export(reco
     raw = models.build_model("seed_cnn", SIZE, 1, seed=0)
     tf.train.Checkpoint(model=raw).read(str(model_dir / "checkpoints" / f"ckpt-{STEPS}")) \
         .expect_partial()
-    best = evaluator.load_model(model_dir / "best.keras")
-    dataset = evaluator.eval_dataset(str(records), "val", SIZE, 1, 8)
-    _, (raw_probs, *_) = evaluator.run_model(raw, dataset)
-    _, (best_probs, *_) = evaluator.run_model(best, dataset)
+    best = inference.load_model(model_dir / "best.keras")
+    dataset = inference.eval_dataset(str(records), "val", SIZE, 1, 8)
+    _, (raw_probs, *_) = inference.run_model(raw, dataset)
+    _, (best_probs, *_) = inference.run_model(best, dataset)
     np.testing.assert_allclose(best_probs, calibration.apply_temperature(
         raw_probs, record["temperature"]), atol=1e-5)
     meta = export.read_metadata(model_dir / "export")
@@ -120,7 +120,7 @@ def test_temperature_fitted_on_val_is_stored_and_built_into_best_and_export(reco
     # Resuming the finished run keeps the calibrated model as it is (no second temperature).
     again = loop.train(_config(records, model_dir, model="seed_cnn", epochs=1, export=False))
     assert again["calibration"] == record
-    _, (reloaded, *_) = evaluator.run_model(evaluator.load_model(model_dir / "best.keras"),
+    _, (reloaded, *_) = inference.run_model(inference.load_model(model_dir / "best.keras"),
                                             dataset)
     np.testing.assert_allclose(reloaded, best_probs, atol=1e-6)
 

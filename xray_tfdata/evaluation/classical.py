@@ -22,7 +22,7 @@ import numpy as np
 
 from xray_tfdata import errors, files, labels
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.evaluation import evaluator, metrics
+from xray_tfdata.evaluation import inference, metrics
 from xray_tfdata.settings import nested, setting
 
 CLASSIFIERS = ("svm", "rf", "logreg", "knn")
@@ -196,11 +196,11 @@ def feature_model(model):
 def extract(model, records_dir: str, split: str, batch_size: int = 64
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(embeddings [n, d] float32, CNN probabilities [n, C], labels [n]) for one split."""
-    image_size, channels = evaluator.input_spec(model)
-    dataset = evaluator.eval_dataset(records_dir, split, image_size, channels, batch_size)
-    y, (emb, probs) = evaluator.run_model(feature_model(model), dataset,
+    image_size, channels = inference.input_spec(model)
+    dataset = inference.eval_dataset(records_dir, split, image_size, channels, batch_size)
+    y, (emb, probs) = inference.run_model(feature_model(model), dataset,
                                           label=f"embeddings {split}",
-                                          total=evaluator.split_size(records_dir, split))
+                                          total=inference.split_size(records_dir, split))
     return emb.astype(np.float32), probs, y
 
 
@@ -273,7 +273,7 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
         if name not in CLASSIFIERS:
             raise ValueError(f"Received: classifier={name!r}. Allowed: {', '.join(CLASSIFIERS)}.")
     output_dir = Path(output_dir)
-    model = evaluator.load_model(model_path)
+    model = inference.load_model(model_path)
     x_train, _, y_train = extract(model, records_dir, train_split, batch_size)
     x_eval, cnn_probs, y_eval = extract(model, records_dir, eval_split, batch_size)
     if np.unique(y_train).size < 2:

@@ -57,11 +57,11 @@ class ExplainConfig:
 
 def explain(config: ExplainConfig) -> dict[str, Any]:
     """Runs Grad-CAM per the config, writes the overlays, sheets and explain.json; returns it."""
-    from xray_tfdata.evaluation import evaluator, gradcam
+    from xray_tfdata.evaluation import gradcam, inference
 
-    model = evaluator.load_model(config.model_path)
-    image_size, channels = evaluator.input_spec(model)
-    dataset = evaluator.eval_dataset(config.records_dir, config.split, image_size, channels,
+    model = inference.load_model(config.model_path)
+    image_size, channels = inference.input_spec(model)
+    dataset = inference.eval_dataset(config.records_dir, config.split, image_size, channels,
                                      config.batch_size)
     cam = gradcam.GradCam(model, config.layer)
     result = gradcam.explain_dataset(cam, dataset, per_class=config.per_class)

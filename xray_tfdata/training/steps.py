@@ -149,33 +149,6 @@ def make_train_function(strategy: tf.distribute.Strategy, model: keras.Model,
     return train_steps
 
 
-def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Loss, accuracy, macro-F1 and one-vs-rest macro AUC (NaN when a class is absent)."""
-    y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
-    probabilities = np.asarray(probabilities, np.float64)
-    picked = probabilities[np.arange(len(y_true)), y_true]
-    label_ids = list(range(labels.NUM_CLASSES))
-    cm = sk_metrics.confusion_matrix(y_true, probabilities.argmax(axis=1), labels=label_ids)
-    rates = metrics.rates_from_confusion(cm)
-    aucs = metrics.auc_ovr(y_true, probabilities / probabilities.sum(axis=1, keepdims=True))
-    return {
-        "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
-        "accuracy": float(rates["accuracy"]),
-        "macro_f1": float(rates["macro_f1"]),
-        # NaN, not a mean of the defined classes: a tiny validation split missing a class must
-        # not look comparable to a full one when choosing the best epoch.
-        "auc": float("nan") if None in aucs else float(np.mean(aucs)),
-    }
-
-
-def evaluate(predict: Callable[[tf.Tensor], tf.Tensor],
-             dataset: tf.data.Dataset) -> dict[str, float]:
-    """Runs `predict` (from evaluator.predict_fn) over one pass of an eval-mode dataset (on
-    every worker alike)."""
-    truth, (probs, *_) = evaluator.run_model(None, dataset, predict=predict)
-    return classification_metrics(truth, probs)
-
-
 class ProfileWindow:
     """Traces `num_steps` steps with the TF profiler, starting after the first (tracing) call."""
 

@@ -109,10 +109,10 @@ def _sibling_metadata(keras_path: Path) -> dict[str, Any]:
 
 
 def _load_keras(path: Path, resize_mode: str) -> tuple[export.ServingModel, Any]:
-    from xray_tfdata.evaluation import evaluator  # noqa: PLC0415 - the one .keras loader
+    from xray_tfdata.evaluation import inference  # noqa: PLC0415 - the one .keras loader
 
-    model = evaluator.load_model(path)
-    image_size, channels = evaluator.input_spec(model)
+    model = inference.load_model(path)
+    image_size, channels = inference.input_spec(model)
     # Training exports the same weights beside best.keras: its resize mode (the records') and
     # its note on calibration (temperature scaling is folded into both) hold for this file too.
     sibling = _sibling_metadata(path)
