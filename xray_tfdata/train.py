@@ -19,6 +19,7 @@ from absl import app, flags
 
 from xray_tfdata import cli, models
 from xray_tfdata.errors import ConfigError
+from xray_tfdata.evaluation import calibration
 from xray_tfdata.records.manifest import ManifestError
 from xray_tfdata.training import config as train_config
 from xray_tfdata.training import distribute
@@ -31,7 +32,7 @@ flags.DEFINE_bool("overwrite", False, "Delete a previous run's outputs in --mode
                   "from scratch instead of resuming.")  # what the command does, not a setting
 
 _RUN_OUTPUTS = ("checkpoints", "logs", "export", "history.csv", "best.keras", "summary.json",
-                "calibration.json")
+                calibration.CALIBRATION_FILE)
 
 
 def config_from_flags() -> train_config.TrainConfig:
@@ -53,10 +54,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}; every setting is a --flag.")
     config = config_from_flags()
     # Import after flag checks: a typo must not wait for TensorFlow's start-up.
-    from xray_tfdata.training import loop
+    from xray_tfdata.training import loop, setup
 
     try:
-        data = loop.resolve_data(config)  # manifest, image size, splits: cheap, no TF op
+        data = setup.resolve_data(config)  # manifest, image size, splits: cheap, no TF op
         # Before any other TF op: MultiWorkerMirroredStrategy must start the collective runtime.
         place = cli.settings_from_flags(distribute.StrategyConfig)
         strategy = distribute.make_strategy(place.strategy, tpu_address=place.tpu_address,

@@ -14,9 +14,9 @@ from tests import fixtures
 from xray_tfdata import models
 from xray_tfdata.evaluation import calibration, inference
 from xray_tfdata.serving import export
-from xray_tfdata.training import finetune, loop
-from xray_tfdata.training.config import TrainConfig
 from xray_tfdata.settings import from_flat
+from xray_tfdata.training import finetune, loop, setup
+from xray_tfdata.training.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 SIZE = 32
@@ -98,7 +98,7 @@ def test_config_refuses_fine_tuning_settings_for_the_seed_cnn(records, tmp_path)
 def test_temperature_fitted_on_val_is_stored_and_built_into_best_and_export(records, tmp_path):
     model_dir = tmp_path / "run"
     summary = loop.train(_config(records, model_dir, model="seed_cnn", epochs=1, export=True))
-    record = json.loads((model_dir / finetune.CALIBRATION_FILE).read_text())
+    record = json.loads((model_dir / calibration.CALIBRATION_FILE).read_text())
     assert summary["calibration"] == record and record["applied_in_model"] is True
     assert record["val_nll_calibrated"] <= record["val_nll"] + 1e-9
     # Defaults are balanced, and the summary says so.
@@ -129,6 +129,6 @@ def test_balanced_sampling_turns_class_weights_off(records, tmp_path):
     config = _config(records, tmp_path, model="seed_cnn", sampling="balanced")
     manifest = {"splits": {"train": {"per_class": {"NORMAL": 30, "COVID19": 10,
                                                    "PNEUMONIA": 80}}}}
-    np.testing.assert_array_equal(loop.class_weight_vector(config, manifest), np.ones(3))
-    weighted = loop.class_weight_vector(_config(records, tmp_path, model="seed_cnn"), manifest)
+    np.testing.assert_array_equal(setup.class_weight_vector(config, manifest), np.ones(3))
+    weighted = setup.class_weight_vector(_config(records, tmp_path, model="seed_cnn"), manifest)
     np.testing.assert_allclose(weighted, [120 / 90, 120 / 30, 120 / 240], rtol=1e-6)

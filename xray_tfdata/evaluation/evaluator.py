@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import console, errors, files, labels
+from xray_tfdata import errors, files, labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
 from xray_tfdata.evaluation.inference import (

@@ -27,7 +27,6 @@ from xray_tfdata.evaluation import calibration, inference
 
 BACKBONE_LAYER = "backbone"
 OUTPUT_LAYER = "probabilities"
-CALIBRATION_FILE = "calibration.json"
 
 
 def backbone(model: keras.Model) -> keras.Model | None:
