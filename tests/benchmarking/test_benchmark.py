@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from xray_tfdata import files
 from xray_tfdata.benchmarking import (
     datasets,
     harness,
@@ -79,7 +80,7 @@ def test_machine_facts_and_versions_name_the_hardware_and_libraries():
     assert facts["cpu_logical_cores"] >= 1 and facts["ram_gb"] > 0
     assert isinstance(facts["cpu_model"], str) and facts["cpu_model"]
     assert isinstance(facts["gpus"], list)
-    versions = harness.library_versions()
+    versions = files.versions()
     assert versions["tensorflow"] == tf.__version__
     assert versions["numpy"] == np.__version__
 

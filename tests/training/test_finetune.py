@@ -15,7 +15,7 @@ from xray_tfdata import models
 from xray_tfdata.evaluation import calibration, inference
 from xray_tfdata.serving import export
 from xray_tfdata.settings import from_flat
-from xray_tfdata.training import finetune, loop, setup
+from xray_tfdata.training import loop, setup
 from xray_tfdata.training.config import TrainConfig
 
 pytestmark = pytest.mark.slow

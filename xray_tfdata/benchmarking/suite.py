@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from xray_tfdata import files
 from xray_tfdata.benchmarking import datasets, harness, isolate, train_bench
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.settings import setting
@@ -217,7 +218,7 @@ def run(config: BenchConfig, echo: Callable[[str], None] = print) -> list[dict[s
     """Runs the configured mode(s); returns the JSON-line records it appended to config.output."""
     run_id = harness.new_run_id()
     machine = harness.machine_facts()
-    versions = harness.library_versions()
+    versions = files.versions()
     source, data = _source_dir(config)
     echo(f"Benchmark run {run_id} on {machine['cpu_model']} ({machine['cpu_usable_cores']} "
          f"cores, {machine['ram_gb']} GB RAM, GPUs: {len(machine['gpus'])}), "

@@ -23,11 +23,11 @@ import numpy as np
 from xray_tfdata import errors, files, labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import inference, metrics
+from xray_tfdata.layer_names import EMBEDDING_LAYER
 from xray_tfdata.settings import nested, setting
 
 CLASSIFIERS = ("svm", "rf", "logreg", "knn")
 CLASS_WEIGHTS = labels.CLASS_WEIGHT_MODES
-EMBEDDING_LAYER = "embedding"
 BUNDLE_FORMAT = 1
 
 

@@ -41,7 +41,6 @@ from xray_tfdata.inputs import decode, online_augment, sampling, service
 from xray_tfdata.records import features, manifest
 from xray_tfdata.settings import setting
 
-CACHE_MODES = ("none", "memory")  # or any other string: a file path prefix for an on-disk cache
 OUTPUT_DTYPES = ("uint8", "float16", "bfloat16", "float32")
 # Fixed (not machine-dependent) so a deterministic pipeline yields the same order everywhere.
 INTERLEAVE_CYCLE = 8

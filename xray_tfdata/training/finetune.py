@@ -24,9 +24,9 @@ import keras
 import tensorflow as tf
 
 from xray_tfdata.evaluation import calibration, inference
+from xray_tfdata.layer_names import OUTPUT_LAYER
 
 BACKBONE_LAYER = "backbone"
-OUTPUT_LAYER = "probabilities"
 
 
 def backbone(model: keras.Model) -> keras.Model | None:
