@@ -15,20 +15,20 @@ from pathlib import Path
 from absl import app
 
 from xray_tfdata import cli
-from xray_tfdata.evaluation import explainer
+from xray_tfdata.evaluation import gradcam_report
 
-cli.define_flags(explainer.ExplainConfig)
+cli.define_flags(gradcam_report.ExplainConfig)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass settings as --flags.")
-    config = cli.settings_from_flags(explainer.ExplainConfig)
+    config = cli.settings_from_flags(gradcam_report.ExplainConfig)
     if not Path(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} does not exist. Train first, or "
                              f"pass the best.keras written under --model_dir.")
     try:
-        report = explainer.explain(config)
+        report = gradcam_report.explain(config)
     except ValueError as err:
         if "layer" in str(err):
             raise app.UsageError(str(err).replace("layer=", "--layer=")) from err
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
         shown = "n/a" if value is None else f"{value:.3f}"
         print(f"  border attention {name:<10} {shown}")
     print("  " + attention["message"])
-    print(f"Wrote {out / explainer.EXPLAIN_FILE}, {len(report['sheets'])} contact sheet(s) and "
+    print(f"Wrote {out / gradcam_report.EXPLAIN_FILE}, {len(report['sheets'])} contact sheet(s) and "
           f"{out / 'overlays'}/")
 
 

@@ -141,7 +141,7 @@ def test_cli_refuses_bad_flags_before_any_work(args, message, tmp_path):
 
 # ------------------------------------------------------------------------------ isolation
 def test_child_process_reports_its_own_peak_memory(tmp_path):
-    task = isolate.Task("probe", "xray_tfdata.benchmarking.isolate:memory_probe",
+    task = isolate.Task("probe", "tests.benchmarking.probe_task:memory_probe",
                         {"megabytes": 200}, import_tensorflow=False)
     result = isolate.run_task(task, isolate=True, log_dir=tmp_path)
     assert result["isolated"] is True and result["megabytes"] == 200
@@ -150,7 +150,7 @@ def test_child_process_reports_its_own_peak_memory(tmp_path):
 
 
 def test_child_failure_names_the_variant_and_the_error(tmp_path):
-    task = isolate.Task("bad probe", "xray_tfdata.benchmarking.isolate:memory_probe",
+    task = isolate.Task("bad probe", "tests.benchmarking.probe_task:memory_probe",
                         {"megabytes": -1}, import_tensorflow=False)
     with pytest.raises(isolate.BenchmarkError, match=r"(?s)'bad probe' failed.*megabytes=-1"):
         isolate.run_task(task, isolate=True, log_dir=tmp_path)
