@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata.inputs import device_augment, online_augment, pipeline
+from xray_tfdata.settings import from_flat
 from xray_tfdata.training import distribute, loop
 from xray_tfdata.training.config import TrainConfig
-from xray_tfdata.settings import from_flat
 
 SIZE = 32
 PARAMS = online_augment.AugmentParams()

@@ -7,9 +7,9 @@ import tensorflow as tf
 
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs import device_augment
+from xray_tfdata.settings import from_flat
 from xray_tfdata.training import distribute
 from xray_tfdata.training.config import TrainConfig
-from xray_tfdata.settings import from_flat
 
 
 @pytest.fixture
