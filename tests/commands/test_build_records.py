@@ -17,13 +17,13 @@ from absl import app, flags
 from absl.testing import flagsaver
 
 from tests import fixtures
-from xray_tfdata import build_records, files
+from xray_tfdata import build_records, cli, files
 from xray_tfdata.records import conversion_state, convert, features, manifest, synthetic
 
 REPO = fixtures.REPO_ROOT
 
 
-def _main(*argv: str) -> int:
+def _main(*argv: str) -> None:
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["build_records", *argv])
@@ -70,7 +70,7 @@ def test_a_labels_csv_build_from_the_command_line(tmp_path):
                  "--csv_columns=path=Image,label=Finding,patient_id=Patient",
                  "--label_map=No Finding=NORMAL,COVID-19=COVID19,Pneumonia=PNEUMONIA",
                  f"--output_dir={out}", "--image_size=16", "--num_workers=1",
-                 "--test_fraction=0.34", "--val_fraction=0.0") == 0
+                 "--test_fraction=0.34", "--val_fraction=0.0") is None
     info = manifest.read_manifest(out)
     assert sum(i["num_examples"] for i in info["splits"].values()) == 12
     # Patients (majority class, tie -> the class listed first): 4 NORMAL, 2 COVID19; test takes
@@ -85,12 +85,13 @@ def test_enum_flags_are_checked_by_the_parser():
         flags.FLAGS(["build_records", "--image_format=webp"])
 
 
-def test_layout_error_exits_1_with_the_message(tmp_path, capsys):
+def test_layout_error_fails_the_command_with_the_message(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "test").mkdir()
     (tmp_path / "scans").mkdir()
-    assert _main(f"--data_dir={tmp_path}", f"--output_dir={tmp_path.parent / 'o'}") == 1
-    assert "Unexpected folder(s) ['scans']" in capsys.readouterr().err
+    # cli.run prints it as one "error:" line and exits 1 (tests/commands/test_cli.py).
+    with pytest.raises(cli.CommandFailed, match=r"Unexpected folder\(s\) \['scans'\]"):
+        _main(f"--data_dir={tmp_path}", f"--output_dir={tmp_path.parent / 'o'}")
 
 
 @pytest.fixture(scope="module")

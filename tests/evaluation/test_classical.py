@@ -16,7 +16,7 @@ from tests.fixtures import brightness_records as write_records  # noqa: E402
 from xray_tfdata import files
 
 # Shared tiny-records / tiny-model builders (pytest puts tests/ on sys.path).
-from xray_tfdata.evaluation import classical, evaluator, metrics
+from xray_tfdata.evaluation import classical, inference, metrics
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
 
 def test_embeddings_come_from_the_embedding_layer(setup):
     model_path, records, _ = setup
-    model = evaluator.load_model(model_path)
+    model = inference.load_model(model_path)
     emb, probs, y = classical.extract(model, str(records), "test", batch_size=7)
     assert emb.shape == (18, 4) and emb.dtype == np.float32 and probs.shape == (18, 3)
     # Hand-set units: [1, m, relu(m - 0.35), relu(0.65 - m)], m = mean brightness in [0, 1].
@@ -56,7 +56,7 @@ def test_classifiers_beat_chance_and_are_saved_with_identity(setup, tmp_path):
     assert "cnn_head" in report and "knn" in report
     # A reloaded classifier reproduces the reported metrics on freshly extracted embeddings.
     bundle = classical.load_classifier(tmp_path / "classifiers" / "logreg.joblib", model_path)
-    emb, _, y = classical.extract(evaluator.load_model(model_path), str(records), "test")
+    emb, _, y = classical.extract(inference.load_model(model_path), str(records), "test")
     again = metrics.compute_metrics(y, bundle.predict_proba(emb), bundle.predict(emb),
                                     n_resamples=100, seed=0)
     assert again["macro_f1"] == pytest.approx(results["logreg"]["macro_f1"])

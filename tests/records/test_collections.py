@@ -219,8 +219,9 @@ def test_assign_splits_matches_the_former_val_carve_on_a_train_test_folder():
     files = [_f(f"train/{c}/{i}", c, "train") for c in ("NORMAL", "COVID19") for i in range(9)]
     files += [_f(f"test/NORMAL/{i}", "NORMAL", "test") for i in range(3)]
     split_of = shard_plan.assign_splits(files, val_fraction=0.25, seed=4)
-    _, val = shard_plan.split_train_val([f for f in files if f.split == "train"], 0.25, 4)
-    assert {k for k, s in split_of.items() if s == "val"} == {f.relpath for f in val}
+    val = shard_plan.carve({f.relpath: f.class_name for f in files if f.split == "train"}, 0.25,
+                           4, "val")
+    assert {k for k, s in split_of.items() if s == "val"} == val
     assert {k for k, s in split_of.items() if s == "test"} == {f"test/NORMAL/{i}" for i in range(3)}
 
 

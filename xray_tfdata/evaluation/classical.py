@@ -24,11 +24,12 @@ import numpy as np
 
 from xray_tfdata import errors, files, labels, paths
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.evaluation import evaluator, metrics
+from xray_tfdata.evaluation import inference, metrics
+from xray_tfdata.layer_names import EMBEDDING_LAYER
+from xray_tfdata.settings import nested, setting
 
 CLASSIFIERS = ("svm", "rf", "logreg", "knn")
-CLASS_WEIGHTS = ("balanced", "none")
-EMBEDDING_LAYER = "embedding"
+CLASS_WEIGHTS = labels.CLASS_WEIGHT_MODES
 BUNDLE_FORMAT = 1
 
 
@@ -67,13 +68,14 @@ class EmbeddingIdentity:
 class ClassifierParams:
     """Hyperparameters of the classical classifiers; validates itself."""
 
-    svm_c: float = 1.0
-    svm_gamma: str = "scale"  # "scale", "auto" or a positive float as text
-    rf_trees: int = 300
-    knn_k: int = 5
-    logreg_c: float = 1.0
-    class_weight: str = "balanced"
-    seed: int = 0
+    svm_c: float = setting(1.0, "SVM (RBF kernel) regularisation C.")
+    svm_gamma: str = setting("scale", "SVM RBF gamma: 'scale', 'auto' or a positive float.")
+    rf_trees: int = setting(300, "Random forest: number of trees.")
+    knn_k: int = setting(5, "k-nearest neighbours: k.")
+    logreg_c: float = setting(1.0, "Logistic regression: inverse regularisation C.")
+    class_weight: str = setting("balanced", "Class weighting of SVM, random forest and logistic "
+                                "regression.", allowed=CLASS_WEIGHTS)
+    seed: int = setting(0, "Seed of the classifiers and of the bootstrap.")
 
     def __post_init__(self):
         for name in ("svm_c", "logreg_c"):
@@ -97,6 +99,39 @@ class ClassifierParams:
             raise ConfigError("svm_gamma", self.svm_gamma,
                               "'scale', 'auto' or a positive float such as 0.01")
         return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassicalConfig:
+    """Settings of one `classical` run (its flags): what to fit on and report, and the
+    classifiers' own hyperparameters, nested."""
+
+    model_path: str = setting(help="The trained .keras model.",
+                              flag_default="workspace/model/best.keras")
+    records_dir: str = setting(help="Records directory (dataset_info.json).",
+                               flag_default="workspace/records")
+    output_dir: str = setting("", "Output directory; default <dir of model>/classical.")
+    classifiers: str = setting(",".join(CLASSIFIERS),
+                               f"Comma-separated subset of {','.join(CLASSIFIERS)}.")
+    train_split: str = setting("train", "Split the classifiers are fit on.",
+                               allowed=labels.SPLITS)
+    eval_split: str = setting("test", "Split they are reported on.", allowed=labels.SPLITS)
+    batch_size: int = setting(64, "Batch size for embedding extraction.")
+    bootstrap: int = setting(1000, "Bootstrap resamples for 95% CIs; 0 disables them.")
+    params: ClassifierParams = nested(ClassifierParams)
+
+    def __post_init__(self) -> None:
+        parse_classifiers(self.classifiers)
+        errors.positive_int("batch_size", self.batch_size)
+        errors.non_negative_int("bootstrap", self.bootstrap)
+        for field in ("model_path", "records_dir", "output_dir"):
+            paths.check(field, getattr(self, field))  # a URL's scheme must be one TF knows
+
+    @property
+    def resolved_output_dir(self) -> Path | paths.RemotePath:
+        return paths.location(self.output_dir
+                              or paths.location(self.model_path).resolve().parent / "classical")
+
 
 
 def parse_classifiers(spec: str) -> tuple[str, ...]:
@@ -167,11 +202,11 @@ def feature_model(model):
 def extract(model, records_dir: str, split: str, batch_size: int = 64
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(embeddings [n, d] float32, CNN probabilities [n, C], labels [n]) for one split."""
-    image_size, channels = evaluator.input_spec(model)
-    dataset = evaluator.eval_dataset(records_dir, split, image_size, channels, batch_size)
-    y, (emb, probs) = evaluator.run_model(feature_model(model), dataset,
+    image_size, channels = inference.input_spec(model)
+    dataset = inference.eval_dataset(records_dir, split, image_size, channels, batch_size)
+    y, (emb, probs) = inference.run_model(feature_model(model), dataset,
                                           label=f"embeddings {split}",
-                                          total=evaluator.split_size(records_dir, split))
+                                          total=inference.split_size(records_dir, split))
     return emb.astype(np.float32), probs, y
 
 
@@ -280,7 +315,7 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
         if name not in CLASSIFIERS:
             raise ValueError(f"Received: classifier={name!r}. Allowed: {', '.join(CLASSIFIERS)}.")
     output_dir = paths.location(output_dir)
-    model = evaluator.load_model(model_path)
+    model = inference.load_model(model_path)
     x_train, _, y_train = extract(model, records_dir, train_split, batch_size)
     x_eval, cnn_probs, y_eval = extract(model, records_dir, eval_split, batch_size)
     if np.unique(y_train).size < 2:

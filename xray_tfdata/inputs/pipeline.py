@@ -40,8 +40,8 @@ from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs import decode, online_augment, sampling, service
 from xray_tfdata.paths import location
 from xray_tfdata.records import features, manifest
+from xray_tfdata.settings import setting
 
-CACHE_MODES = ("none", "memory")  # or any other string: a file path prefix for an on-disk cache
 OUTPUT_DTYPES = ("uint8", "float16", "bfloat16", "float32")
 # Fixed (not machine-dependent) so a deterministic pipeline yields the same order everywhere.
 INTERLEAVE_CYCLE = 8
@@ -49,15 +49,21 @@ INTERLEAVE_CYCLE = 8
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-    """Settings of one input pipeline; only the GLOBAL batch size is stored."""
+    """Settings of one input pipeline; only the GLOBAL batch size is stored.
 
-    global_batch_size: int
-    image_size: int
+    Nested in training.config.TrainConfig; the fields with help are the `train` command's flags
+    (settings.setting). image_size, channels, seed and deterministic are set per run from the
+    records and the training settings (training/setup.py).
+    """
+
+    global_batch_size: int = setting(
+        32, "Batch size summed over all replicas; must divide by the replica count.")
+    image_size: int = 224
     channels: int = 1
     training: bool = True  # shuffle + repeat forever + drop_remainder + augment
-    cache: str = "memory"  # "none" | "memory" | a file path prefix
-    shuffle_buffer: int = 2048
-    augment: bool = True
+    cache: str = setting("memory", "Decoded-image cache: none, memory, or a file path prefix.")
+    shuffle_buffer: int = setting(2048, "Shuffle buffer (examples).")
+    augment: bool = setting(True, "Online augmentation of training batches.")
     allow_flips: bool = False
     seed: int = 0
     deterministic: bool = False
@@ -66,15 +72,24 @@ class InputConfig:
     output_dtype: str = "uint8"  # or the model's compute dtype; values stay 0..255
     augment_params: online_augment.AugmentParams = online_augment.AugmentParams()
     jit_augment: bool = True  # XLA-compiled augmentation (~4x faster on CPU); False: TF kernel
-    sampling: str = "natural"  # "balanced": classes drawn uniformly in training (sampling.py)
+    sampling: str = setting(
+        "natural", "'balanced': every class drawn with probability 1/3 into training batches "
+        "(per-class tf.data streams); 'natural': the records' own mix.",
+        allowed=sampling.SAMPLING_MODES)
     # Ablation switches for benchmarks/input_pipeline.py; keep True in real use.
     parallel_interleave: bool = True
     vectorized_parse: bool = True
     prefetch: bool = True
     # grpc://HOST:PORT of a tf.data service dispatcher: read/parse/decode/augment run on its
     # workers (inputs/service.py); "" = all in this process.
-    data_service: str = ""
-    job_prefix: str = ""  # service job name prefix; the replicas of one run must share it
+    data_service: str = setting(
+        "", "grpc://HOST:PORT of a tf.data service dispatcher (python -m "
+        "xray_tfdata.data_service): read, decode and host augmentation of the training input run "
+        "on its workers. Validation stays local.")
+    job_prefix: str = setting(
+        "", "Service job name prefix; every trainer process of one multi-worker run must pass "
+        "the same value (e.g. the launcher's job id). Default: a random one (right for a single "
+        "trainer process).", flag="data_service_job")
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "image_size", "shuffle_buffer", "ram_budget_mb"):

@@ -44,6 +44,7 @@ import numpy as np
 
 from xray_tfdata.records import image_format
 from xray_tfdata.records.image_format import ImageReadError, check_pixel_limit
+from xray_tfdata.records.resize import LUMA_BT601
 
 # Technical tags copied into each record (features.py) and fed to the shortcut probe. Device and
 # acquisition facts, never patient, study or institution data.
@@ -279,7 +280,7 @@ def _to_gray8(pixels: np.ndarray, ds: Any) -> np.ndarray:
         # pydicom returns YBR as RGB by default; colour images carry no VOI, so scale by depth.
         values = pixels.astype(np.float64)
         if values.ndim == 3:
-            values = values @ np.array([0.299, 0.587, 0.114])
+            values = values @ np.array(LUMA_BT601)
         return _scale(values, 0.0, float(2 ** int(ds.BitsStored) - 1))
     if pixels.dtype.kind in "iu":
         # The display chain is a function of the stored value alone, so it is evaluated once

@@ -59,6 +59,7 @@ from xray_tfdata.records.image_format import SOURCE_FORMATS, ImageReadError  # n
 # build_records.py keep working unchanged; new code imports records.resize directly.
 from xray_tfdata.records.resize import (  # noqa: F401
     ENCODE_FORMATS,
+    LUMA_BT601,
     RESIZE_MODES,
     encode,
     resize,
@@ -331,7 +332,8 @@ def to_gray8(decoded: np.ndarray) -> np.ndarray:
     # 16-bit (or other high depth): gray in float, then stretch the actual range to 0..255.
     values = decoded.astype(np.float32)
     if values.ndim == 3:
-        values = values[..., 0] * 0.114 + values[..., 1] * 0.587 + values[..., 2] * 0.299
+        red, green, blue = LUMA_BT601  # OpenCV decodes BGR
+        values = values[..., 0] * blue + values[..., 1] * green + values[..., 2] * red
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)

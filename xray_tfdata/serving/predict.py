@@ -6,16 +6,33 @@ before the model sees it, so a bad file gets its own reason instead of failing i
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 from pathlib import Path
 from typing import Any, Sequence
 
+from xray_tfdata import errors, paths
 from xray_tfdata.records import image_format, image_io
+from xray_tfdata.settings import setting
 
 # The converter's ceiling on width x height (read from the header before decoding) for local
 # files; the web app passes a stricter one for uploads (serving/web/settings.py).
 DEFAULT_MAX_PIXELS = image_io.DEFAULT_MAX_PIXELS
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    """Settings of `python -m xray_tfdata.predict` (the files come as arguments)."""
+
+    model_path: str = setting("workspace/model/export",
+                              "SavedModel directory written by training (export_serving).")
+    output_json: str = setting("", "Also write the results to this JSON file.")
+    batch_size: int = setting(32, "Files decoded and predicted per call.")
+
+    def __post_init__(self) -> None:
+        errors.positive_int("batch_size", self.batch_size)
+        paths.check("model_path", self.model_path)  # a gs:// export is read through gfile
 
 
 def sniff(data: bytes) -> str | None:

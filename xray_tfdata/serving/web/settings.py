@@ -26,6 +26,7 @@ from typing import Any
 
 from xray_tfdata import errors, paths
 from xray_tfdata.records.resize import RESIZE_MODES  # the converter's, mirrored by the export
+from xray_tfdata.settings import setting
 
 WEB_DIR = Path(__file__).resolve().parent
 DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -52,19 +53,43 @@ REQUEST_TIMEOUT = 60.0  # seconds; a 20 MiB upload needs ~3 Mbit/s
 class WebSettings:
     """Everything `serve` needs; validated on construction (ConfigError names the field)."""
 
-    model_path: str
-    host: str = "127.0.0.1"
-    port: int = 8000  # 0 = any free port (printed at start-up)
-    threads: int = 4
-    max_upload_mb: float = 20.0
-    allowed_hosts: tuple[str, ...] = ()  # () = DEFAULT_ALLOWED_HOSTS plus `host`
-    max_pixels: int = WEB_MAX_PIXELS  # width x height from the header, before decoding
-    resize_mode: str = ""  # best.keras only; "" = the sibling export's, else "stretch"
-    access_log: bool = True  # one line per request: method, route, status, sizes, ms
-    max_connections: int = MAX_CONNECTIONS  # open connections; more wait in the listen backlog
-    request_timeout: float = REQUEST_TIMEOUT  # seconds to receive a request's head and body
-    max_image_decoded_mb: float = WEB_MAX_IMAGE_DECODED_MB  # from the header, before decoding
-    max_request_decoded_mb: float = WEB_MAX_REQUEST_DECODED_MB  # the sum over a request
+    model_path: str = setting(
+        help="The SavedModel export directory written by train (<model_dir>/export), or a Keras "
+             "file (<model_dir>/best.keras), exported in memory at start.",
+        flag_default="workspace/model/export")
+    host: str = setting("127.0.0.1", "Address to listen on: 127.0.0.1 = this machine only, "
+                        "0.0.0.0 = every interface (then set --allowed_hosts).")
+    port: int = setting(8000, "TCP port; 0 = any free port (printed at start-up).")
+    threads: int = setting(4, "Request worker threads sharing the one loaded model.")
+    max_upload_mb: float = setting(
+        20.0, "Largest request body in MiB (base64 JSON is 4/3 of the image); larger requests "
+        "get 413.")
+    # () = DEFAULT_ALLOWED_HOSTS plus `host`
+    allowed_hosts: tuple[str, ...] = setting(
+        (), "Host names the server answers to (Django's ALLOWED_HOSTS), comma-separated; empty "
+        "= localhost, 127.0.0.1, [::1] and --host.")
+    max_pixels: int = setting(
+        WEB_MAX_PIXELS, "Largest image, width x height read from its header before decoding "
+        "(stricter than the converter's 200 M: uploads come from a network); larger ones are "
+        "refused as decompression bombs.")
+    resize_mode: str = setting(
+        "", "For a .keras --model_path only: the converter's --resize_mode; empty = the sibling "
+        "export/'s, else stretch.", allowed=("", *RESIZE_MODES))
+    access_log: bool = setting(True, "One stderr line per request: method, route, status, bytes "
+                               "in/out, ms (never a file name, header or image byte).")
+    max_connections: int = setting(
+        MAX_CONNECTIONS, "Open connections at once (at most 900); more wait in the listen "
+        "backlog until one closes.")
+    request_timeout: float = setting(
+        REQUEST_TIMEOUT, "Seconds a client has to send a whole request (head and body); a "
+        "slower one is disconnected, so trickling clients cannot hold every connection.")
+    max_image_decoded_mb: float = setting(
+        WEB_MAX_IMAGE_DECODED_MB, "Largest decoded image in MiB (width x height x channels x "
+        "bytes per sample, x frames for a DICOM), read from its header before decoding; a "
+        "larger one gets its own error, the rest of the batch is answered.")
+    max_request_decoded_mb: float = setting(
+        WEB_MAX_REQUEST_DECODED_MB, "Largest sum of the decoded sizes of one request's images "
+        "(MiB, from the headers, before decoding); a request over it gets 413.")
 
     def __post_init__(self) -> None:
         paths.check("model_path", self.model_path)  # a gs:// export is read through gfile
