@@ -19,6 +19,7 @@ from xray_tfdata.evaluation import evaluator
 from xray_tfdata.paths import RemotePath
 from xray_tfdata.records import convert, synthetic
 from xray_tfdata.serving import export
+from xray_tfdata.settings import from_flat
 from xray_tfdata.training import loop
 from xray_tfdata.training.config import TrainConfig
 
@@ -42,8 +43,8 @@ def test_build_train_evaluate_export_on_ram(tmp_path, monkeypatch):
     assert "dataset_info.json" in _names(root / "records")
 
     model_dir = root / "model"
-    summary = loop.train(TrainConfig(
-        records_dir=str(root / "records"), model_dir=str(model_dir), epochs=1,
+    summary = loop.train(from_flat(
+        TrainConfig, records_dir=str(root / "records"), model_dir=str(model_dir), epochs=1,
         global_batch_size=8, warmup_epochs=0, steps_per_execution=1, export=True,
         cache="memory", seed=0))
     assert summary["status"] == "completed"
