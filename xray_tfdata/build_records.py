@@ -15,7 +15,7 @@ from absl import app, flags
 # Only TensorFlow-free modules at import time, so `--help` and flag errors answer instantly; the
 # converter (which imports TensorFlow) is imported inside main().
 from xray_tfdata import cli, console
-from xray_tfdata.records import dedupe, image_io
+from xray_tfdata.records import dedupe, image_io, intensity
 
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", "workspace/raw/Data",
@@ -27,6 +27,10 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "workspace/records",
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Output images are size x size.")
 _RESIZE_MODE = flags.DEFINE_enum("resize_mode", "stretch", list(image_io.RESIZE_MODES),
                                  "stretch (the seed's behaviour) or pad (keep aspect, black).")
+flags.DEFINE_enum("intensity", "none", list(intensity.INTENSITY_MODES),
+                  "Normalise each 8-bit gray image before the resize: none, equalize (global "
+                  "histogram equalisation) or clahe (8x8 tiles, clip limit 2). The manifest "
+                  "records it; the exported model applies the same to uploads.")
 _CHANNELS = flags.DEFINE_integer("channels", 1, "1 (gray, 3x smaller) or 3 (gray repeated).")
 _IMAGE_FORMAT = flags.DEFINE_enum("image_format", "jpeg", ["jpeg", "png", "raw"],
                                   "Encoding inside the records; raw = uncompressed uint8.")

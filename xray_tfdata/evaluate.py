@@ -27,6 +27,9 @@ flags.DEFINE_string("external_records_dir", "", "More records directories (comma
 flags.DEFINE_string("train_records_dir", "", "Records the model was trained on (shortcut probe, "
                     "temperature, threshold); default: from the run's summary.json.")
 flags.DEFINE_enum("split", "test", list(labels.SPLITS), "Split to evaluate.")
+flags.DEFINE_list("collections", [], "Evaluate only these collections (names of build_records' "
+                  "--data_dir=name=path,...), e.g. the one a leave-one-collection-out run left "
+                  "out; empty = all.")
 flags.DEFINE_string("val_split", "val", "Split of the training records that chooses the "
                     "temperature and the COVID19 threshold.")
 flags.DEFINE_float("target_sensitivity", 0.95, "COVID19 sensitivity the threshold reaches on val.")

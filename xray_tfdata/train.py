@@ -62,7 +62,14 @@ flags.DEFINE_enum("class_weights", "balanced", train_config.CLASS_WEIGHTS,
                   "--sampling=balanced, which already equalises the classes.")
 flags.DEFINE_enum("sampling", "natural", train_config.SAMPLING_MODES,
                   "'balanced': every class drawn with probability 1/3 into training batches "
-                  "(per-class tf.data streams); 'natural': the records' own mix.")
+                  "(per-class tf.data streams); 'balanced_collections': so too, and within a "
+                  "class every collection holding it equally (per-(class, collection) streams); "
+                  "'natural': the records' own mix.")
+flags.DEFINE_list("collections", [], "Train and validate on these collections only (names of "
+                  "build_records' --data_dir=name=path,...); empty = all. Filtered in the input "
+                  "pipeline, no rebuild needed.")
+flags.DEFINE_list("exclude_collections", [], "Train and validate on every collection but these "
+                  "(leave-one-collection-out: then evaluate --collections=<it>).")
 flags.DEFINE_integer("freeze_backbone_epochs", 0, "Backbones: train only the head for this many "
                      "epochs (BatchNorm in inference mode), then everything.")
 flags.DEFINE_float("backbone_learning_rate_multiplier", 1.0,

@@ -28,6 +28,7 @@ import numpy as np
 from xray_tfdata import console, errors, files, labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
+from xray_tfdata.inputs import collection_select  # TF-free: flags are checked before TF loads
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.txt"
@@ -56,6 +57,8 @@ class EvalConfig:
     val_split: str = "val"  # of the training records: temperature and threshold
     target_sensitivity: float = calibration.DEFAULT_TARGET_SENSITIVITY
     gradcam_per_class: int = 16  # images per class for border attention; 0 = off
+    # Evaluate only these collections of each records dir (inputs/collection_select.py).
+    collections: tuple[str, ...] = ()
 
     def __post_init__(self):
         errors.one_of("split", self.split, labels.SPLITS)
@@ -78,6 +81,7 @@ class EvalConfig:
         if self.target_sensitivity == 0.0:
             raise ConfigError("target_sensitivity", 0.0, "a fraction in (0, 1], e.g. 0.95")
         errors.non_negative_int("gradcam_per_class", self.gradcam_per_class)
+        object.__setattr__(self, "collections", collection_select.parse_names(self.collections))
         if not self.records_dirs:
             raise ConfigError("records_dir", self.records_dir,
                               "a records directory (several: comma-separated)")
@@ -136,15 +140,17 @@ def input_spec(model) -> tuple[int, int]:
     return int(shape[1]), int(shape[3])
 
 
-def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, batch_size: int):
-    """The split in evaluation mode (one pass, remainder kept, no augmentation, fixed order)."""
+def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, batch_size: int,
+                 collections: tuple[str, ...] = ()):
+    """The split in evaluation mode (one pass, remainder kept, no augmentation, fixed order),
+    optionally of some collections only."""
     # Imported here: `evaluate` validates its flags before TensorFlow is loaded.
     # build_dataset checks the manifest against image_size and channels.
     from xray_tfdata.inputs import pipeline
 
     config = pipeline.InputConfig(global_batch_size=batch_size, image_size=image_size,
                                   channels=channels, training=False, cache="none", augment=False,
-                                  deterministic=True)
+                                  deterministic=True, collections=collections)
     return pipeline.build_dataset(records_dir, split, config)
 
 
@@ -156,11 +162,12 @@ def predict_fn(model):
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
-def split_size(records_dir: str, split: str) -> int:
-    """Examples in `split`, from the manifest (for progress bars)."""
+def split_size(records_dir: str, split: str, collections: tuple[str, ...] = ()) -> int:
+    """Examples in `split` (of `collections`, all when empty), from the manifest (for progress
+    bars)."""
     from xray_tfdata.records import manifest
 
-    return manifest.num_examples(manifest.read_manifest(records_dir), split)
+    return collection_select.num_examples(manifest.read_manifest(records_dir), split, collections)
 
 
 def run_model(model, dataset, *, predict=None, label: str = "", total: int = 0
@@ -312,7 +319,7 @@ def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw
                                      "message": f"Shortcut probe skipped: "
                                                 f"{point['train_records_found_by']}."}
         else:
-            eval_meta = pipeline.read_metadata(records_dir, config.split)
+            eval_meta = pipeline.read_metadata(records_dir, config.split, config.collections)
             out["shortcut_probe"] = shortcut.run_probe(
                 train_meta, eval_meta, cnn_macro_f1, model=config.shortcut_model,
                 threshold=config.shortcut_threshold, seed=config.seed)
@@ -324,10 +331,11 @@ def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
                   point: dict[str, Any], image_size: int, channels: int,
                   shared: dict[str, Any]) -> dict[str, Any]:
     """One records dir; `shared`: what is the same for every dir (model sha256, train metadata)."""
-    dataset = eval_dataset(records_dir, config.split, image_size, channels, config.batch_size)
+    dataset = eval_dataset(records_dir, config.split, image_size, channels, config.batch_size,
+                           config.collections)
     y_true, (probs, *_) = run_model(
         model, dataset, label=f"evaluate {config.split}",
-        total=split_size(records_dir, config.split))
+        total=split_size(records_dir, config.split, config.collections))
     if probs.ndim != 2 or probs.shape[1] != labels.NUM_CLASSES:
         raise ValueError(f"The model outputs shape {probs.shape[1:]}, expected "
                          f"[{labels.NUM_CLASSES}] class probabilities.")

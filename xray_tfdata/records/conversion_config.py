@@ -16,6 +16,7 @@ from xray_tfdata.records import (
     dedupe,
     features,
     image_io,
+    intensity,
     labels_csv,
     offline_augment,
     patients,
@@ -31,7 +32,7 @@ _NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite")
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 NOT_COMPARED = ("max_reject_fraction",)
 _SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
-                  "patient_key", "holdout_source", "max_pixels")
+                  "patient_key", "holdout_source", "max_pixels", "intensity")
 
 
 
@@ -71,6 +72,8 @@ class ConversionConfig:
     holdout_source: str = ""
     # Refuse sources with more pixels than this, from the header before decoding (image_io).
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS
+    # records/intensity.py, before the resize; "none" is not written to the manifest (issue 19).
+    intensity: str = "none"
 
     def __post_init__(self) -> None:
         if (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
@@ -87,6 +90,7 @@ class ConversionConfig:
         errors.in_range("image_size", self.image_size, 8, 4096,
                         allowed="an integer in [8, 4096] (224 is the default)")
         errors.one_of("resize_mode", self.resize_mode, image_io.RESIZE_MODES)
+        errors.one_of("intensity", self.intensity, intensity.INTENSITY_MODES)
         errors.one_of("channels", self.channels, (1, 3),
                       "X-rays are gray: 1 is 3x smaller; 3 repeats the gray channel.")
         errors.one_of("image_format", self.image_format, features.IMAGE_FORMATS)
@@ -165,4 +169,5 @@ class ConversionConfig:
 
     def settings(self) -> sources.ProcessSettings:
         return sources.ProcessSettings(self.image_size, self.resize_mode, self.channels,
-                                       self.image_format, self.jpeg_quality, self.max_pixels)
+                                       self.image_format, self.jpeg_quality, self.max_pixels,
+                                       self.intensity)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from xray_tfdata import errors
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.inputs import service
+from xray_tfdata.inputs import collection_select, service
 from xray_tfdata.inputs.device_augment import AUGMENT_ON
 from xray_tfdata.models import MODEL_NAMES
 from xray_tfdata.training.distribute import JIT_COMPILE, PRECISIONS
@@ -21,7 +21,7 @@ from xray_tfdata.training.distribute import JIT_COMPILE, PRECISIONS
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
 # inputs/sampling.SAMPLING_MODES, repeated here so flag checks do not import TensorFlow.
-SAMPLING_MODES: tuple[str, ...] = ("natural", "balanced")
+SAMPLING_MODES: tuple[str, ...] = ("natural", "balanced", "balanced_collections")
 # --learning_rate is the rate for this global batch; --scale_lr multiplies it by batch / this.
 LR_REFERENCE_BATCH = 32
 
@@ -47,7 +47,11 @@ class TrainConfig:
     # Balanced by default: the Kaggle set is 1 : 2.75 : 7.4 and unweighted training collapses to
     # the majority class on small real sets (issue 9). Ignored with sampling="balanced".
     class_weights: str = "balanced"
-    sampling: str = "natural"  # "balanced": class-balanced batches (inputs/sampling.py)
+    sampling: str = "natural"  # "balanced" / "balanced_collections" (inputs/sampling.py)
+    # Train (and validate) on these collections only / on all but these (issue 19): filtered in
+    # the input pipeline, counts from the manifest (inputs/collection_select.py).
+    collections: tuple[str, ...] = ()
+    exclude_collections: tuple[str, ...] = ()
     freeze_backbone_epochs: int = 0  # backbones: train the head only for this many epochs
     backbone_learning_rate_multiplier: float = 1.0  # backbone rate = this x the head's
     calibrate: bool = True  # temperature scaling on val at the end (best.keras, export)
@@ -102,6 +106,8 @@ class TrainConfig:
         errors.one_of("optimizer", self.optimizer, OPTIMIZERS)
         errors.one_of("class_weights", self.class_weights, CLASS_WEIGHTS)
         errors.one_of("sampling", self.sampling, SAMPLING_MODES)
+        for name in ("collections", "exclude_collections"):  # "a,b" or a list from a flag
+            object.__setattr__(self, name, collection_select.parse_names(getattr(self, name)))
         errors.in_range("backbone_learning_rate_multiplier",
                         self.backbone_learning_rate_multiplier, 0.0, 10.0,
                         allowed="a number in [0, 10] (0 keeps the backbone fixed)")

@@ -26,7 +26,7 @@ from absl import logging
 from xray_tfdata import console, files, labels, models
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator
-from xray_tfdata.inputs import pipeline
+from xray_tfdata.inputs import collection_select, pipeline
 from xray_tfdata.records import manifest as manifest_lib
 from xray_tfdata.training import checkpointing, distribute, finetune, steps
 from xray_tfdata.training.config import TrainConfig
@@ -49,6 +49,8 @@ class ResolvedData:
     resize_mode: str
     num_train: int
     steps_per_epoch: int
+    # The records' --intensity (manifest image.intensity): the export applies it to uploads.
+    intensity: str = "none"
 
 
 def resolve_data(config: TrainConfig) -> ResolvedData:
@@ -62,13 +64,16 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
     manifest_lib.require_splits(manifest, ["train"], config.records_dir, purpose="training")
     splits = manifest.get("splits", {})
     for split, field in (("train", "records_dir"), (config.val_split, "val_split")):
-        if split not in splits or not manifest_lib.num_examples(manifest, split):
+        if split not in splits or not collection_select.num_examples(
+                manifest, split, config.collections, config.exclude_collections):
             raise ConfigError(
                 field, config.records_dir if field == "records_dir" else split,
                 f"records with a non-empty {split!r} split (found: {sorted(splits)})",
                 "Rebuild the records with --val_fraction > 0, or pass --val_split=<split>.",
             )
-    num_train = manifest_lib.num_examples(manifest, "train")
+    # The selected collections' count (--collections / --exclude_collections), from the manifest.
+    num_train = collection_select.num_examples(manifest, "train", config.collections,
+                                               config.exclude_collections)
     steps_per_epoch = config.steps_per_epoch or num_train // config.global_batch_size
     if steps_per_epoch < 1:
         raise ConfigError("global_batch_size", config.global_batch_size,
@@ -76,7 +81,8 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
                           "Lower --global_batch_size or set --steps_per_epoch.")
     return ResolvedData(manifest=manifest, image_size=image_size, channels=channels,
                         resize_mode=image.get("resize_mode", "stretch"), num_train=num_train,
-                        steps_per_epoch=steps_per_epoch)
+                        steps_per_epoch=steps_per_epoch,
+                        intensity=image.get("intensity", "none"))
 
 
 def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.ndarray:
@@ -84,9 +90,10 @@ def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.nda
 
     Ones under balanced sampling: the batches already hold every class equally, and weighting
     them again would over-correct (the minority class counted n / n_c times twice)."""
-    if config.class_weights == "none" or config.sampling == "balanced":
+    if config.class_weights == "none" or config.sampling != "natural":
         return np.ones(labels.NUM_CLASSES, np.float32)
-    counts = np.asarray(manifest_lib.class_counts(manifest, "train"), np.float64)
+    counts = np.asarray(collection_select.class_counts(
+        manifest, "train", config.collections, config.exclude_collections), np.float64)
     weights = np.where(counts > 0, counts.sum() / (labels.NUM_CLASSES * np.maximum(counts, 1)), 1.0)
     return weights.astype(np.float32)
 
@@ -261,7 +268,8 @@ def _build_run(config: TrainConfig, strategy: tf.distribute.Strategy, data: Reso
     val_ds = pipeline.build_dataset(config.records_dir, config.val_split, pipeline.InputConfig(
         global_batch_size=config.global_batch_size, image_size=data.image_size,
         channels=data.channels, training=False, augment=False,
-        cache="none" if config.cache == "none" else "memory", seed=config.seed))
+        cache="none" if config.cache == "none" else "memory", seed=config.seed,
+        collections=config.collections, exclude_collections=config.exclude_collections))
 
     log_dir = model_dir / LOGS_DIR
     writer = (tf.summary.create_file_writer(str(log_dir / "train")) if chief
@@ -291,6 +299,7 @@ def _train_input(config: TrainConfig, strategy: tf.distribute.Strategy, data: Re
         # Reseed per resumed epoch so a resumed run does not replay epoch 0's order.
         seed=config.seed + start_epoch, deterministic=config.deterministic,
         data_service=config.data_service, job_prefix=config.data_service_job,
+        collections=config.collections, exclude_collections=config.exclude_collections,
     )
     # Device augmentation: the step augments (seeded by the global step, so resuming needs no
     # reseed); the host pipeline then only reads cached uint8, shuffles, batches, prefetches.

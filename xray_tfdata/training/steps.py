@@ -210,7 +210,7 @@ def export_model(model: keras.Model, model_dir: Path, data: Any,
                  extra_metadata: dict[str, Any] | None = None) -> str | None:
     """Exports the serving SavedModel to <model_dir>/export via export.export_serving.
 
-    `data` is the run's loop.ResolvedData (image size, channels, resize mode). Every worker saves
+    `data` is the run's loop.ResolvedData (image size, channels, resize mode, intensity). Every worker saves
     (saving may read mirrored variables collectively); only the chief's copy is kept. Returns
     the chief's export path, or None when disabled.
     """
@@ -224,7 +224,8 @@ def export_model(model: keras.Model, model_dir: Path, data: Any,
     if target.exists():
         shutil.rmtree(target)
     path = export.export_serving(model, str(target), data.image_size, data.channels,
-                                 resize_mode=data.resize_mode, extra_metadata=extra_metadata)
+                                 resize_mode=data.resize_mode, extra_metadata=extra_metadata,
+                                 intensity=data.intensity)
     if not chief:
         shutil.rmtree(target.parent, ignore_errors=True)
         return None
