@@ -60,7 +60,7 @@ def select(manifest: dict[str, Any], split: str, include: Sequence[str] = (),
     if not kept:
         field = "collections" if include else "exclude_collections"
         raise ConfigError(field, ",".join(include or exclude),
-                          f"a selection that keeps one of split {split!r}'s collections "
+                          f"a selection that keeps one of the collections of split {split!r} "
                           f"({sorted(present)})")
     return kept
 
