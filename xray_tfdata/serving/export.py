@@ -12,7 +12,7 @@ served portrait, exactly as the converter wrote it into the records), then a res
 aspect-preserving one centred on black ("pad"), rounded back to uint8 and repeated to the model's
 channel count. Records built with --intensity=equalize|clahe are normalised the same way before the
 resize (serving/intensity.py: OpenCV's algorithms in TF ops). Serving needs TensorFlow only: no Keras, no xray_tfdata. The metadata (class names,
-image size, channels, resize mode) goes to <export_dir>/xray_tfdata.json.
+image size, channels, resize mode, intensity) goes to <export_dir>/xray_tfdata.json.
 """
 
 from __future__ import annotations

@@ -49,8 +49,7 @@ class ResolvedData:
     resize_mode: str
     num_train: int
     steps_per_epoch: int
-    # The records' --intensity (manifest image.intensity): the export applies it to uploads.
-    intensity: str = "none"
+    intensity: str = "none"  # the records' --intensity: the export applies it to uploads
 
 
 def resolve_data(config: TrainConfig) -> ResolvedData:
@@ -71,7 +70,6 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
                 f"records with a non-empty {split!r} split (found: {sorted(splits)})",
                 "Rebuild the records with --val_fraction > 0, or pass --val_split=<split>.",
             )
-    # The selected collections' count (--collections / --exclude_collections), from the manifest.
     num_train = collection_select.num_examples(manifest, "train", config.collections,
                                                config.exclude_collections)
     steps_per_epoch = config.steps_per_epoch or num_train // config.global_batch_size
@@ -81,8 +79,7 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
                           "Lower --global_batch_size or set --steps_per_epoch.")
     return ResolvedData(manifest=manifest, image_size=image_size, channels=channels,
                         resize_mode=image.get("resize_mode", "stretch"), num_train=num_train,
-                        steps_per_epoch=steps_per_epoch,
-                        intensity=image.get("intensity", "none"))
+                        steps_per_epoch=steps_per_epoch, intensity=image.get("intensity", "none"))
 
 
 def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.ndarray:
