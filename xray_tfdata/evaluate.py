@@ -16,6 +16,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from xray_tfdata import cli, labels
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import shortcut
 
 FLAGS = flags.FLAGS
@@ -68,7 +69,10 @@ def main(argv: list[str]) -> None:
                                  f"them with python -m xray_tfdata.build_records.")
     from xray_tfdata.evaluation import evaluator, metrics, reference
 
-    result = evaluator.evaluate(config)
+    try:
+        result = evaluator.evaluate(config)
+    except ConfigError as err:  # e.g. --collections names a collection the records lack
+        raise cli.usage_error(err) from err
     out = config.resolved_output_dir
     print(f"Evaluated {config.model_path} on {config.split} ({result['num_examples']} examples)")
     for key in ("accuracy", "macro_f1", "macro_auc"):
