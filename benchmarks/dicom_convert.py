@@ -11,14 +11,14 @@ Prints a table and appends JSON lines to --output. Needs the [dicom] extra.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+from absl import app, flags
 
+from xray_tfdata import files
 from xray_tfdata.benchmarking import convert_bench, harness
 from xray_tfdata.records import sources
 
@@ -81,29 +81,35 @@ def make_corpus(root: Path, syntax: str, count: int, side: int) -> Path:
     return data_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work_dir", default="/tmp/xray_dicom_bench")
-    parser.add_argument("--output", default="workspace/benchmarks/results.jsonl")
-    parser.add_argument("--count", type=int, default=120)
-    parser.add_argument("--side", type=int, default=1536)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--syntaxes", default=",".join(_SYNTAXES))
-    args = parser.parse_args(argv)
-    syntaxes = [s for s in args.syntaxes.split(",") if s]
+FLAGS = flags.FLAGS
+flags.DEFINE_string("work_dir", "/tmp/xray_dicom_bench", "Cache of the generated DICOM corpora.")
+flags.DEFINE_string("output", "workspace/benchmarks/results.jsonl",
+                    "JSON-lines file the results are appended to.")
+flags.DEFINE_integer("count", 120, "DICOM files per corpus.")
+flags.DEFINE_integer("side", 1536, "Stored image side (pixels).")
+flags.DEFINE_integer("image_size", 224, "Output side of the records.")
+flags.DEFINE_integer("repeats", 3, "Timed converter runs per variant (median, spread).")
+flags.DEFINE_list("syntaxes", list(_SYNTAXES), "Transfer syntaxes to measure.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    args = FLAGS
+    syntaxes = list(args.syntaxes)
     unknown = sorted(set(syntaxes) - set(_SYNTAXES))
     if unknown:
-        parser.error(f"--syntaxes={args.syntaxes!r}: unknown {unknown}; allowed: {_SYNTAXES}")
+        raise app.UsageError(f"--syntaxes={','.join(syntaxes)}: unknown {unknown}; allowed: "
+                             f"{','.join(_SYNTAXES)}")
     root = Path(args.work_dir)
     run_id, rows, records = harness.new_run_id(), [], []
     for syntax in syntaxes:
         data_dir = make_corpus(root, syntax, args.count, args.side)
         found = len(sources.scan_sources(data_dir).files)
         if found != args.count:
-            print(f"error: the scanner found {found} of {args.count} .dcm files in {data_dir}; "
-                  "records/sources.py must accept image_format.is_source_file.", file=sys.stderr)
-            return 1
+            raise SystemExit(f"error: the scanner found {found} of {args.count} .dcm files in "
+                             f"{data_dir}; records/sources.py must accept "
+                             "image_format.is_source_file.")
         rates = {}
         for workers in (1, 2):
             result = convert_bench.measure_converter(str(data_dir), str(root / "out"),
@@ -116,15 +122,14 @@ def main(argv: list[str] | None = None) -> int:
             records.append({"run_id": run_id, "time": harness.utc_now(), "mode": "dicom_convert",
                             "syntax": syntax, "count": args.count, "side": args.side,
                             "image_size": args.image_size, "machine": harness.machine_facts(),
-                            "versions": harness.library_versions(), **result})
+                            "versions": files.versions(), **result})
     columns = (("variant", "variant"), ("median", "images/s"), ("min", "min"), ("max", "max"),
                ("spread_pct", "spread %"), ("vs_1", "x 1 worker"))
     print(harness.format_table(rows, columns))
     out = harness.append_jsonl(args.output, records)
     print(f"{len(records)} JSON lines appended to {out} (run {run_id}); "
           f"{json.dumps({r['variant']: round(r['median'], 1) for r in rows})}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

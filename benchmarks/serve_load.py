@@ -15,11 +15,8 @@ request failed. Not a test: numbers depend on the machine.
 from __future__ import annotations
 
 import base64
-import datetime
 import http.client
 import json
-import os
-import platform
 import sys
 import threading
 import time
@@ -103,26 +100,17 @@ def _load(url: str, bodies: list[bytes], count: int, clients: int) -> dict:
             "max_ms": round(float(ms.max()), 1)}
 
 
-def _machine() -> dict:
-    import django  # noqa: PLC0415
-    import tensorflow as tf  # noqa: PLC0415
-    import waitress  # noqa: F401, PLC0415
-    from importlib.metadata import version  # noqa: PLC0415
-
-    return {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "django": django.get_version(), "waitress": version("waitress"),
-            "platform": platform.platform()}
-
-
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
     from xray_tfdata import files  # noqa: PLC0415
+    from xray_tfdata.benchmarking import harness  # noqa: PLC0415
     from xray_tfdata.serving.web import launch  # noqa: PLC0415
 
     threads = [int(t) for t in FLAGS.threads]
     bodies = _bodies(Path(FLAGS.images_dir), FLAGS.batch)
-    run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    machine = _machine()
+    run_id = harness.new_run_id()
+    # The benchmark harness's machine facts and versions, the web extra's included.
+    machine = {**harness.machine_facts(),
+               "versions": files.versions((*files.VERSIONED, "django", "waitress"))}
     servers = {}
     try:
         for count in threads:
@@ -164,7 +152,8 @@ def main(argv: list[str]) -> int:
     previous = out.read_text() if out.is_file() else ""
     files.write_atomic(out, previous + "".join(json.dumps(line) + "\n" for line in lines))
     print(f"\nappended {len(lines)} JSON lines to {out}")
-    return 1 if any(r["errors"] for r in rows) else 0
+    if any(r["errors"] for r in rows):
+        raise SystemExit("serve_load: some requests failed (see the errors column).")
 
 
 if __name__ == "__main__":

@@ -95,11 +95,12 @@ def build(data_dir: Path, records_dir: Path) -> Path:
 
 def run_variant(records_dir: Path, model_dir: Path, overrides: dict) -> dict:
     from xray_tfdata.evaluation import evaluator
+    from xray_tfdata.settings import from_flat
     from xray_tfdata.training import loop
     from xray_tfdata.training.config import TrainConfig
 
     if not (model_dir / "summary.json").is_file():
-        loop.train(TrainConfig(records_dir=str(records_dir), model_dir=str(model_dir),
+        loop.train(from_flat(TrainConfig, records_dir=str(records_dir), model_dir=str(model_dir),
                                epochs=FLAGS.epochs, global_batch_size=FLAGS.global_batch_size,
                                seed=FLAGS.seed, export=False, **overrides))
     return evaluator.evaluate(evaluator.EvalConfig(

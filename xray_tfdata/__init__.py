@@ -2,15 +2,16 @@
 
 The packages follow the data's journey (imports run one way, down this list):
   commands (build_records, train, evaluate, classical, predict, benchmark, quickstart, ...)
-  training/    config, loop, steps, finetune, checkpointing, distribute
-  evaluation/  metrics, evaluator, calibration, shortcut, reference, gradcam, explainer, classical
+  training/    config, loop (setup, steps, epochs, finish), finetune, checkpointing, distribute
+  evaluation/  inference, metrics, evaluator, calibration, shortcut, reference, gradcam,
+               gradcam_report, classical
   serving/     export, predict, web/ (the Django app)
   inputs/      decode, online_augment, device_augment, sampling, service, pipeline
   records/     sources, labels_csv, collect, patients (what to read) -> image_format, image_io,
                dicom, resize (reading it) -> offline_augment, dedupe -> shard_plan -> decode_pass,
                shard_writer, conversion_state, conversion_config, convert (writing it);
                features + manifest (the on-disk format); synthetic
-  shared:      labels, files, errors, console, cli, models
+  shared:      labels, layer_names, files, errors, console, settings, cli, models
 """
 
 __version__ = "0.1.0"

@@ -14,55 +14,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app, flags
+from absl import app
 
-from xray_tfdata import cli, errors, labels
-from xray_tfdata.errors import ConfigError
+from xray_tfdata import cli
 from xray_tfdata.evaluation import classical
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model_path", "workspace/model/best.keras", "The trained .keras model.")
-flags.DEFINE_string("records_dir", "workspace/records", "Records directory (dataset_info.json).")
-flags.DEFINE_string("output_dir", "", "Output directory; default <dir of model>/classical.")
-flags.DEFINE_string("classifiers", ",".join(classical.CLASSIFIERS),
-                    f"Comma-separated subset of {','.join(classical.CLASSIFIERS)}.")
-flags.DEFINE_enum("train_split", "train", list(labels.SPLITS), "Split the classifiers are fit on.")
-flags.DEFINE_enum("eval_split", "test", list(labels.SPLITS), "Split they are reported on.")
-flags.DEFINE_float("svm_c", 1.0, "SVM (RBF kernel) regularisation C.")
-flags.DEFINE_string("svm_gamma", "scale", "SVM RBF gamma: 'scale', 'auto' or a positive float.")
-flags.DEFINE_integer("rf_trees", 300, "Random forest: number of trees.")
-flags.DEFINE_integer("knn_k", 5, "k-nearest neighbours: k.")
-flags.DEFINE_float("logreg_c", 1.0, "Logistic regression: inverse regularisation C.")
-flags.DEFINE_enum("class_weight", "balanced", list(classical.CLASS_WEIGHTS),
-                  "Class weighting of SVM, random forest and logistic regression.")
-flags.DEFINE_integer("batch_size", 64, "Batch size for embedding extraction.")
-flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for 95% CIs; 0 disables them.")
-flags.DEFINE_integer("seed", 0, "Seed of the classifiers and of the bootstrap.")
-
-
-def _validated() -> tuple[tuple[str, ...], classical.ClassifierParams]:
-    try:
-        names = classical.parse_classifiers(FLAGS.classifiers)
-        errors.positive_int("batch_size", FLAGS.batch_size)
-        errors.non_negative_int("bootstrap", FLAGS.bootstrap)
-    except ConfigError as err:
-        raise cli.usage_error(err) from err
-    params = cli.settings_from_flags(classical.ClassifierParams)
-    if not FLAGS.model_path.endswith(".keras") or not Path(FLAGS.model_path).is_file():
-        raise app.UsageError(f"--model_path={FLAGS.model_path} is not an existing .keras file. "
-                             f"Train first and pass <model_dir>/best.keras.")
-    return names, params
+cli.define_flags(classical.ClassicalConfig)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass settings as --flags.")
-    names, params = _validated()
-    output_dir = Path(FLAGS.output_dir or Path(FLAGS.model_path).resolve().parent / "classical")
+    config = cli.settings_from_flags(classical.ClassicalConfig)
+    if not Path(config.model_path).is_file():
+        raise app.UsageError(f"--model_path={config.model_path} is not an existing .keras file. "
+                             f"Train first and pass <model_dir>/best.keras.")
+    output_dir = config.resolved_output_dir
     summary = classical.run_classical(
-        FLAGS.model_path, FLAGS.records_dir, output_dir, names, params,
-        train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
-        batch_size=FLAGS.batch_size, bootstrap=FLAGS.bootstrap)
+        config.model_path, config.records_dir, output_dir,
+        classical.parse_classifiers(config.classifiers), config.params,
+        train_split=config.train_split, eval_split=config.eval_split,
+        batch_size=config.batch_size, bootstrap=config.bootstrap)
     s = summary["settings"]
     print(f"Fitted on {s['num_train']} {s['train_split']} embeddings "
           f"({summary['identity']['embedding_dim']} features); {s['eval_split']} split, "

@@ -20,17 +20,7 @@ from absl import app, flags
 from xray_tfdata import cli
 from xray_tfdata.inputs import service
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("role", None, list(service.ROLES), "Which server to run.")
-flags.DEFINE_integer("port", None, "Port to listen on (workers: 0 = any free port).")
-flags.DEFINE_string("work_dir", "", "Dispatcher only: directory for its journal (fault "
-                    "tolerance: a restarted dispatcher with the same --work_dir and --port "
-                    "resumes its jobs). Empty: no journal.")
-flags.DEFINE_string("dispatcher_address", "", "Worker only: HOST:PORT of the dispatcher.")
-flags.DEFINE_string("worker_address", "", "Worker only: HOST:PORT trainers reach this worker "
-                    "at (default localhost:--port: one machine only).")
-flags.DEFINE_integer("worker_timeout_ms", service.DEFAULT_WORKER_TIMEOUT_MS,
-                     "Dispatcher only: drop a worker after this long without a heartbeat.")
+cli.define_flags(service.ServerConfig)
 flags.mark_flags_as_required(["role", "port"])
 
 

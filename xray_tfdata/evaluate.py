@@ -13,45 +13,13 @@ test-only collection needs no train split.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app
 
 from xray_tfdata import cli, labels
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.evaluation import shortcut
+from xray_tfdata.evaluation import evaluator
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model_path", "workspace/model/best.keras", "The .keras model to evaluate.")
-flags.DEFINE_string("records_dir", "workspace/records",
-                    "Records directory (dataset_info.json); several: comma-separated.")
-flags.DEFINE_string("external_records_dir", "", "More records directories (comma-separated), "
-                    "e.g. an external test-only collection, compared side by side.")
-flags.DEFINE_string("train_records_dir", "", "Records the model was trained on (shortcut probe, "
-                    "temperature, threshold); default: from the run's summary.json.")
-flags.DEFINE_enum("split", "test", list(labels.SPLITS), "Split to evaluate.")
-flags.DEFINE_list("collections", [], "Evaluate only these collections (names of build_records' "
-                  "--data_dir=name=path,...), e.g. the one a leave-one-collection-out run left "
-                  "out; empty = all.")
-flags.DEFINE_string("val_split", "val", "Split of the training records that chooses the "
-                    "temperature and the COVID19 threshold.")
-flags.DEFINE_float("target_sensitivity", 0.95, "COVID19 sensitivity the threshold reaches on val.")
-flags.DEFINE_integer("gradcam_per_class", 16, "Images per class for Grad-CAM border attention; "
-                     "0 = off.")
-flags.DEFINE_string("output_dir", "", "Output directory; default <dir of model>/eval/<split>.")
-flags.DEFINE_integer("batch_size", 64, "Evaluation batch size.")
-flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for 95% CIs; 0 disables them.")
-flags.DEFINE_integer("seed", 0, "Seed of the bootstrap and of the shortcut probe.")
-flags.DEFINE_bool("shortcut_probe", True,
-                  "Fit a metadata-only classifier (no pixels) and compare its macro-F1.")
-flags.DEFINE_enum("shortcut_model", shortcut.PROBE_MODELS[0], list(shortcut.PROBE_MODELS),
-                  "Classifier of the shortcut probe.")
-flags.DEFINE_float("shortcut_threshold", shortcut.DEFAULT_THRESHOLD,
-                   "Warn when probe macro-F1 >= this fraction of the CNN's.")
-
-
-def _config():
-    from xray_tfdata.evaluation import evaluator
-
-    return cli.settings_from_flags(evaluator.EvalConfig)
+cli.define_flags(evaluator.EvalConfig)
 
 
 def main(argv: list[str]) -> None:
@@ -59,7 +27,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass settings as --flags.")
     from pathlib import Path
 
-    config = _config()
+    config = cli.settings_from_flags(evaluator.EvalConfig)
     if not Path(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} does not exist. Train first, or "
                              f"pass the best.keras written under --model_dir.")
@@ -67,7 +35,7 @@ def main(argv: list[str]) -> None:
         if not (Path(records_dir) / "dataset_info.json").is_file():
             raise app.UsageError(f"No records at {records_dir!r} (no dataset_info.json). Build "
                                  f"them with python -m xray_tfdata.build_records.")
-    from xray_tfdata.evaluation import evaluator, metrics, reference
+    from xray_tfdata.evaluation import metrics, reference
 
     try:
         result = evaluator.evaluate(config)

@@ -12,32 +12,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app, flags
+from absl import app
 
-from xray_tfdata import cli, labels
+from xray_tfdata import cli
+from xray_tfdata.evaluation import gradcam_report
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model_path", "workspace/model/best.keras", "The .keras model to explain.")
-flags.DEFINE_string("records_dir", "workspace/records", "Records directory (dataset_info.json).")
-flags.DEFINE_enum("split", "test", list(labels.SPLITS), "Split to take the images from.")
-flags.DEFINE_integer("per_class", 8, "Images per true class (the first in the split's order).")
-flags.DEFINE_string("output_dir", "", "Output directory; default <dir of model>/explain/<split>.")
-flags.DEFINE_string("layer", "", "Layer whose feature map is explained; default: the last "
-                    "convolution block (seed CNN: conv3; backbones: their output activation).")
-flags.DEFINE_integer("batch_size", 16, "Images per Grad-CAM batch (one gradient tape each).")
+cli.define_flags(gradcam_report.ExplainConfig)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass settings as --flags.")
-    from xray_tfdata.evaluation import explainer
-
-    config = cli.settings_from_flags(explainer.ExplainConfig)
+    config = cli.settings_from_flags(gradcam_report.ExplainConfig)
     if not Path(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} does not exist. Train first, or "
                              f"pass the best.keras written under --model_dir.")
     try:
-        report = explainer.explain(config)
+        report = gradcam_report.explain(config)
     except ValueError as err:
         if "layer" in str(err):
             raise app.UsageError(str(err).replace("layer=", "--layer=")) from err
@@ -50,7 +41,7 @@ def main(argv: list[str]) -> None:
         shown = "n/a" if value is None else f"{value:.3f}"
         print(f"  border attention {name:<10} {shown}")
     print("  " + attention["message"])
-    print(f"Wrote {out / explainer.EXPLAIN_FILE}, {len(report['sheets'])} contact sheet(s) and "
+    print(f"Wrote {out / gradcam_report.EXPLAIN_FILE}, {len(report['sheets'])} contact sheet(s) and "
           f"{out / 'overlays'}/")
 
 

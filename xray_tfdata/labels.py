@@ -25,3 +25,7 @@ def label_of(class_folder: str) -> int:
             f"{', '.join(CLASS_NAMES)} (case-insensitive)."
         )
     return LABEL_MAP[key]
+
+# How a classifier weighs the classes (training's loss, the classical classifiers): "balanced"
+# = n / (K * n_class) from the training counts, "none" = every example alike.
+CLASS_WEIGHT_MODES: tuple[str, ...] = ("balanced", "none")

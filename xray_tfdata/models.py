@@ -25,6 +25,7 @@ import numpy as np
 from keras import layers
 
 from xray_tfdata.labels import NUM_CLASSES
+from xray_tfdata.layer_names import EMBEDDING_LAYER, OUTPUT_LAYER
 
 IMAGENET = "imagenet"
 
@@ -221,10 +222,10 @@ def seed_cnn(image_size: int, channels: int = 1, *, dropout: float = 0.5,
         x = layers.Flatten(name="flatten")(x)
     else:
         x = layers.GlobalAveragePooling2D(name="global_pool")(x)
-    x = layers.Dense(dense_units, activation="relu", name="embedding")(x)
+    x = layers.Dense(dense_units, activation="relu", name=EMBEDDING_LAYER)(x)
     x = layers.Dropout(dropout, seed=0, name="dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
-                           name="probabilities")(x)
+                           name=OUTPUT_LAYER)(x)
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
@@ -251,10 +252,10 @@ def backbone_model(name: str, image_size: int, channels: int = 1, *, dropout: fl
                                   input_shape=(image_size, image_size, 3), pooling=None)
     backbone.name = "backbone"
     x = backbone(x)
-    x = layers.GlobalAveragePooling2D(name="embedding")(x)
+    x = layers.GlobalAveragePooling2D(name=EMBEDDING_LAYER)(x)
     x = layers.Dropout(dropout, seed=0, name="dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
-                           name="probabilities")(x)
+                           name=OUTPUT_LAYER)(x)
     return keras.Model(inputs, outputs, name=name)
 
 

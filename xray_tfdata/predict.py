@@ -17,52 +17,48 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pathlib import Path
 
-from absl import app, flags
+from absl import app
 
 from xray_tfdata import cli
 
-FLAGS = flags.FLAGS
 
+def main(argv: list[str]) -> None:
+    from xray_tfdata.serving import predict  # noqa: PLC0415  (no TF import)
 
-def define_flags() -> None:
-    """Defines this entry point's flags; called only when run as a program, so importing this
-    module from a test or another entry point cannot clash with their flags."""
-    flags.DEFINE_string("model_path", "workspace/model/export",
-                        "SavedModel directory written by training (export_serving).")
-    flags.DEFINE_string("output_json", "", "Also write the results to this JSON file.")
-    flags.DEFINE_integer("batch_size", 32, "Files decoded and predicted per call.", lower_bound=1)
-
-
-def main(argv: list[str]) -> int:
+    config = cli.settings_from_flags(predict.PredictConfig)
     image_paths = argv[1:]
     if not image_paths:
         raise app.UsageError("No image files given; usage: python -m xray_tfdata.predict "
                              "--model_path=<export dir> file1.png [file2.jpg ...]")
-    if not (Path(FLAGS.model_path) / "saved_model.pb").is_file():
+    if not (Path(config.model_path) / "saved_model.pb").is_file():
         raise app.UsageError(
-            f"--model_path={FLAGS.model_path} is not a SavedModel directory (no saved_model.pb); "
+            f"--model_path={config.model_path} is not a SavedModel directory (no saved_model.pb); "
             "pass the export written by training, e.g. workspace/model/export.")
 
     from xray_tfdata import files  # noqa: PLC0415
-    from xray_tfdata.serving import predict  # noqa: PLC0415
     from xray_tfdata.serving.export import load_serving  # noqa: PLC0415 - TF import after flag checks
 
-    serving = load_serving(FLAGS.model_path)
-    results = predict.predict_files(serving, image_paths, FLAGS.batch_size)
+    serving = load_serving(config.model_path)
+    results = predict.predict_files(serving, image_paths, config.batch_size)
     print(predict.format_table(results, serving.class_names))
     failed = sum("error" in r for r in results)
     # Calibrated exports (training's temperature scaling) say so in their metadata.
     calibrated = serving.metadata.get("probabilities", "uncalibrated softmax")
     print(f"\nProbabilities: {calibrated}.")
     print(f"{len(results) - failed} predicted, {failed} failed.")
-    if FLAGS.output_json:
-        payload = {"model_path": FLAGS.model_path, "metadata": serving.metadata,
+    if config.output_json:
+        payload = {"model_path": config.model_path, "metadata": serving.metadata,
                    "results": results}
-        out = files.write_json(FLAGS.output_json, payload, sort_keys=False)
+        out = files.write_json(config.output_json, payload, sort_keys=False)
         print(f"Wrote {out}")
-    return 1 if failed else 0
+    if failed:
+        cli.fail(f"{failed} of {len(results)} file(s) could not be predicted (see the table).")
 
 
 if __name__ == "__main__":
-    define_flags()
+    # Defined only when run as a program, so importing this module (a test, another entry
+    # point) cannot clash with their flags.
+    from xray_tfdata.serving.predict import PredictConfig
+
+    cli.define_flags(PredictConfig)
     cli.run(main)

@@ -9,6 +9,7 @@ type (printed before it runs), so the quickstart doubles as a worked example of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -16,20 +17,41 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import app
 
-from xray_tfdata import cli
+from xray_tfdata import cli, errors
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import synthetic
+from xray_tfdata.settings import setting
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "workspace/quickstart", "Everything the run writes goes here.")
-flags.DEFINE_integer("per_class_train", 120, "Synthetic training images per class.")
-flags.DEFINE_integer("per_class_test", 40, "Synthetic test images per class.")
-flags.DEFINE_integer("image_size", 64, "Side of the square images written to the records.")
-flags.DEFINE_integer("epochs", 12, "Training epochs for the seed CNN.")
-flags.DEFINE_integer("global_batch_size", 16, "Global batch size for training.")
-flags.DEFINE_integer("seed", 0, "Seed for data generation, splits and training.")
-flags.DEFINE_bool("overwrite", True, "Start from scratch (remove a previous quickstart's records and model).")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickstartConfig:
+    """The quickstart's settings (its flags): how much synthetic data, how long to train."""
+
+    workdir: str = setting("workspace/quickstart", "Everything the run writes goes here.")
+    per_class_train: int = setting(120, "Synthetic training images per class.")
+    per_class_test: int = setting(40, "Synthetic test images per class.")
+    image_size: int = setting(64, "Side of the square images written to the records.")
+    epochs: int = setting(12, "Training epochs for the seed CNN.")
+    global_batch_size: int = setting(16, "Global batch size for training.")
+    seed: int = setting(0, "Seed for data generation, splits and training.")
+    overwrite: bool = setting(True, "Start from scratch (remove a previous quickstart's records "
+                              "and model).")
+
+    def __post_init__(self) -> None:
+        for name in ("per_class_test", "epochs", "global_batch_size"):
+            errors.positive_int(name, getattr(self, name))
+        if self.per_class_train < 20:
+            raise ConfigError("per_class_train", self.per_class_train, "at least 20",
+                              "Fewer are too few to learn from and to carve a validation split.")
+        if self.image_size < 32:
+            raise ConfigError("image_size", self.image_size, "at least 32 (the seed CNN's "
+                              "smallest input)")
+
+
+cli.define_flags(QuickstartConfig)
 
 
 STEPS = 6  # synthetic data + the five commands below
@@ -44,7 +66,7 @@ def _run(step: str, args: list[str]) -> None:
     start = time.perf_counter()
     result = subprocess.run(cmd)
     if result.returncode != 0:
-        raise SystemExit(f"quickstart: step '{step}' failed with exit code {result.returncode}.")
+        cli.fail(f"step '{step}' failed with exit code {result.returncode}.")
     _timings.append((step, time.perf_counter() - start))
 
 
@@ -54,49 +76,35 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else str(value)
 
 
-def _validate() -> None:
-    for name in ("per_class_train", "per_class_test", "image_size", "epochs", "global_batch_size"):
-        value = getattr(FLAGS, name)
-        if value < 1:
-            raise app.UsageError(f"--{name}={value} must be a positive integer.")
-    if FLAGS.per_class_train < 20:
-        raise app.UsageError(
-            f"--per_class_train={FLAGS.per_class_train} is too few to learn from and to carve a "
-            "validation split; use at least 20."
-        )
-    if FLAGS.image_size < 32:
-        raise app.UsageError(f"--image_size={FLAGS.image_size}: the seed CNN needs at least 32.")
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    _validate()
-    work = Path(FLAGS.workdir)
+    config = cli.settings_from_flags(QuickstartConfig)
+    work = Path(config.workdir)
     data_dir, records_dir, model_dir = work / "data", work / "records", work / "model"
-    overwrite = ["--overwrite"] if FLAGS.overwrite else []
+    overwrite = ["--overwrite"] if config.overwrite else []
     start = time.perf_counter()
 
     print(f"[1/{STEPS}] synthetic X-rays -> {data_dir}", flush=True)
     t0 = time.perf_counter()
     info = synthetic.generate_dataset(
         data_dir,
-        synthetic.small_counts(FLAGS.per_class_train, FLAGS.per_class_test),
-        seed=FLAGS.seed,
-        overwrite=FLAGS.overwrite,
+        synthetic.small_counts(config.per_class_train, config.per_class_test),
+        seed=config.seed,
+        overwrite=config.overwrite,
     )
     print(f"wrote {info['num_images']} images")
     _timings.append(("synthetic data", time.perf_counter() - t0))
 
     _run("build records", [
         "xray_tfdata.build_records", f"--data_dir={data_dir}", f"--output_dir={records_dir}",
-        f"--image_size={FLAGS.image_size}", f"--seed={FLAGS.seed}",
+        f"--image_size={config.image_size}", f"--seed={config.seed}",
         "--augment=COVID19:gamma0.55,unsharp3", *overwrite,
     ])
     _run("train seed CNN", [
         "xray_tfdata.train", f"--records_dir={records_dir}", f"--model_dir={model_dir}",
-        "--model=seed_cnn", f"--epochs={FLAGS.epochs}",
-        f"--global_batch_size={FLAGS.global_batch_size}", f"--seed={FLAGS.seed}",
+        "--model=seed_cnn", f"--epochs={config.epochs}",
+        f"--global_batch_size={config.global_batch_size}", f"--seed={config.seed}",
         "--class_weights=balanced", "--deterministic", *overwrite,
     ])
     best = model_dir / "best.keras"
@@ -108,7 +116,7 @@ def main(argv: list[str]) -> None:
         "xray_tfdata.classical", f"--model_path={best}", f"--records_dir={records_dir}",
         f"--output_dir={model_dir / 'classical'}",
     ])
-    samples = sorted((data_dir / "test").glob("*/*"))[:: max(1, FLAGS.per_class_test)][:3]
+    samples = sorted((data_dir / "test").glob("*/*"))[:: max(1, config.per_class_test)][:3]
     _run("predict with the SavedModel export", [
         "xray_tfdata.predict", f"--model_path={model_dir / 'export'}", *map(str, samples),
     ])

@@ -3,6 +3,7 @@ r"""Serves one trained classifier as a web app (upload page + TensorFlow Serving
   pip install -e '.[web]'
   python -m xray_tfdata.serve --model_path=workspace/model/export [--host=127.0.0.1]
       [--port=8000] [--threads=4] [--max_upload_mb=20] [--allowed_hosts=xray.example.org]
+      [--max_connections=500] [--request_timeout=60] [--max_request_decoded_mb=512]
 
 Inputs: JPEG, PNG, BMP (and DICOM with the [dicom] extra), decoded like the converter.
 Routes: GET / (upload page), POST /v1/models/xray:predict ({"instances": [{"b64": ...}]} or a
@@ -18,41 +19,16 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
 
 from xray_tfdata import cli  # noqa: E402
-
-FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """Defines this entry point's flags (only when run as a program)."""
-    flags.DEFINE_string("model_path", "workspace/model/export",
-                        "The SavedModel export directory written by train (<model_dir>/export), "
-                        "or a Keras file (<model_dir>/best.keras), exported in memory at start.")
-    flags.DEFINE_string("host", "127.0.0.1",
-                        "Address to listen on: 127.0.0.1 = this machine only, 0.0.0.0 = every "
-                        "interface (then set --allowed_hosts).")
-    flags.DEFINE_integer("port", 8000, "TCP port; 0 = any free port (printed at start-up).")
-    flags.DEFINE_integer("threads", 4, "Request worker threads sharing the one loaded model.")
-    flags.DEFINE_float("max_upload_mb", 20.0,
-                       "Largest request body in MiB (base64 JSON is 4/3 of the image); larger "
-                       "requests get 413.")
-    flags.DEFINE_list("allowed_hosts", [],
-                      "Host names the server answers to (Django's ALLOWED_HOSTS), comma-"
-                      "separated; empty = localhost, 127.0.0.1, [::1] and --host.")
-    from xray_tfdata.serving.web.settings import WEB_MAX_PIXELS  # noqa: PLC0415 - no TF import
+    from xray_tfdata.serving.web.settings import WebSettings  # noqa: PLC0415 - no TF import
 
-    flags.DEFINE_integer("max_pixels", WEB_MAX_PIXELS,
-                         "Largest image, width x height read from its header before decoding "
-                         "(stricter than the converter's 200 M: uploads come from a network); "
-                         "larger ones are refused as decompression bombs.")
-    flags.DEFINE_bool("access_log", True,
-                      "One stderr line per request: method, route, status, bytes in/out, ms "
-                      "(never a file name, header or image byte).")
-    flags.DEFINE_enum("resize_mode", "", ["", "stretch", "pad"],
-                      "For a .keras --model_path only: the converter's --resize_mode; empty = "
-                      "the sibling export/'s, else stretch.")
+    cli.define_flags(WebSettings)
 
 
 def main(argv: list[str]) -> None:
@@ -60,7 +36,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; serve takes flags only.")
     from xray_tfdata.serving.web.settings import WebSettings  # noqa: PLC0415
 
-    cfg = cli.settings_from_flags(WebSettings, allowed_hosts=tuple(FLAGS.allowed_hosts))
+    cfg = cli.settings_from_flags(WebSettings)
     if not Path(cfg.model_path).exists():
         raise app.UsageError(
             f"--model_path={cfg.model_path} does not exist; pass the export directory or the "

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from xray_tfdata import files
 from xray_tfdata.benchmarking import (
     datasets,
     harness,
@@ -79,7 +80,7 @@ def test_machine_facts_and_versions_name_the_hardware_and_libraries():
     assert facts["cpu_logical_cores"] >= 1 and facts["ram_gb"] > 0
     assert isinstance(facts["cpu_model"], str) and facts["cpu_model"]
     assert isinstance(facts["gpus"], list)
-    versions = harness.library_versions()
+    versions = files.versions()
     assert versions["tensorflow"] == tf.__version__
     assert versions["numpy"] == np.__version__
 
@@ -140,7 +141,7 @@ def test_cli_refuses_bad_flags_before_any_work(args, message, tmp_path):
 
 # ------------------------------------------------------------------------------ isolation
 def test_child_process_reports_its_own_peak_memory(tmp_path):
-    task = isolate.Task("probe", "xray_tfdata.benchmarking.isolate:memory_probe",
+    task = isolate.Task("probe", "tests.benchmarking.probe_task:memory_probe",
                         {"megabytes": 200}, import_tensorflow=False)
     result = isolate.run_task(task, isolate=True, log_dir=tmp_path)
     assert result["isolated"] is True and result["megabytes"] == 200
@@ -149,7 +150,7 @@ def test_child_process_reports_its_own_peak_memory(tmp_path):
 
 
 def test_child_failure_names_the_variant_and_the_error(tmp_path):
-    task = isolate.Task("bad probe", "xray_tfdata.benchmarking.isolate:memory_probe",
+    task = isolate.Task("bad probe", "tests.benchmarking.probe_task:memory_probe",
                         {"megabytes": -1}, import_tensorflow=False)
     with pytest.raises(isolate.BenchmarkError, match=r"(?s)'bad probe' failed.*megabytes=-1"):
         isolate.run_task(task, isolate=True, log_dir=tmp_path)
@@ -357,3 +358,43 @@ def test_synthetic_feed_delivers_the_real_batches_shapes_to_the_model(work_dir):
 def test_too_many_replicas_in_process_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"replicas=64 but only \d CPU device\(s\).*Run isolated"):
         train_bench.make_strategy("mirrored", 64)
+
+
+# ------------------------------------------------------------------ each mode on its defaults
+def _scaled_defaults(mode: str, work_dir: Path, tmp_path: Path, **overrides) -> dict:
+    """BenchConfig's defaults for `mode`, with only the amounts scaled down to the tiny preset:
+    the same share of the sources for the convert subset, tiny images, few steps, one repeat."""
+    defaults = suite.BenchConfig(mode=mode)
+    share = defaults.convert_images / datasets.PRESETS[defaults.synthetic].num_images
+    settings = dict(synthetic="tiny", work_dir=str(work_dir),
+                    output=str(tmp_path / "results.jsonl"), image_size=32, batch_size=4,
+                    steps=2, warmup_steps=1, repeats=1, isolate=False,
+                    convert_images=max(1, round(share * datasets.PRESETS["tiny"].num_images)),
+                    replicas=REPLICAS)
+    settings.update(overrides)
+    return settings
+
+
+def test_convert_mode_on_its_defaults_converts_a_subset(work_dir, tmp_path):
+    # The default (2,000 of 6,432 sources) takes the subset path: it once crashed there.
+    settings = _scaled_defaults("convert", work_dir, tmp_path)
+    assert 0 < settings["convert_images"] < datasets.PRESETS["tiny"].num_images
+    lines, _ = _run(work_dir, tmp_path, "convert", **settings)
+    measured = [r for r in lines if r["kind"] == "measurement"]
+    assert measured and all(r["metrics"] for r in measured)
+    assert {r["details"]["images"] for r in measured} == {settings["convert_images"]}
+    assert lines[0]["settings"]["data"]["convert_images"] == settings["convert_images"]
+
+
+@pytest.mark.slow
+def test_all_mode_on_its_defaults_runs_each_mode_in_order(work_dir, tmp_path):
+    # Every mode once, in order; the variants each mode multiplies are cut to one apiece (the
+    # modes' own tests above run them all).
+    settings = _scaled_defaults("all", work_dir, tmp_path, ablation=False, host_cost=False,
+                                baselines=False, service_workers=(), precisions=("float32",),
+                                replicas=(1,), augment_on=("host",), workers=(1,))
+    printed: list[str] = []
+    records = suite.run(suite.BenchConfig(mode="all", **settings), echo=printed.append)
+    summaries = [r["mode"] for r in records if r["kind"] == "summary"]
+    assert summaries == list(suite.RUN_ORDER)
+    assert all(r["metrics"] for r in records if r["kind"] == "measurement")

@@ -1,4 +1,4 @@
-"""gradcam.py / explainer.py / explain.py: region lighting, border attention, every model."""
+"""gradcam.py / gradcam_report.py / explain.py: region lighting, border attention, every model."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from tests import fixtures
 from xray_tfdata import models
-from xray_tfdata.evaluation import explainer, gradcam
+from xray_tfdata.evaluation import gradcam_report, gradcam
 
 SIZE = 32
 
@@ -159,7 +159,7 @@ def test_explain_command_writes_overlays_sheets_and_json(tmp_path):
          "--batch_size=4"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "border attention NORMAL" in proc.stdout and "layer conv3" in proc.stdout
-    report = json.loads((out / explainer.EXPLAIN_FILE).read_text())
+    report = json.loads((out / gradcam_report.EXPLAIN_FILE).read_text())
     assert [i["true"] for i in report["images"]].count("COVID19") == 3
     assert len(report["images"]) == 9
     for image in report["images"]:

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata.inputs import device_augment, online_augment, pipeline
+from xray_tfdata.settings import from_flat
 from xray_tfdata.training import distribute, loop
 from xray_tfdata.training.config import TrainConfig
 
@@ -91,7 +92,7 @@ def test_device_mode_matches_host_modes_statistics(records):
 
 @pytest.mark.slow
 def test_trains_with_device_augmentation_on_two_mirrored_cpus(records, tmp_path):
-    config = TrainConfig(records_dir=str(records), model_dir=str(tmp_path), epochs=1,
+    config = from_flat(TrainConfig, records_dir=str(records), model_dir=str(tmp_path), epochs=1,
                          steps_per_epoch=3, global_batch_size=8, warmup_epochs=0,
                          steps_per_execution=3, export=False, augment_on="device", seed=2,
                          val_split="val")

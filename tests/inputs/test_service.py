@@ -219,10 +219,11 @@ def test_command_survives_a_killed_worker_and_stops_on_sigterm(records, tmp_path
 
 @pytest.mark.slow
 def test_train_reads_its_input_through_the_service(records, cluster, tmp_path):
+    from xray_tfdata.settings import from_flat
     from xray_tfdata.training import loop
     from xray_tfdata.training.config import TrainConfig
 
-    config = TrainConfig(records_dir=str(records), model_dir=str(tmp_path), epochs=1,
+    config = from_flat(TrainConfig, records_dir=str(records), model_dir=str(tmp_path), epochs=1,
                          steps_per_epoch=2, global_batch_size=8, warmup_epochs=0,
                          steps_per_execution=2, export=False, data_service=cluster,
                          data_service_job="train-run", augment_on="host")

@@ -75,21 +75,15 @@ def test_shard_size_mb_sizes_shards_from_encoded_bytes():
     assert len(sp.plan_shards(examples, shard_size_mb=2.5, min_shards=1)) == 5  # 10.003 MB / 2.5
 
 
-def test_split_train_val_is_stratified_deterministic_and_seeded():
+def test_carve_is_stratified_deterministic_and_seeded():
     files = _files({"NORMAL": 50, "COVID19": 10, "PNEUMONIA": 3})
-    train, val = sp.split_train_val(files, 0.1, seed=0)
-    assert Counter(f.class_name for f in val) == {"NORMAL": 5, "COVID19": 1, "PNEUMONIA": 1}
-    assert len(train) + len(val) == len(files) and not set(train) & set(val)
-    assert train == [f for f in files if f not in val]  # input order kept
-    assert sp.split_train_val(list(reversed(files)), 0.1, 0)[1] == list(reversed(val))
-    assert set(sp.split_train_val(files, 0.1, seed=1)[1]) != set(val)
-    assert sp.split_train_val(files, 0.0, 0) == (files, [])
-
-
-def test_split_train_val_rejects_a_bad_fraction():
-    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\). Received: "
-                                         r"val_fraction=1.0"):
-        sp.split_train_val(_files({"NORMAL": 3}), 1.0, 0)
+    units = {f.relpath: f.class_name for f in files}
+    val = sp.carve(units, 0.1, 0, "val")
+    assert Counter(units[k] for k in val) == {"NORMAL": 5, "COVID19": 1, "PNEUMONIA": 1}
+    assert sp.carve(dict(reversed(units.items())), 0.1, 0, "val") == val  # order-free
+    assert sp.carve(units, 0.1, 1, "val") != val
+    assert sp.carve(units, 0.1, 0, "test") != val  # each split its own draw
+    assert sp.carve(units, 0.0, 0, "val") == set()
 
 
 def test_select_augmented_limits_sources_per_class_by_stable_key():

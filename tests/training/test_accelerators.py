@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs import device_augment
+from xray_tfdata.settings import from_flat
 from xray_tfdata.training import distribute
 from xray_tfdata.training.config import TrainConfig
 
@@ -61,10 +62,11 @@ def test_jit_compile_auto_is_on_for_accelerators_only(gpus, value, capabilities,
 
 
 def test_jit_compile_setting_is_checked():
-    assert TrainConfig(records_dir="r", model_dir="m").jit_compile == "auto"
-    assert TrainConfig(records_dir="r", model_dir="m", jit_compile=True).jit_compile == "true"
+    assert from_flat(TrainConfig, records_dir="r", model_dir="m").jit_compile == "auto"
+    assert from_flat(TrainConfig, records_dir="r", model_dir="m",
+                     jit_compile=True).jit_compile == "true"
     with pytest.raises(ConfigError, match="jit_compile must be one of auto, true, false"):
-        TrainConfig(records_dir="r", model_dir="m", jit_compile="maybe")
+        from_flat(TrainConfig, records_dir="r", model_dir="m", jit_compile="maybe")
     with pytest.raises(ConfigError, match="jit_compile"):
         distribute.resolve_jit_compile("yes")
 
@@ -86,8 +88,9 @@ def test_augment_on_auto_is_device_with_an_accelerator(name, devices, expected):
 def test_augment_on_and_data_service_settings_are_checked():
     assert device_augment.resolve_augment_on("auto") == "host"  # this machine: CPU only
     with pytest.raises(ConfigError, match="augment_on must be one of auto, host, device"):
-        TrainConfig(records_dir="r", model_dir="m", augment_on="gpu")
+        from_flat(TrainConfig, records_dir="r", model_dir="m", augment_on="gpu")
     with pytest.raises(ConfigError, match="data_service"):
-        TrainConfig(records_dir="r", model_dir="m", data_service="localhost:5050")
-    config = TrainConfig(records_dir="r", model_dir="m", data_service="grpc://localhost:5050")
-    assert config.data_service == "grpc://localhost:5050"
+        from_flat(TrainConfig, records_dir="r", model_dir="m", data_service="localhost:5050")
+    config = from_flat(TrainConfig, records_dir="r", model_dir="m",
+                       data_service="grpc://localhost:5050")
+    assert config.input.data_service == "grpc://localhost:5050"

@@ -12,9 +12,10 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata import models
-from xray_tfdata.evaluation import calibration, evaluator
+from xray_tfdata.evaluation import calibration, inference
 from xray_tfdata.serving import export
-from xray_tfdata.training import finetune, loop
+from xray_tfdata.settings import from_flat
+from xray_tfdata.training import loop, setup
 from xray_tfdata.training.config import TrainConfig
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def _config(records: Path, model_dir: Path, **overrides) -> TrainConfig:
                     warmup_epochs=0, export=False, cache="memory", augment=False,
                     shuffle_buffer=64)
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return from_flat(TrainConfig, **settings)
 
 
 def _weights_at(model_dir: Path, step: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -97,7 +98,7 @@ def test_config_refuses_fine_tuning_settings_for_the_seed_cnn(records, tmp_path)
 def test_temperature_fitted_on_val_is_stored_and_built_into_best_and_export(records, tmp_path):
     model_dir = tmp_path / "run"
     summary = loop.train(_config(records, model_dir, model="seed_cnn", epochs=1, export=True))
-    record = json.loads((model_dir / finetune.CALIBRATION_FILE).read_text())
+    record = json.loads((model_dir / calibration.CALIBRATION_FILE).read_text())
     assert summary["calibration"] == record and record["applied_in_model"] is True
     assert record["val_nll_calibrated"] <= record["val_nll"] + 1e-9
     # Defaults are balanced, and the summary says so.
@@ -107,10 +108,10 @@ def test_temperature_fitted_on_val_is_stored_and_built_into_best_and_export(reco
     raw = models.build_model("seed_cnn", SIZE, 1, seed=0)
     tf.train.Checkpoint(model=raw).read(str(model_dir / "checkpoints" / f"ckpt-{STEPS}")) \
         .expect_partial()
-    best = evaluator.load_model(model_dir / "best.keras")
-    dataset = evaluator.eval_dataset(str(records), "val", SIZE, 1, 8)
-    _, (raw_probs, *_) = evaluator.run_model(raw, dataset)
-    _, (best_probs, *_) = evaluator.run_model(best, dataset)
+    best = inference.load_model(model_dir / "best.keras")
+    dataset = inference.eval_dataset(str(records), "val", SIZE, 1, 8)
+    _, (raw_probs, *_) = inference.run_model(raw, dataset)
+    _, (best_probs, *_) = inference.run_model(best, dataset)
     np.testing.assert_allclose(best_probs, calibration.apply_temperature(
         raw_probs, record["temperature"]), atol=1e-5)
     meta = export.read_metadata(model_dir / "export")
@@ -119,7 +120,7 @@ def test_temperature_fitted_on_val_is_stored_and_built_into_best_and_export(reco
     # Resuming the finished run keeps the calibrated model as it is (no second temperature).
     again = loop.train(_config(records, model_dir, model="seed_cnn", epochs=1, export=False))
     assert again["calibration"] == record
-    _, (reloaded, *_) = evaluator.run_model(evaluator.load_model(model_dir / "best.keras"),
+    _, (reloaded, *_) = inference.run_model(inference.load_model(model_dir / "best.keras"),
                                             dataset)
     np.testing.assert_allclose(reloaded, best_probs, atol=1e-6)
 
@@ -128,6 +129,6 @@ def test_balanced_sampling_turns_class_weights_off(records, tmp_path):
     config = _config(records, tmp_path, model="seed_cnn", sampling="balanced")
     manifest = {"splits": {"train": {"per_class": {"NORMAL": 30, "COVID19": 10,
                                                    "PNEUMONIA": 80}}}}
-    np.testing.assert_array_equal(loop.class_weight_vector(config, manifest), np.ones(3))
-    weighted = loop.class_weight_vector(_config(records, tmp_path, model="seed_cnn"), manifest)
+    np.testing.assert_array_equal(setup.class_weight_vector(config, manifest), np.ones(3))
+    weighted = setup.class_weight_vector(_config(records, tmp_path, model="seed_cnn"), manifest)
     np.testing.assert_allclose(weighted, [120 / 90, 120 / 30, 120 / 240], rtol=1e-6)

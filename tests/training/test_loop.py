@@ -18,8 +18,10 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata.errors import ConfigError
+from xray_tfdata.evaluation import inference
 from xray_tfdata.records import manifest
-from xray_tfdata.training import distribute, loop, steps
+from xray_tfdata.settings import from_flat
+from xray_tfdata.training import distribute, loop, setup, steps
 from xray_tfdata.training.config import TrainConfig
 
 make_records = fixtures.xray_records
@@ -35,7 +37,7 @@ def _config(records: Path, model_dir: Path, **overrides) -> TrainConfig:
                     global_batch_size=8, learning_rate=1e-3, warmup_epochs=0, dropout=0.2,
                     steps_per_execution=4, export=False, cache="memory")
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return from_flat(TrainConfig, **settings)
 
 
 def _history(model_dir: Path) -> list[dict[str, str]]:
@@ -80,7 +82,7 @@ def test_make_strategy_names_and_errors(monkeypatch):
     ({"weights": "/no/such.h5"}, r"weights must be unset \(random init\), 'imagenet'"),
     ({"warmup_epochs": 3.0}, r"warmup_epochs must be a number in \[0, epochs=2\]\. "
                              r"Received: warmup_epochs=3\.0"),
-    ({"class_weights": "inverse"}, r"class_weights must be one of none, balanced\. Received: class_weights='inverse'"),
+    ({"class_weights": "inverse"}, r"class_weights must be one of balanced, none\. Received: class_weights='inverse'"),
 ])
 def test_config_errors_name_field_value_and_allowed(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -89,21 +91,21 @@ def test_config_errors_name_field_value_and_allowed(tmp_path, overrides, message
 
 
 def test_resolve_data_checks_records(records, tmp_path):
-    data = loop.resolve_data(_config(records, tmp_path))
+    data = setup.resolve_data(_config(records, tmp_path))
     assert (data.image_size, data.channels, data.steps_per_epoch) == (64, 1, 180 // 8)
     with pytest.raises(manifest.ManifestError, match=r"hold 64x64 images, but image_size=48"):
-        loop.resolve_data(_config(records, tmp_path, image_size=48))
+        setup.resolve_data(_config(records, tmp_path, image_size=48))
     with pytest.raises(ConfigError, match=r"global_batch_size must be at most the 180 training.*Received: global_batch_size=256"):
-        loop.resolve_data(_config(records, tmp_path, global_batch_size=256))
+        setup.resolve_data(_config(records, tmp_path, global_batch_size=256))
     with pytest.raises(ConfigError, match=r"val_split must be records.*found: \['test', 'train', 'val'\].*Received: val_split='holdout'"):
-        loop.resolve_data(_config(records, tmp_path, val_split="holdout"))
+        setup.resolve_data(_config(records, tmp_path, val_split="holdout"))
 
 
 def test_balanced_class_weights_from_kaggle_counts():
     info = {"splits": {"train": {"per_class": {"NORMAL": 1266, "COVID19": 460,
                                                "PNEUMONIA": 3418}}}}
     config = _config(Path("r"), Path("m"), class_weights="balanced")
-    weights = loop.class_weight_vector(config, info)
+    weights = setup.class_weight_vector(config, info)
     np.testing.assert_allclose(weights, [5144 / (3 * 1266), 5144 / (3 * 460), 5144 / (3 * 3418)],
                                rtol=1e-6)
     # Weighted counts are equal per class: each class contributes the same total loss weight.
@@ -113,18 +115,18 @@ def test_balanced_class_weights_from_kaggle_counts():
 def test_optimizer_schedule_warmup_cosine_and_lr_scaling():
     config = _config(Path("r"), Path("m"), epochs=4, warmup_epochs=1, learning_rate=1e-3,
                      global_batch_size=64, scale_lr=True, optimizer="sgd")
-    schedule = loop.make_lr_schedule(config, steps_per_epoch=10)
+    schedule = setup.make_lr_schedule(config, steps_per_epoch=10)
     lr = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
     peak = 1e-3 * 64 / 32
     assert lr[0] == 0.0 and lr[1] == pytest.approx(peak / 2) and lr[2] == pytest.approx(peak)
     assert lr[2] > lr[3] > lr[4] and lr[4] == pytest.approx(0.0, abs=1e-9)
-    fp16 = loop.make_optimizer(config, 10, "mixed_float16")
+    fp16 = setup.make_optimizer(config, 10, "mixed_float16")
     assert isinstance(fp16, keras.optimizers.LossScaleOptimizer)
 
 
 def test_metrics_in_numpy():
     probs = np.array([[.8, .1, .1], [.1, .8, .1], [.1, .1, .8], [.6, .3, .1]])
-    out = steps.classification_metrics(np.array([0, 1, 2, 1]), probs)
+    out = inference.classification_metrics(np.array([0, 1, 2, 1]), probs)
     assert out["accuracy"] == 0.75
     # F1 per class: 2/3 (P=.5, R=1), 2/3 (P=1, R=.5), 1.
     assert out["macro_f1"] == pytest.approx(7 / 9)
@@ -143,7 +145,7 @@ def test_mixed_float16_step_runs_on_cpu_with_float32_outputs(records):
     try:
         model = models.build_model("seed_cnn", 64, 1, dropout=0.0)
         config = _config(records, Path("unused"))
-        optimizer = loop.make_optimizer(config, 5, "mixed_float16")
+        optimizer = setup.make_optimizer(config, 5, "mixed_float16")
         optimizer.build(model.trainable_variables)
         loss_fn = steps.make_loss_fn(np.ones(3, np.float32), 0.1, 8)
         step = steps.make_train_function(strategy, model, optimizer, loss_fn,

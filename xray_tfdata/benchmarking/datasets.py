@@ -19,6 +19,7 @@ from typing import Any
 from absl import logging
 
 from xray_tfdata import files
+from xray_tfdata.records import synthetic
 
 # Full-size sources, as in the Kaggle set (issues 2 and 3: 1000-2000 px JPEGs).
 FULL_SIZE = (1000, 2000)
@@ -40,14 +41,9 @@ class SyntheticPreset:
 
 
 def _balanced(train: int, test: int) -> dict[str, dict[str, int]]:
-    classes = ("COVID19", "NORMAL", "PNEUMONIA")
+    classes = synthetic.KAGGLE_CLASSES
     return {"train": {c: train for c in classes}, "test": {c: test for c in classes}}
 
-
-_KAGGLE_COUNTS = {  # mirrors synthetic.KAGGLE_COUNTS (checked in the tests)
-    "train": {"COVID19": 460, "NORMAL": 1266, "PNEUMONIA": 3418},
-    "test": {"COVID19": 116, "NORMAL": 317, "PNEUMONIA": 855},
-}
 
 PRESETS: dict[str, SyntheticPreset] = {
     # Seconds end to end: the tests' smoke runs. Small images; not a speed measurement.
@@ -55,7 +51,7 @@ PRESETS: dict[str, SyntheticPreset] = {
     # A few hundred full-size images: quick convert numbers, a rough input comparison.
     "small": SyntheticPreset("small", _balanced(100, 20), *FULL_SIZE),
     # The Kaggle set's size and class counts at full resolution: the numbers the README quotes.
-    "kaggle": SyntheticPreset("kaggle", _KAGGLE_COUNTS, *FULL_SIZE),
+    "kaggle": SyntheticPreset("kaggle", synthetic.KAGGLE_COUNTS, *FULL_SIZE),
 }
 
 
@@ -65,8 +61,6 @@ def _key(payload: dict[str, Any]) -> str:
 
 def synthetic_sources(preset_name: str, work_dir: str | os.PathLike) -> Path:
     """Returns a Kaggle-layout folder with the preset's images, generating it on first use."""
-    from xray_tfdata.records import synthetic  # pylint: disable=import-outside-toplevel
-
     preset = PRESETS[preset_name]
     payload = dataclasses.asdict(preset)
     folder = Path(work_dir) / f"sources-{preset.name}-{_key(payload)}"
@@ -109,11 +103,11 @@ def convert_subset(data_dir: str | os.PathLike, work_dir: str | os.PathLike, lim
     """
     from xray_tfdata.records import sources  # pylint: disable=import-outside-toplevel
 
-    files = sources.scan(data_dir)
-    if limit <= 0 or limit >= len(files):
+    scanned = sources.scan(data_dir)  # not `files`: that name is the module used below
+    if limit <= 0 or limit >= len(scanned):
         return Path(data_dir)
-    step = len(files) / limit
-    chosen = [files[int(i * step)] for i in range(limit)]
+    step = len(scanned) / limit
+    chosen = [scanned[int(i * step)] for i in range(limit)]
     key = _key({"data_dir": str(Path(data_dir).resolve()), "limit": limit})
     folder = Path(work_dir) / f"convert-subset-{limit}-{key}"
     if (folder / "COMPLETE").is_file():

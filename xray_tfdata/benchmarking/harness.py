@@ -77,9 +77,26 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def library_versions() -> dict[str, str]:
-    """Installed distribution versions (files.versions: read from metadata, no TF import)."""
-    return files.versions()
+def timed_with_cpu(run, repeats: int) -> tuple[list[float], list[float]]:
+    """Calls `run` (returns images delivered) `repeats` times: images/s (wall clock) and this
+    process's CPU microseconds per image (all threads: the tf.data pool does the work)."""
+    rates, cpu_us = [], []
+    for _ in range(repeats):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        images = run()
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        rates.append(images / wall if wall > 0 else math.inf)
+        cpu_us.append(1e6 * cpu / max(images, 1))
+    return rates, cpu_us
+
+
+def consume(iterator, num_batches: int) -> int:
+    """Pulls (images, labels) batches from a dataset iterator; returns images delivered. Tensors from tf.data are already computed."""
+    images = 0
+    for _ in range(num_batches):
+        batch, _labels = next(iterator)
+        images += int(batch.shape[0])
+    return images
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:

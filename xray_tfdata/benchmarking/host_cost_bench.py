@@ -35,7 +35,6 @@ RATES = (10_000, 50_000)  # images/s a GPU host must feed
 VARIANTS = tuple((fmt, cached, where) for fmt in ("jpeg", "raw") for cached in (True, False)
                  for where in ("host", "device"))
 TARGET_RATIO = 0.2  # device augmentation's host CPU per image <= 0.2 x host augmentation's
-SERVICE_WORKERS = (0, 1, 2)
 
 
 def variant_name(image_format: str, cached: bool, augment_on: str) -> str:
@@ -99,7 +98,6 @@ def _cpu_seconds(procs: list[subprocess.Popen]) -> float:
 def measure_service(records_dir: str, image_size: int, batch_size: int, repeats: int,
                     seed: int, workers: int, steps: int, warmup_steps: int) -> dict[str, Any]:
     """Images/s and CPU per image of the training pipeline, locally or through the service."""
-    from xray_tfdata.benchmarking import input_bench  # pylint: disable=C0415
     from xray_tfdata.inputs import pipeline, service  # pylint: disable=C0415
 
     dispatcher, procs = None, []
@@ -116,10 +114,10 @@ def measure_service(records_dir: str, image_size: int, batch_size: int, repeats:
         per_epoch = pipeline.steps_per_epoch(records_dir, SPLIT, batch_size)
         batches = max(steps, per_epoch)
         iterator = iter(pipeline.build_dataset(records_dir, SPLIT, config))
-        input_bench._consume(iterator, max(warmup_steps, 2) + per_epoch // 2)  # noqa: SLF001
+        harness.consume(iterator, max(warmup_steps, 2) + per_epoch // 2)
         worker_cpu0 = _cpu_seconds(procs)
-        rates, trainer_us = input_bench.timed_with_cpu(
-            lambda: input_bench._consume(iterator, batches), repeats)  # noqa: SLF001
+        rates, trainer_us = harness.timed_with_cpu(
+            lambda: harness.consume(iterator, batches), repeats)
         worker_us = 1e6 * (_cpu_seconds(procs) - worker_cpu0) / (repeats * batches * batch_size)
         batch = next(iterator)[0]
         iterator = None  # releases the service job before the servers stop

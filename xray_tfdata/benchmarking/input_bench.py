@@ -82,15 +82,6 @@ def plan(*, data_dir: str, records: dict[str, str], image_size: int, batch_size:
     return tasks
 
 
-def _consume(iterator, num_batches: int) -> int:
-    """Pulls batches; returns images delivered. Tensors from tf.data are already computed."""
-    images = 0
-    for _ in range(num_batches):
-        batch, _labels = next(iterator)
-        images += int(batch.shape[0])
-    return images
-
-
 def measure_keras_directory(data_dir: str, image_size: int, batch_size: int, warmup_steps: int,
                             steps: int, repeats: int, seed: int) -> dict[str, Any]:
     """keras.utils.image_dataset_from_directory over <data_dir>/train, grayscale, bilinear."""
@@ -102,8 +93,8 @@ def measure_keras_directory(data_dir: str, image_size: int, batch_size: int, war
         verbose=False,
     )
     iterator = iter(ds.repeat())
-    rates = harness.time_repeats(lambda: _consume(iterator, steps), repeats=repeats,
-                                 warmup=lambda: _consume(iterator, warmup_steps))
+    rates = harness.time_repeats(lambda: harness.consume(iterator, steps), repeats=repeats,
+                                 warmup=lambda: harness.consume(iterator, warmup_steps))
     summary = harness.summarize(rates)
     shape = next(iterator)[0].shape
     return {"first_epoch_images_per_sec": summary, "steady_images_per_sec": summary,
@@ -186,7 +177,7 @@ def measure_ours(records_dir: str, image_size: int, channels: int, batch_size: i
     steps = pipeline.steps_per_epoch(records_dir, SPLIT, batch_size)
 
     # Warm-up: load the kernels and libraries once (not the data: every repeat builds anew).
-    _consume(iter(pipeline.build_dataset(records_dir, SPLIT, config)), 1)
+    harness.consume(iter(pipeline.build_dataset(records_dir, SPLIT, config)), 1)
     first, build_s = [], []
     iterator = None
     for _ in range(repeats):
@@ -197,19 +188,19 @@ def measure_ours(records_dir: str, image_size: int, channels: int, batch_size: i
         # Timed from the iterator's creation: the first batch's latency (shuffle buffer fill)
         # counts; building the graph (manifest read, tracing) is a one-off, reported apart.
         iterator = iter(dataset)
-        images = _consume(iterator, steps)
+        images = harness.consume(iterator, steps)
         first.append(images / (time.perf_counter() - built))
         build_s.append(built - start)
     # The cache is complete once its input has hit the end; the shuffle buffer reads ahead, so
     # pull one buffer's worth more before timing the steady state.
-    _consume(iterator, config.shuffle_buffer // batch_size + 2)
+    harness.consume(iterator, config.shuffle_buffer // batch_size + 2)
     # A cached epoch can take milliseconds: time enough whole epochs per repeat to fill
     # MIN_REPEAT_SECONDS, so timer resolution and scheduler noise stay small.
     start = time.perf_counter()
-    _consume(iterator, steps)
+    harness.consume(iterator, steps)
     epochs = max(1, min(MAX_EPOCHS_PER_REPEAT,
                         math.ceil(MIN_REPEAT_SECONDS / max(time.perf_counter() - start, 1e-6))))
-    steady, cpu_us = timed_with_cpu(lambda: _consume(iterator, steps * epochs), repeats)
+    steady, cpu_us = harness.timed_with_cpu(lambda: harness.consume(iterator, steps * epochs), repeats)
     batch = next(iterator)[0]
     return {"first_epoch_images_per_sec": harness.summarize(first),
             "steady_images_per_sec": harness.summarize(steady),
@@ -219,19 +210,6 @@ def measure_ours(records_dir: str, image_size: int, channels: int, batch_size: i
             "steps_per_epoch": steps, "steady_epochs_per_repeat": epochs,
             "batch_shape": list(batch.shape), "batch_dtype": batch.dtype.name,
             "input_config": {k: v for k, v in settings.items()}}
-
-
-def timed_with_cpu(run, repeats: int) -> tuple[list[float], list[float]]:
-    """Calls `run` (returns images delivered) `repeats` times: images/s (wall clock) and this
-    process's CPU microseconds per image (all threads: the tf.data pool does the work)."""
-    rates, cpu_us = [], []
-    for _ in range(repeats):
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        images = run()
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        rates.append(images / wall if wall > 0 else math.inf)
-        cpu_us.append(1e6 * cpu / max(images, 1))
-    return rates, cpu_us
 
 
 TABLE_COLUMNS = (("variant", "variant"), ("first", "first epoch img/s"),

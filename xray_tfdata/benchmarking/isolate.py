@@ -126,16 +126,6 @@ def _run_child(task: Task, log_dir: Path, timeout_s: float) -> dict[str, Any]:
         return result
 
 
-def memory_probe(megabytes: int) -> dict[str, Any]:
-    """Touches `megabytes` MB and frees it: a known peak, to check the memory measurement."""
-    if isinstance(megabytes, bool) or not isinstance(megabytes, int) or megabytes < 0:
-        raise ValueError(f"megabytes must be an int >= 0. Received: megabytes={megabytes!r}.")
-    block = bytearray(megabytes * 1024 * 1024)
-    block[::4096] = b"\x01" * len(block[::4096])  # touch every page so it is resident
-    del block
-    return {"megabytes": megabytes}
-
-
 def _child_main(spec_path: str, result_path: str) -> int:
     from absl import logging  # pylint: disable=import-outside-toplevel
 

@@ -17,8 +17,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from xray_tfdata.benchmarking import datasets, harness, isolate
+from xray_tfdata import files
+from xray_tfdata.benchmarking import datasets, harness, isolate, train_bench
 from xray_tfdata.errors import ConfigError
+from xray_tfdata.settings import setting
 
 MODES = ("convert", "input", "train", "all")
 RUN_ORDER = ("convert", "input", "train")
@@ -31,37 +33,58 @@ _LIMITS = {"batch_size": (1, 4096), "image_size": (16, 1024), "steps": (1, 100_0
 class BenchConfig:
     """Everything one benchmark run depends on; validated on construction."""
 
-    mode: str
-    data_dir: str = ""  # an existing Kaggle-layout folder; "" = generate `synthetic`
-    synthetic: str = "kaggle"
-    work_dir: str = "workspace/benchmarks/data"
-    output: str = "workspace/benchmarks/results.jsonl"
-    batch_size: int = 64
-    image_size: int = 224
-    channels: int = 1  # train mode; the input mode measures 1 and 3
-    model: str = "seed_cnn"
-    precisions: tuple[str, ...] = ("float32", "mixed")
-    strategy: str = "mirrored"
-    replicas: tuple[int, ...] = (1, 2, 4)
-    steps: int = 20
-    warmup_steps: int = 3
-    repeats: int = 3
-    workers: tuple[int, ...] = (1, 2)
-    convert_images: int = 2000  # sources for the convert mode (0 = all of data_dir)
-    ablation: bool = True
-    baselines: bool = True  # input mode: the Keras and tutorial loaders
-    host_cost: bool = True  # input mode: host CPU per image, host vs device augmentation
-    augment_on: tuple[str, ...] = ("host", "device")  # train mode: where augmentation runs
-    service_workers: tuple[int, ...] = (0, 1, 2)  # input mode: tf.data service workers; () = off
-    isolate: bool = True  # each variant in its own process (fair peak RSS, fresh TF runtime)
-    plot: bool = False
-    plot_dir: str = ""  # "" = beside `output`
-    seed: int = 0
-    timeout_s: float = 1800.0
+    mode: str = setting(help="What to measure.", allowed=MODES, flag_default="all")
+    data_dir: str = setting("", "Existing Kaggle-layout folder "
+                            "(<data_dir>/{train,test}/{COVID19,NORMAL,PNEUMONIA}/*). Empty: "
+                            "--synthetic.")
+    synthetic: str = setting(
+        "kaggle", "Generated dataset when --data_dir is empty: tiny (smoke test, small images), "
+        "small (360 full-size), kaggle (6,432 full-size at the Kaggle class counts).",
+        allowed=tuple(datasets.PRESETS))
+    work_dir: str = setting("workspace/benchmarks/data", "Cache for generated sources, records, "
+                            "subsets and per-variant logs.")
+    output: str = setting("workspace/benchmarks/results.jsonl",
+                          "JSON-lines file the results are appended to.")
+    batch_size: int = setting(64, "Batch size (input mode: batch; train mode: per-replica "
+                              "batch).")
+    image_size: int = setting(224, "Square image side of records/batches.")
+    channels: int = setting(1, "Train mode image channels (1 or 3).")  # input mode: 1 and 3
+    model: str = setting("seed_cnn", "Train mode model (xray_tfdata.models.MODEL_NAMES).")
+    precisions: tuple[str, ...] = setting(
+        ("float32", "mixed"), "Train mode precisions: float32, mixed (float16 on GPU, bfloat16 "
+        "elsewhere), mixed_float16, mixed_bfloat16.", flag="precision")
+    strategy: str = setting("mirrored", "Train mode tf.distribute strategy.",
+                            allowed=train_bench.STRATEGY_NAMES)
+    replicas: tuple[int, ...] = setting(
+        (1, 2, 4), "Train mode replica counts (GPUs, or logical CPU devices without GPUs).")
+    steps: int = setting(20, "Timed steps/batches per repeat.")
+    warmup_steps: int = setting(3, "Untimed steps before timing.")
+    repeats: int = setting(3, "Timed repeats per variant (median, spread).")
+    workers: tuple[int, ...] = setting((1, 2), "Convert mode worker counts.")
+    convert_images: int = setting(
+        2000, "Convert mode: number of source images (spread over the set; 0 = all).")
+    ablation: bool = setting(True, "Input mode: also run ours with each optimisation switched "
+                             "off.")
+    baselines: bool = setting(True, "Input mode: also run the Keras image_dataset_from_directory "
+                              "and tutorial loaders.")
+    host_cost: bool = setting(
+        True, "Input mode: host CPU per image (no model) for augmentation on host vs device, "
+        "jpeg vs raw, cached vs not, and the cores needed for 10k / 50k images/s.")
+    augment_on: tuple[str, ...] = setting(
+        ("host", "device"), "Train mode: where augmentation runs, host (tf.data) and/or device "
+        "(inside the step); each is measured real vs synthetic.")
+    service_workers: tuple[int, ...] = setting(
+        (0, 1, 2), "Input mode: tf.data service variants with this many local worker processes "
+        "(0 = the same pipeline locally). Empty: none.")
+    isolate: bool = setting(
+        True, "Run each variant in its own process (fair peak memory; needed for several "
+        "logical CPU replicas). --noisolate: in-process, for quick smoke runs.")
+    plot: bool = setting(False, "Also write a PNG chart per mode.")
+    plot_dir: str = setting("", "Where the PNGs go (default: beside --output).")
+    seed: int = setting(0, "Seed for shuffling and synthetic batches.")
+    timeout_s: float = setting(1800.0, "Seconds before a variant is stopped.", flag="timeout")
 
     def __post_init__(self) -> None:
-        from xray_tfdata.benchmarking import train_bench  # pylint: disable=C0415 (no TF import)
-
         def bad(field: str, allowed: str, fix: str = "") -> ConfigError:
             value = getattr(self, field)
             shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
@@ -195,7 +218,7 @@ def run(config: BenchConfig, echo: Callable[[str], None] = print) -> list[dict[s
     """Runs the configured mode(s); returns the JSON-line records it appended to config.output."""
     run_id = harness.new_run_id()
     machine = harness.machine_facts()
-    versions = harness.library_versions()
+    versions = files.versions()
     source, data = _source_dir(config)
     echo(f"Benchmark run {run_id} on {machine['cpu_model']} ({machine['cpu_usable_cores']} "
          f"cores, {machine['ram_gb']} GB RAM, GPUs: {len(machine['gpus'])}), "

@@ -29,6 +29,8 @@ from xray_tfdata.evaluation import metrics
 NUM_BINS = 15
 COVID = labels.LABEL_MAP["COVID19"]
 DEFAULT_TARGET_SENSITIVITY = 0.95
+# The temperature a training run fitted, beside its best.keras (training writes, evaluation reads).
+CALIBRATION_FILE = "calibration.json"
 # Search range of log T: T in [0.05, 20] covers every temperature seen in practice (Guo et al.
 # report 1-3); the bound keeps the 1-D search finite on a separable val split.
 _LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))

@@ -8,12 +8,14 @@ next to the CNN's own softmax head on the same examples.
 Fitted classifiers are saved (joblib) with the identity of the embedding model: the sha256 of the
 .keras file and the embedding width. `load_classifier` refuses a different model file, and
 `ClassifierBundle.predict_proba` refuses embeddings of another width, so a classifier can never be
-silently applied to features it was not trained on.
+silently applied to features it was not trained on. Beside each `<name>.joblib` a JSON record
+holds its sha256 and that identity, checked before the pickle is loaded (`load_classifier`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,12 @@ import numpy as np
 
 from xray_tfdata import errors, files, labels
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.evaluation import evaluator, metrics
+from xray_tfdata.evaluation import inference, metrics
+from xray_tfdata.layer_names import EMBEDDING_LAYER
+from xray_tfdata.settings import nested, setting
 
 CLASSIFIERS = ("svm", "rf", "logreg", "knn")
-CLASS_WEIGHTS = ("balanced", "none")
-EMBEDDING_LAYER = "embedding"
+CLASS_WEIGHTS = labels.CLASS_WEIGHT_MODES
 BUNDLE_FORMAT = 1
 
 
@@ -65,13 +68,14 @@ class EmbeddingIdentity:
 class ClassifierParams:
     """Hyperparameters of the classical classifiers; validates itself."""
 
-    svm_c: float = 1.0
-    svm_gamma: str = "scale"  # "scale", "auto" or a positive float as text
-    rf_trees: int = 300
-    knn_k: int = 5
-    logreg_c: float = 1.0
-    class_weight: str = "balanced"
-    seed: int = 0
+    svm_c: float = setting(1.0, "SVM (RBF kernel) regularisation C.")
+    svm_gamma: str = setting("scale", "SVM RBF gamma: 'scale', 'auto' or a positive float.")
+    rf_trees: int = setting(300, "Random forest: number of trees.")
+    knn_k: int = setting(5, "k-nearest neighbours: k.")
+    logreg_c: float = setting(1.0, "Logistic regression: inverse regularisation C.")
+    class_weight: str = setting("balanced", "Class weighting of SVM, random forest and logistic "
+                                "regression.", allowed=CLASS_WEIGHTS)
+    seed: int = setting(0, "Seed of the classifiers and of the bootstrap.")
 
     def __post_init__(self):
         for name in ("svm_c", "logreg_c"):
@@ -95,6 +99,36 @@ class ClassifierParams:
             raise ConfigError("svm_gamma", self.svm_gamma,
                               "'scale', 'auto' or a positive float such as 0.01")
         return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassicalConfig:
+    """Settings of one `classical` run (its flags): what to fit on and report, and the
+    classifiers' own hyperparameters, nested."""
+
+    model_path: str = setting(help="The trained .keras model.",
+                              flag_default="workspace/model/best.keras")
+    records_dir: str = setting(help="Records directory (dataset_info.json).",
+                               flag_default="workspace/records")
+    output_dir: str = setting("", "Output directory; default <dir of model>/classical.")
+    classifiers: str = setting(",".join(CLASSIFIERS),
+                               f"Comma-separated subset of {','.join(CLASSIFIERS)}.")
+    train_split: str = setting("train", "Split the classifiers are fit on.",
+                               allowed=labels.SPLITS)
+    eval_split: str = setting("test", "Split they are reported on.", allowed=labels.SPLITS)
+    batch_size: int = setting(64, "Batch size for embedding extraction.")
+    bootstrap: int = setting(1000, "Bootstrap resamples for 95% CIs; 0 disables them.")
+    params: ClassifierParams = nested(ClassifierParams)
+
+    def __post_init__(self) -> None:
+        parse_classifiers(self.classifiers)
+        errors.positive_int("batch_size", self.batch_size)
+        errors.non_negative_int("bootstrap", self.bootstrap)
+
+    @property
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or Path(self.model_path).resolve().parent / "classical")
+
 
 
 def parse_classifiers(spec: str) -> tuple[str, ...]:
@@ -165,11 +199,11 @@ def feature_model(model):
 def extract(model, records_dir: str, split: str, batch_size: int = 64
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(embeddings [n, d] float32, CNN probabilities [n, C], labels [n]) for one split."""
-    image_size, channels = evaluator.input_spec(model)
-    dataset = evaluator.eval_dataset(records_dir, split, image_size, channels, batch_size)
-    y, (emb, probs) = evaluator.run_model(feature_model(model), dataset,
+    image_size, channels = inference.input_spec(model)
+    dataset = inference.eval_dataset(records_dir, split, image_size, channels, batch_size)
+    y, (emb, probs) = inference.run_model(feature_model(model), dataset,
                                           label=f"embeddings {split}",
-                                          total=evaluator.split_size(records_dir, split))
+                                          total=inference.split_size(records_dir, split))
     return emb.astype(np.float32), probs, y
 
 
@@ -199,7 +233,13 @@ class ClassifierBundle:
         return self.classifier.predict(embeddings).astype(np.int64)
 
 
+def record_path(path: str | os.PathLike) -> Path:
+    """The JSON record saved beside a classifier file: `<name>.joblib.json`."""
+    return Path(f"{path}.json")
+
+
 def save_classifier(path: str | os.PathLike, bundle: ClassifierBundle) -> Path:
+    """Writes the joblib file, then its JSON record (sha256 of the file + embedding identity)."""
     import joblib
     import sklearn
 
@@ -208,19 +248,47 @@ def save_classifier(path: str | os.PathLike, bundle: ClassifierBundle) -> Path:
         joblib.dump({"format": BUNDLE_FORMAT, "name": bundle.name, "classifier": bundle.classifier,
                      "identity": dataclasses.asdict(bundle.identity), "params": bundle.params,
                      "sklearn_version": sklearn.__version__}, tmp)
+    files.write_json(record_path(path), {"format": BUNDLE_FORMAT, "name": bundle.name,
+                                         "sha256": files.sha256_file(path),
+                                         "identity": dataclasses.asdict(bundle.identity)})
     return path
 
 
 def load_classifier(path: str | os.PathLike, model_path: str | os.PathLike) -> ClassifierBundle:
-    """Loads a saved classifier, refusing it unless model_path is the model it was fitted for."""
+    """Loads a saved classifier, refusing it unless model_path is the model it was fitted for.
+
+    A joblib file is a pickle: loading it runs whatever code it names. So nothing is unpickled
+    until the file's sha256 matches the one recorded in `<name>.joblib.json` at save time and
+    the model file matches the recorded identity. This catches a replaced or altered joblib file;
+    it cannot vouch for a directory someone else may write to (they could rewrite both files):
+    load only classifiers you fitted, from directories only you write.
+
+    Raises:
+      ValueError: no record beside the file, the file changed since it was saved, or another
+        model (see EmbeddingIdentity.check_model_file).
+    """
     import joblib
 
+    record = record_path(path)
+    try:
+        saved = json.loads(record.read_text())
+        expected, identity = saved["sha256"], EmbeddingIdentity(**saved["identity"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{str(path)!r} has no readable record {record.name!r} beside it ({type(err).__name__}"
+            f"), so it is not loaded (a joblib file runs code when loaded). Refit with python -m "
+            "xray_tfdata.classical, which writes both.") from None
+    actual = files.sha256_file(path)
+    if actual != expected:
+        raise ValueError(
+            f"{str(path)!r} has sha256 {actual[:16]}..., but {record.name!r} records "
+            f"{expected[:16]}...: the file changed since it was saved, so it is not loaded (a "
+            "joblib file runs code when loaded). Refit with python -m xray_tfdata.classical.")
+    identity.check_model_file(model_path)
     data = joblib.load(path)
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{str(path)!r} is not a classifier saved by xray_tfdata.classical "
                          f"(format {BUNDLE_FORMAT}); refit with python -m xray_tfdata.classical.")
-    identity = EmbeddingIdentity(**data["identity"])
-    identity.check_model_file(model_path)
     return ClassifierBundle(name=data["name"], classifier=data["classifier"], identity=identity,
                             params=data["params"])
 
@@ -242,7 +310,7 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
         if name not in CLASSIFIERS:
             raise ValueError(f"Received: classifier={name!r}. Allowed: {', '.join(CLASSIFIERS)}.")
     output_dir = Path(output_dir)
-    model = evaluator.load_model(model_path)
+    model = inference.load_model(model_path)
     x_train, _, y_train = extract(model, records_dir, train_split, batch_size)
     x_eval, cnn_probs, y_eval = extract(model, records_dir, eval_split, batch_size)
     if np.unique(y_train).size < 2:

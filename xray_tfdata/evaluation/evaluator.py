@@ -25,10 +25,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import console, errors, files, labels
+from xray_tfdata import errors, files, labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
 from xray_tfdata.inputs import collection_select  # TF-free: flags are checked before TF loads
+from xray_tfdata.evaluation.inference import (
+    eval_dataset,
+    input_spec,
+    load_model,
+    run_model,
+    split_size,
+)
+from xray_tfdata.settings import setting
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.txt"
@@ -42,23 +50,36 @@ TENSORBOARD_DIR = "tensorboard"
 class EvalConfig:
     """Settings of one evaluation run; validates itself."""
 
-    model_path: str
-    records_dir: str
-    split: str = "test"
-    output_dir: str = ""  # "" -> <dir of model>/eval/<split>
-    batch_size: int = 64
-    bootstrap: int = 1000
-    seed: int = 0
-    shortcut_probe: bool = True
-    shortcut_model: str = shortcut.PROBE_MODELS[0]
-    shortcut_threshold: float = shortcut.DEFAULT_THRESHOLD
-    external_records_dir: str = ""  # more records dirs (comma-separated), compared side by side
-    train_records_dir: str = ""  # "" -> the training run's summary.json
-    val_split: str = "val"  # of the training records: temperature and threshold
-    target_sensitivity: float = calibration.DEFAULT_TARGET_SENSITIVITY
-    gradcam_per_class: int = 16  # images per class for border attention; 0 = off
-    # Evaluate only these collections of each records dir (inputs/collection_select.py).
-    collections: tuple[str, ...] = ()
+    model_path: str = setting(help="The .keras model to evaluate.",
+                              flag_default="workspace/model/best.keras")
+    records_dir: str = setting(help="Records directory (dataset_info.json); several: "
+                               "comma-separated.", flag_default="workspace/records")
+    split: str = setting("test", "Split to evaluate.", allowed=labels.SPLITS)
+    output_dir: str = setting("", "Output directory; default <dir of model>/eval/<split>.")
+    batch_size: int = setting(64, "Evaluation batch size.")
+    bootstrap: int = setting(1000, "Bootstrap resamples for 95% CIs; 0 disables them.")
+    seed: int = setting(0, "Seed of the bootstrap and of the shortcut probe.")
+    shortcut_probe: bool = setting(
+        True, "Fit a metadata-only classifier (no pixels) and compare its macro-F1.")
+    shortcut_model: str = setting(shortcut.PROBE_MODELS[0], "Classifier of the shortcut probe.",
+                                  allowed=shortcut.PROBE_MODELS)
+    shortcut_threshold: float = setting(shortcut.DEFAULT_THRESHOLD, "Warn when probe macro-F1 "
+                                        ">= this fraction of the CNN's.")
+    external_records_dir: str = setting(
+        "", "More records directories (comma-separated), e.g. an external test-only "
+        "collection, compared side by side.")
+    train_records_dir: str = setting(
+        "", "Records the model was trained on (shortcut probe, temperature, threshold); "
+        "default: from the run's summary.json.")
+    val_split: str = setting("val", "Split of the training records that chooses the "
+                             "temperature and the COVID19 threshold.")
+    target_sensitivity: float = setting(calibration.DEFAULT_TARGET_SENSITIVITY,
+                                        "COVID19 sensitivity the threshold reaches on val.")
+    gradcam_per_class: int = setting(16, "Images per class for Grad-CAM border attention; "
+                                     "0 = off.")
+    collections: tuple[str, ...] = setting(
+        (), "Evaluate only these collections (names of build_records' --data_dir=name=path,...), "
+        "e.g. the one a leave-one-collection-out run left out; empty = all.")
 
     def __post_init__(self):
         errors.one_of("split", self.split, labels.SPLITS)
@@ -109,94 +130,6 @@ class EvalConfig:
         if self.output_dir:
             return Path(self.output_dir)
         return Path(self.model_path).resolve().parent / "eval" / self.split
-
-
-# ----------------------------------------------------------------------------- model + data
-
-
-def load_model(model_path: str | os.PathLike):
-    """Loads a .keras model for inference; errors name the path and the fix."""
-    import keras
-
-    import xray_tfdata.models  # noqa: F401  (registers the package's custom layers for loading)
-    path = Path(model_path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No model file at {str(path)!r}. Train first (python -m xray_tfdata.train "
-            f"--model_dir=...), then pass --model_path=<model_dir>/best.keras.")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as err:  # keras raises several types for a bad archive
-        raise ValueError(f"Could not load Keras model {str(path)!r}: {err}. Pass a .keras file "
-                         f"written by xray_tfdata.train (model.save).") from err
-
-
-def input_spec(model) -> tuple[int, int]:
-    """(image_size, channels) the model expects, from its input shape [None, H, W, C]."""
-    shape = tuple(model.inputs[0].shape)
-    if len(shape) != 4 or shape[1] != shape[2] or shape[1] is None:
-        raise ValueError(f"Model input shape {shape} is not [batch, size, size, channels]; "
-                         f"evaluation needs a square-image classifier from xray_tfdata.models.")
-    return int(shape[1]), int(shape[3])
-
-
-def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, batch_size: int,
-                 collections: tuple[str, ...] = ()):
-    """The split in evaluation mode (one pass, remainder kept, no augmentation, fixed order),
-    optionally of some collections only."""
-    # Imported here: `evaluate` validates its flags before TensorFlow is loaded.
-    # build_dataset checks the manifest against image_size and channels.
-    from xray_tfdata.inputs import pipeline
-
-    config = pipeline.InputConfig(global_batch_size=batch_size, image_size=image_size,
-                                  channels=channels, training=False, cache="none", augment=False,
-                                  deterministic=True, collections=collections)
-    return pipeline.build_dataset(records_dir, split, config)
-
-
-def predict_fn(model):
-    """The model's inference step as a tf.function; build it once and reuse it across passes."""
-    import tensorflow as tf
-
-    # reduce_retracing: the last batch is smaller; one extra trace at most.
-    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-
-
-def split_size(records_dir: str, split: str, collections: tuple[str, ...] = ()) -> int:
-    """Examples in `split` (of `collections`, all when empty), from the manifest (for progress
-    bars)."""
-    from xray_tfdata.records import manifest
-
-    return collection_select.num_examples(manifest.read_manifest(records_dir), split, collections)
-
-
-def run_model(model, dataset, *, predict=None, label: str = "", total: int = 0
-              ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Runs the model (or a ready `predict` step from `predict_fn`) over (images, labels)
-    batches; returns labels and each output, float32. With `label`, shows a progress bar of
-    `total` images."""
-    import tensorflow as tf
-
-    step = predict or predict_fn(model)
-    bar = console.ProgressBar(total, label) if label else None
-    all_labels: list[np.ndarray] = []
-    outputs: list[list[np.ndarray]] = []
-    for images, batch_labels in dataset:
-        out = step(images)
-        out = list(out) if isinstance(out, (list, tuple)) else [out]
-        if not outputs:
-            outputs = [[] for _ in out]
-        for acc, value in zip(outputs, out):
-            acc.append(np.asarray(tf.cast(value, tf.float32)))
-        all_labels.append(np.asarray(batch_labels))
-        if bar:
-            bar.update(len(all_labels[-1]))
-    if bar:
-        bar.close()
-    if not all_labels:
-        raise ValueError("The split yielded no examples; check the records (manifest counts).")
-    return (np.concatenate(all_labels).astype(np.int64),
-            [np.concatenate(acc, axis=0) for acc in outputs])
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -24,10 +24,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from xray_tfdata import labels
+from xray_tfdata.layer_names import OUTPUT_LAYER
 
 BORDER_FRACTION = 0.125
 UNIFORM_BORDER_SHARE = 1.0 - (1.0 - 2 * BORDER_FRACTION) ** 2  # 0.4375
-OUTPUT_LAYER = "probabilities"
 
 
 class NoConvolutionError(ValueError):

@@ -23,7 +23,6 @@ from xray_tfdata import labels
 from xray_tfdata.evaluation import calibration
 
 SUMMARY_FILE = "summary.json"
-CALIBRATION_FILE = "calibration.json"
 
 
 def run_dir(model_path: str | Path) -> Path:
@@ -61,7 +60,7 @@ def training_records_dir(model_path: str | Path, override: str = "") -> tuple[st
 
 def run_calibration(model_path: str | Path) -> dict[str, Any] | None:
     """The temperature the training run stored (calibration.json), or None."""
-    record = read_json(run_dir(model_path) / CALIBRATION_FILE)
+    record = read_json(run_dir(model_path) / calibration.CALIBRATION_FILE)
     if not record or not isinstance(record.get("temperature"), (int, float)):
         return None
     return record
@@ -80,7 +79,7 @@ def operating_point(val_probs: np.ndarray | None, val_labels: np.ndarray | None,
                            "applied_in_model": bool(stored and stored.get("applied_in_model"))}
     if stored:
         out.update(temperature=float(stored["temperature"]),
-                   temperature_source=f"training run ({CALIBRATION_FILE})")
+                   temperature_source=f"training run ({calibration.CALIBRATION_FILE})")
     if val_probs is None:
         out["note"] = "no val split of the training records: no threshold"
         return out

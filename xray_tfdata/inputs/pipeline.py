@@ -39,8 +39,8 @@ from xray_tfdata import errors
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs import collection_select, decode, online_augment, sampling, service
 from xray_tfdata.records import features, manifest
+from xray_tfdata.settings import setting
 
-CACHE_MODES = ("none", "memory")  # or any other string: a file path prefix for an on-disk cache
 OUTPUT_DTYPES = ("uint8", "float16", "bfloat16", "float32")
 # Fixed (not machine-dependent) so a deterministic pipeline yields the same order everywhere.
 INTERLEAVE_CYCLE = 8
@@ -48,15 +48,21 @@ INTERLEAVE_CYCLE = 8
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-    """Settings of one input pipeline; only the GLOBAL batch size is stored."""
+    """Settings of one input pipeline; only the GLOBAL batch size is stored.
 
-    global_batch_size: int
-    image_size: int
+    Nested in training.config.TrainConfig; the fields with help are the `train` command's flags
+    (settings.setting). image_size, channels, seed and deterministic are set per run from the
+    records and the training settings (training/setup.py).
+    """
+
+    global_batch_size: int = setting(
+        32, "Batch size summed over all replicas; must divide by the replica count.")
+    image_size: int = 224
     channels: int = 1
     training: bool = True  # shuffle + repeat forever + drop_remainder + augment
-    cache: str = "memory"  # "none" | "memory" | a file path prefix
-    shuffle_buffer: int = 2048
-    augment: bool = True
+    cache: str = setting("memory", "Decoded-image cache: none, memory, or a file path prefix.")
+    shuffle_buffer: int = setting(2048, "Shuffle buffer (examples).")
+    augment: bool = setting(True, "Online augmentation of training batches.")
     allow_flips: bool = False
     seed: int = 0
     deterministic: bool = False
@@ -65,18 +71,32 @@ class InputConfig:
     output_dtype: str = "uint8"  # or the model's compute dtype; values stay 0..255
     augment_params: online_augment.AugmentParams = online_augment.AugmentParams()
     jit_augment: bool = True  # XLA-compiled augmentation (~4x faster on CPU); False: TF kernel
-    sampling: str = "natural"  # "balanced"/"balanced_collections": in training (sampling.py)
+    sampling: str = setting(
+        "natural", "'balanced': every class drawn equally into training batches (per-class "
+        "tf.data streams); 'balanced_collections': so too, and within a class every collection "
+        "holding it equally (per-(class, collection) streams); 'natural': the records' own mix.",
+        allowed=sampling.SAMPLING_MODES)
     # Read only these collections / all but these (collection_select.py); after the cache.
-    collections: tuple[str, ...] = ()
-    exclude_collections: tuple[str, ...] = ()
+    collections: tuple[str, ...] = setting(
+        (), "Train and validate on these collections only (names of build_records' "
+        "--data_dir=name=path,...); empty = all. Filtered in the input pipeline, no rebuild.")
+    exclude_collections: tuple[str, ...] = setting(
+        (), "Train and validate on every collection but these (leave-one-collection-out: then "
+        "evaluate --collections=<it>).")
     # Ablation switches for benchmarks/input_pipeline.py; keep True in real use.
     parallel_interleave: bool = True
     vectorized_parse: bool = True
     prefetch: bool = True
     # grpc://HOST:PORT of a tf.data service dispatcher: read/parse/decode/augment run on its
     # workers (inputs/service.py); "" = all in this process.
-    data_service: str = ""
-    job_prefix: str = ""  # service job name prefix; the replicas of one run must share it
+    data_service: str = setting(
+        "", "grpc://HOST:PORT of a tf.data service dispatcher (python -m "
+        "xray_tfdata.data_service): read, decode and host augmentation of the training input run "
+        "on its workers. Validation stays local.")
+    job_prefix: str = setting(
+        "", "Service job name prefix; every trainer process of one multi-worker run must pass "
+        "the same value (e.g. the launcher's job id). Default: a random one (right for a single "
+        "trainer process).", flag="data_service_job")
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "image_size", "shuffle_buffer", "ram_budget_mb"):
@@ -155,8 +175,9 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
                 return tf.logical_not(is_end)
         message = tf.strings.format(
             "Corrupt or truncated TFRecord shard {}: read {} of the {} records the manifest lists. "
-            "Rebuild the records (python -m xray_tfdata.build_records ... --overwrite) or pass "
-            "skip_corrupt=True to skip unreadable records.", [path, count, expected])
+            "Rerun the build_records command that wrote them (it rebuilds when a shard's sha256 "
+            "no longer matches), or, from Python, read with InputConfig(skip_corrupt=True) to "
+            "skip the unreadable rest of the shard.", [path, count, expected])
         with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(short), [message])]):
             return tf.logical_not(is_end)
 

@@ -35,6 +35,7 @@ from absl import logging
 
 from xray_tfdata import errors
 from xray_tfdata.errors import ConfigError
+from xray_tfdata.settings import setting
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -156,12 +157,18 @@ def serve_until_signal(server, on_ready: Callable[[], None] | None = None,
 class ServerConfig:
     """One tf.data service server: a dispatcher, or a worker registered with a dispatcher."""
 
-    role: str
-    port: int
-    work_dir: str = ""  # dispatcher only: fault-tolerance journal
-    dispatcher_address: str = ""  # worker only: HOST:PORT of the dispatcher
-    worker_address: str = ""  # worker only: HOST:PORT trainers reach it at ("" = localhost)
-    worker_timeout_ms: int = DEFAULT_WORKER_TIMEOUT_MS
+    role: str = setting(help="Which server to run.", allowed=ROLES, flag_default=None)
+    port: int = setting(help="Port to listen on (workers: 0 = any free port).",
+                        flag_default=None)
+    work_dir: str = setting(
+        "", "Dispatcher only: directory for its journal (fault tolerance: a restarted "
+        "dispatcher with the same --work_dir and --port resumes its jobs). Empty: no journal.")
+    dispatcher_address: str = setting("", "Worker only: HOST:PORT of the dispatcher.")
+    worker_address: str = setting("", "Worker only: HOST:PORT trainers reach this worker at "
+                                  "(default localhost:--port: one machine only).")
+    worker_timeout_ms: int = setting(
+        DEFAULT_WORKER_TIMEOUT_MS, "Dispatcher only: drop a worker after this long without a "
+        "heartbeat.")
 
     def __post_init__(self) -> None:
         errors.one_of("role", self.role, ROLES)

@@ -8,21 +8,24 @@ build's manifest is byte-identical to the one earlier versions wrote.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from xray_tfdata import errors, files
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import (
     dedupe,
-    features,
     image_io,
     intensity,
     labels_csv,
     offline_augment,
     patients,
-    shard_writer,
+    preset_reader,
+    presets,
+    resize,
     sources,
 )
+from xray_tfdata.settings import setting
 
 DEDUPE_MODES: tuple[str, ...] = ("report", "drop")
 _DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shadows the module
@@ -32,7 +35,9 @@ _NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite")
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 NOT_COMPARED = ("max_reject_fraction",)
 _SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
-                  "patient_key", "holdout_source", "max_pixels", "intensity")
+                  "patient_key", "holdout_source", "max_pixels", "layout", "views", "uncertain",
+                  "intensity")
+_VIEW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]*$")
 
 
 
@@ -40,40 +45,89 @@ _SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "pa
 class ConversionConfig:
     """Everything that decides the records; validated on construction (raises ConfigError)."""
 
-    data_dir: str
-    output_dir: str
-    image_size: int = 224
-    resize_mode: str = "stretch"
-    channels: int = 1
-    image_format: str = "jpeg"
-    jpeg_quality: int = 95
-    compression: str = ""
-    shard_size_mb: float = 100.0
-    num_shards: int = 0
-    min_shards: int = 8
-    val_fraction: float = 0.1
-    seed: int = 0
-    augment: str = ""
-    augment_max_source: int = 0
-    dedupe: str = "report"
-    near_distance: int = _DEFAULT_NEAR_DISTANCE
-    max_reject_fraction: float = 0.01
-    num_workers: int = 0
-    overwrite: bool = False
+    data_dir: str = setting(
+        help="The collection: {train,val,test}/<CLASS>/* (any subset of splits, e.g. the "
+             "extracted Kaggle folder), <CLASS>/** (no splits), or the folder a --labels_csv's "
+             "paths are relative to. Several collections: name=path entries, e.g. "
+             "kaggle=/data/kaggle,nih=/data/nih.", flag_default="workspace/raw/Data")
+    output_dir: str = setting(help="Where shards and dataset_info.json are written.",
+                              flag_default="workspace/records")
+    image_size: int = setting(224, "Output images are size x size.")
+    resize_mode: str = setting("stretch", "stretch (the seed's behaviour) or pad (keep aspect, "
+                               "black).", allowed=image_io.RESIZE_MODES)
+    channels: int = setting(1, "1 (gray, 3x smaller) or 3 (gray repeated).")
+    image_format: str = setting("jpeg", "Encoding inside the records; raw = uncompressed uint8.",
+                                allowed=resize.ENCODE_FORMATS)
+    jpeg_quality: int = setting(95, "JPEG quality 1-100.")
+    # "" | "GZIP" (TFRecordWriter's names, as the manifest records them); the flag says none|gzip.
+    compression: str = setting("", "TFRecord file compression.", allowed=("none", "gzip"),
+                               flag_default="none")
+    shard_size_mb: float = setting(100.0, "Target shard size when --num_shards=0.")
+    num_shards: int = setting(0, "Fixed shards per split (0 = by --shard_size_mb).")
+    min_shards: int = setting(8, "At least this many train shards (>= readers of a job).")
+    val_fraction: float = setting(
+        0.1, "Fraction of each train class carved out as validation (per collection without a "
+        "val split; by patient when the CSV gives patient ids).")
+    seed: int = setting(0, "Seed of every split/shard/augmentation decision.")
+    augment: str = setting("", "Offline train-only variants, e.g. "
+                           "'COVID19:gamma0.4,gamma0.55,mean3,unsharp3,canny3;PNEUMONIA:mean3'.")
+    augment_max_source: int = setting(
+        0, "Augment at most this many train images per class (0 = all).")
+    dedupe: str = setting("report", "report duplicates, or drop train/val copies of test images "
+                          "and repeats within a split.", allowed=DEDUPE_MODES)
+    near_distance: int = setting(_DEFAULT_NEAR_DISTANCE,
+                                 "Max perceptual-hash Hamming distance of near duplicates.")
+    max_reject_fraction: float = setting(
+        0.01, "Fail if more than this fraction of files is unusable.")
+    num_workers: int = setting(0, "Worker processes (0 = all cores).")
+    overwrite: bool = setting(False,
+                              "Delete existing shards/manifest in --output_dir and start over.")
     # Sources beyond the Kaggle layout (issue 10). Left at their defaults they are not written to
     # the manifest's args, so a Kaggle build's manifest stays byte-identical to earlier versions.
-    labels_csv: str = ""
-    csv_columns: str = ""
-    label_map: str = ""
-    test_fraction: float | None = None  # None: 0.2 for a collection without a test split
-    patient_overlap: str = "error"
+    labels_csv: str = setting(
+        "", "A CSV listing the images: path (relative to --data_dir), label, optional split and "
+        "patient_id, other columns kept as metadata. Several: name=file.csv entries.")
+    csv_columns: str = setting(
+        "", "Column names, e.g. 'path=Image Index,label=Finding Labels,patient_id=Patient ID' "
+        "(defaults: path,label,split,patient_id).")
+    label_map: str = setting(
+        "", "Source labels onto the 3 classes, e.g. 'No Finding=NORMAL,COVID-19=COVID19,"
+        "Pneumonia=PNEUMONIA'; unmapped rows are skipped and counted.")
+    test_fraction: float | None = setting(
+        None, "Fraction carved as test from a collection without a test split (default 0.2 "
+        "there; a collection with a test split keeps it).")
+    patient_overlap: str = setting("error", "What to do when the input puts one patient in two "
+                                   "splits.", allowed=patients.OVERLAP_MODES)
     # A secret: never written (the manifest holds a fingerprint) nor shown in a repr.
-    patient_key: str = dataclasses.field(default="", repr=False)
-    holdout_source: str = ""
+    patient_key: str = dataclasses.field(default="", repr=False, metadata=setting(
+        help="Secret key of the patient-id HMAC (default: derived from --seed, which the "
+             "manifest shows). Never written; use a long random key for records you share."
+    ).metadata)
+    holdout_source: str = setting(
+        "", "A collection named in --data_dir whose images are the whole test split "
+        "(leave-one-collection-out).")
     # Refuse sources with more pixels than this, from the header before decoding (image_io).
-    max_pixels: int = image_io.DEFAULT_MAX_PIXELS
+    max_pixels: int = setting(
+        image_io.DEFAULT_MAX_PIXELS, "Refuse images with more pixels than this, read from the "
+        "header before decoding (at most 2^30, OpenCV's limit); the reason is listed in the "
+        "manifest.")
+    # The public collections (issue 15): a preset per collection (presets.py), or per named
+    # collection as name=preset; "folders" reads folders, or the --labels_csv when given.
+    layout: str = setting(
+        "folders", "How --data_dir is laid out: folders (or the --labels_csv when given), or a "
+        "public collection as downloaded: " + ", ".join(presets.PRESETS) + ". Several: "
+        "name=layout entries, e.g. nih=chestxray14,rsna=rsna_pneumonia (README: the table).")
+    views: str = setting(
+        "frontal", "Views a preset keeps when its collection records them: frontal (PA/AP), "
+        "all, or a list of view values such as PA,AP; the others are counted in the manifest.")
+    uncertain: str = setting(
+        "skip", "A finding labelled uncertain (-1, CheXpert / MIMIC): skip the image, or count "
+        "the finding as positive / negative.", allowed=presets.UNCERTAIN_MODES)
     # records/intensity.py, before the resize; "none" is not written to the manifest (issue 19).
-    intensity: str = "none"
+    intensity: str = setting(
+        "none", "Normalise each 8-bit gray image before the resize: none, equalize (global "
+        "histogram equalisation) or clahe (8x8 tiles, clip limit 2). The manifest records it; "
+        "the exported model applies the same to uploads.", allowed=intensity.INTENSITY_MODES)
 
     def __post_init__(self) -> None:
         if (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
@@ -93,9 +147,16 @@ class ConversionConfig:
         errors.one_of("intensity", self.intensity, intensity.INTENSITY_MODES)
         errors.one_of("channels", self.channels, (1, 3),
                       "X-rays are gray: 1 is 3x smaller; 3 repeats the gray channel.")
-        errors.one_of("image_format", self.image_format, features.IMAGE_FORMATS)
+        errors.one_of("image_format", self.image_format, resize.ENCODE_FORMATS)
         errors.positive_int("jpeg_quality", self.jpeg_quality)
         errors.in_range("jpeg_quality", self.jpeg_quality, 1, 100, allowed="an integer in [1, 100]")
+        # The flag's none | gzip, any case, as TFRecordWriter names them.
+        spelled = {"none": "", "gzip": "GZIP"}.get(str(self.compression).lower())
+        if spelled is not None:
+            object.__setattr__(self, "compression", spelled)
+        # Imported here: it loads TensorFlow, and the command defines its flags from this class.
+        from xray_tfdata.records import shard_writer  # noqa: PLC0415
+
         if self.compression not in shard_writer.COMPRESSIONS:
             raise ConfigError("compression", self.compression, "'' (none) or 'GZIP'")
         if not (isinstance(self.shard_size_mb, (int, float)) and self.shard_size_mb > 0):
@@ -122,12 +183,14 @@ class ConversionConfig:
     def _check_sources(self) -> None:
         """The issue-10 settings: pure parsing only (no file-system access)."""
         try:
-            specs = sources.parse_source_specs(self.data_dir, self.labels_csv)
+            specs = self.source_specs()
         except ValueError as err:
-            field = "labels_csv" if "labels_csv" in str(err) else "data_dir"
-            raise ConfigError(field, getattr(self, field),
-                              "a path, or name=path entries separated by commas",
-                              f"Here: {err}.") from err
+            field = next((f for f in ("layout", "labels_csv") if f in str(err)), "data_dir")
+            allowed = ("folders, csv or a collection preset, alone or as name=layout entries"
+                       if field == "layout"
+                       else "a path, or name=path entries separated by commas")
+            raise ConfigError(field, getattr(self, field), allowed, f"Here: {err}.") from err
+        self._check_preset_rules()
         for field, parse in (("csv_columns", labels_csv.parse_columns),
                              ("label_map", labels_csv.parse_label_map)):
             try:
@@ -150,8 +213,23 @@ class ConversionConfig:
                                   "It needs at least one other collection to train on, e.g. "
                                   "--data_dir=kaggle=/a,nih=/b --holdout_source=nih.")
 
+    def _check_preset_rules(self) -> None:
+        errors.one_of("uncertain", self.uncertain, presets.UNCERTAIN_MODES,
+                      "skip drops images with an uncertain (-1) finding; positive / negative "
+                      "count it as present / absent.")
+        listed = [v.strip() for v in str(self.views).split(",")]
+        if self.views not in presets.VIEW_MODES and not all(_VIEW_RE.match(v) for v in listed):
+            raise ConfigError("views", self.views,
+                              f"one of {list(presets.VIEW_MODES)} or view values such as PA,AP",
+                              "Views are compared case-insensitively with the collection's "
+                              "view column (e.g. NIH `View Position`, PadChest `Projection`).")
+
     def source_specs(self) -> list[sources.SourceSpec]:
-        return sources.parse_source_specs(self.data_dir, self.labels_csv)
+        return sources.parse_source_specs(self.data_dir, self.labels_csv, self.layout)
+
+    def preset_rules(self) -> preset_reader.Rules:
+        """The preset settings (the patient key is added by the scan)."""
+        return preset_reader.Rules(views=self.views, uncertain=self.uncertain)
 
     def manifest_args(self) -> dict[str, Any]:
         """The arguments the manifest records (and a resumed run must repeat)."""

@@ -12,10 +12,12 @@ from typing import Mapping
 
 import tensorflow as tf
 
+from xray_tfdata.records.resize import ENCODE_FORMATS
+
 # Bump when a key, dtype or meaning changes; the pipeline refuses other versions.
 FORMAT_VERSION = 1
 
-IMAGE_FORMATS: tuple[str, ...] = ("jpeg", "png", "raw")
+IMAGE_FORMATS = ENCODE_FORMATS  # what resize.encode writes: its home is there
 
 ENCODED = "image/encoded"
 FORMAT = "image/format"

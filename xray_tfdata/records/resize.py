@@ -12,6 +12,9 @@ import cv2
 import numpy as np
 
 RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")
+# ITU-R BT.601 luma weights of R, G, B: colour to gray wherever we do it ourselves (16-bit
+# colour, DICOM RGB, the export's colour uploads), as libjpeg and OpenCV do for 8-bit.
+LUMA_BT601: tuple[float, float, float] = (0.299, 0.587, 0.114)
 ENCODE_FORMATS: tuple[str, ...] = ("jpeg", "png", "raw")
 
 

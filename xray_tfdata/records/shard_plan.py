@@ -58,24 +58,6 @@ def carve(units: Mapping[str, str], fraction: float, seed: int, salt: str) -> se
     return chosen
 
 
-def split_train_val(files: Sequence[S], val_fraction: float, seed: int) -> tuple[list[S], list[S]]:
-    """Carves a validation split from train files, stratified by class and deterministic.
-
-    Per class, round(n * val_fraction) files (at least 1 when the fraction is > 0 and the class
-    has >= 2 files, so no class is missing from validation) go to val, chosen by stable key.
-    Both outputs keep the input order.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(
-            f"val_fraction must be in [0, 1). Received: val_fraction={val_fraction}. "
-            "Use e.g. 0.1 to hold out 10% of each training class."
-        )
-    val_keys = carve({f.relpath: f.class_name for f in files}, val_fraction, seed, "val")
-    train = [f for f in files if f.relpath not in val_keys]
-    val = [f for f in files if f.relpath in val_keys]
-    return train, val
-
-
 class _Placed(Protocol):
     relpath: str
     class_name: str

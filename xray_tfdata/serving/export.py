@@ -29,16 +29,15 @@ from xray_tfdata import files
 from xray_tfdata.labels import CLASS_NAMES
 from xray_tfdata.records import image_format
 from xray_tfdata.records.intensity import INTENSITY_MODES
+from xray_tfdata.records.resize import LUMA_BT601, RESIZE_MODES
 from xray_tfdata.serving import intensity as intensity_ops
 
-RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")
 METADATA_FILE = "xray_tfdata.json"
 SIGNATURE = "serving_default"
 INPUT_KEY = "image_bytes"
 OUTPUT_KEY = "probabilities"
 
 # ITU-R BT.601 luma, the weights of cv2.COLOR_BGR2GRAY and tf.image.rgb_to_grayscale.
-_GRAY_WEIGHTS_RGB = (0.299, 0.587, 0.114)
 # The converter's magic bytes and EXIF limits (records/image_format.py): constants baked into the
 # exported graph, so the SavedModel itself still needs TensorFlow only.
 _PNG_SIGNATURE = image_format.PNG_MAGIC
@@ -54,7 +53,7 @@ def _to_gray_float(image: tf.Tensor) -> tf.Tensor:
     color = tf.cond(channels >= 3, lambda: image[..., :3], lambda: image[..., :1])
 
     def luma() -> tf.Tensor:
-        weights = tf.constant(_GRAY_WEIGHTS_RGB, tf.float32)
+        weights = tf.constant(LUMA_BT601, tf.float32)
         return tf.reduce_sum(color * weights, axis=-1, keepdims=True)
 
     return tf.cond(tf.shape(color)[-1] == 3, luma, lambda: color[..., :1])

@@ -6,16 +6,32 @@ before the model sees it, so a bad file gets its own reason instead of failing i
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 from pathlib import Path
 from typing import Any, Sequence
 
+from xray_tfdata import errors
 from xray_tfdata.records import image_format, image_io
+from xray_tfdata.settings import setting
 
 # The converter's ceiling on width x height (read from the header before decoding) for local
 # files; the web app passes a stricter one for uploads (serving/web/settings.py).
 DEFAULT_MAX_PIXELS = image_io.DEFAULT_MAX_PIXELS
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    """Settings of `python -m xray_tfdata.predict` (the files come as arguments)."""
+
+    model_path: str = setting("workspace/model/export",
+                              "SavedModel directory written by training (export_serving).")
+    output_json: str = setting("", "Also write the results to this JSON file.")
+    batch_size: int = setting(32, "Files decoded and predicted per call.")
+
+    def __post_init__(self) -> None:
+        errors.positive_int("batch_size", self.batch_size)
 
 
 def sniff(data: bytes) -> str | None:
@@ -40,8 +56,9 @@ def encoded_format(data: bytes) -> str | None:
 
 
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """`sniff` plus the header's width x height against `max_pixels`: a reason the bytes must not
-    reach the decoder (a decompression bomb among them), or None."""
+    """`sniff` plus the header's width x height against `max_pixels`, the decoded bytes and a
+    JPEG's scan count (records/image_format.check_decode_cost): a reason the bytes must not reach
+    the decoder (a decompression or scan bomb among them), or None."""
     try:
         fmt = image_format.sniff_encoded(data)
         width, height = image_format.header_size(data, fmt)
@@ -55,6 +72,10 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None
         # Worded for a client of the server, not with the converter's --max_pixels advice.
         return (f"decompression bomb refused: the header says {width} x {height} = "
                 f"{width * height:,} pixels, more than the {max_pixels:,} allowed")
+    try:  # the converter's own bounds: decoded bytes, a JPEG's scan count
+        image_format.check_decode_cost(data, fmt)
+    except image_format.ImageReadError as err:
+        return err.reason
     return None
 
 

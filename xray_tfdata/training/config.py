@@ -11,77 +11,94 @@ import dataclasses
 import math
 from pathlib import Path
 
-from xray_tfdata import errors
+from xray_tfdata import errors, labels
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.inputs import collection_select, service
 from xray_tfdata.inputs.device_augment import AUGMENT_ON
+from xray_tfdata.inputs.pipeline import InputConfig
 from xray_tfdata.models import MODEL_NAMES
+from xray_tfdata.settings import nested, setting
 from xray_tfdata.training.distribute import JIT_COMPILE, PRECISIONS
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
-CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
-# inputs/sampling.SAMPLING_MODES, repeated here so flag checks do not import TensorFlow.
-SAMPLING_MODES: tuple[str, ...] = ("natural", "balanced", "balanced_collections")
 # --learning_rate is the rate for this global batch; --scale_lr multiplies it by batch / this.
 LR_REFERENCE_BATCH = 32
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run (the `train` command's --help says what each does)."""
+    """Settings of one training run; each field is the `train` command's flag of the same name.
 
-    records_dir: str
-    model_dir: str
-    model: str = "seed_cnn"
-    epochs: int = 10
-    steps_per_epoch: int = 0  # 0 = train examples // global_batch_size
-    global_batch_size: int = 32
-    image_size: int | None = None  # None = the records' size (from the manifest)
-    learning_rate: float = 1e-3
-    scale_lr: bool = False
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
+    The input pipeline's settings are nested (`input`, as Model Garden nests DataConfig in the
+    task config); their flags keep their names (--global_batch_size, --cache, --sampling, ...).
+    """
+
+    records_dir: str = setting(help="Records directory (with dataset_info.json).",
+                               flag_default="workspace/records")
+    model_dir: str = setting(
+        help="Output: checkpoints/, logs/, history.csv, best.keras, export/, summary.json. An "
+             "existing run here is resumed unless --overwrite.", flag_default="workspace/model")
+    input: InputConfig = nested(InputConfig)
+    model: str = setting("seed_cnn", "Model architecture.", allowed=MODEL_NAMES)
+    weights: str | None = setting(
+        None, "'imagenet' (backbones: keras.applications' notop file from Keras' cache "
+        "$KERAS_HOME/models or ~/.keras/models, downloaded there when absent), or a local weights "
+        "file (.h5 / .weights.h5): a full model's weights or an ImageNet 'notop' backbone file.")
+    dropout: float = setting(0.5, "Dropout rate before the output layer.")
+    epochs: int = setting(10, "Training epochs.")
+    steps_per_epoch: int = setting(0, "Steps per epoch; 0 = train examples // global_batch_size.")
+    image_size: int | None = setting(
+        None, "Model input side; must match the records. Default: the records' size.")
+    learning_rate: float = setting(1e-3, "Peak learning rate (after warmup), for a global batch "
+                                   f"of {LR_REFERENCE_BATCH} when --scale_lr.")
+    scale_lr: bool = setting(False, "Scale --learning_rate linearly by global_batch_size / "
+                             f"{LR_REFERENCE_BATCH}.")
+    optimizer: str = setting("adamw", "adamw or sgd (with momentum).", allowed=OPTIMIZERS)
+    weight_decay: float = setting(1e-4, "Decoupled weight decay.")
+    momentum: float = setting(0.9, "SGD momentum.")
+    warmup_epochs: float = setting(1.0, "Linear warmup length before the cosine decay.")
+    label_smoothing: float = setting(0.0, "Label smoothing in [0, 1).")
     # Balanced by default: the Kaggle set is 1 : 2.75 : 7.4 and unweighted training collapses to
     # the majority class on small real sets (issue 9). Ignored with sampling="balanced".
-    class_weights: str = "balanced"
-    sampling: str = "natural"  # "balanced" / "balanced_collections" (inputs/sampling.py)
-    # Train (and validate) on these collections only / on all but these (issue 19): filtered in
-    # the input pipeline, counts from the manifest (inputs/collection_select.py).
-    collections: tuple[str, ...] = ()
-    exclude_collections: tuple[str, ...] = ()
-    freeze_backbone_epochs: int = 0  # backbones: train the head only for this many epochs
-    backbone_learning_rate_multiplier: float = 1.0  # backbone rate = this x the head's
-    calibrate: bool = True  # temperature scaling on val at the end (best.keras, export)
-    precision: str = "auto"
-    jit_compile: str = "auto"  # auto = on for GPU/TPU, off on CPU; "true" / "false" win
-    steps_per_execution: int = 1
-    cache: str = "memory"
-    shuffle_buffer: int = 2048
-    augment: bool = True
-    augment_on: str = "auto"  # host | device | auto (device when a GPU or TPU is present)
-    data_service: str = ""  # grpc://HOST:PORT of a tf.data service dispatcher; "" = local input
-    data_service_job: str = ""  # job name prefix the trainer processes of one run share
-    deterministic: bool = False
-    seed: int = 0
-    patience: int = 0  # epochs without a better val macro-F1 before stopping; 0 = never
-    checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
-    max_checkpoints: int = 3
-    profile_steps: int = 0
-    weights: str | None = None
-    dropout: float = 0.5
-    val_split: str = "val"
-    export: bool = True
+    class_weights: str = setting(
+        "balanced", "'balanced' (default) weighs the loss by n / (3 * n_class) from the train "
+        "split's counts; 'none' weighs every example alike. Off with --sampling=balanced, which "
+        "already equalises the classes.", allowed=labels.CLASS_WEIGHT_MODES)
+    freeze_backbone_epochs: int = setting(0, "Backbones: train only the head for this many "
+                                          "epochs (BatchNorm in inference mode), then everything.")
+    backbone_learning_rate_multiplier: float = setting(
+        1.0, "Backbones: the backbone's learning rate = this x --learning_rate.")
+    calibrate: bool = setting(True, "Fit a temperature on the val split at the end; best.keras "
+                              "and the export then return calibrated probabilities "
+                              "(calibration.json).")
+    precision: str = setting(
+        "auto", "auto = mixed_bfloat16 on TPU and on GPUs with compute capability >= 8.0, "
+        "mixed_float16 on 7.x, float32 on older GPUs and on CPU.", allowed=PRECISIONS)
+    jit_compile: str = setting(
+        "auto", "XLA-compile the train step: auto = on with GPUs/TPUs, off on CPU (slower "
+        "there); true/false force it.", allowed=JIT_COMPILE)
+    steps_per_execution: int = setting(1, "Training steps per tf.function call.")
+    augment_on: str = setting(
+        "auto", "Where augmentation runs: host (tf.data, CPU cores), device (inside the train "
+        "step on each replica; the host only reads cached uint8), auto = device when a GPU or "
+        "TPU is present.", allowed=AUGMENT_ON)
+    deterministic: bool = setting(False, "Reproducible runs: deterministic input order and "
+                                  "deterministic TF ops (slower).")
+    seed: int = setting(0, "Seed for weights, data order and augmentation.")
+    patience: int = setting(0, "Early stopping: epochs without a better val macro-F1; 0=off.")
+    checkpoint_every: int = setting(
+        0, "Also checkpoint every N steps (0 = only at the end of each epoch).")
+    max_checkpoints: int = setting(3, "Checkpoints to keep.")
+    profile_steps: int = setting(0, "Profile this many steps (after the first call) into logs/ "
+                                 "for TensorBoard's Profile tab; 0 = off.")
+    val_split: str = setting("val", "Split used for validation and best-model selection.")
+    export: bool = setting(True, "Export the best model as a serving SavedModel at the end.")
 
     def __post_init__(self) -> None:
         errors.positive_int("epochs", self.epochs)
-        errors.positive_int("global_batch_size", self.global_batch_size)
         errors.positive_int("steps_per_execution", self.steps_per_execution)
         errors.positive_int("max_checkpoints", self.max_checkpoints)
         for name in ("steps_per_epoch", "patience", "checkpoint_every", "profile_steps",
-                     "shuffle_buffer", "seed", "freeze_backbone_epochs"):
+                     "seed", "freeze_backbone_epochs"):
             errors.non_negative_int(name, getattr(self, name))
         if self.image_size is not None and (
             not isinstance(self.image_size, int) or self.image_size < 8
@@ -104,10 +121,7 @@ class TrainConfig:
             raise ConfigError("warmup_epochs", self.warmup_epochs,
                               f"a number in [0, epochs={self.epochs}]")
         errors.one_of("optimizer", self.optimizer, OPTIMIZERS)
-        errors.one_of("class_weights", self.class_weights, CLASS_WEIGHTS)
-        errors.one_of("sampling", self.sampling, SAMPLING_MODES)
-        for name in ("collections", "exclude_collections"):  # "a,b" or a list from a flag
-            object.__setattr__(self, name, collection_select.parse_names(getattr(self, name)))
+        errors.one_of("class_weights", self.class_weights, labels.CLASS_WEIGHT_MODES)
         errors.in_range("backbone_learning_rate_multiplier",
                         self.backbone_learning_rate_multiplier, 0.0, 10.0,
                         allowed="a number in [0, 10] (0 keeps the backbone fixed)")
@@ -122,10 +136,8 @@ class TrainConfig:
                               f"at most epochs={self.epochs}")
         errors.one_of("precision", self.precision, PRECISIONS)
         errors.one_of("augment_on", self.augment_on, AUGMENT_ON)
-        if self.data_service:
-            service.check_address("data_service", self.data_service, scheme=True)
-        if not self.cache:
-            raise ConfigError("cache", self.cache, "'none', 'memory' or a file path prefix")
+        if not isinstance(self.input, InputConfig):
+            raise ConfigError("input", self.input, "an inputs.pipeline.InputConfig")
         if not self.records_dir:
             raise ConfigError("records_dir", self.records_dir, "a records directory")
         if not self.model_dir:
@@ -144,6 +156,11 @@ class TrainConfig:
                 "Keras' cache or downloaded into it), or the path of an existing local .h5 / "
                 ".weights.h5 file",
             )
+
+    @property
+    def global_batch_size(self) -> int:
+        """The batch summed over all replicas (an input setting: --global_batch_size)."""
+        return self.input.global_batch_size
 
     @property
     def effective_learning_rate(self) -> float:

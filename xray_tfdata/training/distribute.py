@@ -7,6 +7,7 @@ writes checkpoints, logs and exports.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -15,6 +16,7 @@ from absl import logging
 
 from xray_tfdata import errors
 from xray_tfdata.errors import ConfigError
+from xray_tfdata.settings import setting
 
 STRATEGIES: tuple[str, ...] = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -51,6 +53,17 @@ def _check_tf_config() -> dict:
         raise ConfigError("TF_CONFIG", raw, "a task with 'type' and 'index' for this process",
                           f"For example: {example}")
     return config
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyConfig:
+    """Where a run trains: the `train` command's strategy flags (make_strategy's arguments)."""
+
+    strategy: str = setting("auto", "auto = MirroredStrategy over all GPUs, else the default "
+                            "strategy; multi_worker reads TF_CONFIG.", allowed=STRATEGIES)
+    devices: tuple[str, ...] | None = setting(
+        None, "Devices for --strategy=mirrored (default: all GPUs, else CPU).")
+    tpu_address: str = setting("", "TPU name or grpc:// address for --strategy=tpu.")
 
 
 def make_strategy(

@@ -23,11 +23,10 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from xray_tfdata.evaluation import calibration, evaluator
+from xray_tfdata.evaluation import calibration, inference
+from xray_tfdata.layer_names import OUTPUT_LAYER
 
 BACKBONE_LAYER = "backbone"
-OUTPUT_LAYER = "probabilities"
-CALIBRATION_FILE = "calibration.json"
 
 
 def backbone(model: keras.Model) -> keras.Model | None:
@@ -61,7 +60,7 @@ def split_variables(model: keras.Model) -> tuple[list, list]:
 
 def calibrate(model: keras.Model, predict: Callable, val_ds: tf.data.Dataset) -> dict[str, Any]:
     """Fits T on val, folds 1/T into the output layer, returns the record for calibration.json."""
-    y_val, (probs, *_) = evaluator.run_model(None, val_ds, predict=predict)
+    y_val, (probs, *_) = inference.run_model(None, val_ds, predict=predict)
     temperature = calibration.fit_temperature(probs, y_val)
     calibrated = calibration.apply_temperature(probs, temperature)
     layer = model.get_layer(OUTPUT_LAYER)

@@ -1,35 +1,16 @@
-"""The compiled pieces of the training loop: loss, the distributed train step, validation,
-the profiler window and the final export.
-"""
+"""The compiled pieces of the training loop: the loss and the distributed train step (the train
+benchmark times the same step)."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 from typing import Any, Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
-from sklearn import metrics as sk_metrics
-from tensorflow.core.framework import summary_pb2
 
 from xray_tfdata import labels
-from xray_tfdata.evaluation import evaluator, metrics
-from xray_tfdata.serving import export
 from xray_tfdata.training import distribute
-
-# tf.summary.scalar lives in the optional tensorboard package; writing the same "scalars" plugin
-# summary through core tf.summary.write keeps TensorBoard logs working without it installed.
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-
-
-def write_scalar(name: str, value: float, step: int) -> None:
-    """A TensorBoard scalar into the default summary writer."""
-    tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
-
 
 def make_loss_fn(class_weights: np.ndarray, label_smoothing: float,
                  global_batch_size: int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
@@ -147,86 +128,3 @@ def make_train_function(strategy: tf.distribute.Strategy, model: keras.Model,
         return total / tf.cast(num_steps, tf.float32)
 
     return train_steps
-
-
-def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Loss, accuracy, macro-F1 and one-vs-rest macro AUC (NaN when a class is absent)."""
-    y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
-    probabilities = np.asarray(probabilities, np.float64)
-    picked = probabilities[np.arange(len(y_true)), y_true]
-    label_ids = list(range(labels.NUM_CLASSES))
-    cm = sk_metrics.confusion_matrix(y_true, probabilities.argmax(axis=1), labels=label_ids)
-    rates = metrics.rates_from_confusion(cm)
-    aucs = metrics.auc_ovr(y_true, probabilities / probabilities.sum(axis=1, keepdims=True))
-    return {
-        "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
-        "accuracy": float(rates["accuracy"]),
-        "macro_f1": float(rates["macro_f1"]),
-        # NaN, not a mean of the defined classes: a tiny validation split missing a class must
-        # not look comparable to a full one when choosing the best epoch.
-        "auc": float("nan") if None in aucs else float(np.mean(aucs)),
-    }
-
-
-def evaluate(predict: Callable[[tf.Tensor], tf.Tensor],
-             dataset: tf.data.Dataset) -> dict[str, float]:
-    """Runs `predict` (from evaluator.predict_fn) over one pass of an eval-mode dataset (on
-    every worker alike)."""
-    truth, (probs, *_) = evaluator.run_model(None, dataset, predict=predict)
-    return classification_metrics(truth, probs)
-
-
-class ProfileWindow:
-    """Traces `num_steps` steps with the TF profiler, starting after the first (tracing) call."""
-
-    def __init__(self, num_steps: int, steps_per_execution: int, log_dir: str | None) -> None:
-        self.start_at = steps_per_execution if num_steps else -1
-        self.stop_at = self.start_at + num_steps
-        self.log_dir = log_dir
-        self.active = False
-
-    def clip(self, done: int, n: int) -> int:
-        """Shortens a call so the trace starts and stops on a call boundary."""
-        for boundary in (self.start_at, self.stop_at):
-            if self.log_dir and done < boundary < done + n:
-                n = boundary - done
-        return n
-
-    def maybe_start(self, done: int) -> None:
-        if self.log_dir and done == self.start_at and not self.active:
-            tf.profiler.experimental.start(self.log_dir)
-            self.active = True
-
-    def maybe_stop(self, done: int | None) -> None:
-        if self.active and (done is None or done >= self.stop_at):
-            tf.profiler.experimental.stop()
-            self.active = False
-            logging.info("Profiler trace written under %s (open TensorBoard's Profile tab).",
-                         self.log_dir)
-
-
-def export_model(model: keras.Model, model_dir: Path, data: Any,
-                 strategy: tf.distribute.Strategy, *, enabled: bool,
-                 extra_metadata: dict[str, Any] | None = None) -> str | None:
-    """Exports the serving SavedModel to <model_dir>/export via export.export_serving.
-
-    `data` is the run's loop.ResolvedData (image size, channels, resize mode, intensity). Every worker saves
-    (saving may read mirrored variables collectively); only the chief's copy is kept. Returns
-    the chief's export path, or None when disabled.
-    """
-    if not enabled:
-        return None
-    chief = distribute.is_chief(strategy)
-    task_type, task_id = distribute.task_info(strategy)
-    target = model_dir / "export"
-    if not chief:
-        target = model_dir / f".workertemp_{task_type}_{task_id}" / "export"
-    if target.exists():
-        shutil.rmtree(target)
-    path = export.export_serving(model, str(target), data.image_size, data.channels,
-                                 resize_mode=data.resize_mode, extra_metadata=extra_metadata,
-                                 intensity=data.intensity)
-    if not chief:
-        shutil.rmtree(target.parent, ignore_errors=True)
-        return None
-    return path

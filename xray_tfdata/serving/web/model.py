@@ -38,7 +38,7 @@ class LoadedModel:
     source: str  # the --model_path it came from
     kind: str  # "saved_model" or "keras"
     sha256: str  # of the .keras file, or of the export directory (see tree_sha256)
-    explainer: Any = None  # explain.Explainer for a .keras with a convolution block, else None
+    explainer: Any = None  # gradcam_overlays.Explainer for a .keras with a convolution block, else None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -109,10 +109,10 @@ def _sibling_metadata(keras_path: Path) -> dict[str, Any]:
 
 
 def _load_keras(path: Path, resize_mode: str) -> tuple[export.ServingModel, Any]:
-    from xray_tfdata.evaluation import evaluator  # noqa: PLC0415 - the one .keras loader
+    from xray_tfdata.evaluation import inference  # noqa: PLC0415 - the one .keras loader
 
-    model = evaluator.load_model(path)
-    image_size, channels = evaluator.input_spec(model)
+    model = inference.load_model(path)
+    image_size, channels = inference.input_spec(model)
     # Training exports the same weights beside best.keras: its resize mode and intensity (the
     # records') and
     # its note on calibration (temperature scaling is folded into both) hold for this file too.
@@ -130,9 +130,9 @@ def _load_keras(path: Path, resize_mode: str) -> tuple[export.ServingModel, Any]
         serving = export.load_serving(export_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from xray_tfdata.serving.web import explain  # noqa: PLC0415
+    from xray_tfdata.serving.web import gradcam_overlays  # noqa: PLC0415
 
-    return serving, explain.for_keras(model, serving.metadata)
+    return serving, gradcam_overlays.for_keras(model, serving.metadata)
 
 
 def load(model_path: str | os.PathLike, resize_mode: str = "") -> LoadedModel:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from xray_tfdata import errors, files, labels
+from xray_tfdata.settings import setting
 
 EXPLAIN_FILE = "explain.json"
 
@@ -27,13 +28,17 @@ EXPLAIN_FILE = "explain.json"
 class ExplainConfig:
     """Settings of one Grad-CAM run; validates itself."""
 
-    model_path: str
-    records_dir: str
-    split: str = "test"
-    per_class: int = 8
-    output_dir: str = ""  # "" -> <dir of model>/explain/<split>
-    layer: str = ""  # "" -> the last convolution block (gradcam.find_layer)
-    batch_size: int = 16
+    model_path: str = setting(help="The .keras model to explain.",
+                              flag_default="workspace/model/best.keras")
+    records_dir: str = setting(help="Records directory (dataset_info.json).",
+                               flag_default="workspace/records")
+    split: str = setting("test", "Split to take the images from.", allowed=labels.SPLITS)
+    per_class: int = setting(8, "Images per true class (the first in the split's order).")
+    output_dir: str = setting("", "Output directory; default <dir of model>/explain/<split>.")
+    layer: str = setting("", "Layer whose feature map is explained; default: the last "
+                         "convolution block (seed CNN: conv3; backbones: their output "
+                         "activation).")
+    batch_size: int = setting(16, "Images per Grad-CAM batch (one gradient tape each).")
 
     def __post_init__(self) -> None:
         errors.one_of("split", self.split, labels.SPLITS)
@@ -52,11 +57,11 @@ class ExplainConfig:
 
 def explain(config: ExplainConfig) -> dict[str, Any]:
     """Runs Grad-CAM per the config, writes the overlays, sheets and explain.json; returns it."""
-    from xray_tfdata.evaluation import evaluator, gradcam
+    from xray_tfdata.evaluation import gradcam, inference
 
-    model = evaluator.load_model(config.model_path)
-    image_size, channels = evaluator.input_spec(model)
-    dataset = evaluator.eval_dataset(config.records_dir, config.split, image_size, channels,
+    model = inference.load_model(config.model_path)
+    image_size, channels = inference.input_spec(model)
+    dataset = inference.eval_dataset(config.records_dir, config.split, image_size, channels,
                                      config.batch_size)
     cam = gradcam.GradCam(model, config.layer)
     result = gradcam.explain_dataset(cam, dataset, per_class=config.per_class)
