@@ -16,7 +16,7 @@ import tensorflow as tf
 from tests import fixtures
 from xray_tfdata import files
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.evaluation import evaluator, shortcut
+from xray_tfdata.evaluation import evaluator, inference, shortcut
 
 SIZE = fixtures.TINY_SIZE
 BRIGHTNESS = fixtures.BRIGHTNESS
@@ -239,7 +239,7 @@ def test_evaluate_one_collection(tiny_model, tmp_path):
     result = evaluator.evaluate(config)
     assert result["num_examples"] == 6
     assert [row["support"] for row in result["per_class"].values()] == [2, 2, 2]
-    assert evaluator.split_size(str(records), "test", ("y",)) == 6
+    assert inference.split_size(str(records), "test", ("y",)) == 6
     assert "probe_macro_f1" in result["shortcut_probe"]
     with pytest.raises(ConfigError, match=r"collections .*\['x', 'y'\]"):
         evaluator.evaluate(dataclasses.replace(config, collections=("z",)))

@@ -269,11 +269,11 @@ def test_collection_filters_set_steps_and_class_weights_from_the_manifest(tmp_pa
                     "c": {"NORMAL": 10, "COVID19": 0, "PNEUMONIA": 10}}}
                 for split in ("train", "val")}}
     config = _config(Path("r"), Path("m"), exclude_collections=["b"])
-    weights = loop.class_weight_vector(config, info)
+    weights = setup.class_weight_vector(config, info)
     counts = np.array([50, 4, 30])  # a + c
     np.testing.assert_allclose(weights, counts.sum() / (3 * counts), rtol=1e-6)
-    assert _config(Path("r"), Path("m"), collections="b").collections == ("b",)
-    ones = loop.class_weight_vector(_config(Path("r"), Path("m"),
+    assert _config(Path("r"), Path("m"), collections="b").input.collections == ("b",)
+    ones = setup.class_weight_vector(_config(Path("r"), Path("m"),
                                             sampling="balanced_collections"), info)
     np.testing.assert_array_equal(ones, [1, 1, 1])
 
@@ -296,7 +296,7 @@ def test_leave_one_collection_out_run_and_intensity_export(tmp_path):
                               "resize_mode": "stretch", "intensity": "equalize"})
     config = _config(records, tmp_path / "model", epochs=1, global_batch_size=6,
                      exclude_collections="c", export=True, calibrate=False, augment=False)
-    data = loop.resolve_data(config)
+    data = setup.resolve_data(config)
     assert (data.num_train, data.steps_per_epoch, data.intensity) == (30, 5, "equalize")
     summary = loop.train(config, data=data)
     assert summary["steps_completed"] == 5
@@ -304,4 +304,4 @@ def test_leave_one_collection_out_run_and_intensity_export(tmp_path):
 
     assert export.read_metadata(tmp_path / "model" / "export")["intensity"] == "equalize"
     with pytest.raises(ConfigError, match=r"collections .* of split 'val' \(\['a', 'b'\]\)"):
-        loop.resolve_data(_config(records, tmp_path / "m2", collections="c"))
+        setup.resolve_data(_config(records, tmp_path / "m2", collections="c"))
