@@ -16,6 +16,7 @@ from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import (
     dedupe,
     image_io,
+    intensity,
     labels_csv,
     offline_augment,
     patients,
@@ -34,7 +35,8 @@ _NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite")
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 NOT_COMPARED = ("max_reject_fraction",)
 _SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
-                  "patient_key", "holdout_source", "max_pixels", "layout", "views", "uncertain")
+                  "patient_key", "holdout_source", "max_pixels", "layout", "views", "uncertain",
+                  "intensity")
 _VIEW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]*$")
 
 
@@ -121,6 +123,11 @@ class ConversionConfig:
     uncertain: str = setting(
         "skip", "A finding labelled uncertain (-1, CheXpert / MIMIC): skip the image, or count "
         "the finding as positive / negative.", allowed=presets.UNCERTAIN_MODES)
+    # records/intensity.py, before the resize; "none" is not written to the manifest (issue 19).
+    intensity: str = setting(
+        "none", "Normalise each 8-bit gray image before the resize: none, equalize (global "
+        "histogram equalisation) or clahe (8x8 tiles, clip limit 2). The manifest records it; "
+        "the exported model applies the same to uploads.", allowed=intensity.INTENSITY_MODES)
 
     def __post_init__(self) -> None:
         if (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
@@ -137,6 +144,7 @@ class ConversionConfig:
         errors.in_range("image_size", self.image_size, 8, 4096,
                         allowed="an integer in [8, 4096] (224 is the default)")
         errors.one_of("resize_mode", self.resize_mode, image_io.RESIZE_MODES)
+        errors.one_of("intensity", self.intensity, intensity.INTENSITY_MODES)
         errors.one_of("channels", self.channels, (1, 3),
                       "X-rays are gray: 1 is 3x smaller; 3 repeats the gray channel.")
         errors.one_of("image_format", self.image_format, resize.ENCODE_FORMATS)
@@ -239,4 +247,5 @@ class ConversionConfig:
 
     def settings(self) -> sources.ProcessSettings:
         return sources.ProcessSettings(self.image_size, self.resize_mode, self.channels,
-                                       self.image_format, self.jpeg_quality, self.max_pixels)
+                                       self.image_format, self.jpeg_quality, self.max_pixels,
+                                       self.intensity)

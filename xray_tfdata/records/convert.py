@@ -395,7 +395,9 @@ def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, p
         "args": args,
         "label_map": dict(labels.LABEL_MAP),
         "image": {"size": config.image_size, "channels": config.channels,
-                  "format": config.image_format, "resize_mode": config.resize_mode},
+                  "format": config.image_format, "resize_mode": config.resize_mode,
+                  # Only when set: a default build's manifest stays byte-identical.
+                  **({"intensity": config.intensity} if config.intensity != "none" else {})},
         "compression": config.compression,
         "splits": splits_info,
         "rejected": rejected,
