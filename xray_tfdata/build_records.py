@@ -80,6 +80,15 @@ _NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Worker processes (0 = all
 _MAX_PIXELS = flags.DEFINE_integer(
     "max_pixels", image_io.DEFAULT_MAX_PIXELS, "Refuse images with more pixels than this, read from the header "
     "before decoding (at most 2^30, OpenCV's limit); the reason is listed in the manifest.")
+_RUNNER = flags.DEFINE_enum(
+    "runner", "local", ["local", "beam"],
+    "Where the decode pass and shard writes run: local (this machine's worker processes, "
+    "resumable) or beam (an Apache Beam pipeline; pip install -e '.[beam]'). Same records.")
+_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options", "",
+    "With --runner=beam: Beam's options, comma-separated, e.g. '--runner=DataflowRunner,"
+    "--project=my-project,--region=europe-west1,--temp_location=gs://bucket/tmp' (default: "
+    "Beam's in-process FnApiRunner).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Delete existing shards/manifest in --output_dir and start over.")
 

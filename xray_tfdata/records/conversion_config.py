@@ -8,6 +8,7 @@ build's manifest is byte-identical to the one earlier versions wrote.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from xray_tfdata import errors, files
@@ -24,10 +25,12 @@ from xray_tfdata.records import (
 )
 
 DEDUPE_MODES: tuple[str, ...] = ("report", "drop")
+# Where the decode pass and the shard writes run; the records are byte-identical either way.
+RUNNERS: tuple[str, ...] = ("local", "beam")
 _DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shadows the module
 # Not written to the manifest: they change how the run executes, not what it writes (so 1 and 8
 # workers give byte-identical manifests), or would make a copied records dir lie (output_dir).
-_NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite")
+_NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite", "runner", "beam_pipeline_options")
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 NOT_COMPARED = ("max_reject_fraction",)
 _SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
@@ -71,6 +74,11 @@ class ConversionConfig:
     holdout_source: str = ""
     # Refuse sources with more pixels than this, from the header before decoding (image_io).
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS
+    # Execution only (not in the manifest): local = this machine's process pool (resumable);
+    # beam = an Apache Beam pipeline (records/beam_runner.py, the [beam] extra), with Beam's own
+    # options passed through, e.g. "--runner=DataflowRunner,--project=my-project".
+    runner: str = "local"
+    beam_pipeline_options: str = ""
 
     def __post_init__(self) -> None:
         if (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
@@ -114,6 +122,20 @@ class ConversionConfig:
         errors.in_range("max_reject_fraction", self.max_reject_fraction, 0.0, 1.0)
         errors.non_negative_int("num_workers", self.num_workers)
         self._check_sources()
+        self._check_runner()
+
+    def _check_runner(self) -> None:
+        errors.one_of("runner", self.runner, RUNNERS)
+        if self.beam_pipeline_options and self.runner != "beam":
+            raise ConfigError("beam_pipeline_options", self.beam_pipeline_options,
+                              "empty unless --runner=beam",
+                              "Add --runner=beam, or drop --beam_pipeline_options.")
+        odd = [a for a in beam_args(self.beam_pipeline_options) if not a.startswith("--")]
+        if odd:
+            raise ConfigError("beam_pipeline_options", self.beam_pipeline_options,
+                              "Beam options separated by commas, each starting with --",
+                              f"e.g. '--runner=DataflowRunner,--project=my-project' "
+                              f"(not {odd[0]!r}).")
 
     def _check_sources(self) -> None:
         """The issue-10 settings: pure parsing only (no file-system access)."""
@@ -166,3 +188,8 @@ class ConversionConfig:
     def settings(self) -> sources.ProcessSettings:
         return sources.ProcessSettings(self.image_size, self.resize_mode, self.channels,
                                        self.image_format, self.jpeg_quality, self.max_pixels)
+
+
+def beam_args(text: str) -> list[str]:
+    """"--a=1,--b=x,y" -> ["--a=1", "--b=x,y"]: a comma starts a new option only before "--"."""
+    return [part.strip() for part in re.split(r",(?=\s*--)", text) if part.strip()]
