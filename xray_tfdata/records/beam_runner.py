@@ -30,14 +30,20 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import cv2
 from absl import logging
 
-from xray_tfdata.records import conversion_state, image_io, shard_plan, shard_writer, sources
-from xray_tfdata.records.conversion_config import ConversionConfig, beam_args
-from xray_tfdata.records.conversion_state import SpillEntry
+# Only TensorFlow-free modules at import time: a Beam worker imports this module to run the
+# decode step, and (as in the local pool) a decode worker must not pay for TensorFlow (seconds
+# and ~600 MB each). The shard writer, which needs it, is imported inside the write step.
+from xray_tfdata.records import image_io, sources
+
+if TYPE_CHECKING:
+    from xray_tfdata.records import shard_plan
+    from xray_tfdata.records.conversion_config import ConversionConfig
+    from xray_tfdata.records.conversion_state import SpillEntry
 
 try:
     import apache_beam as beam
@@ -66,10 +72,34 @@ def pipeline_options(text: str) -> Any:
     """PipelineOptions from "--a=1,--b=2"; the download-free FnApiRunner unless a runner is named."""
     from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415
 
+    from xray_tfdata.records.conversion_config import beam_args  # noqa: PLC0415
+
     args = beam_args(text)
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
-        args.append(f"--runner={DEFAULT_BEAM_RUNNER}")
+    for name, default in (("runner", DEFAULT_BEAM_RUNNER),
+                          # Quiet by default: local SDK workers otherwise log every channel.
+                          ("default_sdk_harness_log_level", "ERROR")):
+        if not any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args):
+            args.append(f"--{name}={default}")
     return PipelineOptions(args)
+
+
+def _runner_for(options: Any) -> Any:
+    """The runner instance: our default FnApiRunner gets the options its workers will see.
+
+    Created by name, the FnApiRunner hands its multi_processing workers no options at all, so
+    each would log at INFO (a dozen lines per bundle on the user's terminal); Beam's own
+    DirectRunner builds it this way (with the options in its provision info).
+    """
+    name = options.get_all_options()["runner"]
+    if name != DEFAULT_BEAM_RUNNER:
+        return None  # Beam creates it from --runner
+    from apache_beam.portability.api import beam_provision_api_pb2  # noqa: PLC0415
+    from apache_beam.runners.portability.fn_api_runner import fn_runner  # noqa: PLC0415
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle  # noqa: PLC0415
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +121,8 @@ def _facts(processed: sources.Processed) -> str:
 
 
 def _entry(line: str) -> SpillEntry:
+    from xray_tfdata.records.conversion_state import SpillEntry  # noqa: PLC0415 - launcher only
+
     h = json.loads(line)
     info = h["info"]
     if info is not None:
@@ -142,7 +174,7 @@ class _Decode(beam.DoFn if beam is not None else object):
 def _write_shard(job: tuple[str, list, dict, dict], config: ConversionConfig, out: str,
                  objects: str) -> str:
     """Beam step 2, on a worker: one planned shard written by the shared writer; its entry out."""
-    from xray_tfdata.records import convert  # noqa: PLC0415 - TensorFlow only where shards are
+    from xray_tfdata.records import convert, shard_writer  # noqa: PLC0415 - TF only here
 
     name, examples, index, files = job
     records = convert.shard_records(examples, index, files, config,
@@ -164,6 +196,8 @@ class BeamRunner:
     """Runs the decode pass and the shard writes as two Beam pipelines (see the module doc)."""
 
     def __init__(self, out: Path, config: ConversionConfig, progress: bool) -> None:
+        from xray_tfdata.records import conversion_state  # noqa: PLC0415 - launcher only
+
         del progress  # Beam reports its own progress (its logs, the Dataflow console)
         import_beam()
         self.out, self.config = out, config
@@ -176,7 +210,7 @@ class BeamRunner:
 
     def _run(self, label: str, elements: list, step: Any, output: Path) -> list[str]:
         # Reshuffle: Create's elements would otherwise stay fused on one worker.
-        with beam.Pipeline(options=self.options) as p:
+        with beam.Pipeline(runner=_runner_for(self.options), options=self.options) as p:
             _ = (p | f"{label}Items" >> beam.Create(elements)
                  | f"{label}Spread" >> beam.Reshuffle()
                  | label >> step
@@ -200,6 +234,8 @@ class BeamRunner:
     def write(self, plans: dict[str, list[list[shard_plan.PlannedExample]]],
               index: dict[str, SpillEntry], files: dict[str, sources.SourceFile]
               ) -> dict[str, list[dict]]:
+        from xray_tfdata.records import shard_writer  # noqa: PLC0415 - launcher only
+
         jobs = [(shard_writer.shard_name(split, i, len(plan)), examples,
                  {e.relpath: index[e.relpath] for e in examples},
                  {e.relpath: files[e.relpath] for e in examples})
