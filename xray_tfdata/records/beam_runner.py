@@ -226,7 +226,9 @@ class BeamRunner:
                                                           self.work / "facts"))}
         missing = [t.key for t in tasks if t.key not in index]
         if missing:
-            raise RuntimeError(f"The Beam decode pass returned no result for {len(missing)} "
+            from xray_tfdata.records.convert import ConversionError  # noqa: PLC0415
+
+            raise ConversionError(f"The Beam decode pass returned no result for {len(missing)} "
                                f"sources (e.g. {missing[0]}); rerun the build.")
         elapsed = max(time.monotonic() - start, 1e-9)
         return index, len(tasks) / elapsed, len(tasks)
