@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging as logging_std
 import os
 import shutil
 import time
@@ -45,10 +46,16 @@ if TYPE_CHECKING:
     from xray_tfdata.records.conversion_config import ConversionConfig
     from xray_tfdata.records.conversion_state import SpillEntry
 
+# Beam warns at import that its GCP clients are missing ("apitools not found"): noise on one
+# machine, and DataflowRunner names the missing apache-beam[gcp] itself when it is used.
+_root_level = logging_std.getLogger().level
+logging_std.getLogger().setLevel(logging_std.ERROR)
 try:
     import apache_beam as beam
 except ImportError as _missing:  # the [beam] extra is optional: import_beam() says what to do
     beam, _IMPORT_ERROR = None, str(_missing)
+finally:
+    logging_std.getLogger().setLevel(_root_level)
 
 # Beam's DirectRunner (2.6x+) first tries the PrismRunner, which downloads a binary from GitHub;
 # the FnApiRunner it falls back to needs nothing and takes --direct_running_mode /

@@ -15,6 +15,9 @@ pass, then a writing pass) would halve throughput. Instead:
      (stratified, by patient group when ids are given: shard_plan.assign_splits), dedupe,
      choose the augmented sources, cut shards by actual encoded bytes;
   3. write shards in plan order in the main process, reading the bytes back from the spill.
+Runners: steps 1 and 3 run locally (_LocalRunner: the pool, the spill) or, with --runner=beam, as
+Beam pipelines (beam_runner.py); step 2, the scan and the manifest are this module's either way,
+so both runners write byte-identical records.
 Resume: the spill survives a kill -9 (a torn last frame is cut off), so a rerun decodes only the
 sources not yet in it; complete shards recorded in `.build/shards.json` are kept. Output depends
 only on per-source results, never on worker count or order.
