@@ -15,7 +15,7 @@ from absl import app, flags
 # Only TensorFlow-free modules at import time, so `--help` and flag errors answer instantly; the
 # converter (which imports TensorFlow) is imported inside main().
 from xray_tfdata import cli, console
-from xray_tfdata.records import dedupe, image_io
+from xray_tfdata.records import dedupe, image_io, presets
 
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", "workspace/raw/Data",
@@ -76,6 +76,17 @@ _PATIENT_KEY = flags.DEFINE_string(
 _HOLDOUT_SOURCE = flags.DEFINE_string(
     "holdout_source", "", "A collection named in --data_dir whose images are the whole test "
     "split (leave-one-collection-out).")
+_LAYOUT = flags.DEFINE_string(
+    "layout", "folders", "How --data_dir is laid out: folders (or the --labels_csv when given), "
+    "or a public collection as downloaded: " + ", ".join(presets.PRESETS) + ". Several: "
+    "name=layout entries, e.g. nih=chestxray14,rsna=rsna_pneumonia (README: the table).")
+_VIEWS = flags.DEFINE_string(
+    "views", "frontal", "Views a preset keeps when its collection records them: frontal (PA/AP), "
+    "all, or a list of view values such as PA,AP; the others are counted in the manifest.")
+_UNCERTAIN = flags.DEFINE_enum(
+    "uncertain", "skip", list(presets.UNCERTAIN_MODES),
+    "A finding labelled uncertain (-1, CheXpert / MIMIC): skip the image, or count the finding "
+    "as positive / negative.")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Worker processes (0 = all cores).")
 _MAX_PIXELS = flags.DEFINE_integer(
     "max_pixels", image_io.DEFAULT_MAX_PIXELS, "Refuse images with more pixels than this, read from the header "

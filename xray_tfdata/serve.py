@@ -3,6 +3,7 @@ r"""Serves one trained classifier as a web app (upload page + TensorFlow Serving
   pip install -e '.[web]'
   python -m xray_tfdata.serve --model_path=workspace/model/export [--host=127.0.0.1]
       [--port=8000] [--threads=4] [--max_upload_mb=20] [--allowed_hosts=xray.example.org]
+      [--max_connections=500] [--request_timeout=60] [--max_request_decoded_mb=512]
 
 Inputs: JPEG, PNG, BMP (and DICOM with the [dicom] extra), decoded like the converter.
 Routes: GET / (upload page), POST /v1/models/xray:predict ({"instances": [{"b64": ...}]} or a
@@ -41,12 +42,25 @@ def define_flags() -> None:
     flags.DEFINE_list("allowed_hosts", [],
                       "Host names the server answers to (Django's ALLOWED_HOSTS), comma-"
                       "separated; empty = localhost, 127.0.0.1, [::1] and --host.")
-    from xray_tfdata.serving.web.settings import WEB_MAX_PIXELS  # noqa: PLC0415 - no TF import
+    from xray_tfdata.serving.web import settings  # noqa: PLC0415 - no TF import
 
-    flags.DEFINE_integer("max_pixels", WEB_MAX_PIXELS,
+    flags.DEFINE_integer("max_pixels", settings.WEB_MAX_PIXELS,
                          "Largest image, width x height read from its header before decoding "
                          "(stricter than the converter's 200 M: uploads come from a network); "
                          "larger ones are refused as decompression bombs.")
+    flags.DEFINE_float("max_image_decoded_mb", settings.WEB_MAX_IMAGE_DECODED_MB,
+                       "Largest decoded image in MiB (width x height x channels x bytes per "
+                       "sample, x frames for a DICOM), read from its header before decoding; "
+                       "a larger one gets its own error, the rest of the batch is answered.")
+    flags.DEFINE_float("max_request_decoded_mb", settings.WEB_MAX_REQUEST_DECODED_MB,
+                       "Largest sum of the decoded sizes of one request's images (MiB, from the "
+                       "headers, before decoding); a request over it gets 413.")
+    flags.DEFINE_integer("max_connections", settings.MAX_CONNECTIONS,
+                         "Open connections at once (at most 900); more wait in the listen "
+                         "backlog until one closes.")
+    flags.DEFINE_float("request_timeout", settings.REQUEST_TIMEOUT,
+                       "Seconds a client has to send a whole request (head and body); a slower "
+                       "one is disconnected, so trickling clients cannot hold every connection.")
     flags.DEFINE_bool("access_log", True,
                       "One stderr line per request: method, route, status, bytes in/out, ms "
                       "(never a file name, header or image byte).")

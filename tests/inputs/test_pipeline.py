@@ -182,7 +182,9 @@ def test_corrupt_shard_names_the_shard_or_is_skipped_and_counted(tmp_path):
     bad = records / "train-00002-of-00004.tfrecord"
     _corrupt_middle(bad)
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"Corrupt or truncated TFRecord shard .*train-00002-of-00004"):
+                       match=r"Corrupt or truncated TFRecord shard .*train-00002-of-00004.*"
+                             r"Rerun the build_records command.*from Python, read with "
+                             r"InputConfig\(skip_corrupt=True\)"):
         collect(pipeline.build_dataset(records, "train", eval_config()))
     before = pipeline.skipped_records().get(str(bad), 0)
     ids, _ = collect(pipeline.build_dataset(records, "train", eval_config(skip_corrupt=True)))

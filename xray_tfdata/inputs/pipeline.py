@@ -150,8 +150,9 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
                 return tf.logical_not(is_end)
         message = tf.strings.format(
             "Corrupt or truncated TFRecord shard {}: read {} of the {} records the manifest lists. "
-            "Rebuild the records (python -m xray_tfdata.build_records ... --overwrite) or pass "
-            "skip_corrupt=True to skip unreadable records.", [path, count, expected])
+            "Rerun the build_records command that wrote them (it rebuilds when a shard's sha256 "
+            "no longer matches), or, from Python, read with InputConfig(skip_corrupt=True) to "
+            "skip the unreadable rest of the shard.", [path, count, expected])
         with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(short), [message])]):
             return tf.logical_not(is_end)
 

@@ -20,6 +20,8 @@ from xray_tfdata.records import (
     labels_csv,
     offline_augment,
     patients,
+    preset_reader,
+    presets,
     shard_writer,
     sources,
 )
@@ -34,7 +36,8 @@ _NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite", "runner", "beam_pi
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 NOT_COMPARED = ("max_reject_fraction",)
 _SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
-                  "patient_key", "holdout_source", "max_pixels")
+                  "patient_key", "holdout_source", "max_pixels", "layout", "views", "uncertain")
+_VIEW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]*$")
 
 
 
@@ -74,6 +77,12 @@ class ConversionConfig:
     holdout_source: str = ""
     # Refuse sources with more pixels than this, from the header before decoding (image_io).
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS
+    # The public collections (issue 15): a preset per collection (presets.py), or per named
+    # collection as name=preset; "folders" reads folders, or the --labels_csv when given.
+    layout: str = "folders"
+    views: str = "frontal"  # frontal | all | a list of view values such as "PA,AP"
+    uncertain: str = "skip"  # a finding labelled uncertain (-1): skip the image, or count it as
+                             # positive / negative
     # Execution only (not in the manifest): local = this machine's process pool (resumable);
     # beam = an Apache Beam pipeline (records/beam_runner.py, the [beam] extra), with Beam's own
     # options passed through, e.g. "--runner=DataflowRunner,--project=my-project".
@@ -140,12 +149,14 @@ class ConversionConfig:
     def _check_sources(self) -> None:
         """The issue-10 settings: pure parsing only (no file-system access)."""
         try:
-            specs = sources.parse_source_specs(self.data_dir, self.labels_csv)
+            specs = self.source_specs()
         except ValueError as err:
-            field = "labels_csv" if "labels_csv" in str(err) else "data_dir"
-            raise ConfigError(field, getattr(self, field),
-                              "a path, or name=path entries separated by commas",
-                              f"Here: {err}.") from err
+            field = next((f for f in ("layout", "labels_csv") if f in str(err)), "data_dir")
+            allowed = ("folders, csv or a collection preset, alone or as name=layout entries"
+                       if field == "layout"
+                       else "a path, or name=path entries separated by commas")
+            raise ConfigError(field, getattr(self, field), allowed, f"Here: {err}.") from err
+        self._check_preset_rules()
         for field, parse in (("csv_columns", labels_csv.parse_columns),
                              ("label_map", labels_csv.parse_label_map)):
             try:
@@ -168,8 +179,23 @@ class ConversionConfig:
                                   "It needs at least one other collection to train on, e.g. "
                                   "--data_dir=kaggle=/a,nih=/b --holdout_source=nih.")
 
+    def _check_preset_rules(self) -> None:
+        errors.one_of("uncertain", self.uncertain, presets.UNCERTAIN_MODES,
+                      "skip drops images with an uncertain (-1) finding; positive / negative "
+                      "count it as present / absent.")
+        listed = [v.strip() for v in str(self.views).split(",")]
+        if self.views not in presets.VIEW_MODES and not all(_VIEW_RE.match(v) for v in listed):
+            raise ConfigError("views", self.views,
+                              f"one of {list(presets.VIEW_MODES)} or view values such as PA,AP",
+                              "Views are compared case-insensitively with the collection's "
+                              "view column (e.g. NIH `View Position`, PadChest `Projection`).")
+
     def source_specs(self) -> list[sources.SourceSpec]:
-        return sources.parse_source_specs(self.data_dir, self.labels_csv)
+        return sources.parse_source_specs(self.data_dir, self.labels_csv, self.layout)
+
+    def preset_rules(self) -> preset_reader.Rules:
+        """The preset settings (the patient key is added by the scan)."""
+        return preset_reader.Rules(views=self.views, uncertain=self.uncertain)
 
     def manifest_args(self) -> dict[str, Any]:
         """The arguments the manifest records (and a resumed run must repeat)."""

@@ -33,7 +33,8 @@ ENCODED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP")
 SOURCE_FORMATS: tuple[str, ...] = ENCODED_FORMATS + ("DICOM",)
 # File name endings the scanner may hand to the converter; DICOM files often have none at all
 # (PACS exports), so `is_source_file` also accepts extension-less files with the DICM preamble.
-SOURCE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".dcm")
+# ".dicom": VinDr-CXR names its DICOM files so (the format is still read from the bytes).
+SOURCE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".dcm", ".dicom")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 
 from xray_tfdata import labels
-from xray_tfdata.records import dedupe, image_format, image_io, offline_augment
+from xray_tfdata.records import dedupe, image_format, image_io, offline_augment, presets
 
 IMAGE_EXTENSIONS: tuple[str, ...] = image_format.SOURCE_EXTENSIONS
 SOURCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -67,6 +67,7 @@ class SourceSpec:
     name: str
     data_dir: str
     labels_csv: str = ""
+    layout: str = ""  # a collection preset's name (presets.py), "" for folders / a labels CSV
 
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
@@ -91,28 +92,54 @@ def _named_entries(text: str, what: str) -> list[tuple[str, str]]:
     return out
 
 
-def parse_source_specs(data_dir: str, labels_csv: str = "") -> list[SourceSpec]:
-    """Parses --data_dir ('/a' or 'kaggle=/a,nih=/b') and --labels_csv (the same form).
+def parse_source_specs(data_dir: str, labels_csv: str = "", layout: str = "") -> list[SourceSpec]:
+    """Parses --data_dir ('/a' or 'kaggle=/a,nih=/b'), --labels_csv and --layout (the same form).
+
+    `layout` is a preset name (presets.py) or `folders` / `csv` (the default: a labels CSV when
+    given, else the folder layout), for every collection or as name=layout entries.
 
     Raises:
-      ValueError: an unnamed entry among several, a name used twice, or a labels CSV for a
-        collection that --data_dir does not name (the message says which).
+      ValueError: an unnamed entry among several, a name used twice, a labels CSV or layout for a
+        collection that --data_dir does not name, an unknown layout, or a preset given a labels
+        CSV as well (the message says which).
     """
     dirs = _named_entries(data_dir, "data_dir")
     if not dirs:
         raise ValueError("data_dir is empty")
-    csvs = dict(_named_entries(labels_csv, "labels_csv")) if str(labels_csv).strip() else {}
     names = [n for n, _ in dirs]
-    if "" in csvs and names != [""]:
+    csvs = _per_collection(labels_csv, "labels_csv", names)
+    # One unnamed layout (the default "folders", or e.g. two CheXpert downloads) is every
+    # collection's.
+    layouts = (dict.fromkeys(names, layout.strip()) if "=" not in str(layout)
+               else _per_collection(layout, "layout", names))
+    specs = []
+    for name, path in dirs:
+        chosen = layouts.get(name) or "folders"
+        if chosen not in presets.LAYOUTS:
+            raise ValueError(f"layout {chosen!r} is not one of {list(presets.LAYOUTS)}")
+        if chosen == "csv" and not csvs.get(name):
+            raise ValueError(f"layout csv needs a labels_csv for collection {name or path!r}")
+        if chosen in presets.PRESETS and csvs.get(name):
+            raise ValueError(f"layout {chosen} reads the collection's own label files: drop the "
+                             f"labels_csv of collection {name or path!r}")
+        specs.append(SourceSpec(name, path, csvs.get(name, ""),
+                                chosen if chosen in presets.PRESETS else ""))
+    return specs
+
+
+def _per_collection(text: str, what: str, names: list[str]) -> dict[str, str]:
+    """name -> value of a per-collection flag; an unnamed value goes to a single collection."""
+    values = dict(_named_entries(text, what)) if str(text).strip() else {}
+    if "" in values and names != [""]:
         if len(names) != 1:
-            raise ValueError("labels_csv must name its collection (name=file.csv) when "
+            raise ValueError(f"{what} must name its collection (name=value) when "
                              f"data_dir has several: {names}")
-        csvs = {names[0]: csvs.pop("")}
-    unknown = sorted(set(csvs) - set(names))
+        values = {names[0]: values.pop("")}
+    unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(f"labels_csv names {unknown}, which data_dir does not define "
+        raise ValueError(f"{what} names {unknown}, which data_dir does not define "
                          f"(data_dir names {names})")
-    return [SourceSpec(name, path, csvs.get(name, "")) for name, path in dirs]
+    return values
 
 
 def subdirs(folder: Path) -> dict[str, Path]:
