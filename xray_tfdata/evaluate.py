@@ -16,6 +16,7 @@ from __future__ import annotations
 from absl import app
 
 from xray_tfdata import cli, labels, paths
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator
 
 cli.define_flags(evaluator.EvalConfig)
@@ -34,7 +35,10 @@ def main(argv: list[str]) -> None:
                                  f"them with python -m xray_tfdata.build_records.")
     from xray_tfdata.evaluation import metrics, reference
 
-    result = evaluator.evaluate(config)
+    try:
+        result = evaluator.evaluate(config)
+    except ConfigError as err:  # e.g. --collections names a collection the records lack
+        raise cli.usage_error(err) from err
     out = config.resolved_output_dir
     print(f"Evaluated {config.model_path} on {config.split} ({result['num_examples']} examples)")
     for key in ("accuracy", "macro_f1", "macro_auc"):

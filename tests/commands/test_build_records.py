@@ -44,6 +44,10 @@ def _main(*argv: str) -> None:
     (["--test_fraction=0.95"], r"--test_fraction must be below 1 - val_fraction = 0.9"),
     (["--holdout_source=nih"], r"--holdout_source must be one of the collections named in "
                                r"data_dir \(\[''\]\)"),
+    (["--beam_pipeline_options=--runner=DataflowRunner"],
+     "--beam_pipeline_options must be empty unless --runner=beam"),
+    (["--runner=beam", "--beam_pipeline_options=runner=DataflowRunner"],
+     "--beam_pipeline_options must be Beam options separated by commas, each starting with --"),
 ])
 def test_bad_flag_values_are_usage_errors_naming_value_and_range(argv, message, tmp_path):
     with pytest.raises(app.UsageError, match=message):

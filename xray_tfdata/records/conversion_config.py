@@ -16,6 +16,7 @@ from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import (
     dedupe,
     image_io,
+    intensity,
     labels_csv,
     offline_augment,
     patients,
@@ -27,14 +28,17 @@ from xray_tfdata.records import (
 from xray_tfdata.settings import setting
 
 DEDUPE_MODES: tuple[str, ...] = ("report", "drop")
+# Where the decode pass and the shard writes run; the records are byte-identical either way.
+RUNNERS: tuple[str, ...] = ("local", "beam")
 _DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shadows the module
 # Not written to the manifest: they change how the run executes, not what it writes (so 1 and 8
 # workers give byte-identical manifests), or would make a copied records dir lie (output_dir).
-_NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite")
+_NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite", "runner", "beam_pipeline_options")
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 NOT_COMPARED = ("max_reject_fraction",)
 _SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
-                  "patient_key", "holdout_source", "max_pixels", "layout", "views", "uncertain")
+                  "patient_key", "holdout_source", "max_pixels", "layout", "views", "uncertain",
+                  "intensity")
 _VIEW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]*$")
 
 
@@ -121,6 +125,22 @@ class ConversionConfig:
     uncertain: str = setting(
         "skip", "A finding labelled uncertain (-1, CheXpert / MIMIC): skip the image, or count "
         "the finding as positive / negative.", allowed=presets.UNCERTAIN_MODES)
+    # records/intensity.py, before the resize; "none" is not written to the manifest (issue 19).
+    intensity: str = setting(
+        "none", "Normalise each 8-bit gray image before the resize: none, equalize (global "
+        "histogram equalisation) or clahe (8x8 tiles, clip limit 2). The manifest records it; "
+        "the exported model applies the same to uploads.", allowed=intensity.INTENSITY_MODES)
+    # Execution only (not in the manifest): local = this machine's process pool (resumable);
+    # beam = an Apache Beam pipeline (records/beam_runner.py, the [beam] extra), with Beam's own
+    # options passed through, e.g. "--runner=DataflowRunner,--project=my-project".
+    runner: str = setting(
+        "local", "Where the decode pass and shard writes run: local (this machine's worker "
+        "processes, resumable) or beam (an Apache Beam pipeline; pip install -e '.[beam]'). "
+        "Same records.", allowed=RUNNERS)
+    beam_pipeline_options: str = setting(
+        "", "With --runner=beam: Beam's options, comma-separated, e.g. '--runner=DataflowRunner,"
+        "--project=my-project,--region=europe-west1,--temp_location=gs://bucket/tmp' (default: "
+        "Beam's in-process FnApiRunner).")
 
     def __post_init__(self) -> None:
         if (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
@@ -138,6 +158,7 @@ class ConversionConfig:
         errors.in_range("image_size", self.image_size, 8, 4096,
                         allowed="an integer in [8, 4096] (224 is the default)")
         errors.one_of("resize_mode", self.resize_mode, image_io.RESIZE_MODES)
+        errors.one_of("intensity", self.intensity, intensity.INTENSITY_MODES)
         errors.one_of("channels", self.channels, (1, 3),
                       "X-rays are gray: 1 is 3x smaller; 3 repeats the gray channel.")
         errors.one_of("image_format", self.image_format, resize.ENCODE_FORMATS)
@@ -172,6 +193,20 @@ class ConversionConfig:
         errors.in_range("max_reject_fraction", self.max_reject_fraction, 0.0, 1.0)
         errors.non_negative_int("num_workers", self.num_workers)
         self._check_sources()
+        self._check_runner()
+
+    def _check_runner(self) -> None:
+        errors.one_of("runner", self.runner, RUNNERS)
+        if self.beam_pipeline_options and self.runner != "beam":
+            raise ConfigError("beam_pipeline_options", self.beam_pipeline_options,
+                              "empty unless --runner=beam",
+                              "Add --runner=beam, or drop --beam_pipeline_options.")
+        odd = [a for a in beam_args(self.beam_pipeline_options) if not a.startswith("--")]
+        if odd:
+            raise ConfigError("beam_pipeline_options", self.beam_pipeline_options,
+                              "Beam options separated by commas, each starting with --",
+                              f"e.g. '--runner=DataflowRunner,--project=my-project' "
+                              f"(not {odd[0]!r}).")
 
     def _check_sources(self) -> None:
         """The issue-10 settings: pure parsing only (no file-system access)."""
@@ -244,4 +279,10 @@ class ConversionConfig:
 
     def settings(self) -> sources.ProcessSettings:
         return sources.ProcessSettings(self.image_size, self.resize_mode, self.channels,
-                                       self.image_format, self.jpeg_quality, self.max_pixels)
+                                       self.image_format, self.jpeg_quality, self.max_pixels,
+                                       self.intensity)
+
+
+def beam_args(text: str) -> list[str]:
+    """"--a=1,--b=x,y" -> ["--a=1", "--b=x,y"]: a comma starts a new option only before "--"."""
+    return [part.strip() for part in re.split(r",(?=\s*--)", text) if part.strip()]

@@ -15,6 +15,9 @@ pass, then a writing pass) would halve throughput. Instead:
      (stratified, by patient group when ids are given: shard_plan.assign_splits), dedupe,
      choose the augmented sources, cut shards by actual encoded bytes;
   3. write shards in plan order in the main process, reading the bytes back from the spill.
+Runners: steps 1 and 3 run locally (_LocalRunner: the pool, the spill) or, with --runner=beam, as
+Beam pipelines (beam_runner.py); step 2, the scan and the manifest are this module's either way,
+so both runners write byte-identical records.
 Resume: the spill survives a kill -9 (a torn last frame is cut off), so a rerun decodes only the
 sources not yet in it; complete shards recorded in `.build/shards.json` are kept. Output depends
 only on per-source results, never on worker count or order.
@@ -28,7 +31,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 
@@ -167,6 +170,28 @@ def _check_rejects(rejected: list[dict[str, str]], total: int, usable: int,
     )
 
 
+def shard_records(examples: Sequence[shard_plan.PlannedExample], index: Mapping[str, SpillEntry],
+                  files: Mapping[str, sources.SourceFile], config: ConversionConfig,
+                  outputs: Callable[[SpillEntry], dict[str, bytes]]) -> Iterator[bytes]:
+    """One shard's serialized records, in plan order; `outputs` reads a source's encoded images.
+
+    Shared by every runner (the local spill, Beam's per-source files), so their shards match.
+    """
+    c = config
+    for e in examples:
+        entry, source = index[e.relpath], files[e.relpath]
+        info = entry.info
+        yield features.serialize(features.ExampleRecord(
+            encoded=outputs(entry)[e.augmentation], image_format=c.image_format,
+            height=c.image_size, width=c.image_size, channels=c.channels,
+            label=source.label, class_text=source.class_name, source_path=e.relpath,
+            source_sha256=info.sha256, source_width=info.width, source_height=info.height,
+            source_mode=info.mode, source_format=info.format, source_bytes=info.num_bytes,
+            augmentation=e.augmentation, source=source.source,
+            patient_hash=source.patient, metadata=source.metadata, tags=info.tags,
+        ))
+
+
 class _Shards:
     """Writes planned shards from the spill; keeps shards a previous (killed) run completed.
 
@@ -188,21 +213,6 @@ class _Shards:
                           .encode("utf-8"))
         return digest.hexdigest()
 
-    def _records(self, examples: Sequence[shard_plan.PlannedExample]) -> Iterator[bytes]:
-        c = self.config
-        for e in examples:
-            entry, source = self.index[e.relpath], self.files[e.relpath]
-            info = entry.info
-            yield features.serialize(features.ExampleRecord(
-                encoded=self.spill.outputs(entry)[e.augmentation], image_format=c.image_format,
-                height=c.image_size, width=c.image_size, channels=c.channels,
-                label=source.label, class_text=source.class_name, source_path=e.relpath,
-                source_sha256=info.sha256, source_width=info.width, source_height=info.height,
-                source_mode=info.mode, source_format=info.format, source_bytes=info.num_bytes,
-                augmentation=e.augmentation, source=source.source,
-                patient_hash=source.patient, metadata=source.metadata, tags=info.tags,
-            ))
-
     def write(self, split: str, shards: list[list[shard_plan.PlannedExample]]) -> list[dict]:
         entries = []
         for i, examples in enumerate(shards):
@@ -211,8 +221,9 @@ class _Shards:
             if (known := self.journal.intact(name, fingerprint)) is not None:
                 entries.append(known)
                 continue
-            entry = shard_writer.write_shard(self.out / name, self._records(examples),
-                                             self.config.compression)
+            entry = shard_writer.write_shard(
+                self.out / name, shard_records(examples, self.index, self.files, self.config,
+                                               self.spill.outputs), self.config.compression)
             entries.append(entry)
             self.journal.record(name, fingerprint, entry)
             logging.info("Wrote %s: %d examples, %.1f MB", name, entry["num_examples"],
@@ -268,11 +279,46 @@ def _split_info(examples: Sequence[shard_plan.PlannedExample],
 
 
 def _write_all(out: Path, plans: dict[str, list], per_split: dict[str, list],
-               shards: _Shards) -> dict[str, Any]:
+               files: dict[str, sources.SourceFile],
+               write: Callable[[dict[str, list]], dict[str, list[dict]]]) -> dict[str, Any]:
     conversion_state.remove_stale_shards(out, {shard_writer.shard_name(s, i, len(p))
                                                for s, p in plans.items() for i in range(len(p))})
-    return {split: _split_info(per_split[split], shards.files, shards.write(split, plan))
-            for split, plan in plans.items()}
+    written = write(plans)
+    return {split: _split_info(per_split[split], files, written[split]) for split in plans}
+
+
+class _LocalRunner:
+    """The heavy phases on this machine: a process pool into the spill, shards from the spill.
+
+    Resumable after kill -9 (the spill and the shard journal). `--runner=beam` swaps in
+    beam_runner.BeamRunner, which has the same three methods.
+    """
+
+    def __init__(self, out: Path, config: ConversionConfig, progress: bool) -> None:
+        self.out, self.config, self.progress = out, config, progress
+        self.spill = Spill(conversion_state.spill_path(out))  # local scratch for a URL
+
+    def decode(self, tasks: list[sources.Task]) -> tuple[dict[str, SpillEntry], float, int]:
+        return decode_pass.run_pass(tasks, self.spill, self.config.workers(),
+                                    self.config.settings(), self.progress)
+
+    def write(self, plans: dict[str, list], index: dict[str, SpillEntry],
+              files: dict[str, sources.SourceFile]) -> dict[str, list[dict]]:
+        shards = _Shards(self.out, index, self.spill, files, self.config)
+        return {split: shards.write(split, plan) for split, plan in plans.items()}
+
+    def close(self) -> None:
+        self.spill.close()
+
+
+def _runner_class(config: ConversionConfig) -> type:
+    """The runner of the decode pass and the shard writes; Beam is imported only when asked."""
+    if config.runner != "beam":
+        return _LocalRunner
+    from xray_tfdata.records import beam_runner  # noqa: PLC0415 - apache_beam only with the extra
+
+    beam_runner.import_beam()  # a missing extra fails here, before the output dir is touched
+    return beam_runner.BeamRunner
 
 
 def _plan(per_split: dict[str, list], config: ConversionConfig) -> dict[str, list]:
@@ -327,6 +373,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         logging.info("Records in %s are complete and match these arguments; nothing to do "
                      "(pass --overwrite to rebuild).", out)
         return done
+    runner_class = _runner_class(config)
     inputs = collect.scan(config.source_specs(), csv_columns=config.csv_columns,
                           label_map=config.label_map,
                           key=patients.derive_key(config.seed, config.patient_key),
@@ -335,7 +382,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
     try:
         # Held from before the output dir is touched until .build/ is gone.
         with conversion_state.build_lock(out):
-            return _build(config, inputs, overlapping, progress, start)
+            return _build(config, inputs, overlapping, progress, start, runner_class)
     except conversion_state.OutputDirError as err:
         raise ConversionError(str(err)) from None
     except OSError as err:
@@ -349,7 +396,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
 
 
 def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, progress: bool,
-           start: float) -> dict[str, Any]:
+           start: float, runner_class: type) -> dict[str, Any]:
     """The build proper, under the output dir's lock: pass, plan, shards, manifest."""
     out, args = paths.location(config.output_dir), config.manifest_args()
     if not config.overwrite and (done := conversion_state.complete_manifest(out, args,
@@ -362,10 +409,9 @@ def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, p
     files = {f.relpath: f for f in inputs.files}
     logging.info("Found %d images in %s (%d other files); %d workers.", len(tasks),
                  config.data_dir, len(inputs.rejected), min(config.workers(), max(len(tasks), 1)))
-    spill = Spill(conversion_state.spill_path(out))
+    runner = runner_class(out, config, progress)
     try:
-        index, rate, decoded = decode_pass.run_pass(tasks, spill, config.workers(),
-                                                    config.settings(), progress)
+        index, rate, decoded = runner.decode(tasks)
         rejected = sorted([{"path": p, "reason": r} for p, r in inputs.rejected]
                           + [{"path": k, "reason": e.reason} for k, e in index.items() if e.reason],
                           key=lambda r: r["path"])
@@ -384,10 +430,10 @@ def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, p
         duplicates, drops = _dedupe(usable, index, split_of, links, config)
         per_split = _split_examples([f for f in usable if f.relpath not in drops], index,
                                     split_of, config)
-        splits_info = _write_all(out, _plan(per_split, config), per_split,
-                                 _Shards(out, index, spill, files, config))
+        splits_info = _write_all(out, _plan(per_split, config), per_split, files,
+                                 lambda plans: runner.write(plans, index, files))
     finally:
-        spill.close()
+        runner.close()
 
     result = {
         "format_version": features.FORMAT_VERSION,
@@ -395,7 +441,9 @@ def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, p
         "args": args,
         "label_map": dict(labels.LABEL_MAP),
         "image": {"size": config.image_size, "channels": config.channels,
-                  "format": config.image_format, "resize_mode": config.resize_mode},
+                  "format": config.image_format, "resize_mode": config.resize_mode,
+                  # Only when set: a default build's manifest stays byte-identical.
+                  **({"intensity": config.intensity} if config.intensity != "none" else {})},
         "compression": config.compression,
         "splits": splits_info,
         "rejected": rejected,

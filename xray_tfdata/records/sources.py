@@ -22,7 +22,14 @@ from typing import Any
 import cv2
 
 from xray_tfdata import labels, paths
-from xray_tfdata.records import dedupe, image_format, image_io, offline_augment, presets
+from xray_tfdata.records import (
+    dedupe,
+    image_format,
+    image_io,
+    intensity,
+    offline_augment,
+    presets,
+)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = image_format.SOURCE_EXTENSIONS
 SOURCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -316,6 +323,7 @@ class ProcessSettings:
     image_format: str
     jpeg_quality: int
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS
+    intensity: str = "none"  # records/intensity.INTENSITY_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,15 +365,22 @@ def process_source(task: Task, settings: ProcessSettings) -> Processed:
 
     Augmentations run on the resized gray image: the network only ever sees `image_size` pixels,
     so a 3x3 filter means the same thing for a 400 px and a 4000 px source, and it is ~80x cheaper.
+    Intensity normalisation runs before the resize, on the full image, as the serving signature
+    applies it to an upload; the perceptual hash stays that of the un-normalised image, so
+    deduplication does not depend on --intensity.
     """
     signature = task.signature or file_signature(task.path)
+    normalised = settings.intensity != "none"
     try:
         # target_size lets libjpeg decode a large JPEG at 1/2 scale in the DCT domain (still >= 2x
         # the output side, so the area resize that follows sees enough pixels): ~1.7x faster decode.
-        gray, info = (image_io.read_source(task.path, target_size=settings.image_size,
+        # Not with intensity normalisation: the serving signature equalises the FULL decode, and a
+        # half-scale image has a (slightly) different histogram.
+        target_size = 0 if normalised else settings.image_size
+        gray, info = (image_io.read_source(task.path, target_size=target_size,
                                            max_pixels=settings.max_pixels)
                       if task.data is None else
-                      image_io.decode_source_bytes(task.data, target_size=settings.image_size,
+                      image_io.decode_source_bytes(task.data, target_size=target_size,
                                                    max_pixels=settings.max_pixels))
         small = image_io.resize(gray, settings.image_size, settings.resize_mode)
         # The hash's own thumbnail is an area average, so hashing the (area-)resized output
@@ -373,6 +388,9 @@ def process_source(task: Task, settings: ProcessSettings) -> Processed:
         # (measured: 5.9 ms -> 0.3 ms per image). Padded outputs would hash their black borders,
         # so pad mode hashes the full-size image.
         phash = dedupe.perceptual_hash(small if settings.resize_mode == "stretch" else gray)
+        if normalised:
+            small = image_io.resize(intensity.normalise(gray, settings.intensity),
+                                    settings.image_size, settings.resize_mode)
         outputs = []
         for name in task.augmentations:
             image = small if name == "none" else offline_augment.parse_op(name)(small)
