@@ -177,8 +177,8 @@ def test_two_builds_into_one_dir_the_second_is_refused_and_the_first_is_right(tm
         os.kill(first.pid, signal.SIGCONT)
     errors = [line for line in second.stderr.splitlines() if line.strip()]
     assert second.returncode == 1 and len(errors) == 1, second.stderr[-2000:]
-    assert errors[0].startswith(f"build_records: error: output_dir='{out}' is being built by "
-                                f"another build_records (pid {first.pid} on ")
+    assert errors[0].startswith(f"xray_tfdata.build_records: error: output_dir='{out}' is being "
+                                f"built by another build_records (pid {first.pid} on ")
     assert first.wait(timeout=300) == 0, first.stderr.read().decode()[-2000:]
 
     info = manifest.read_manifest(out)
@@ -193,14 +193,14 @@ def test_two_builds_into_one_dir_the_second_is_refused_and_the_first_is_right(tm
     assert found == {path: ([v], name) for path, (v, name) in expected.items()}
 
 
-def test_an_unwritable_output_dir_is_one_line(tmp_path, capsys):
+def test_an_unwritable_output_dir_is_one_line(tmp_path):
     (tmp_path / "train" / "NORMAL").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "train" / "NORMAL" / "a.png"), np.zeros((20, 20), np.uint8))
     (tmp_path / "afile").write_text("x")
-    assert _main(f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'afile' / 'out'}",
-                 "--num_workers=1", "--test_fraction=0.0", "--val_fraction=0.0") == 1
-    err = capsys.readouterr().err.strip()
+    with pytest.raises(cli.CommandFailed) as failed:
+        _main(f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'afile' / 'out'}",
+              "--num_workers=1", "--test_fraction=0.0", "--val_fraction=0.0")
+    err = str(failed.value)
     assert err.count("\n") == 0 and "Traceback" not in err
-    assert err.startswith(f"build_records: error: Cannot write to output_dir="
-                          f"'{tmp_path / 'afile' / 'out'}'")
+    assert err.startswith(f"Cannot write to output_dir='{tmp_path / 'afile' / 'out'}'")
     assert "a part of its path is a file, not a directory" in err
