@@ -35,8 +35,12 @@ def main(argv: list[str]) -> None:
             raise app.UsageError(f"No records at {records_dir!r} (no dataset_info.json). Build "
                                  f"them with python -m xray_tfdata.build_records.")
     from xray_tfdata.evaluation import metrics, reference
+    from xray_tfdata.records.manifest import ManifestError
 
-    result = evaluator.evaluate(config)
+    try:
+        result = evaluator.evaluate(config)
+    except ManifestError as err:  # records that do not fit the model: one line, no traceback
+        cli.fail(str(err))
     out = config.resolved_output_dir
     print(f"Evaluated {config.model_path} on {config.split} ({result['num_examples']} examples)")
     for key in ("accuracy", "macro_f1", "macro_auc"):
