@@ -82,7 +82,7 @@ def test_make_strategy_names_and_errors(monkeypatch):
     ({"weights": "/no/such.h5"}, r"weights must be unset \(random init\), 'imagenet'"),
     ({"warmup_epochs": 3.0}, r"warmup_epochs must be a number in \[0, epochs=2\]\. "
                              r"Received: warmup_epochs=3\.0"),
-    ({"class_weights": "inverse"}, r"class_weights must be one of none, balanced\. Received: class_weights='inverse'"),
+    ({"class_weights": "inverse"}, r"class_weights must be one of balanced, none\. Received: class_weights='inverse'"),
 ])
 def test_config_errors_name_field_value_and_allowed(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message) as err:

@@ -101,15 +101,16 @@ class ClassifierParams:
 
 @dataclasses.dataclass(frozen=True)
 class ClassicalConfig:
-    """Settings of one `classical` run: what to fit on and report, and the classifiers' own."""
+    """Settings of one `classical` run (its flags): what to fit on and report, and the
+    classifiers' own hyperparameters, nested."""
 
-    classifiers: str = setting(",".join(CLASSIFIERS),
-                               f"Comma-separated subset of {','.join(CLASSIFIERS)}.")
     model_path: str = setting(help="The trained .keras model.",
                               flag_default="workspace/model/best.keras")
     records_dir: str = setting(help="Records directory (dataset_info.json).",
                                flag_default="workspace/records")
     output_dir: str = setting("", "Output directory; default <dir of model>/classical.")
+    classifiers: str = setting(",".join(CLASSIFIERS),
+                               f"Comma-separated subset of {','.join(CLASSIFIERS)}.")
     train_split: str = setting("train", "Split the classifiers are fit on.",
                                allowed=labels.SPLITS)
     eval_split: str = setting("test", "Split they are reported on.", allowed=labels.SPLITS)
