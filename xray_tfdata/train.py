@@ -2,7 +2,8 @@
 
 One custom training loop for every strategy (one device, several GPUs, several hosts via TF_CONFIG,
 TPU), in float32 or mixed precision. A rerun with the same --model_dir resumes from the newest
-checkpoint. Writes to --model_dir: checkpoints/, logs/ (TensorBoard), history.csv, best.keras,
+checkpoint; with other run-defining settings it is refused, naming them (run_spec.json). Writes
+to --model_dir: run_spec.json, checkpoints/, logs/ (TensorBoard), history.csv, best.keras,
 export/ (SavedModel taking encoded image bytes) and summary.json.
 
 Example:
