@@ -9,8 +9,9 @@ and every resume compares against it:
 
 - SESSION_SETTINGS steer a session, not what is learned: how fast and where it runs, how often
   it saves, when it stops, what it writes at the end. They may change on resume.
-- `epochs` may grow (the cosine schedule then stretches over the new total from the step
-  reached); fewer epochs than recorded is refused (the schedule was already past it).
+- GROWING_SETTINGS may only grow: `epochs` (the cosine schedule then stretches over the new
+  total from the step reached) and `freeze_backbone_epochs` (the phase is a function of the
+  epoch, so a longer head-only phase is picked up by the epochs still to run).
 - Everything else defines the run and must match: model, weights, dropout, optimizer, learning
   rate and schedule, batch size, sampling, class weights, augmentation, seed, val split, the
   resolved image size, steps per epoch and precision, and the records' identity (a digest of the
@@ -38,8 +39,8 @@ from xray_tfdata.training.setup import ResolvedData
 RUN_SPEC_FILE = "run_spec.json"
 SPEC_VERSION = 1
 
-SESSION_SETTINGS: frozenset[str] = frozenset({
-    "epochs",  # may grow only (checked apart)
+GROWING_SETTINGS: frozenset[str] = frozenset({"epochs", "freeze_backbone_epochs"})
+SESSION_SETTINGS: frozenset[str] = GROWING_SETTINGS | frozenset({
     "patience", "checkpoint_every", "max_checkpoints", "profile_steps", "steps_per_execution",
     "jit_compile", "augment_on", "deterministic", "calibrate", "export",
     "cache", "shuffle_buffer", "data_service", "data_service_job",
@@ -90,8 +91,9 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]
         if old.get(name) == new.get(name):
             continue
         change = f"{name} {old.get(name)!r} -> {new.get(name)!r}"
-        if name == "epochs" and isinstance(old.get(name), int) and new[name] < old[name]:
-            refused.append(change + " (epochs may only grow)")
+        if name in GROWING_SETTINGS and isinstance(old.get(name), int) \
+                and new[name] < old[name]:
+            refused.append(f"{change} (may only grow)")
         elif name in SESSION_SETTINGS:
             allowed.append(change)
         else:
