@@ -57,6 +57,11 @@ def write_records(records_dir: Path, splits: dict[str, list], *, image_size: int
                      for k, name in enumerate(labels.CLASS_NAMES)}
         info_splits[split] = {"num_examples": len(records), "shards": shards,
                               "per_class": per_class}
+        names = sorted({r.source for r in records})
+        if names not in ([], [""]):  # as the converter: only for named collections
+            info_splits[split]["per_source"] = {
+                name: {cls: sum(r.label == k and r.source == name for r in records)
+                       for k, cls in enumerate(labels.CLASS_NAMES)} for name in names}
     info = {
         "format_version": features.FORMAT_VERSION, "label_map": dict(labels.LABEL_MAP),
         "image": {"size": image_size, "channels": channels, "format": image_format,

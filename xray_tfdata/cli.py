@@ -104,8 +104,9 @@ def _list_value(name: str, values: list[str] | None, kind: type) -> tuple | None
     try:
         return tuple(kind(v) for v in values)
     except ValueError as err:
+        what = "integers" if kind is int else f"{kind.__name__} values"
         raise app.UsageError(f"--{name}={','.join(values)} must be a comma-separated list of "
-                             f"{kind.__name__} values, e.g. --{name}=1,2,4.") from err
+                             f"{what}, e.g. --{name}=1,2,4.") from err
 
 
 def _values_from_flags(cls: type, flag_values: flags.FlagValues,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from absl import app
 
 from xray_tfdata import cli, labels
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator
 
 cli.define_flags(evaluator.EvalConfig)
@@ -41,6 +42,8 @@ def main(argv: list[str]) -> None:
         result = evaluator.evaluate(config)
     except ManifestError as err:  # records that do not fit the model: one line, no traceback
         cli.fail(str(err))
+    except ConfigError as err:  # e.g. --collections names a collection the records lack
+        raise cli.usage_error(err) from err
     out = config.resolved_output_dir
     print(f"Evaluated {config.model_path} on {config.split} ({result['num_examples']} examples)")
     for key in ("accuracy", "macro_f1", "macro_auc"):

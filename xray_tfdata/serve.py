@@ -3,6 +3,7 @@ r"""Serves one trained classifier as a web app (upload page + TensorFlow Serving
   pip install -e '.[web]'
   python -m xray_tfdata.serve --model_path=workspace/model/export [--host=127.0.0.1]
       [--port=8000] [--threads=4] [--max_upload_mb=20] [--allowed_hosts=xray.example.org]
+      [--max_connections=500] [--request_timeout=60] [--max_request_decoded_mb=512]
 
 Inputs: JPEG, PNG, BMP (and DICOM with the [dicom] extra), decoded like the converter.
 Routes: GET / (upload page), POST /v1/models/xray:predict ({"instances": [{"b64": ...}]} or a

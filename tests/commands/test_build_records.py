@@ -12,12 +12,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import app, flags
 from absl.testing import flagsaver
 
 from tests import fixtures
 from xray_tfdata import build_records, cli, files
-from xray_tfdata.records import conversion_state, convert, manifest, synthetic
+from xray_tfdata.records import conversion_state, convert, features, manifest, synthetic
 
 REPO = fixtures.REPO_ROOT
 
@@ -43,6 +44,10 @@ def _main(*argv: str) -> None:
     (["--test_fraction=0.95"], r"--test_fraction must be below 1 - val_fraction = 0.9"),
     (["--holdout_source=nih"], r"--holdout_source must be one of the collections named in "
                                r"data_dir \(\[''\]\)"),
+    (["--beam_pipeline_options=--runner=DataflowRunner"],
+     "--beam_pipeline_options must be empty unless --runner=beam"),
+    (["--runner=beam", "--beam_pipeline_options=runner=DataflowRunner"],
+     "--beam_pipeline_options must be Beam options separated by commas, each starting with --"),
 ])
 def test_bad_flag_values_are_usage_errors_naming_value_and_range(argv, message, tmp_path):
     with pytest.raises(app.UsageError, match=message):
@@ -131,6 +136,8 @@ def test_kill_9_mid_run_then_rerun_gives_identical_shards_and_manifest(data_dir,
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not manifest.manifest_path(out).exists()  # killed mid-run, not after
+    # Its lock file stays, but the OS dropped the lock with the process: no stale lock blocks.
+    assert (out / conversion_state.WORK_DIR / conversion_state.LOCK_NAME).is_file()
 
     # Rerunning the same command completes the job: identical to an uninterrupted run. (In
     # process, to save a TensorFlow start-up; test_convert checks that CLI-equal args resume.)
@@ -139,3 +146,61 @@ def test_kill_9_mid_run_then_rerun_gives_identical_shards_and_manifest(data_dir,
                           progress=False)
     shas = lambda d: {p.name: files.sha256_file(p) for p in d.iterdir()}  # noqa: E731
     assert shas(out) == shas(reference)
+
+
+def test_two_builds_into_one_dir_the_second_is_refused_and_the_first_is_right(tmp_path):
+    # Flat gray sources, each its own value: a record with another source's pixels shows.
+    data, value, expected = tmp_path / "data", 5, {}
+    for split, n in (("train", 8), ("test", 2)):
+        for name in ("NORMAL", "COVID19", "PNEUMONIA"):
+            (data / split / name).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(data / split / name / f"{i}.png"),
+                            np.full((30, 30), value, np.uint8))
+                expected[f"{split}/{name}/{i}.png"], value = (value, name), value + 8
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "xray_tfdata.build_records", f"--data_dir={data}",
+            f"--output_dir={out}", "--image_size=8", "--image_format=png", "--num_workers=1",
+            "--min_shards=2"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = out / conversion_state.WORK_DIR / conversion_state.STATE_NAME
+    deadline = time.monotonic() + 120
+    while first.poll() is None and time.monotonic() < deadline and not state.is_file():
+        time.sleep(0.002)
+    # Paused mid-build (it has claimed the dir), so the second run surely overlaps it.
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        assert first.poll() is None, "the first build finished before it could be paused"
+        second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    errors = [line for line in second.stderr.splitlines() if line.strip()]
+    assert second.returncode == 1 and len(errors) == 1, second.stderr[-2000:]
+    assert errors[0].startswith(f"build_records: error: output_dir='{out}' is being built by "
+                                f"another build_records (pid {first.pid} on ")
+    assert first.wait(timeout=300) == 0, first.stderr.read().decode()[-2000:]
+
+    info = manifest.read_manifest(out)
+    found = {}
+    for split in info["splits"]:
+        for raw in tf.data.TFRecordDataset(manifest.split_files(out, info, split)):
+            ex = tf.io.parse_single_example(raw, features.FEATURE_SPEC)
+            pixels = np.unique(tf.io.decode_png(ex["image/encoded"]).numpy()).tolist()
+            path = ex["image/source/path"].numpy().decode()
+            found[path] = (pixels, ex["image/class/text"].numpy().decode())
+            assert ex["image/source/sha256"].numpy().decode() == files.sha256_file(data / path)
+    assert found == {path: ([v], name) for path, (v, name) in expected.items()}
+
+
+def test_an_unwritable_output_dir_is_one_line(tmp_path, capsys):
+    (tmp_path / "train" / "NORMAL").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train" / "NORMAL" / "a.png"), np.zeros((20, 20), np.uint8))
+    (tmp_path / "afile").write_text("x")
+    assert _main(f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'afile' / 'out'}",
+                 "--num_workers=1", "--test_fraction=0.0", "--val_fraction=0.0") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"build_records: error: Cannot write to output_dir="
+                          f"'{tmp_path / 'afile' / 'out'}'")
+    assert "a part of its path is a file, not a directory" in err

@@ -63,7 +63,7 @@ def test_settings_from_flags_builds_the_nested_dataclass_with_typed_lists():
 
 def test_errors_name_the_flag_the_user_typed():
     with pytest.raises(app.UsageError, match=r"--workers=1,x must be a comma-separated list of "
-                                             r"int values"):
+                                             r"integers"):
         cli.settings_from_flags(Outer, _flags("--workers=1,x"))
     with pytest.raises(app.UsageError, match=r"--batch must be an integer >= 1"):
         cli.settings_from_flags(Outer, _flags("--batch=0"))

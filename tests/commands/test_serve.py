@@ -23,7 +23,8 @@ def _serve(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_helpfull_lists_the_flags():
     proc = _serve("--helpfull")
     for flag in ("--model_path", "--host", "--port", "--threads", "--max_upload_mb",
-                 "--allowed_hosts", "--max_pixels", "--resize_mode"):
+                 "--allowed_hosts", "--max_pixels", "--resize_mode", "--max_connections",
+                 "--request_timeout", "--max_image_decoded_mb", "--max_request_decoded_mb"):
         assert flag in proc.stdout, flag
     assert "best.keras" in proc.stdout
 
@@ -35,6 +36,10 @@ def test_helpfull_lists_the_flags():
                        "Received: --port=70000."),
     (["--max_upload_mb=0"], "--max_upload_mb must be a number of megabytes in (0, 1024]"),
     (["extra_arg"], "Unexpected arguments ['extra_arg']"),
+    (["--max_connections=5000"], "--max_connections must be an integer in [1, 900]"),
+    (["--request_timeout=0"], "--request_timeout must be seconds in [1, 3600]"),
+    (["--max_image_decoded_mb=600"],
+     "--max_request_decoded_mb must be megabytes in [--max_image_decoded_mb=600, 65536]"),
 ])
 def test_bad_flags_are_one_line_usage_errors(argv, message, tmp_path):
     proc = _serve(f"--model_path={tmp_path}", *argv, timeout=60)

@@ -114,3 +114,38 @@ def test_cli_reports_table_and_rejects_bad_flags(setup, tmp_path):
     assert Path(tmp_path / "classifiers" / "knn.joblib").is_file()
     bad = _cli(f"--model_path={model_path}", "--classifiers=svm,xgb")
     assert bad.returncode == 1 and "svm,xgb" in bad.stderr
+
+
+class _Planted:
+    """A pickle that creates `marker` when unpickled: what a swapped joblib file could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_tampered_joblib_file_is_refused_before_it_is_unpickled(tmp_path):
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    model_path = tmp_path / "model.keras"  # only its sha256 is read before unpickling
+    model_path.write_bytes(b"a model file")
+    rng = np.random.default_rng(0)
+    clf = LogisticRegression().fit(rng.normal(size=(12, 4)), np.arange(12) % 3)
+    identity = classical.EmbeddingIdentity(model_sha256=files.sha256_file(model_path),
+                                           embedding_dim=4)
+    saved = classical.save_classifier(tmp_path / "logreg.joblib", classical.ClassifierBundle(
+        name="logreg", classifier=clf, identity=identity, params={}))
+    assert classical.load_classifier(saved, model_path).predict(np.zeros((1, 4))).shape == (1,)
+
+    marker = tmp_path / "executed"
+    joblib.dump(_Planted(marker), saved)
+    with pytest.raises(ValueError, match=r"logreg.joblib' has sha256 .*, but 'logreg.joblib.json' "
+                                         r"records .*: the file changed since it was saved"):
+        classical.load_classifier(saved, model_path)
+    classical.record_path(saved).unlink()
+    with pytest.raises(ValueError, match=r"has no readable record 'logreg.joblib.json'"):
+        classical.load_classifier(saved, model_path)
+    assert not marker.exists()

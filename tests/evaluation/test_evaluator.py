@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata import files
+from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator, inference, shortcut
 
 SIZE = fixtures.TINY_SIZE
@@ -215,6 +217,32 @@ def test_operating_point_and_temperature_come_from_the_training_val_split(tmp_pa
         model_path=str(model), records_dir=str(records), split="test", bootstrap=0,
         output_dir=str(tmp_path / "eval2")))
     assert again["calibration"]["temperature"] == 2.0
+
+
+def test_evaluate_one_collection(tiny_model, tmp_path):
+    """--collections: the metrics, the progress total and the probe's metadata are of the chosen
+    collection's test examples only (test split: x holds 3 per class, y 2 per class)."""
+    rng = np.random.default_rng(3)
+
+    def split(per_source: dict[str, int]) -> list:
+        return [fixtures.example(fixtures._brightness_image(label, rng), label=label,
+                                 source=name, source_path=f"{name}/{label}/{k}.png",
+                                 **fixtures.source_metadata(label, rng, True))
+                for name, n in per_source.items() for k in range(n) for label in range(3)]
+
+    records = fixtures.write_records(tmp_path / "records", {
+        "train": split({"x": 4, "y": 4}), "test": split({"x": 3, "y": 2})}, image_size=SIZE)
+    config = evaluator.EvalConfig(model_path=str(tiny_model), records_dir=str(records),
+                                  output_dir=str(tmp_path / "eval"), bootstrap=0,
+                                  gradcam_per_class=0, train_records_dir=str(records),
+                                  collections="y")
+    result = evaluator.evaluate(config)
+    assert result["num_examples"] == 6
+    assert [row["support"] for row in result["per_class"].values()] == [2, 2, 2]
+    assert inference.split_size(str(records), "test", ("y",)) == 6
+    assert "probe_macro_f1" in result["shortcut_probe"]
+    with pytest.raises(ConfigError, match=r"collections .*\['x', 'y'\]"):
+        evaluator.evaluate(dataclasses.replace(config, collections=("z",)))
 
 
 def test_records_of_another_size_are_refused_in_the_models_terms(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from tests import fixtures
-from xray_tfdata.inputs import pipeline
+from xray_tfdata.errors import ConfigError
+from xray_tfdata.inputs import collection_select, pipeline
 from xray_tfdata.records import manifest
 from xray_tfdata.training import distribute
 
@@ -182,7 +183,9 @@ def test_corrupt_shard_names_the_shard_or_is_skipped_and_counted(tmp_path):
     bad = records / "train-00002-of-00004.tfrecord"
     _corrupt_middle(bad)
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"Corrupt or truncated TFRecord shard .*train-00002-of-00004"):
+                       match=r"Corrupt or truncated TFRecord shard .*train-00002-of-00004.*"
+                             r"Rerun the build_records command.*from Python, read with "
+                             r"InputConfig\(skip_corrupt=True\)"):
         collect(pipeline.build_dataset(records, "train", eval_config()))
     before = pipeline.skipped_records().get(str(bad), 0)
     ids, _ = collect(pipeline.build_dataset(records, "train", eval_config(skip_corrupt=True)))
@@ -252,3 +255,72 @@ def test_missing_shard_file_is_named(tmp_path):
     os.remove(records / "train-00001-of-00002.tfrecord")
     with pytest.raises(manifest.ManifestError, match="train-00001-of-00002"):
         pipeline.build_dataset(records, "train", eval_config())
+
+
+# --- --collections / --exclude_collections ------------------------------------------------------
+# Collection -> examples per class (NORMAL, COVID19, PNEUMONIA) of the train split.
+_COLLECTIONS = {"kaggle": (7, 3, 5), "nih": (4, 0, 6), "local": (2, 5, 0)}
+
+
+@pytest.fixture(scope="module")
+def by_collection(tmp_path_factory):
+    """Pixel [0, 0] = collection index, so what the pipeline yields can be traced back."""
+    records = []
+    for index, (name, counts) in enumerate(_COLLECTIONS.items()):
+        for label, n in enumerate(counts):
+            for k in range(n):
+                image = np.full((8, 8, 1), k, np.uint8)
+                image[0, 0, 0] = index
+                records.append(fixtures.example(image, label=label, source=name,
+                                                source_path=f"{name}/{label}/{k}.png"))
+    order = np.random.default_rng(2).permutation(len(records))
+    return fixtures.write_records(tmp_path_factory.mktemp("by_collection"),
+                                  {"train": [records[i] for i in order]}, image_size=8,
+                                  num_shards=3)
+
+
+def _eval_pass(records_dir, **kw):
+    config = pipeline.InputConfig(global_batch_size=5, image_size=8, training=False,
+                                  augment=False, deterministic=True, **kw)
+    images, labels_ = [], []
+    for x, y in pipeline.build_dataset(records_dir, "train", config):
+        images.append(x.numpy()[:, 0, 0, 0])
+        labels_.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels_)
+
+
+@pytest.mark.parametrize("cache", ["memory", "file"])
+def test_collection_filters_give_exact_counts(by_collection, tmp_path, cache):
+    """Filtered after the cache: the yielded examples are exactly the selected collections', and
+    the manifest-derived counts (steps per epoch, class weights) equal what is read."""
+    info = manifest.read_manifest(by_collection)
+    names = list(_COLLECTIONS)
+    cache_value = str(tmp_path / "c") if cache == "file" else "memory"
+    for include, exclude in [(("kaggle", "local"), ()), ((), ("kaggle",)), (("nih",), ()),
+                             ((), ())]:
+        kept = [n for n in names if (not include or n in include) and n not in exclude]
+        collection, y = _eval_pass(by_collection, collections=include,
+                                   exclude_collections=exclude, cache=cache_value)
+        assert sorted({names[i] for i in collection}) == sorted(kept)
+        want = np.sum([_COLLECTIONS[n] for n in kept], axis=0).tolist()
+        assert np.bincount(y, minlength=3).tolist() == want
+        assert collection_select.class_counts(info, "train", include, exclude) == want
+        assert collection_select.num_examples(info, "train", include, exclude) == sum(want)
+        meta = pipeline.read_metadata(by_collection, "train", include or tuple(
+            n for n in names if n not in exclude))
+        np.testing.assert_array_equal(meta["label"], y)  # lines up with the predictions
+        np.testing.assert_array_equal(meta["source"], [names[i] for i in collection])
+
+
+def test_collection_filter_refuses_unknown_names(by_collection, tmp_path):
+    with pytest.raises(ConfigError, match=r"collections.*'kaggle', 'local', 'nih'"):
+        _eval_pass(by_collection, collections=("chexpert",))
+    with pytest.raises(ConfigError, match="exclude_collections"):
+        _eval_pass(by_collection, exclude_collections=("kaggle", "nih", "local"))
+    # Records of one unnamed folder have no collections to choose from.
+    plain = fixtures.write_records(tmp_path / "plain", {"train": [fixtures.example(
+        np.zeros((8, 8, 1), np.uint8), label=0)]}, image_size=8, num_shards=1)
+    with pytest.raises(ConfigError, match=r"collections of these records: \[''\]"):
+        _eval_pass(plain, collections=("kaggle",))
+    assert pipeline.InputConfig(global_batch_size=1, image_size=8,
+                                collections="a, b,,a").collections == ("a", "b")

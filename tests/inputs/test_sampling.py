@@ -103,3 +103,63 @@ def test_a_class_missing_from_a_shard_does_not_stall(tmp_path):
 def test_unknown_sampling_mode_is_rejected():
     with pytest.raises(ValueError, match="sampling must be one of natural, balanced"):
         _config(sampling="oversample")
+
+
+# --- balanced_collections: classes uniform, collections uniform within a class ------------------
+# NORMAL in a, b, c; COVID19 in a, b; PNEUMONIA in a, c, with very unequal counts.
+MIX = {"a": (20, 2, 6), "b": (4, 10, 0), "c": (6, 0, 3)}
+
+
+@pytest.fixture(scope="module")
+def collections(tmp_path_factory) -> Path:
+    """Pixel [0, 0] = collection index, pixel [0, 1] = label, pixel [0, 2] = example index."""
+    records = []
+    for index, (name, counts) in enumerate(MIX.items()):
+        for label, n in enumerate(counts):
+            for k in range(n):
+                image = np.zeros((SIZE, SIZE, 1), np.uint8)
+                image[0, :3, 0] = (index, label, k)
+                records.append(fixtures.example(image, label=label, source=name,
+                                                source_path=f"{name}/{label}/{k}.png"))
+    order = np.random.default_rng(1).permutation(len(records))
+    return fixtures.write_records(tmp_path_factory.mktemp("collections"),
+                                  {"train": [records[i] for i in order]}, image_size=SIZE,
+                                  num_shards=3)
+
+
+def _mix(ds, batches: int) -> np.ndarray:
+    """Draws per (label, collection index) over `batches` batches."""
+    counts = np.zeros((3, 3), np.int64)
+    for images, y in ds.take(batches):
+        pixels = images.numpy()[:, 0, :3, 0]
+        assert (pixels[:, 1] == y.numpy()).all()  # the image is of the label it came with
+        np.add.at(counts, (pixels[:, 1], pixels[:, 0]), 1)
+    return counts
+
+
+def test_balanced_collections_mix_over_many_batches(collections):
+    config = _config(sampling="balanced_collections", global_batch_size=30)
+    counts = _mix(pipeline.build_dataset(collections, "train", config), 120)
+    share = counts / counts.sum()
+    # 3600 seeded draws; expected: NORMAL a/b/c 1/9 each, COVID19 a/b and PNEUMONIA a/c 1/6 each.
+    expected = np.array([[1 / 9, 1 / 9, 1 / 9], [1 / 6, 1 / 6, 0], [1 / 6, 0, 1 / 6]])
+    # 4 sigma of a 1/6 share over 3600 draws is 0.025.
+    np.testing.assert_allclose(share, expected, atol=0.025)
+    assert counts[1, 2] == 0 and counts[2, 1] == 0  # no pair that does not exist
+    # Plain class balance keeps each class's own collection mix (a's 20 NORMAL dominate).
+    plain = _mix(pipeline.build_dataset(collections, "train", _config(global_batch_size=30)), 120)
+    assert plain[0, 0] / plain[0].sum() > 0.55
+    # Same seed, same draws.
+    again = _mix(pipeline.build_dataset(collections, "train", config), 120)
+    np.testing.assert_array_equal(counts, again)
+
+
+def test_balanced_collections_with_a_collection_filter(collections):
+    config = _config(sampling="balanced_collections", global_batch_size=30,
+                     exclude_collections=("b",))
+    counts = _mix(pipeline.build_dataset(collections, "train", config), 60)
+    assert counts[:, 1].sum() == 0  # b is never drawn
+    # COVID19 is left in a only; NORMAL in a and c; PNEUMONIA in a and c.
+    share = counts / counts.sum()
+    expected = np.array([[1 / 6, 0, 1 / 6], [1 / 3, 0, 0], [1 / 6, 0, 1 / 6]])
+    np.testing.assert_allclose(share, expected, atol=0.04)

@@ -8,12 +8,16 @@ would store them, so every variant must DISPLAY with dark lungs after decoding.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.encaps import encapsulate
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 ROWS, COLS = 48, 40
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -83,7 +87,9 @@ def dataset(stored: np.ndarray, *, bits_stored: int = 16, photometric: str = "MO
 
 def to_bytes(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)  # 128-byte preamble + "DICM" + file meta
+    with warnings.catch_warnings():  # the malformed corpus below is invalid on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        ds.save_as(buffer, enforce_file_format=True)  # 128-byte preamble + "DICM" + file meta
     return buffer.getvalue()
 
 
@@ -126,3 +132,48 @@ def structured_report() -> Dataset:
 
 def read(data: bytes) -> Dataset:
     return pydicom.dcmread(io.BytesIO(data))
+
+
+# --- malformed files (issue 16): each must be a reject with a reason, never a crashed build ----
+
+def raw_element(ds: Dataset, keyword: str, vr: str, value: bytes) -> Dataset:
+    """Sets `keyword` to raw bytes as a malformed file holds them (pydicom would refuse to write
+    an invalid value such as a NumberOfFrames of "abc" through the normal attribute setter)."""
+    tag = Tag(keyword)
+    value += b" " * (len(value) % 2)  # DICOM values have even length
+    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+    return ds
+
+
+def voi_lut(bits: int, **elements) -> Dataset:
+    """A VOI LUT Sequence whose LUTDescriptor claims `bits` bits per entry (65535: 2**65535)."""
+    ds = chest_12bit_windowed(**elements)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, bits]
+    item.add_new("LUTData", "OW", np.arange(4096, dtype=np.uint16).tobytes())
+    ds.VOILUTSequence = [item]
+    return ds
+
+
+def number_of_frames(text: bytes, **elements) -> Dataset:
+    """NumberOfFrames holding `text` (e.g. b"abc", or a patient's name) instead of a number."""
+    return raw_element(chest_12bit_windowed(**elements), "NumberOfFrames", "IS", text)
+
+
+def bits_allocated_one(**elements) -> Dataset:
+    """BitsAllocated 1 (a bit plane) over 16-bit pixel data: pydicom reads it as 16 frames."""
+    ds = chest_12bit_windowed(**elements)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    return ds
+
+
+def rgb16_rle(rows: int, cols: int) -> Dataset:
+    """A 16-bit RGB RLE Lossless header claiming rows x cols, with a stub fragment for pixels:
+    only the header is read before the decoded-bytes check refuses it."""
+    ds = dataset(np.zeros((2, 2), np.uint16))
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = encapsulate([bytes(64)])
+    ds["PixelData"].VR = "OB"
+    return ds

@@ -154,6 +154,26 @@ def test_csv_missing_column_names_the_columns_and_the_flag(tmp_path):
                                    "patient_id=PID", "", b"k")
 
 
+def test_latin1_csv_is_one_line_naming_the_file_the_encoding_and_the_fix(tmp_path):
+    _png(tmp_path / "a.png")
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_bytes("path,label,site\na.png,NORMAL,H\u00f4pital Saint-\u00c9tienne\n"
+                         .encode("latin-1"))
+    with pytest.raises(ValueError) as err:
+        labels_csv.read_labels_csv(sources.SourceSpec("", str(tmp_path), str(csv_path)), "", "",
+                                   b"k")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"labels_csv={str(csv_path)!r} is not UTF-8: byte 0xf4 on line 2 ")
+    assert "Latin-1" in message and "Re-save it as UTF-8" in message
+    # The same text saved as UTF-8 (with or without Excel's BOM) reads, metadata intact.
+    for bom in (b"", b"\xef\xbb\xbf"):
+        csv_path.write_bytes(bom + "path,label,site\na.png,NORMAL,H\u00f4pital\n".encode())
+        result = labels_csv.read_labels_csv(sources.SourceSpec("", str(tmp_path), str(csv_path)),
+                                            "", "", b"k")
+        assert json.loads(result.files[0].metadata) == {"site": "H\u00f4pital"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Patient hashes, groups, overlaps.
 

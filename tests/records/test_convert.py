@@ -23,6 +23,7 @@ from xray_tfdata.records import (
     decode_pass,
     features,
     image_io,
+    intensity,
     manifest,
     offline_augment,
     shard_writer,
@@ -370,3 +371,32 @@ def test_progress_bar_and_summary(data_dir, tmp_path, caplog, capsys):
     bar = capsys.readouterr().err
     assert "Converting  23/23 images  [########################]" in bar and "images/s" in bar
     assert "Done in" in caplog.text and "train 14 examples in 2 shards" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["equalize", "clahe"])
+def test_intensity_normalises_before_the_resize_and_is_recorded(data_dir, reference, tmp_path,
+                                                                 mode):
+    """--intensity: each record is resize(normalise(full-size gray)), variants are made from it,
+    the manifest records the mode (args and image), deduplication is unchanged."""
+    config = _config(data_dir, tmp_path / "out", image_format="raw", intensity=mode)
+    result = convert.build_records(config, progress=False)
+    assert result["args"]["intensity"] == mode and result["image"]["intensity"] == mode
+    assert result["duplicates"] == reference[1]["duplicates"]
+    records = _read(tmp_path / "out", "train")
+    assert {r[features.AUGMENTATION].decode() for r in records} >= {"none", "gamma0.5"}
+    for r in records:
+        image = np.frombuffer(r[features.ENCODED], np.uint8).reshape(SIZE, SIZE, 1)
+        gray, _ = image_io.read_source(data_dir / r[features.SOURCE_PATH].decode())
+        small = image_io.resize(intensity.normalise(gray, mode), SIZE, "stretch")
+        augmentation = r[features.AUGMENTATION].decode()
+        if augmentation != "none":
+            small = offline_augment.parse_op(augmentation)(small)
+        np.testing.assert_array_equal(image, image_io.to_channels(small, 1))
+
+
+def test_default_intensity_is_not_written(reference):
+    """A default build's manifest has no intensity key anywhere: byte-identical to before."""
+    _, result = reference
+    assert "intensity" not in result["args"] and "intensity" not in result["image"]
+    with pytest.raises(ConfigError, match="intensity"):
+        convert.ConversionConfig(data_dir="d", output_dir="o", intensity="gamma")

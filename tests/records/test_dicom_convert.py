@@ -44,7 +44,28 @@ def _kaggle_folder(root: Path, names: tuple[str, ...]) -> dict[str, int]:
     D.write(bad / "multi.png", D.multi_frame())
     bad_ds = D.chest_12bit_windowed(**D.PHI)
     (bad / "cut.png").write_bytes(D.to_bytes(bad_ds)[:-200])
+    for name, make in _MALFORMED.items():
+        D.write(bad / name, make())
     return written
+
+
+# Malformed files (issue 16): each stopped the whole conversion with a pool traceback naming no
+# file, or put the tag's value (a patient's name) into the manifest and the log.
+_MALFORMED = {
+    "voi_lut_65535.dcm": lambda: D.voi_lut(65535, **D.PHI),
+    "frames_abc.dcm": lambda: D.number_of_frames(b"abc", **D.PHI),
+    "frames_name.dcm": lambda: D.number_of_frames(D.PHI["PatientName"].encode(), **D.PHI),
+    "bits_allocated_1.dcm": lambda: D.bits_allocated_one(**D.PHI),
+    "rgb16_12000px.dcm": lambda: D.rgb16_rle(12000, 12000),
+}
+_MALFORMED_REASONS = {
+    "voi_lut_65535.dcm": "corrupt DICOM (VOI LUT bit depth 65535, allowed 1..16)",
+    "frames_abc.dcm": "corrupt DICOM (NumberOfFrames is not a whole number)",
+    "frames_name.dcm": "corrupt DICOM (NumberOfFrames is not a whole number)",
+    "bits_allocated_1.dcm": "unsupported DICOM BitsAllocated 1 (allowed: 8, 16, 32)",
+    "rgb16_12000px.dcm": ("decoding needs 824.0 MiB, over the limit of 512.0 MiB per image "
+                          "(refused before decoding)"),
+}
 
 
 def _convert(data_dir: Path, out: Path) -> subprocess.CompletedProcess:
@@ -104,6 +125,8 @@ def test_dicom_records_have_dark_lungs_and_rejects_have_reasons(converted):
     reasons = {r["path"]: r["reason"] for r in manifest["rejected"]}
     assert reasons["train/NORMAL/multi.png"].startswith("multi-frame DICOM (3 frames)")
     assert reasons["train/NORMAL/cut.png"].startswith("truncated DICOM (pixel data has")
+    for name, reason in _MALFORMED_REASONS.items():
+        assert reasons[f"train/NORMAL/{name}"] == reason
     rows = _records(out)
     converted_paths = {r[features.SOURCE_PATH].decode() for r in rows}
     assert {p for p in written if p.endswith(".png")} <= converted_paths

@@ -34,7 +34,7 @@ def test_scan_finds_images_case_insensitively_sorted_with_labels(tmp_path):
     ]
     assert Path(result.files[0].path) == tmp_path / "Test" / "PNEUMONIA" / "c.png"
     assert result.rejected == (("train/Normal/notes.txt",
-                                "unsupported extension '.txt' (allowed: .jpg, .jpeg, .png, .bmp, .dcm, or DICOM files without an extension)"),)
+                                "unsupported extension '.txt' (allowed: .jpg, .jpeg, .png, .bmp, .dcm, .dicom, or DICOM files without an extension)"),)
     assert sources.scan(tmp_path) == list(result.files)
 
 

@@ -12,6 +12,10 @@ import base64
 import http.client
 import json
 import os
+import re
+import select
+import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +28,7 @@ from xray_tfdata import files
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 MAX_UPLOAD_MB = 2  # the real samples are < 400 kB; small enough to test both 413 paths quickly
+REQUEST_TIMEOUT = 5  # seconds a client has to send a request: short, so slow sockets die quickly
 ARTIFACT_DIR = fixtures.REPO_ROOT / "workspace" / "test_artifacts"
 pytestmark = pytest.mark.slow  # child processes: the server, chromedriver and Chromium
 
@@ -45,7 +50,8 @@ def export_dir(tmp_path_factory) -> Path:
 def server(export_dir):
     from xray_tfdata.serving.web import launch
 
-    launched = launch.start(str(export_dir), [f"--max_upload_mb={MAX_UPLOAD_MB}", "--threads=4"],
+    launched = launch.start(str(export_dir), [f"--max_upload_mb={MAX_UPLOAD_MB}", "--threads=4",
+                                              f"--request_timeout={REQUEST_TIMEOUT}"],
                             cwd=str(fixtures.REPO_ROOT),
                             env={"PYTHONPATH": str(fixtures.REPO_ROOT)})
     yield launched
@@ -61,19 +67,19 @@ def serving(export_dir):
 
 
 def _http(url: str, body: bytes | None = None, method: str | None = None,
-          headers: dict | None = None) -> tuple[int, dict]:
+          headers: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
 
 
-def _predict_json(url: str, data: bytes) -> tuple[int, dict]:
+def _predict_json(url: str, data: bytes, timeout: float = 60) -> tuple[int, dict]:
     body = json.dumps({"instances": [{"b64": base64.b64encode(data).decode()}]}).encode()
     return _http(f"{url}/v1/models/xray:predict", body,
-                 headers={"Content-Type": "application/json"})
+                 headers={"Content-Type": "application/json"}, timeout=timeout)
 
 
 def _real_files(sample_dir: Path) -> list[Path]:
@@ -110,7 +116,12 @@ def test_real_server_413_json_near_the_limit_and_early_far_above(server):
     conn.putheader("Content-Type", "application/json")
     conn.putheader("Content-Length", str(50 * limit))
     conn.endheaders()
-    assert conn.getresponse().status == 413
+    response = conn.getresponse()
+    # JSON like every other refusal (it was waitress's plain text), before any body byte.
+    assert response.status == 413 and response.getheader("Content-Type") == "application/json"
+    assert json.loads(response.read()) == {
+        "error": f"request body too large: {50 * limit:,} bytes, the limit is {limit:,} "
+                 f"(--max_upload_mb={MAX_UPLOAD_MB})"}
     conn.close()
     assert _http(f"{server.url}/healthz")[0] == 200
 
@@ -127,6 +138,70 @@ def test_real_server_logs_status_and_sizes_only(server, real_sample_dir):
     log = server.output()
     assert "POST /v1/models/xray:predict 200 in=" in log
     assert path.name not in log and path.stem[:12] not in log
+    # Plain access-log lines: "2026-12-04 16:00:39 POST /v1/... 200 in=...", no absl prefix.
+    access = [line for line in log.splitlines() if " in=" in line and " out=" in line]
+    assert access and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (GET|POST|PUT|HEAD) "
+                                       r"/\S* \d{3} in=\d+B out=(\d+B|stream) [\d.]+ms", line)
+                          for line in access), access[:3]
+    assert "middleware.py" not in log
+
+
+SLOW_SOCKETS = 150  # more than waitress's default 100-connection limit
+
+
+def test_slow_clients_cannot_lock_others_out(server, real_sample_dir):
+    """150 sockets trickling a request head at one byte a second (they held waitress's 100
+    connection slots forever): /healthz and a prediction are still answered meanwhile, and the
+    server cuts each slow socket once --request_timeout has passed. Bounded: 150 sockets, at
+    most REQUEST_TIMEOUT + 15 seconds, all closed at the end."""
+    host, port = server.url.removeprefix("http://").split(":")
+    head = b"POST /v1/models/xray:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 60
+    sockets = []
+    opened = time.monotonic()  # before the first byte: no deadline can pass earlier than this
+    try:
+        for _ in range(SLOW_SOCKETS):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(head[:1])
+            sockets.append(sock)
+        closed_at: dict[int, float] = {}
+
+        def trickle(position: int) -> None:  # one byte to every socket still open
+            for i, sock in enumerate(sockets):
+                if i in closed_at:
+                    continue
+                try:
+                    sock.send(head[position % len(head):position % len(head) + 1])
+                except OSError:
+                    closed_at[i] = time.monotonic() - opened
+            readable = select.select([s for i, s in enumerate(sockets) if i not in closed_at],
+                                     [], [], 0)[0]
+            for sock in readable:  # the server closed it (EOF or reset)
+                try:
+                    data = sock.recv(1024)
+                except OSError:
+                    data = b""
+                if not data:
+                    closed_at[sockets.index(sock)] = time.monotonic() - opened
+
+        trickle(1)
+        status, answer = _predict_json(server.url, _real_files(real_sample_dir)[0].read_bytes(),
+                                       timeout=REQUEST_TIMEOUT - 1)
+        assert status == 200 and len(answer["predictions"]) == 1
+        assert _http(f"{server.url}/healthz", timeout=REQUEST_TIMEOUT - 1) == (200,
+                                                                                {"status": "ok"})
+        assert time.monotonic() - opened < REQUEST_TIMEOUT  # answered while all were held
+        assert not closed_at  # none cut before its deadline
+        position = 2
+        while len(closed_at) < SLOW_SOCKETS and time.monotonic() - opened < REQUEST_TIMEOUT + 15:
+            time.sleep(1.0)
+            trickle(position)
+            position += 1
+        assert len(closed_at) == SLOW_SOCKETS, f"{len(closed_at)} of {SLOW_SOCKETS} cut"
+        assert min(closed_at.values()) >= REQUEST_TIMEOUT - 0.5, sorted(closed_at.values())[:3]
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert _http(f"{server.url}/healthz")[0] == 200
 
 
 # ------------------------------------------------------------------------------ browser
@@ -210,6 +285,29 @@ def test_page_in_chromium_uploads_several_real_xrays(server, serving, real_sampl
     assert all(w > 100 for w in widths), widths
     shot = _screenshot(browser, tmp_path, "serve_page_js.png")
     assert shot.stat().st_size > 10_000
+
+
+def test_picking_files_then_pressing_classify_sends_each_file_once(server, serving,
+                                                                   real_sample_dir, browser):
+    """The change handler classifies picked files; Classify must not send them again (it did:
+    7 cards for 4 files, 8 requests)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    paths = [*_real_files(real_sample_dir), sorted((real_sample_dir / "NORMAL").glob("*.*"))[1]]
+    browser.get(server.url + "/")
+    before = server.output().count("POST /v1/models/xray:predict ")
+    browser.find_element(By.ID, "image").send_keys("\n".join(str(p) for p in paths))
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.ID, "results").get_attribute("data-done") == "4")
+    time.sleep(1.5)  # anything sent twice would have arrived by now (each answer takes ms)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results .result")) == 4
+    assert server.output().count("POST /v1/models/xray:predict ") - before == 4
+    _check(_read_results(browser), paths, serving)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()  # the same files again
+    time.sleep(1.0)
+    assert server.output().count("POST /v1/models/xray:predict ") - before == 4
 
 
 def test_drag_and_drop_and_a_bad_file(server, serving, real_sample_dir, browser, tmp_path):

@@ -18,8 +18,9 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata.models import build_model
-from xray_tfdata.records import image_io, resize
+from xray_tfdata.records import image_io, intensity, resize
 from xray_tfdata.serving import export
+from xray_tfdata.serving import intensity as serving_intensity
 from xray_tfdata.serving.predict import predict_files
 
 SIZE = 32
@@ -277,3 +278,77 @@ def test_predict_sniff_uses_the_converters_magic_bytes():
     assert sniff(b"") == "empty file"
     with pytest.raises(image_format.ImageReadError):  # the converter agrees on every case
         image_format.sniff_format(b"GIF89a" + bytes(20))
+
+
+# --- intensity normalisation (build_records --intensity) ----------------------------------------
+
+def _gray_sources() -> dict[str, bytes]:
+    """Sources whose 8-bit grey decoding is exact on both sides (grey PNG/JPEG/BMP, 16-bit PNG):
+    equalisation maps neighbouring grey levels far apart, so the comparison must start from the
+    same grey image for a one-level bound to test the transform itself."""
+    rng = np.random.default_rng(5)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (90, 70), dtype=np.uint8), (9, 9), 3)
+    narrow = (rng.normal(90, 12, (61, 83))).clip(0, 255).astype(np.uint8)  # a dim, flat film
+    deep = rng.integers(1000, 3000, (40, 41), dtype=np.uint16)
+    return {
+        "smooth.png": cv2.imencode(".png", smooth)[1].tobytes(),
+        "narrow.jpg": cv2.imencode(".jpg", narrow, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(),
+        "narrow.bmp": cv2.imencode(".bmp", narrow)[1].tobytes(),
+        "16bit.png": cv2.imencode(".png", deep)[1].tobytes(),
+        "flat.png": cv2.imencode(".png", np.full((12, 20), 77, np.uint8))[1].tobytes(),
+    }
+
+
+def _converted(data: bytes, mode: str, resize_mode: str = "stretch") -> np.ndarray:
+    gray, _ = image_io.decode_source_bytes(data)
+    return resize.resize(resize.to_channels(intensity.normalise(gray, mode), 1), SIZE, resize_mode)
+
+
+@pytest.mark.parametrize("mode", intensity.INTENSITY_MODES)
+def test_served_intensity_matches_the_converter(mode):
+    """--intensity: the signature's TF ops give the converter's (OpenCV's) pixels, +-1 level."""
+    preprocess = export.make_preprocess_fn(SIZE, 1, "pad", mode)
+    for name, data in _gray_sources().items():
+        want = _converted(data, mode, "pad")
+        got = preprocess(tf.constant([data])).numpy()[0]
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, (mode, name)
+    if mode != "none":  # the transform is not the identity on these images
+        plain = _converted(_gray_sources()["narrow.bmp"], "none")
+        assert np.abs(_converted(_gray_sources()["narrow.bmp"], mode).astype(int)
+                      - plain.astype(int)).max() > 20
+
+
+@pytest.mark.parametrize("mode", ["equalize", "clahe"])
+def test_intensity_ops_equal_opencv_before_the_resize(mode):
+    """The full-size transform alone, on sizes that do and do not divide into the CLAHE grid
+    (OpenCV then mirrors the image out to a multiple of it), down to 1 x 1 and one grey level."""
+    rng = np.random.default_rng(7)
+    for shape in [(64, 64), (37, 53), (3, 5), (1, 1), (100, 24), (17, 200)]:
+        gray = rng.integers(0, 256, shape, dtype=np.uint8)
+        gray[: shape[0] // 2] //= 4  # an uneven histogram: clipping and redistribution matter
+        want = intensity.normalise(gray, mode)
+        got = serving_intensity.normalise(tf.constant(gray[..., None]), mode).numpy()[..., 0]
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, shape
+
+
+def test_real_xrays_served_with_intensity_like_the_converter(real_sample_dir):
+    paths = sorted(p for p in real_sample_dir.glob("*/*") if p.suffix.lower() != ".md")[::6]
+    for mode in ("equalize", "clahe"):
+        preprocess = tf.function(export.make_preprocess_fn(SIZE, 1, "stretch", mode))
+        for path in paths:
+            data = path.read_bytes()
+            got = preprocess(tf.constant([data])).numpy()[0]
+            assert np.abs(got.astype(int) - _converted(data, mode).astype(int)).max() <= 1, \
+                (mode, path.name)
+
+
+def test_export_records_intensity_and_refuses_unknown(exported, tmp_path):
+    model = exported[0]
+    export_dir = export.export_serving(model, tmp_path / "eq", SIZE, 1, intensity="equalize")
+    assert export.read_metadata(export_dir)["intensity"] == "equalize"
+    narrow = _gray_sources()["narrow.bmp"]
+    served = export.load_serving(export_dir).predict([narrow])
+    want = model(_converted(narrow, "equalize")[None], training=False).numpy()
+    np.testing.assert_allclose(served, want, atol=1e-4)
+    with pytest.raises(ValueError, match="intensity must be one of"):
+        export.make_preprocess_fn(SIZE, 1, "stretch", "gamma")

@@ -182,8 +182,11 @@ BAD_JSON = {
                            "instances[0]: unsupported format TIFF (allowed: JPEG, PNG, BMP)"),
     "GIF": ({"instances": [{"b64": b64(b"GIF89a" + bytes(40))}]},
             "instances[0]: unsupported format GIF"),
-    "empty image": ({"instances": [{"b64": b64(IMAGES[0])}, {"b64": ""}]},
-                    "instances[1]: empty file"),
+    "empty image": ({"instances": [{"b64": ""}]}, "instances[0]: empty file"),
+    "deeply nested": ('{"instances": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                      "JSON nested 100001 levels deep; at most 32 are allowed"),
+    "huge integer": ('{"instances": [{"b64": ' + "9" * 5000 + "}]}",
+                     "malformed JSON (a number too long to read: over 4300 digits)"),
     "truncated PNG": ({"instances": [{"b64": b64(IMAGES[1][:60])}]},
                       "instances[0]: truncated or corrupt PNG"),
     "decompression bomb": ({"instances": [{"b64": b64(_bomb())}]},
@@ -212,10 +215,10 @@ def test_bad_multipart_uploads(client):
     assert broken.json()["error"].startswith("malformed multipart/form-data (Invalid boundary")
     none = client.post(PREDICT, {"note": "no file"})
     assert none.status_code == 400 and "no file uploaded" in none.json()["error"]
-    text = client.post(PREDICT, {"image": [_upload("ok.png", IMAGES[0]),
-                                           _upload("x.png", b"hello, world\n")]})
+    text = client.post(PREDICT, {"image": [_upload(n, b"hello, world\n") for n in "ab"]})
     assert text.status_code == 400
-    assert text.json()["error"] == "file 1 (13 bytes): not an image (looks like text)"
+    assert text.json()["error"] == "file 0 (13 bytes): not an image (looks like text)"
+    assert text.json()["errors"] == ["not an image (looks like text)"] * 2
 
 
 @pytest.mark.parametrize("kind", ["json", "multipart"])
@@ -298,7 +301,7 @@ def test_logs_carry_sizes_and_status_not_names_or_bytes(client, caplog):
     with caplog.at_level(logging.INFO, logger="xray_tfdata.serve"):
         client.post(PREDICT, {"image": _upload("jane_doe_1970.png", IMAGES[1])})
         post_json(client, {"instances": [{"b64": b64(b"secret text\n")}]})
-    lines = [r.getMessage() for r in caplog.records if r.name == "xray_tfdata.serve"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "xray_tfdata.serve.access"]
     assert len(lines) == 2
     assert lines[0].startswith(f"POST {PREDICT} 200 in=") and "ms" in lines[0]
     assert lines[1].startswith(f"POST {PREDICT} 400 in=")

@@ -257,3 +257,51 @@ def test_nan_loss_stops_with_clear_message(records, tmp_path, caplog):
     assert summary["epochs_completed"] == 0 and not (tmp_path / "best.keras").exists()
     assert "Training loss is nan at step 2 (epoch 1); stopping" in caplog.text
     assert "Lower --learning_rate" in caplog.text
+
+
+# ------------------------------------------------------------------ collections and intensity
+def test_collection_filters_set_steps_and_class_weights_from_the_manifest(tmp_path):
+    info = {"image": {"size": 16, "channels": 1}, "format_version": 1,
+            "label_map": {"NORMAL": 0, "COVID19": 1, "PNEUMONIA": 2}, "splits": {
+                split: {"num_examples": 0, "per_class": {}, "shards": [], "per_source": {
+                    "a": {"NORMAL": 40, "COVID19": 4, "PNEUMONIA": 20},
+                    "b": {"NORMAL": 8, "COVID19": 30, "PNEUMONIA": 0},
+                    "c": {"NORMAL": 10, "COVID19": 0, "PNEUMONIA": 10}}}
+                for split in ("train", "val")}}
+    config = _config(Path("r"), Path("m"), exclude_collections=["b"])
+    weights = setup.class_weight_vector(config, info)
+    counts = np.array([50, 4, 30])  # a + c
+    np.testing.assert_allclose(weights, counts.sum() / (3 * counts), rtol=1e-6)
+    assert _config(Path("r"), Path("m"), collections="b").input.collections == ("b",)
+    ones = setup.class_weight_vector(_config(Path("r"), Path("m"),
+                                            sampling="balanced_collections"), info)
+    np.testing.assert_array_equal(ones, [1, 1, 1])
+
+
+def test_leave_one_collection_out_run_and_intensity_export(tmp_path):
+    """A short run on two of three collections: steps per epoch from their count, validation
+    on their val examples only, and the export applies the records' intensity to uploads."""
+    rng = np.random.default_rng(4)
+    from xray_tfdata.records import synthetic  # noqa: PLC0415
+
+    def split(n_per: dict[str, int]) -> list:
+        return [fixtures.example(synthetic.render_xray(label, (32, 32), rng), label=label,
+                                 source=name, source_path=f"{name}/{label}/{k}.png")
+                for name, n in n_per.items() for k in range(n) for label in range(3)]
+
+    records = fixtures.write_records(
+        tmp_path / "records", {"train": split({"a": 6, "b": 4, "c": 9}),
+                               "val": split({"a": 2, "b": 2, "c": 0})},
+        image_size=32, image={"size": 32, "channels": 1, "format": "raw",
+                              "resize_mode": "stretch", "intensity": "equalize"})
+    config = _config(records, tmp_path / "model", epochs=1, global_batch_size=6,
+                     exclude_collections="c", export=True, calibrate=False, augment=False)
+    data = setup.resolve_data(config)
+    assert (data.num_train, data.steps_per_epoch, data.intensity) == (30, 5, "equalize")
+    summary = loop.train(config, data=data)
+    assert summary["steps_completed"] == 5
+    from xray_tfdata.serving import export  # noqa: PLC0415
+
+    assert export.read_metadata(tmp_path / "model" / "export")["intensity"] == "equalize"
+    with pytest.raises(ConfigError, match=r"collections .* of split 'val' \(\['a', 'b'\]\)"):
+        setup.resolve_data(_config(records, tmp_path / "m2", collections="c"))

@@ -8,12 +8,14 @@ next to the CNN's own softmax head on the same examples.
 Fitted classifiers are saved (joblib) with the identity of the embedding model: the sha256 of the
 .keras file and the embedding width. `load_classifier` refuses a different model file, and
 `ClassifierBundle.predict_proba` refuses embeddings of another width, so a classifier can never be
-silently applied to features it was not trained on.
+silently applied to features it was not trained on. Beside each `<name>.joblib` a JSON record
+holds its sha256 and that identity, checked before the pickle is loaded (`load_classifier`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -231,7 +233,13 @@ class ClassifierBundle:
         return self.classifier.predict(embeddings).astype(np.int64)
 
 
+def record_path(path: str | os.PathLike) -> Path:
+    """The JSON record saved beside a classifier file: `<name>.joblib.json`."""
+    return Path(f"{path}.json")
+
+
 def save_classifier(path: str | os.PathLike, bundle: ClassifierBundle) -> Path:
+    """Writes the joblib file, then its JSON record (sha256 of the file + embedding identity)."""
     import joblib
     import sklearn
 
@@ -240,19 +248,47 @@ def save_classifier(path: str | os.PathLike, bundle: ClassifierBundle) -> Path:
         joblib.dump({"format": BUNDLE_FORMAT, "name": bundle.name, "classifier": bundle.classifier,
                      "identity": dataclasses.asdict(bundle.identity), "params": bundle.params,
                      "sklearn_version": sklearn.__version__}, tmp)
+    files.write_json(record_path(path), {"format": BUNDLE_FORMAT, "name": bundle.name,
+                                         "sha256": files.sha256_file(path),
+                                         "identity": dataclasses.asdict(bundle.identity)})
     return path
 
 
 def load_classifier(path: str | os.PathLike, model_path: str | os.PathLike) -> ClassifierBundle:
-    """Loads a saved classifier, refusing it unless model_path is the model it was fitted for."""
+    """Loads a saved classifier, refusing it unless model_path is the model it was fitted for.
+
+    A joblib file is a pickle: loading it runs whatever code it names. So nothing is unpickled
+    until the file's sha256 matches the one recorded in `<name>.joblib.json` at save time and
+    the model file matches the recorded identity. This catches a replaced or altered joblib file;
+    it cannot vouch for a directory someone else may write to (they could rewrite both files):
+    load only classifiers you fitted, from directories only you write.
+
+    Raises:
+      ValueError: no record beside the file, the file changed since it was saved, or another
+        model (see EmbeddingIdentity.check_model_file).
+    """
     import joblib
 
+    record = record_path(path)
+    try:
+        saved = json.loads(record.read_text())
+        expected, identity = saved["sha256"], EmbeddingIdentity(**saved["identity"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{str(path)!r} has no readable record {record.name!r} beside it ({type(err).__name__}"
+            f"), so it is not loaded (a joblib file runs code when loaded). Refit with python -m "
+            "xray_tfdata.classical, which writes both.") from None
+    actual = files.sha256_file(path)
+    if actual != expected:
+        raise ValueError(
+            f"{str(path)!r} has sha256 {actual[:16]}..., but {record.name!r} records "
+            f"{expected[:16]}...: the file changed since it was saved, so it is not loaded (a "
+            "joblib file runs code when loaded). Refit with python -m xray_tfdata.classical.")
+    identity.check_model_file(model_path)
     data = joblib.load(path)
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{str(path)!r} is not a classifier saved by xray_tfdata.classical "
                          f"(format {BUNDLE_FORMAT}); refit with python -m xray_tfdata.classical.")
-    identity = EmbeddingIdentity(**data["identity"])
-    identity.check_model_file(model_path)
     return ClassifierBundle(name=data["name"], classifier=data["classifier"], identity=identity,
                             params=data["params"])
 

@@ -28,6 +28,7 @@ import numpy as np
 from xray_tfdata import errors, files, labels
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
+from xray_tfdata.inputs import collection_select  # TF-free: flags are checked before TF loads
 from xray_tfdata.evaluation.inference import (
     eval_dataset,
     input_spec,
@@ -76,6 +77,9 @@ class EvalConfig:
                                         "COVID19 sensitivity the threshold reaches on val.")
     gradcam_per_class: int = setting(16, "Images per class for Grad-CAM border attention; "
                                      "0 = off.")
+    collections: tuple[str, ...] = setting(
+        (), "Evaluate only these collections (names of build_records' --data_dir=name=path,...), "
+        "e.g. the one a leave-one-collection-out run left out; empty = all.")
 
     def __post_init__(self):
         errors.one_of("split", self.split, labels.SPLITS)
@@ -98,6 +102,7 @@ class EvalConfig:
         if self.target_sensitivity == 0.0:
             raise ConfigError("target_sensitivity", 0.0, "a fraction in (0, 1], e.g. 0.95")
         errors.non_negative_int("gradcam_per_class", self.gradcam_per_class)
+        object.__setattr__(self, "collections", collection_select.parse_names(self.collections))
         if not self.records_dirs:
             raise ConfigError("records_dir", self.records_dir,
                               "a records directory (several: comma-separated)")
@@ -247,7 +252,7 @@ def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw
                                      "message": f"Shortcut probe skipped: "
                                                 f"{point['train_records_found_by']}."}
         else:
-            eval_meta = pipeline.read_metadata(records_dir, config.split)
+            eval_meta = pipeline.read_metadata(records_dir, config.split, config.collections)
             out["shortcut_probe"] = shortcut.run_probe(
                 train_meta, eval_meta, cnn_macro_f1, model=config.shortcut_model,
                 threshold=config.shortcut_threshold, seed=config.seed)
@@ -259,10 +264,11 @@ def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
                   point: dict[str, Any], image_size: int, channels: int,
                   shared: dict[str, Any]) -> dict[str, Any]:
     """One records dir; `shared`: what is the same for every dir (model sha256, train metadata)."""
-    dataset = eval_dataset(records_dir, config.split, image_size, channels, config.batch_size)
+    dataset = eval_dataset(records_dir, config.split, image_size, channels, config.batch_size,
+                           config.collections)
     y_true, (probs, *_) = run_model(
         model, dataset, label=f"evaluate {config.split}",
-        total=split_size(records_dir, config.split))
+        total=split_size(records_dir, config.split, config.collections))
     if probs.ndim != 2 or probs.shape[1] != labels.NUM_CLASSES:
         raise ValueError(f"The model outputs shape {probs.shape[1:]}, expected "
                          f"[{labels.NUM_CLASSES}] class probabilities.")

@@ -60,10 +60,11 @@ def check_records_fit(records_dir: str, image_size: int, channels: int) -> None:
             f"--channels={channels} ...), or pass the model trained on these records.")
 
 
-def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, batch_size: int):
-    """The split in evaluation mode (one pass, remainder kept, no augmentation, fixed order).
-    Records of another image size or channel count than (`image_size`, `channels`), the
-    model's input, raise a ManifestError saying so (check_records_fit)."""
+def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, batch_size: int,
+                 collections: tuple[str, ...] = ()):
+    """The split in evaluation mode (one pass, remainder kept, no augmentation, fixed order),
+    optionally of some collections only. Records of another image size or channel count than
+    the model's input (`image_size`, `channels`) raise a ManifestError saying so."""
     # Imported here: `evaluate` validates its flags before TensorFlow is loaded.
     from xray_tfdata.inputs import pipeline
 
@@ -71,7 +72,7 @@ def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, b
 
     config = pipeline.InputConfig(global_batch_size=batch_size, image_size=image_size,
                                   channels=channels, training=False, cache="none", augment=False,
-                                  deterministic=True)
+                                  deterministic=True, collections=collections)
     return pipeline.build_dataset(records_dir, split, config)
 
 
@@ -83,11 +84,13 @@ def predict_fn(model):
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
-def split_size(records_dir: str, split: str) -> int:
-    """Examples in `split`, from the manifest (for progress bars)."""
+def split_size(records_dir: str, split: str, collections: tuple[str, ...] = ()) -> int:
+    """Examples in `split` (of `collections`, all when empty), from the manifest (for progress
+    bars)."""
+    from xray_tfdata.inputs import collection_select
     from xray_tfdata.records import manifest
 
-    return manifest.num_examples(manifest.read_manifest(records_dir), split)
+    return collection_select.num_examples(manifest.read_manifest(records_dir), split, collections)
 
 
 def run_model(model, dataset, *, predict=None, label: str = "", total: int = 0

@@ -92,6 +92,7 @@ def decode_records(
     *,
     vectorized_parse: bool = True,
     deterministic: bool | None = None,
+    with_collection: bool = False,
 ) -> tf.data.Dataset:
     """Turns batches of serialized records into single (image uint8 [H,W,C], label int32) pairs.
 
@@ -102,41 +103,48 @@ def decode_records(
       image_size, channels: the manifest's geometry; every decoded image is checked against it.
       vectorized_parse: False parses one record at a time (only for the benchmark's ablation).
       deterministic: passed to the parallel maps (None = follow tf.data.Options).
+      with_collection: yield (image, label, collection string) triples instead, for the
+        pipeline's collection filter and sampler (the collection is "" when a record has none).
     """
     _check_format(image_format)
     _check_geometry(image_size, channels)
     autotune = tf.data.AUTOTUNE
+    keys = features.TRAINING_KEYS + ((features.SOURCE_NAME,) if with_collection else ())
 
     def to_label(value: tf.Tensor) -> tf.Tensor:
         return tf.cast(value, tf.int32)
 
+    def rest(parsed: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+        label = to_label(parsed[features.LABEL])
+        return (label, parsed[features.SOURCE_NAME]) if with_collection else (label,)
+
     if not vectorized_parse:
         def parse_decode_one(serialized):
-            parsed = tf.io.parse_single_example(
-                serialized, features.parse_spec(features.TRAINING_KEYS))
+            parsed = tf.io.parse_single_example(serialized, features.parse_spec(keys))
             image = decode_image(parsed[features.ENCODED], image_format, image_size, channels)
-            return image, to_label(parsed[features.LABEL])
+            return (image, *rest(parsed))
 
         return record_batches.unbatch().map(
             parse_decode_one, num_parallel_calls=autotune, deterministic=deterministic)
 
     if image_format == "raw":
         def parse_decode_batch(serialized):
-            parsed = parse_batch(serialized)
+            parsed = parse_batch(serialized, keys)
             images = decode_raw_batch(parsed[features.ENCODED], image_size, channels)
-            return images, to_label(parsed[features.LABEL])
+            return (images, *rest(parsed))
 
         decoded = record_batches.map(
             parse_decode_batch, num_parallel_calls=autotune, deterministic=deterministic)
         return decoded.unbatch()
 
     def parse_only(serialized):
-        parsed = parse_batch(serialized)
-        return parsed[features.ENCODED], to_label(parsed[features.LABEL])
+        parsed = parse_batch(serialized, keys)
+        return (parsed[features.ENCODED], *rest(parsed))
 
     parsed = record_batches.map(parse_only, num_parallel_calls=autotune, deterministic=deterministic)
     return parsed.unbatch().map(
-        lambda encoded, label: (decode_image(encoded, image_format, image_size, channels), label),
+        lambda encoded, *rest_: (decode_image(encoded, image_format, image_size, channels),
+                                 *rest_),
         num_parallel_calls=autotune,
         deterministic=deterministic,
     )

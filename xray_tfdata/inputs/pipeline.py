@@ -37,7 +37,7 @@ from absl import logging
 
 from xray_tfdata import errors
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.inputs import decode, online_augment, sampling, service
+from xray_tfdata.inputs import collection_select, decode, online_augment, sampling, service
 from xray_tfdata.records import features, manifest
 from xray_tfdata.settings import setting
 
@@ -72,9 +72,17 @@ class InputConfig:
     augment_params: online_augment.AugmentParams = online_augment.AugmentParams()
     jit_augment: bool = True  # XLA-compiled augmentation (~4x faster on CPU); False: TF kernel
     sampling: str = setting(
-        "natural", "'balanced': every class drawn with probability 1/3 into training batches "
-        "(per-class tf.data streams); 'natural': the records' own mix.",
+        "natural", "'balanced': every class drawn equally into training batches (per-class "
+        "tf.data streams); 'balanced_collections': so too, and within a class every collection "
+        "holding it equally (per-(class, collection) streams); 'natural': the records' own mix.",
         allowed=sampling.SAMPLING_MODES)
+    # Read only these collections / all but these (collection_select.py); after the cache.
+    collections: tuple[str, ...] = setting(
+        (), "Train and validate on these collections only (names of build_records' "
+        "--data_dir=name=path,...); empty = all. Filtered in the input pipeline, no rebuild.")
+    exclude_collections: tuple[str, ...] = setting(
+        (), "Train and validate on every collection but these (leave-one-collection-out: then "
+        "evaluate --collections=<it>).")
     # Ablation switches for benchmarks/input_pipeline.py; keep True in real use.
     parallel_interleave: bool = True
     vectorized_parse: bool = True
@@ -104,6 +112,8 @@ class InputConfig:
             raise ConfigError("augment_params", self.augment_params,
                               "an online_augment.AugmentParams")
         errors.one_of("sampling", self.sampling, sampling.SAMPLING_MODES)
+        for name in ("collections", "exclude_collections"):  # "a,b" or a list from a flag
+            object.__setattr__(self, name, collection_select.parse_names(getattr(self, name)))
         if self.data_service:
             service.check_address("data_service", self.data_service, scheme=True)
             if self.skip_corrupt:
@@ -165,8 +175,9 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
                 return tf.logical_not(is_end)
         message = tf.strings.format(
             "Corrupt or truncated TFRecord shard {}: read {} of the {} records the manifest lists. "
-            "Rebuild the records (python -m xray_tfdata.build_records ... --overwrite) or pass "
-            "skip_corrupt=True to skip unreadable records.", [path, count, expected])
+            "Rerun the build_records command that wrote them (it rebuilds when a shard's sha256 "
+            "no longer matches), or, from Python, read with InputConfig(skip_corrupt=True) to "
+            "skip the unreadable rest of the shard.", [path, count, expected])
         with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(short), [message])]):
             return tf.logical_not(is_end)
 
@@ -233,8 +244,10 @@ def _cache_path(prefix: str, info: dict[str, Any], split: str, config: InputConf
     """A cache file name unique to these records, this split and this pipeline: a stale or
     shared cache would silently serve the wrong images."""
     shards = info["splits"][split]["shards"]
-    key = json.dumps([shards, info.get("image"), config.image_size, config.channels],
-                     sort_keys=True)
+    parts = [shards, info.get("image"), config.image_size, config.channels]
+    if _by_collection(config):
+        parts.append("collection")  # the cached elements also hold their collection
+    key = json.dumps(parts, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     parent = os.path.dirname(prefix)
     if parent:
@@ -265,6 +278,11 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
     batch_size = (input_context.get_per_replica_batch_size(config.global_batch_size)
                   if input_context else config.global_batch_size)
     image_format = info["image"]["format"]
+    by_collection = _by_collection(config)
+    if by_collection:
+        # Fails here, naming the records' collections, if a name is unknown or none is left.
+        kept = collection_select.select(info, split, config.collections,
+                                        config.exclude_collections)
 
     remote = bool(config.data_service)
     # On the service the dispatcher splits the file list among workers and consumers; sharding
@@ -276,20 +294,35 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
                        deterministic=config.deterministic,
                        parallel=config.parallel_interleave, skip_corrupt=config.skip_corrupt)
     ds = decode.decode_records(ds, image_format, config.image_size, config.channels,
-                               vectorized_parse=config.vectorized_parse)
+                               vectorized_parse=config.vectorized_parse,
+                               with_collection=by_collection)
     # Cache decoded uint8 images BEFORE random augmentation, so augmentation differs each epoch.
     # (Not on the service: each worker sees a different set of files every epoch.)
     if not remote and config.cache == "memory":
         ds = ds.cache()
     elif not remote and config.cache != "none":
         ds = ds.cache(_cache_path(config.cache, info, split, config, num_pipelines, pipeline_id))
-    if config.training and config.sampling == "balanced":
-        ds = sampling.balanced(ds, len(info["label_map"]), seed=config.seed,
-                               shuffle_buffer=config.shuffle_buffer, pipeline_id=pipeline_id)
+    # After the cache: what is cached does not depend on the selection (a file cache is
+    # reused by every leave-one-collection-out run).
+    if config.collections or config.exclude_collections:
+        ds = ds.filter(lambda image, label, source: tf.reduce_any(tf.equal(source, kept)))
+    if config.training and config.sampling == "balanced_collections":
+        streams = collection_select.streams(info, split, config.collections,
+                                            config.exclude_collections)
+        ds = sampling.balanced_collections(ds, streams, seed=config.seed,
+                                           shuffle_buffer=config.shuffle_buffer,
+                                           pipeline_id=pipeline_id)
+    elif config.training and config.sampling == "balanced":
+        ds = sampling.balanced(_drop_collection(ds, by_collection), len(info["label_map"]),
+                               seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+                               pipeline_id=pipeline_id)
     elif config.training:
         # Shuffle before repeat: every epoch is a full permutation, no example twice per epoch.
+        ds = _drop_collection(ds, by_collection)
         ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
         ds = ds.repeat()
+    else:
+        ds = _drop_collection(ds, by_collection)
     # Static batch shapes in training (tf.distribute, XLA); keep the tail in evaluation.
     ds = ds.batch(batch_size, drop_remainder=config.training)
     augment = _augment_fn(config, pipeline_id)
@@ -305,6 +338,16 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
     if config.prefetch:
         ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(config, sharded_by_us=input_context is not None))
+
+
+def _drop_collection(ds: tf.data.Dataset, by_collection: bool) -> tf.data.Dataset:
+    return ds.map(lambda image, label, source: (image, label)) if by_collection else ds
+
+
+def _by_collection(config: InputConfig) -> bool:
+    """Whether elements carry their collection past the cache (a filter or the sampler)."""
+    return bool(config.collections or config.exclude_collections) or (
+        config.training and config.sampling == "balanced_collections")
 
 
 def _on_service(ds: tf.data.Dataset, config: InputConfig, split: str,
@@ -377,11 +420,13 @@ METADATA_FIELDS = {
 }
 
 
-def read_metadata(records_dir: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
+def read_metadata(records_dir: str | os.PathLike, split: str,
+                  collections: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Label and source metadata of every record of a split, without decoding any image.
 
     Order = the order of `build_dataset(records_dir, split, InputConfig(training=False,
-    deterministic=True, ...))` without an input context, so arrays line up with its predictions.
+    deterministic=True, collections=collections, ...))` without an input context, so arrays
+    line up with its predictions.
     Keys: see METADATA_FIELDS; ints are int64 (label int32), strings are numpy str arrays.
     """
     info = manifest.read_manifest(records_dir)
@@ -403,4 +448,7 @@ def read_metadata(records_dir: str | os.PathLike, split: str) -> dict[str, np.nd
             out[name] = values.astype(np.int32 if name == "label" else np.int64)
         else:
             out[name] = np.array([v.decode("utf-8") for v in values], dtype=str)
+    if collections:
+        keep = np.isin(out["source"], collection_select.select(info, split, collections))
+        out = {name: values[keep] for name, values in out.items()}
     return out

@@ -16,13 +16,22 @@ count), only its class mix changes.
   skips, so the other classes share its weight instead of the loop stalling.
 - Determinism: each stream's shuffle and the stream choice are seeded from `seed` and the
   pipeline id, so the same seed gives the same class sequence and the same images.
+
+`balanced_collections` goes one level down (issue 19): every class is drawn with probability 1/K,
+and within a class every collection that holds it equally, from one stream per (class,
+collection) pair, so a class one collection supplies almost alone no longer teaches the model
+that collection's exposure, film and detector. Pair (c, s) is drawn with probability
+1 / (K x the number of collections holding c); the pairs come from the manifest's per-collection
+counts (inputs/collection_select.streams), and elements carry their collection until here.
 """
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import tensorflow as tf
 
-SAMPLING_MODES: tuple[str, ...] = ("natural", "balanced")
+SAMPLING_MODES: tuple[str, ...] = ("natural", "balanced", "balanced_collections")
 # Seeds of different pipelines / classes must differ; any large stride avoids collisions.
 _SEED_STRIDE = 7919
 
@@ -46,3 +55,30 @@ def balanced(ds: tf.data.Dataset, num_classes: int, *, seed: int, shuffle_buffer
     return tf.data.Dataset.sample_from_datasets(
         streams, weights=[1.0 / num_classes] * num_classes, seed=base,
         stop_on_empty_dataset=False)
+
+
+def balanced_collections(ds: tf.data.Dataset, streams: Mapping[int, Sequence[str]], *, seed: int,
+                         shuffle_buffer: int, pipeline_id: int = 0) -> tf.data.Dataset:
+    """Infinite stream of (image, label): classes uniform, collections uniform within a class.
+
+    `ds` yields unbatched (image, label, collection) triples; `streams` maps each class id to
+    the collections that hold it (collection_select.streams). An empty pair in this pipeline's
+    share is skipped, as in `balanced`.
+    """
+    if not streams or any(not names for names in streams.values()):
+        raise ValueError(f"streams must map class ids to collection names. Received: {streams}.")
+    pairs = [(c, name) for c in sorted(streams) for name in streams[c]]
+    weights = [1.0 / (len(streams) * len(streams[c])) for c, _ in pairs]
+    base = seed + _SEED_STRIDE * (len(pairs) + 1) * pipeline_id
+    datasets = []
+    for index, (c, name) in enumerate(pairs):
+        def keep(image, label, source, c=c, name=name):
+            del image
+            return tf.logical_and(tf.equal(tf.cast(label, tf.int64), c), tf.equal(source, name))
+
+        stream = ds.filter(keep).map(lambda image, label, source: (image, label))
+        stream = stream.shuffle(shuffle_buffer, seed=base + index + 1,
+                                reshuffle_each_iteration=True)
+        datasets.append(stream.repeat())
+    return tf.data.Dataset.sample_from_datasets(datasets, weights=weights, seed=base,
+                                                stop_on_empty_dataset=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from xray_tfdata.records import dedupe, labels_csv, patients, sources
+from xray_tfdata.records import dedupe, labels_csv, patients, preset_reader, sources
 from xray_tfdata.records.conversion_state import SpillEntry
 
 
@@ -28,15 +28,20 @@ class Inputs:
 
 
 def scan(specs: Sequence[sources.SourceSpec], *, csv_columns: str = "", label_map: str = "",
-         key: bytes = b"") -> Inputs:
-    """Scans every collection (folder layout or labels CSV) and merges the results.
+         key: bytes = b"", rules: preset_reader.Rules | None = None) -> Inputs:
+    """Scans every collection (folder layout, labels CSV or preset) and merges the results.
+
+    `rules` (classes, views, uncertain) apply to preset collections; its key is replaced by `key`.
 
     Raises:
       ValueError: a collection's layout or CSV is unreadable (the message names it).
     """
     found, rejected, collections = [], [], {}
     for spec in specs:
-        if spec.labels_csv:
+        if spec.layout:
+            result = preset_reader.read_preset(
+                spec, dataclasses.replace(rules or preset_reader.Rules(), key=key))
+        elif spec.labels_csv:
             result = labels_csv.read_labels_csv(spec, csv_columns, label_map, key)
         else:
             result = sources.scan_sources(spec.data_dir, spec.name)
@@ -45,6 +50,7 @@ def scan(specs: Sequence[sources.SourceSpec], *, csv_columns: str = "", label_ma
         collections[spec.name] = {"layout": result.layout, **dict(result.details),
                                   "splits_given": sorted({f.split for f in result.files} - {""})}
     legacy = (len(specs) == 1 and not specs[0].name and not specs[0].labels_csv
+              and not specs[0].layout
               and {"train", "test"} <= set(collections[""]["splits_given"]))
     return Inputs(tuple(sorted(found, key=lambda f: f.relpath)), tuple(sorted(rejected)),
                    collections, legacy)

@@ -8,6 +8,7 @@ build's manifest is byte-identical to the one earlier versions wrote.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from xray_tfdata import errors, files
@@ -15,23 +16,30 @@ from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import (
     dedupe,
     image_io,
+    intensity,
     labels_csv,
     offline_augment,
     patients,
+    preset_reader,
+    presets,
     resize,
     sources,
 )
 from xray_tfdata.settings import setting
 
 DEDUPE_MODES: tuple[str, ...] = ("report", "drop")
+# Where the decode pass and the shard writes run; the records are byte-identical either way.
+RUNNERS: tuple[str, ...] = ("local", "beam")
 _DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shadows the module
 # Not written to the manifest: they change how the run executes, not what it writes (so 1 and 8
 # workers give byte-identical manifests), or would make a copied records dir lie (output_dir).
-_NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite")
+_NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite", "runner", "beam_pipeline_options")
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 NOT_COMPARED = ("max_reject_fraction",)
 _SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
-                  "patient_key", "holdout_source", "max_pixels")
+                  "patient_key", "holdout_source", "max_pixels", "layout", "views", "uncertain",
+                  "intensity")
+_VIEW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]*$")
 
 
 
@@ -105,6 +113,34 @@ class ConversionConfig:
         image_io.DEFAULT_MAX_PIXELS, "Refuse images with more pixels than this, read from the "
         "header before decoding (at most 2^30, OpenCV's limit); the reason is listed in the "
         "manifest.")
+    # The public collections (issue 15): a preset per collection (presets.py), or per named
+    # collection as name=preset; "folders" reads folders, or the --labels_csv when given.
+    layout: str = setting(
+        "folders", "How --data_dir is laid out: folders (or the --labels_csv when given), or a "
+        "public collection as downloaded: " + ", ".join(presets.PRESETS) + ". Several: "
+        "name=layout entries, e.g. nih=chestxray14,rsna=rsna_pneumonia (README: the table).")
+    views: str = setting(
+        "frontal", "Views a preset keeps when its collection records them: frontal (PA/AP), "
+        "all, or a list of view values such as PA,AP; the others are counted in the manifest.")
+    uncertain: str = setting(
+        "skip", "A finding labelled uncertain (-1, CheXpert / MIMIC): skip the image, or count "
+        "the finding as positive / negative.", allowed=presets.UNCERTAIN_MODES)
+    # records/intensity.py, before the resize; "none" is not written to the manifest (issue 19).
+    intensity: str = setting(
+        "none", "Normalise each 8-bit gray image before the resize: none, equalize (global "
+        "histogram equalisation) or clahe (8x8 tiles, clip limit 2). The manifest records it; "
+        "the exported model applies the same to uploads.", allowed=intensity.INTENSITY_MODES)
+    # Execution only (not in the manifest): local = this machine's process pool (resumable);
+    # beam = an Apache Beam pipeline (records/beam_runner.py, the [beam] extra), with Beam's own
+    # options passed through, e.g. "--runner=DataflowRunner,--project=my-project".
+    runner: str = setting(
+        "local", "Where the decode pass and shard writes run: local (this machine's worker "
+        "processes, resumable) or beam (an Apache Beam pipeline; pip install -e '.[beam]'). "
+        "Same records.", allowed=RUNNERS)
+    beam_pipeline_options: str = setting(
+        "", "With --runner=beam: Beam's options, comma-separated, e.g. '--runner=DataflowRunner,"
+        "--project=my-project,--region=europe-west1,--temp_location=gs://bucket/tmp' (default: "
+        "Beam's in-process FnApiRunner).")
 
     def __post_init__(self) -> None:
         if (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
@@ -121,6 +157,7 @@ class ConversionConfig:
         errors.in_range("image_size", self.image_size, 8, 4096,
                         allowed="an integer in [8, 4096] (224 is the default)")
         errors.one_of("resize_mode", self.resize_mode, image_io.RESIZE_MODES)
+        errors.one_of("intensity", self.intensity, intensity.INTENSITY_MODES)
         errors.one_of("channels", self.channels, (1, 3),
                       "X-rays are gray: 1 is 3x smaller; 3 repeats the gray channel.")
         errors.one_of("image_format", self.image_format, resize.ENCODE_FORMATS)
@@ -155,16 +192,32 @@ class ConversionConfig:
         errors.in_range("max_reject_fraction", self.max_reject_fraction, 0.0, 1.0)
         errors.non_negative_int("num_workers", self.num_workers)
         self._check_sources()
+        self._check_runner()
+
+    def _check_runner(self) -> None:
+        errors.one_of("runner", self.runner, RUNNERS)
+        if self.beam_pipeline_options and self.runner != "beam":
+            raise ConfigError("beam_pipeline_options", self.beam_pipeline_options,
+                              "empty unless --runner=beam",
+                              "Add --runner=beam, or drop --beam_pipeline_options.")
+        odd = [a for a in beam_args(self.beam_pipeline_options) if not a.startswith("--")]
+        if odd:
+            raise ConfigError("beam_pipeline_options", self.beam_pipeline_options,
+                              "Beam options separated by commas, each starting with --",
+                              f"e.g. '--runner=DataflowRunner,--project=my-project' "
+                              f"(not {odd[0]!r}).")
 
     def _check_sources(self) -> None:
         """The issue-10 settings: pure parsing only (no file-system access)."""
         try:
-            specs = sources.parse_source_specs(self.data_dir, self.labels_csv)
+            specs = self.source_specs()
         except ValueError as err:
-            field = "labels_csv" if "labels_csv" in str(err) else "data_dir"
-            raise ConfigError(field, getattr(self, field),
-                              "a path, or name=path entries separated by commas",
-                              f"Here: {err}.") from err
+            field = next((f for f in ("layout", "labels_csv") if f in str(err)), "data_dir")
+            allowed = ("folders, csv or a collection preset, alone or as name=layout entries"
+                       if field == "layout"
+                       else "a path, or name=path entries separated by commas")
+            raise ConfigError(field, getattr(self, field), allowed, f"Here: {err}.") from err
+        self._check_preset_rules()
         for field, parse in (("csv_columns", labels_csv.parse_columns),
                              ("label_map", labels_csv.parse_label_map)):
             try:
@@ -187,8 +240,23 @@ class ConversionConfig:
                                   "It needs at least one other collection to train on, e.g. "
                                   "--data_dir=kaggle=/a,nih=/b --holdout_source=nih.")
 
+    def _check_preset_rules(self) -> None:
+        errors.one_of("uncertain", self.uncertain, presets.UNCERTAIN_MODES,
+                      "skip drops images with an uncertain (-1) finding; positive / negative "
+                      "count it as present / absent.")
+        listed = [v.strip() for v in str(self.views).split(",")]
+        if self.views not in presets.VIEW_MODES and not all(_VIEW_RE.match(v) for v in listed):
+            raise ConfigError("views", self.views,
+                              f"one of {list(presets.VIEW_MODES)} or view values such as PA,AP",
+                              "Views are compared case-insensitively with the collection's "
+                              "view column (e.g. NIH `View Position`, PadChest `Projection`).")
+
     def source_specs(self) -> list[sources.SourceSpec]:
-        return sources.parse_source_specs(self.data_dir, self.labels_csv)
+        return sources.parse_source_specs(self.data_dir, self.labels_csv, self.layout)
+
+    def preset_rules(self) -> preset_reader.Rules:
+        """The preset settings (the patient key is added by the scan)."""
+        return preset_reader.Rules(views=self.views, uncertain=self.uncertain)
 
     def manifest_args(self) -> dict[str, Any]:
         """The arguments the manifest records (and a resumed run must repeat)."""
@@ -206,4 +274,10 @@ class ConversionConfig:
 
     def settings(self) -> sources.ProcessSettings:
         return sources.ProcessSettings(self.image_size, self.resize_mode, self.channels,
-                                       self.image_format, self.jpeg_quality, self.max_pixels)
+                                       self.image_format, self.jpeg_quality, self.max_pixels,
+                                       self.intensity)
+
+
+def beam_args(text: str) -> list[str]:
+    """"--a=1,--b=x,y" -> ["--a=1", "--b=x,y"]: a comma starts a new option only before "--"."""
+    return [part.strip() for part in re.split(r",(?=\s*--)", text) if part.strip()]

@@ -1,24 +1,34 @@
-"""The converter's state in its output dir: the resume spill, ownership checks, stale outputs.
+"""The converter's state in its output dir: the build lock, the resume spill, ownership checks,
+stale outputs.
 
-`<output_dir>/.build/` holds what a killed run leaves for the next one: `state.json` (the
-arguments, so a rerun with other arguments is refused rather than mixed in), `pass1.spill` (every
-processed source) and `shards.json` (the shard journal). It is deleted once the manifest is
-written. The converter only ever deletes what it writes itself, never a user's other files.
+`<output_dir>/.build/` holds `lock` (flocked by the running build: one build per dir), and what a
+killed run leaves for the next one: `state.json` (the arguments, so a rerun with other arguments
+is refused rather than mixed in), `pass1.spill` (every processed source, data only) and
+`shards.json` (the shard journal); `rejected.json` after a build refused for too many rejects. It
+is deleted once the manifest is written. The converter only ever deletes what it writes itself,
+never a user's other files. Nothing here is ever unpickled: all of it is JSON or raw bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import errno
+import fcntl
+import itertools
 import json
 import os
-import pickle
 import shutil
+import socket
 import struct
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+from absl import logging
 
 from xray_tfdata import files
-from xray_tfdata.records import manifest
+from xray_tfdata.records import image_io, manifest
 from xray_tfdata.records.shard_writer import SHARD_RE, is_tmp_name
 
 WORK_DIR = ".build"  # the converter's resume state inside output_dir; removed when complete
@@ -30,14 +40,104 @@ class OutputDirError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
+# One build per output dir at a time.
+
+LOCK_NAME = "lock"
+
+
+def _holder(fd: int) -> str:
+    text = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+    return text or "a process that is just starting"
+
+
+@contextlib.contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """Holds an exclusive flock on `<out>/.build/lock` for the whole build.
+
+    Two builds into one output dir would interleave their spills and shards (one run's pixels
+    under another's paths, with matching checksums), so the second is refused, naming the holder
+    (pid, host, start time are written into the lock file). The OS drops the lock when its
+    process exits or is killed (even kill -9), so a stale lock file never blocks a rerun. flock
+    is per host on most network file systems: builds into one NFS dir from two machines are not
+    excluded.
+
+    Raises:
+      OutputDirError: out is not a directory, or another build holds the lock.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"output_dir={str(out)!r} exists and is not a directory; choose "
+                             "a directory for --output_dir.")
+    path, created = out / WORK_DIR / LOCK_NAME, not out.exists()
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise
+            holder = _holder(fd)
+            os.close(fd)
+            raise OutputDirError(
+                f"output_dir={str(out)!r} is being built by another build_records ({holder}). "
+                "Wait for it to finish (then rerun: an identical build is kept), or choose "
+                "another --output_dir.") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # a finishing build removed .build/ as we locked its file: lock the new one
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n"
+              .encode("utf-8"), 0)
+    try:
+        yield
+    finally:
+        if path.exists() and not work_files(out):
+            shutil.rmtree(out / WORK_DIR, ignore_errors=True)  # nothing to resume: no litter
+            if created and not any(out.iterdir()):
+                out.rmdir()  # a build that failed before writing leaves no empty output dir
+        os.close(fd)
+
+
+def discard_work(out: Path) -> None:
+    """Removes what a resume would use from .build/ (the lock file stays its holder's)."""
+    work = out / WORK_DIR
+    for name in work_files(out):
+        shutil.rmtree(work / name) if (work / name).is_dir() else (work / name).unlink()
+
+
+def rejected_path(out: Path) -> Path:
+    """Where a build refused for too many rejects lists them all (it writes no manifest)."""
+    return out / WORK_DIR / "rejected.json"
+
+
+def work_files(out: Path) -> list[str]:
+    """What a previous run left in .build/ to resume from (the lock file does not count)."""
+    work = out / WORK_DIR
+    return sorted(p.name for p in work.iterdir() if p.name != LOCK_NAME) if work.is_dir() else []
+
+
+# ---------------------------------------------------------------------------------------------
 # The converter's spill: an append-only log of per-source results that survives kill -9.
+
+# Data only, never pickle: a pickle runs code when loaded, and .build/ sits in an output dir that
+# other people and tools may write to. A frame is `<Q header length><Q body length>`, a JSON
+# header (key, signature, SourceInfo, hash, reason, output names and sizes), then the encoded
+# outputs back to back.
+SPILL_MAGIC = b"xray_tfdata spill 2\n"
+_FRAME = struct.Struct("<QQ")
 
 
 @dataclasses.dataclass(frozen=True)
 class SpillEntry:
     """Where one source's result sits in the spill, plus the small facts planning needs."""
 
-    offset: int
+    offset: int  # of the frame's body (its encoded outputs)
     length: int
     key: str
     signature: tuple[int, int]
@@ -48,61 +148,97 @@ class SpillEntry:
     reason: str
 
 
+def _header(item: Any) -> bytes:
+    info = None if item.info is None else dataclasses.asdict(item.info)
+    return json.dumps({"key": item.key, "signature": list(item.signature), "info": info,
+                       "phash": item.phash, "reason": item.reason,
+                       "outputs": [[name, len(data)] for name, data in item.outputs]},
+                      sort_keys=True).encode("utf-8")
+
+
+def _entry(header: bytes, offset: int, length: int) -> SpillEntry:
+    """Raises ValueError/TypeError/KeyError on anything but a header _header wrote."""
+    h = json.loads(header.decode("utf-8"))
+    names = tuple(str(name) for name, _ in h["outputs"])
+    sizes = tuple(int(size) for _, size in h["outputs"])
+    if sum(sizes) != length or not isinstance(h["key"], str):
+        raise ValueError("frame sizes disagree")
+    info = h["info"]
+    if info is not None:
+        info = image_io.SourceInfo(**{**info, "tags": tuple(tuple(t) for t in info["tags"])})
+    return SpillEntry(offset, length, h["key"], tuple(int(v) for v in h["signature"]), names,
+                      sizes, info, int(h["phash"]), str(h["reason"]))
+
+
 class Spill:
-    """Frames of `8-byte little-endian length + pickle` appended to one file.
+    """Frames (see SPILL_MAGIC) appended to one file by the one process holding the build lock.
 
     Opening an existing spill indexes its complete frames and cuts off a torn last frame (a kill
     mid-append), so a resumed run reuses everything that was fully written. Later frames for the
-    same key win. The file is private to one output dir and written only by this process, so
-    unpickling it is safe.
+    same key win. A file that does not start with SPILL_MAGIC (an older converter's pickles, or
+    something planted) is never parsed: it is discarded with a warning and the sources are
+    decoded again. Offsets are counted by this object, never read from an append handle's tell().
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.index: dict[str, SpillEntry] = {}
         self.path.touch()
-        with open(self.path, "rb") as f:
-            good = 0
-            while True:
-                header = f.read(8)
-                if len(header) < 8:
-                    break
-                (length,) = struct.unpack("<Q", header)
-                payload = f.read(length)
-                if len(payload) < length:
-                    break
-                try:
-                    item = pickle.loads(payload)
-                except Exception:  # noqa: BLE001 - any torn/garbled frame ends the usable log
-                    break
-                self.index[item.key] = self._entry(item, good + 8, length)
-                good += 8 + length
-        if good != self.path.stat().st_size:
-            os.truncate(self.path, good)
-        self._file = open(self.path, "ab")
+        self._file = open(self.path, "r+b")
+        self._end = self._scan()
+        self._file.truncate(self._end)
         self._reader = open(self.path, "rb")
 
-    @staticmethod
-    def _entry(item: Any, offset: int, length: int) -> SpillEntry:
-        return SpillEntry(offset, length, item.key, tuple(item.signature),
-                          tuple(name for name, _ in item.outputs),
-                          tuple(len(data) for _, data in item.outputs),
-                          item.info, item.phash, item.reason)
+    def _scan(self) -> int:
+        """Indexes the complete frames; returns where the next frame goes."""
+        f = self._file
+        magic = f.read(len(SPILL_MAGIC))
+        if magic != SPILL_MAGIC:
+            if magic:
+                logging.warning("Ignoring %s: not a spill this converter wrote (an older format "
+                                "or a foreign file); its sources are decoded again.", self.path)
+            f.seek(0)
+            f.truncate(0)
+            f.write(SPILL_MAGIC)
+            return len(SPILL_MAGIC)
+        good = len(SPILL_MAGIC)
+        while True:
+            lengths = f.read(_FRAME.size)
+            if len(lengths) < _FRAME.size:
+                return good
+            head_len, body_len = _FRAME.unpack(lengths)
+            header = f.read(min(head_len, 1 << 24))
+            if len(header) < head_len:
+                return good
+            body_offset = good + _FRAME.size + head_len
+            try:
+                entry = _entry(header, body_offset, body_len)
+            except (ValueError, TypeError, KeyError):  # a garbled frame ends the usable log
+                return good
+            if f.seek(body_len, os.SEEK_CUR) > os.fstat(f.fileno()).st_size:
+                return good  # torn body
+            self.index[entry.key] = entry
+            good = body_offset + body_len
 
     def append(self, item: Any) -> SpillEntry:
-        payload = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-        offset = self._file.tell() + 8
-        self._file.write(struct.pack("<Q", len(payload)) + payload)
+        header = _header(item)
+        body = b"".join(data for _, data in item.outputs)
+        self._file.seek(self._end)
+        self._file.write(_FRAME.pack(len(header), len(body)) + header + body)
         # Flushed to the OS per frame: a killed process loses nothing already appended.
         self._file.flush()
-        entry = self._entry(item, offset, len(payload))
-        self.index[item.key] = entry
+        entry = _entry(header, self._end + _FRAME.size + len(header), len(body))
+        self._end = entry.offset + entry.length
+        self.index[entry.key] = entry
         return entry
 
     def outputs(self, entry: SpillEntry) -> dict[str, bytes]:
         # No flush needed: append() flushes every frame, and it is the only writer.
         self._reader.seek(entry.offset)
-        return dict(pickle.loads(self._reader.read(entry.length)).outputs)
+        body = self._reader.read(entry.length)
+        ends = list(itertools.accumulate(entry.sizes))
+        return {name: body[end - size:end]
+                for name, size, end in zip(entry.augmentations, entry.sizes, ends)}
 
     def close(self) -> None:
         self._file.close()
@@ -135,7 +271,7 @@ def remove_outputs(out: Path) -> None:
     """--overwrite: deletes only what the converter writes (never a user's other files)."""
     for p in out.iterdir():
         if p.name == WORK_DIR and p.is_dir():
-            shutil.rmtree(p)
+            discard_work(out)  # not the lock: it is this build's, and must stay its inode
         elif (SHARD_RE.match(p.name) or is_tmp_name(p.name)
               or p.name in (manifest.MANIFEST_NAME, manifest.MANIFEST_NAME + ".tmp")):
             p.unlink()
@@ -149,12 +285,11 @@ def prepare_output_dir(out: Path, args: dict[str, Any], *, overwrite: bool,
       OutputDirError: out holds other files, or records built with different arguments (the
         message lists each differing argument).
     """
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output_dir={str(out)!r} exists and is not a directory.")
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         remove_outputs(out)
-    entries = sorted(p.name for p in out.iterdir())
+    entries = sorted(p.name for p in out.iterdir()
+                     if p.name != WORK_DIR or work_files(out))  # our lock alone is not content
     previous = _previous_args(out)
     if entries and previous is None and not overwrite:
         more = "..." if len(entries) > 5 else ""
@@ -185,7 +320,7 @@ def complete_manifest(out: Path, args: dict[str, Any],
         previous = manifest.read_manifest(out)
     except manifest.ManifestError:
         return None
-    if (out / WORK_DIR).exists() or diff_args(previous.get("args", {}), args, ignore):
+    if work_files(out) or diff_args(previous.get("args", {}), args, ignore):
         return None
     if not all(shard_intact(out, shard) for split in previous.get("splits", {}).values()
                for shard in split["shards"]):

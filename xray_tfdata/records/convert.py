@@ -15,6 +15,9 @@ pass, then a writing pass) would halve throughput. Instead:
      (stratified, by patient group when ids are given: shard_plan.assign_splits), dedupe,
      choose the augmented sources, cut shards by actual encoded bytes;
   3. write shards in plan order in the main process, reading the bytes back from the spill.
+Runners: steps 1 and 3 run locally (_LocalRunner: the pool, the spill) or, with --runner=beam, as
+Beam pipelines (beam_runner.py); step 2, the scan and the manifest are this module's either way,
+so both runners write byte-identical records.
 Resume: the spill survives a kill -9 (a torn last frame is cut off), so a rerun decodes only the
 sources not yet in it; complete shards recorded in `.build/shards.json` are kept. Output depends
 only on per-source results, never on worker count or order.
@@ -22,15 +25,17 @@ only on per-source results, never on worker count or order.
 
 from __future__ import annotations
 
+import collections
+import errno
 import hashlib
-import shutil
+import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 
-from xray_tfdata import __version__, labels
+from xray_tfdata import __version__, files, labels
 from xray_tfdata.records import (
     collect,
     conversion_state,
@@ -118,29 +123,73 @@ def _check_patient_overlap(files: Sequence[sources.SourceFile], config: Conversi
 # ---------------------------------------------------------------------------------------------
 # After the pass: rejects, duplicates, shard plan, writing, manifest.
 
+def _reason_counts(rejected: Sequence[dict[str, str]]) -> str:
+    """e.g. "100000 missing, 2 corrupt JPEG": each reason's kind, the text before ':' or '('."""
+    kinds = collections.Counter(r["reason"].split(":")[0].split("(")[0].strip()[:40]
+                                for r in rejected)
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(4)) + (
+        ", ..." if len(kinds) > 4 else "")
+
+
 def _check_rejects(rejected: list[dict[str, str]], total: int, usable: int,
                    config: ConversionConfig) -> None:
+    """Refuses a build with nothing usable or too many rejects; names where all are listed.
+
+    A refused build writes no manifest, so the full list goes to `.build/rejected.json` (kept
+    until the build completes) and the message gives counts by kind and the first few paths.
+    """
+    fraction = len(rejected) / max(total, 1)
+    refused = usable == 0 or fraction > config.max_reject_fraction
+    out = Path(config.output_dir)
+    # Nothing usable keeps nothing (see _build), so no list is promised then.
+    listing = (None if usable == 0 else conversion_state.rejected_path(out) if refused
+               else out / manifest.MANIFEST_NAME)
     for item in rejected[:20]:
         logging.warning("Rejected %s: %s", item["path"], item["reason"])
     if len(rejected) > 20:
-        logging.warning("... and %d more rejected files (the manifest lists all of them).",
-                        len(rejected) - 20)
+        logging.warning("... and %d more rejected files%s.", len(rejected) - 20,
+                        f" ({listing} lists all of them)" if listing else "")
+    if not refused:
+        return
+    if listing:  # kept beside the resumable spill until the build completes
+        files.write_json(listing, {"rejected": rejected})
+    where = f"; all are listed in {listing}" if listing else ""
     first = "; ".join(f"{r['path']}: {r['reason']}" for r in rejected[:3])
     if usable == 0:
         raise ConversionError(
             f"No usable images in data_dir={str(config.data_dir)!r}: {total} file(s) found, "
-            f"{len(rejected)} rejected ({first}). Check the folder holds JPEG/PNG/BMP/DICOM X-rays in "
-            "{train,val,test}/<CLASS>/ or <CLASS>/ folders, or that the --labels_csv paths are "
-            "relative to --data_dir."
+            f"{len(rejected)} rejected ({_reason_counts(rejected)}; e.g. {first}). Check the "
+            "folder holds JPEG/PNG/BMP/DICOM X-rays in {train,val,test}/<CLASS>/ or <CLASS>/ "
+            "folders, or that the --labels_csv paths are relative to --data_dir."
         )
-    fraction = len(rejected) / max(total, 1)
-    if fraction > config.max_reject_fraction:
-        raise ConversionError(
-            f"Rejected {len(rejected)} of {total} files ({fraction:.2%}), more than "
-            f"max_reject_fraction={config.max_reject_fraction} ({first}...). Fix or remove the "
-            "bad files (the log above lists up to 20), or accept the loss with "
-            f"--max_reject_fraction={min(1.0, round(fraction + 0.005, 3))}."
-        )
+    raise ConversionError(
+        f"Rejected {len(rejected)} of {total} files ({fraction:.2%}), more than "
+        f"max_reject_fraction={config.max_reject_fraction} ({_reason_counts(rejected)}; e.g. "
+        f"{first}{where}). Fix or remove the bad files, or "
+        f"accept the loss with --max_reject_fraction={min(1.0, round(fraction + 0.005, 3))}."
+    )
+
+
+def shard_records(examples: Sequence[shard_plan.PlannedExample], index: Mapping[str, SpillEntry],
+                  files: Mapping[str, sources.SourceFile], config: ConversionConfig,
+                  outputs: Callable[[SpillEntry], dict[str, bytes]]) -> Iterator[bytes]:
+    """One shard's serialized records, in plan order; `outputs` reads a source's encoded images.
+
+    Shared by every runner (the local spill, Beam's per-source files), so their shards match.
+    """
+    c = config
+    for e in examples:
+        entry, source = index[e.relpath], files[e.relpath]
+        info = entry.info
+        yield features.serialize(features.ExampleRecord(
+            encoded=outputs(entry)[e.augmentation], image_format=c.image_format,
+            height=c.image_size, width=c.image_size, channels=c.channels,
+            label=source.label, class_text=source.class_name, source_path=e.relpath,
+            source_sha256=info.sha256, source_width=info.width, source_height=info.height,
+            source_mode=info.mode, source_format=info.format, source_bytes=info.num_bytes,
+            augmentation=e.augmentation, source=source.source,
+            patient_hash=source.patient, metadata=source.metadata, tags=info.tags,
+        ))
 
 
 class _Shards:
@@ -164,21 +213,6 @@ class _Shards:
                           .encode("utf-8"))
         return digest.hexdigest()
 
-    def _records(self, examples: Sequence[shard_plan.PlannedExample]) -> Iterator[bytes]:
-        c = self.config
-        for e in examples:
-            entry, source = self.index[e.relpath], self.files[e.relpath]
-            info = entry.info
-            yield features.serialize(features.ExampleRecord(
-                encoded=self.spill.outputs(entry)[e.augmentation], image_format=c.image_format,
-                height=c.image_size, width=c.image_size, channels=c.channels,
-                label=source.label, class_text=source.class_name, source_path=e.relpath,
-                source_sha256=info.sha256, source_width=info.width, source_height=info.height,
-                source_mode=info.mode, source_format=info.format, source_bytes=info.num_bytes,
-                augmentation=e.augmentation, source=source.source,
-                patient_hash=source.patient, metadata=source.metadata, tags=info.tags,
-            ))
-
     def write(self, split: str, shards: list[list[shard_plan.PlannedExample]]) -> list[dict]:
         entries = []
         for i, examples in enumerate(shards):
@@ -187,8 +221,9 @@ class _Shards:
             if (known := self.journal.intact(name, fingerprint)) is not None:
                 entries.append(known)
                 continue
-            entry = shard_writer.write_shard(self.out / name, self._records(examples),
-                                             self.config.compression)
+            entry = shard_writer.write_shard(
+                self.out / name, shard_records(examples, self.index, self.files, self.config,
+                                               self.spill.outputs), self.config.compression)
             entries.append(entry)
             self.journal.record(name, fingerprint, entry)
             logging.info("Wrote %s: %d examples, %.1f MB", name, entry["num_examples"],
@@ -244,11 +279,46 @@ def _split_info(examples: Sequence[shard_plan.PlannedExample],
 
 
 def _write_all(out: Path, plans: dict[str, list], per_split: dict[str, list],
-               shards: _Shards) -> dict[str, Any]:
+               files: dict[str, sources.SourceFile],
+               write: Callable[[dict[str, list]], dict[str, list[dict]]]) -> dict[str, Any]:
     conversion_state.remove_stale_shards(out, {shard_writer.shard_name(s, i, len(p))
                                                for s, p in plans.items() for i in range(len(p))})
-    return {split: _split_info(per_split[split], shards.files, shards.write(split, plan))
-            for split, plan in plans.items()}
+    written = write(plans)
+    return {split: _split_info(per_split[split], files, written[split]) for split in plans}
+
+
+class _LocalRunner:
+    """The heavy phases on this machine: a process pool into the spill, shards from the spill.
+
+    Resumable after kill -9 (the spill and the shard journal). `--runner=beam` swaps in
+    beam_runner.BeamRunner, which has the same three methods.
+    """
+
+    def __init__(self, out: Path, config: ConversionConfig, progress: bool) -> None:
+        self.out, self.config, self.progress = out, config, progress
+        self.spill = Spill(out / conversion_state.WORK_DIR / "pass1.spill")
+
+    def decode(self, tasks: list[sources.Task]) -> tuple[dict[str, SpillEntry], float, int]:
+        return decode_pass.run_pass(tasks, self.spill, self.config.workers(),
+                                    self.config.settings(), self.progress)
+
+    def write(self, plans: dict[str, list], index: dict[str, SpillEntry],
+              files: dict[str, sources.SourceFile]) -> dict[str, list[dict]]:
+        shards = _Shards(self.out, index, self.spill, files, self.config)
+        return {split: shards.write(split, plan) for split, plan in plans.items()}
+
+    def close(self) -> None:
+        self.spill.close()
+
+
+def _runner_class(config: ConversionConfig) -> type:
+    """The runner of the decode pass and the shard writes; Beam is imported only when asked."""
+    if config.runner != "beam":
+        return _LocalRunner
+    from xray_tfdata.records import beam_runner  # noqa: PLC0415 - apache_beam only with the extra
+
+    beam_runner.import_beam()  # a missing extra fails here, before the output dir is touched
+    return beam_runner.BeamRunner
 
 
 def _plan(per_split: dict[str, list], config: ConversionConfig) -> dict[str, list]:
@@ -278,13 +348,22 @@ def _dedupe(usable: Sequence[sources.SourceFile], index: dict[str, SpillEntry],
     return duplicates, drops
 
 
+_WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "it is on a read-only file system",
+                 errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                 errno.ENOTDIR: "a part of its path is a file, not a directory"}
+
+
 def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, Any]:
     """Converts `config.data_dir` into shards + manifest in `config.output_dir`; returns the manifest.
 
+    One build per output dir at a time (conversion_state.build_lock); a second is refused.
+
     Raises:
       ValueError: a layout or labels-CSV error in a data_dir (found vs expected).
-      ConversionError: output_dir holds other data or records built with other arguments, too
-        many files were rejected, patients cross splits, or nothing usable was found.
+      ConversionError: output_dir holds other data or records built with other arguments, is
+        being built by another process, cannot be written (disk full, read-only), too many
+        files were rejected, patients cross splits, or nothing usable was found.
     """
     start = time.monotonic()
     out, args = Path(config.output_dir), config.manifest_args()
@@ -294,29 +373,56 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         logging.info("Records in %s are complete and match these arguments; nothing to do "
                      "(pass --overwrite to rebuild).", out)
         return done
+    runner_class = _runner_class(config)
     inputs = collect.scan(config.source_specs(), csv_columns=config.csv_columns,
                           label_map=config.label_map,
-                          key=patients.derive_key(config.seed, config.patient_key))
+                          key=patients.derive_key(config.seed, config.patient_key),
+                          rules=config.preset_rules())
     overlapping = _check_patient_overlap(inputs.files, config)
     try:
-        conversion_state.prepare_output_dir(out, args, overwrite=config.overwrite,
-                                            ignore=NOT_COMPARED)
+        # Held from before the output dir is touched until .build/ is gone.
+        with conversion_state.build_lock(out):
+            return _build(config, inputs, overlapping, progress, start, runner_class)
     except conversion_state.OutputDirError as err:
-        raise ConversionError(str(err)) from err
+        raise ConversionError(str(err)) from None
+    except OSError as err:
+        if err.errno not in _WRITE_ERRORS:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        raise ConversionError(
+            f"Cannot write to output_dir={str(out)!r}{where}: {_WRITE_ERRORS[err.errno]} "
+            f"({os.strerror(err.errno)}). Free space or fix the permissions, or choose another "
+            "--output_dir; rerunning the same command resumes what was written.") from None
+
+
+def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, progress: bool,
+           start: float, runner_class: type) -> dict[str, Any]:
+    """The build proper, under the output dir's lock: pass, plan, shards, manifest."""
+    out, args = Path(config.output_dir), config.manifest_args()
+    if not config.overwrite and (done := conversion_state.complete_manifest(out, args,
+                                                                            NOT_COMPARED)):
+        return done  # another build completed it while this one scanned
+    conversion_state.prepare_output_dir(out, args, overwrite=config.overwrite,
+                                        ignore=NOT_COMPARED)
 
     tasks = _plan_tasks(inputs.files, config)
     files = {f.relpath: f for f in inputs.files}
     logging.info("Found %d images in %s (%d other files); %d workers.", len(tasks),
                  config.data_dir, len(inputs.rejected), min(config.workers(), max(len(tasks), 1)))
-    spill = Spill(out / conversion_state.WORK_DIR / "pass1.spill")
+    runner = runner_class(out, config, progress)
     try:
-        index, rate, decoded = decode_pass.run_pass(tasks, spill, config.workers(),
-                                                    config.settings(), progress)
+        index, rate, decoded = runner.decode(tasks)
         rejected = sorted([{"path": p, "reason": r} for p, r in inputs.rejected]
                           + [{"path": k, "reason": e.reason} for k, e in index.items() if e.reason],
                           key=lambda r: r["path"])
         usable = [f for f in inputs.files if not index[f.relpath].reason]
-        _check_rejects(rejected, len(inputs.files) + len(inputs.rejected), len(usable), config)
+        try:
+            _check_rejects(rejected, len(inputs.files) + len(inputs.rejected), len(usable),
+                           config)
+        except ConversionError:
+            if not usable:  # nothing to resume; a corrected rerun (say, another --data_dir) is
+                conversion_state.discard_work(out)  # a new build, not one to refuse
+            raise
         # With patient ids, duplicate links join patients before the split: found once, here.
         links = (collect.find_links(usable, index, config.near_distance)
                  if any(f.patient for f in usable) else None)
@@ -324,10 +430,10 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         duplicates, drops = _dedupe(usable, index, split_of, links, config)
         per_split = _split_examples([f for f in usable if f.relpath not in drops], index,
                                     split_of, config)
-        splits_info = _write_all(out, _plan(per_split, config), per_split,
-                                 _Shards(out, index, spill, files, config))
+        splits_info = _write_all(out, _plan(per_split, config), per_split, files,
+                                 lambda plans: runner.write(plans, index, files))
     finally:
-        spill.close()
+        runner.close()
 
     result = {
         "format_version": features.FORMAT_VERSION,
@@ -335,7 +441,9 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         "args": args,
         "label_map": dict(labels.LABEL_MAP),
         "image": {"size": config.image_size, "channels": config.channels,
-                  "format": config.image_format, "resize_mode": config.resize_mode},
+                  "format": config.image_format, "resize_mode": config.resize_mode,
+                  # Only when set: a default build's manifest stays byte-identical.
+                  **({"intensity": config.intensity} if config.intensity != "none" else {})},
         "compression": config.compression,
         "splits": splits_info,
         "rejected": rejected,
@@ -346,8 +454,8 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
     if overlapping:
         result["patient_overlap"] = {"patients": overlapping, "mode": config.patient_overlap}
     manifest.write_manifest(out, result)
-    # Complete: the spill (about the records' size) goes.
-    shutil.rmtree(out / conversion_state.WORK_DIR)
+    # Complete: the spill (about the records' size) goes; build_lock removes .build/ itself.
+    conversion_state.discard_work(out)
     total_bytes = sum(s["bytes"] for info in splits_info.values() for s in info["shards"])
     logging.info(
         "Done in %.1f s: %s; %d rejected, %d dropped as duplicates; %d sources decoded at "

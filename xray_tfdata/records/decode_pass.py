@@ -1,8 +1,8 @@
 """The converter's one decode pass: every source read and encoded once, results appended to the spill.
 
 Runs in-process for one worker, else in a spawn-context pool whose workers import only
-sources.py (never TensorFlow). Sources already in the spill with an unchanged file signature are
-reused, which is how a killed conversion resumes. Output never depends on worker count or order.
+sources.py (never TensorFlow). Sources already in the spill with unchanged size, mtime and
+sha256 are reused, which is how a killed conversion resumes. Output never depends on worker count or order.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import cv2
 from absl import logging
 
-from xray_tfdata import console
+from xray_tfdata import console, files
 from xray_tfdata.records import sources
 from xray_tfdata.records.conversion_state import Spill, SpillEntry
 
@@ -64,6 +64,18 @@ def main_module_hidden() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
+def _unchanged(entry: SpillEntry, path: str) -> bool:
+    """Whether the spilled result still belongs to the file: same size, mtime and content.
+
+    Size and mtime alone miss a file rewritten in place with its mtime restored (a copy tool
+    keeping times, `touch -r`): the old pixels and sha256 would be kept for the new content.
+    The content hash costs one read of the file (no decode), and only on resume. A rejected
+    source has no hash and is tried again (rejects are few: --max_reject_fraction).
+    """
+    return (entry.info is not None and entry.signature == sources.file_signature(path)
+            and files.sha256_file(path) == entry.info.sha256)
+
+
 def run_pass(tasks: list[sources.Task], spill: Spill, workers: int,
              settings: sources.ProcessSettings, progress: bool
              ) -> tuple[dict[str, SpillEntry], float, int]:
@@ -71,8 +83,8 @@ def run_pass(tasks: list[sources.Task], spill: Spill, workers: int,
     reusable = {}
     for task in tasks:
         entry = spill.index.get(task.key)
-        if (entry is not None and (entry.reason or entry.augmentations == task.augmentations)
-                and entry.signature == sources.file_signature(task.path)):
+        if (entry is not None and entry.augmentations == task.augmentations
+                and _unchanged(entry, task.path)):
             reusable[task.key] = entry
     todo = [t for t in tasks if t.key not in reusable]
     if reusable:

@@ -9,8 +9,8 @@ sample (36 X-rays, 630 pairs, and 108 copies of them halved + JPEG q70, brighten
 80 % + PNG): a 64-bit dHash put distinct patients 3 bits apart while copies reached 5 (useless at
 Kaggle scale: tens of thousands of false pairs); this 256-bit pHash keeps distinct X-rays >= 78
 bits apart and copies <= 18. The default threshold, 32 bits, sits between with room both sides.
-All pairwise distances are computed with numpy on uint64 words in blocks: 6,432 items (about 20M
-pairs) take about a second. numpy + OpenCV only: hashing runs in converter workers.
+Near pairs come from a multi-index hash search (near_pairs.py): exactly the all-pairs answer
+without comparing every pair. numpy + OpenCV only: hashing runs in converter workers.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from xray_tfdata.records import near_pairs
+
 HASH_SIDE = 16  # low-frequency DCT block kept: 16x16 coefficients = 256 bits
 _THUMB = 64
 HASH_BITS = HASH_SIDE * HASH_SIDE
-_WORDS = HASH_BITS // 64
 DEFAULT_NEAR_DISTANCE = 32
 # Which copy survives --dedupe=drop: evaluation splits outrank training, so the test (then val)
 # copy is kept and the training copy dropped; unknown split names rank last.
 _SPLIT_RANK = {"test": 0, "val": 1, "train": 2}
-_BLOCK_ROWS = 256  # 256 x 6,432 x 4 uint64 xor = 53 MB per block
 
 
 def perceptual_hash(gray: np.ndarray) -> int:
@@ -117,7 +117,8 @@ def find_duplicates(
     exact.sort(key=lambda g: g["paths"][0])
 
     near = []
-    for i, j, dist in _close_pairs([it.phash for it in ordered], int(near_distance)):
+    words = near_pairs.hash_words([it.phash for it in ordered])
+    for i, j, dist in near_pairs.close_pairs(words, int(near_distance)):
         a, b = ordered[i], ordered[j]
         if a.sha256 == b.sha256:
             continue
@@ -128,41 +129,6 @@ def find_duplicates(
             "cross_split": a.split != b.split,
         })
     return {"exact": exact, "near": near}
-
-
-def _close_pairs(hashes: list[int], max_distance: int) -> list[tuple[int, int, int]]:
-    """All (i, j, distance) with i < j and hamming <= max_distance, in (i, j) order."""
-    n = len(hashes)
-    if n < 2:
-        return []
-    for h in hashes:
-        if not 0 <= h < 1 << HASH_BITS:
-            raise ValueError(f"phash must be a {HASH_BITS}-bit unsigned int. Received: {h!r}.")
-    # Each hash as _WORDS big-endian uint64 words: the popcount of the xor, summed over words.
-    values = np.array(
-        [[(h >> (64 * (_WORDS - 1 - w))) & 0xFFFFFFFFFFFFFFFF for w in range(_WORDS)]
-         for h in hashes],
-        dtype=np.uint64,
-    )
-    pairs: list[tuple[int, int, int]] = []
-    for start in range(0, n - 1, _BLOCK_ROWS):
-        rows = values[start:start + _BLOCK_ROWS]
-        # Compare each row only with later columns: the strict upper triangle.
-        dist = _popcount(rows[:, None, :] ^ values[None, start:, :]).sum(axis=-1, dtype=np.int32)
-        r, c = np.nonzero(dist <= max_distance)
-        keep = c > r
-        r, c = r[keep], c[keep]
-        d = dist[r, c]
-        pairs.extend(zip((r + start).tolist(), (c + start).tolist(), d.tolist()))
-    pairs.sort()
-    return pairs
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-        return np.bitwise_count(x)
-    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-    return table[x[..., None].view(np.uint8)].sum(axis=-1, dtype=np.uint8)
 
 
 def plan_drops(
@@ -215,7 +181,7 @@ def with_splits(duplicates: dict, split_of: dict[str, str]) -> dict:
     """`find_duplicates`' result with the splits (and cross_split flags) of `split_of`.
 
     Lets the converter find duplicates once, before splitting (their links keep patients
-    together), instead of a second O(n^2) pass after it. Order is by paths, so unchanged.
+    together), instead of a second near-pair search after it. Order is by paths, so unchanged.
     """
     def relabel(group: dict) -> dict:
         splits = [split_of[p] for p in group["paths"]]

@@ -21,7 +21,13 @@ Decisions:
 - No protected health information leaves this module: only the allow-listed TECHNICAL_TAGS are
   returned, rejection reasons are built from our own words plus exception type names (never
   pydicom's messages, which may quote element values), and pydicom's warnings and log records
-  (which can quote a malformed date or name) are silenced while a file is read.
+  (which can quote a malformed date or name) are silenced while a file is read. A tag's value
+  enters a reason only when it is one of DICOM's own defined terms or UIDs (a NumberOfFrames of
+  `Zyxwa^Qorbel` is "not a whole number", never quoted); any exception not foreseen here becomes
+  a "corrupt DICOM" reason with its type name, so one malformed file never stops a build.
+- Limits read from the header before pixels are decoded: max_pixels, the decoded bytes (rows x
+  columns x samples x bytes allocated x frames, image_format.DEFAULT_MAX_DECODED_BYTES), and
+  BitsAllocated 8, 16 or 32, a LUT's bit depth 1..16.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from xray_tfdata.records import image_format
 from xray_tfdata.records.image_format import ImageReadError, check_pixel_limit
 from xray_tfdata.records.resize import LUMA_BT601
 
@@ -48,6 +55,12 @@ TECHNICAL_TAGS: tuple[str, ...] = (
 EXTRA_HINT = "pip install -e '.[dicom]'"
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
+# Other defined terms of PhotometricInterpretation and Modality: only these are quoted in reasons.
+_OTHER_PHOTOMETRIC = ("PALETTE COLOR", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "HSV", "ARGB",
+                      "CMYK")
+_MODALITIES = ("AU", "CR", "CT", "DOC", "DX", "ECG", "KO", "MG", "MR", "NM", "OT", "PR", "PT",
+               "REG", "RF", "RTDOSE", "RTPLAN", "RTSTRUCT", "SEG", "SM", "SR", "US", "XA")
+_BITS_ALLOCATED = (8, 16, 32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,29 +74,67 @@ class DicomImage:
     tags: tuple[tuple[str, str], ...]  # (name, value) for each TECHNICAL_TAGS entry present
 
 
-def decode_dicom(data: bytes, *, max_pixels: int) -> DicomImage:
+def decode_dicom(data: bytes, *, max_pixels: int,
+                 max_decoded_bytes: int = image_format.DEFAULT_MAX_DECODED_BYTES) -> DicomImage:
     """Reads one DICOM Part 10 file (the whole file's bytes) into a DicomImage.
 
     Raises:
       ImageReadError: pydicom missing, unparsable, truncated, no pixel data, multi-frame,
-        compressed without an installed decoder, unsupported photometric interpretation, or more
-        than `max_pixels` pixels.
+        compressed without an installed decoder, unsupported photometric interpretation, more
+        than `max_pixels` pixels or `max_decoded_bytes` decoded, or malformed in any other way.
     """
     pydicom = _import_pydicom()
-    with _quiet(pydicom):
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data))
-        except Exception as err:  # noqa: BLE001 - InvalidDicomError, EOFError, struct.error...
-            raise ImageReadError(f"corrupt DICOM (cannot parse: {type(err).__name__})") from None
-        _check_image(ds)
-        check_pixel_limit(int(ds.Columns), int(ds.Rows), max_pixels)
-        _check_decoder(ds)
-        try:
-            pixels = ds.pixel_array
-        except Exception as err:  # noqa: BLE001 - each decoder plugin raises its own types
-            raise ImageReadError(
-                f"corrupt DICOM (pixel data cannot be decoded: {type(err).__name__})") from None
-        gray = _to_gray8(pixels, ds)
+    with _quiet(pydicom), _reasons_only():
+        return _decode(pydicom, data, max_pixels, max_decoded_bytes)
+
+
+def estimate_decoded_bytes(data: bytes) -> int:
+    """image_format.decoded_bytes of a DICOM file, from its header (pixels are not read).
+
+    Raises:
+      ImageReadError: pydicom missing, or a header without usable Rows, Columns, BitsAllocated.
+    """
+    pydicom = _import_pydicom()
+    with _quiet(pydicom), _reasons_only():
+        ds = _read(pydicom, data, stop_before_pixels=True)
+        for name in ("Rows", "Columns", "BitsAllocated"):
+            if ds.get(name) in (None, ""):
+                raise ImageReadError(f"corrupt DICOM (no {name})")
+        return _decoded_bytes(ds)
+
+
+@contextlib.contextmanager
+def _reasons_only():
+    """Any exception not foreseen below becomes an ImageReadError naming only its type: its text
+    may quote a tag's value (PHI), and one malformed file must never stop a build or a server."""
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the per-file boundary of every DICOM read
+        raise ImageReadError(
+            f"corrupt DICOM (malformed attributes: {type(err).__name__})") from None
+
+
+def _read(pydicom, data: bytes, stop_before_pixels: bool = False) -> Any:
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
+    except Exception as err:  # noqa: BLE001 - InvalidDicomError, EOFError, struct.error...
+        raise ImageReadError(f"corrupt DICOM (cannot parse: {type(err).__name__})") from None
+
+
+def _decode(pydicom, data: bytes, max_pixels: int, max_decoded_bytes: int) -> DicomImage:
+    ds = _read(pydicom, data)
+    _check_image(ds)
+    check_pixel_limit(_int(ds, "Columns"), _int(ds, "Rows"), max_pixels)
+    image_format.check_decoded_bytes(_decoded_bytes(ds), max_decoded_bytes)
+    _check_decoder(ds)
+    try:
+        pixels = ds.pixel_array
+    except Exception as err:  # noqa: BLE001 - each decoder plugin raises its own types
+        raise ImageReadError(
+            f"corrupt DICOM (pixel data cannot be decoded: {type(err).__name__})") from None
+    gray = _to_gray8(pixels, ds)
     return DicomImage(gray=gray, width=int(ds.Columns), height=int(ds.Rows),
                       mode=str(ds.PhotometricInterpretation), tags=technical_tags(ds))
 
@@ -133,6 +184,30 @@ def _quiet(pydicom):
         logger.propagate = propagate
 
 
+def _int(ds: Any, name: str, default: int | None = None) -> int:
+    """An integer attribute, or an ImageReadError naming the attribute (never its value)."""
+    value = ds.get(name, default)
+    if value in (None, "") and default is not None:
+        value = default
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ImageReadError(f"corrupt DICOM ({name} is not a whole number)") from None
+
+
+def _decoded_bytes(ds: Any) -> int:
+    return image_format.decoded_bytes(
+        _int(ds, "Columns"), _int(ds, "Rows"), _int(ds, "SamplesPerPixel", 1),
+        _int(ds, "BitsAllocated"), max(1, _int(ds, "NumberOfFrames", 1)))
+
+
+def _uid_name(uid: Any, fallback: str) -> str:
+    """A UID's registered name (pydicom's dictionary), else `fallback`: an unregistered value
+    could be any text."""
+    name = getattr(uid, "name", "")
+    return name if name and name != str(uid) else fallback
+
+
 def _check_image(ds: Any) -> None:
     """One single-frame image with usable pixel attributes, or an ImageReadError saying why not."""
     meta = getattr(ds, "file_meta", None)
@@ -140,7 +215,7 @@ def _check_image(ds: Any) -> None:
         raise ImageReadError("corrupt DICOM (no transfer syntax in the file meta information)")
     if "PixelData" not in ds:
         uid = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
-        sop = getattr(uid, "name", "") or "unknown SOP class"
+        sop = _uid_name(uid, "unknown SOP class")
         if len(ds) == 0:
             raise ImageReadError("truncated DICOM (the file ends inside its header)")
         # pydicom stops quietly at the end of a cut file, so a file of an image SOP class (or
@@ -148,24 +223,33 @@ def _check_image(ds: Any) -> None:
         if "Rows" in ds or "Columns" in ds or "Image Storage" in sop:
             raise ImageReadError(f"truncated DICOM ({sop} without pixel data: the file ends "
                                  "before its pixels)")
-        kind = ds.get("Modality", "") or "unknown modality"
+        kind = str(ds.get("Modality", ""))
+        kind = kind if kind in _MODALITIES else "unknown modality"
         raise ImageReadError(f"DICOM without pixel data ({kind}, {sop}): a report or "
                              "presentation state, not an image")
     for name in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation"):
         if ds.get(name) in (None, ""):
             raise ImageReadError(f"corrupt DICOM (no {name})")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int(ds, "NumberOfFrames", 1)
     if frames > 1:
         raise ImageReadError(f"multi-frame DICOM ({frames} frames): only single-image files "
                              "are converted")
+    allocated, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored")
+    if allocated not in _BITS_ALLOCATED:
+        raise ImageReadError(f"unsupported DICOM BitsAllocated {allocated} (allowed: "
+                             f"{', '.join(map(str, _BITS_ALLOCATED))})")
+    if not 1 <= stored <= allocated:
+        raise ImageReadError(f"corrupt DICOM (BitsStored {stored} outside 1..BitsAllocated "
+                             f"{allocated})")
     photometric = str(ds.PhotometricInterpretation)
     if photometric not in _MONOCHROME + _COLOUR:
-        raise ImageReadError(f"unsupported DICOM PhotometricInterpretation {photometric} "
+        named = photometric if photometric in _OTHER_PHOTOMETRIC else "(not a defined term)"
+        raise ImageReadError(f"unsupported DICOM PhotometricInterpretation {named} "
                              f"(allowed: {', '.join(_MONOCHROME + ('RGB', 'YBR_*'))})")
     transfer = ds.file_meta.get("TransferSyntaxUID")
     if transfer is not None and not transfer.is_compressed:
-        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
-                    * int(ds.BitsAllocated) + 7) // 8
+        expected = (_int(ds, "Rows") * _int(ds, "Columns") * _int(ds, "SamplesPerPixel", 1)
+                    * allocated + 7) // 8
         if len(ds.PixelData) < expected:
             raise ImageReadError(f"truncated DICOM (pixel data has {len(ds.PixelData)} of "
                                  f"{expected} bytes)")
@@ -181,10 +265,11 @@ def _check_decoder(ds: Any) -> None:
     try:
         decoder = get_decoder(transfer)
     except NotImplementedError:
-        raise ImageReadError(f"unsupported DICOM transfer syntax {transfer.name}") from None
+        raise ImageReadError("unsupported DICOM transfer syntax "
+                             f"{_uid_name(transfer, '(unregistered UID)')}") from None
     if not decoder.is_available:
         raise ImageReadError(
-            f"compressed DICOM ({transfer.name}) needs a decoder: {EXTRA_HINT} "
+            f"compressed DICOM ({_uid_name(transfer, 'unregistered UID')}) needs a decoder: {EXTRA_HINT} "
             "(installs pylibjpeg with its libjpeg, openjpeg and rle plugins)")
 
 
@@ -232,14 +317,12 @@ def _has_voi(ds: Any) -> bool:
 def _output_range(ds: Any) -> tuple[float, float]:
     """The range the display chain can output, which maps onto 0..255."""
     if ds.get("VOILUTSequence"):
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return 0.0, float(2 ** bits - 1)
+        return 0.0, float(2 ** _lut_bits(ds.VOILUTSequence[0], "VOI") - 1)
     # Windowing outputs the input range of the window function (pydicom's apply_windowing): the
     # Modality LUT's range, or BitsStored's range through the rescale. Without a VOI the same
     # range holds the (rescaled) values themselves.
     if ds.get("ModalityLUTSequence"):
-        bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
-        return 0.0, float(2 ** bits - 1)
+        return 0.0, float(2 ** _lut_bits(ds.ModalityLUTSequence[0], "Modality") - 1)
     bits = int(ds.BitsStored)
     if int(ds.get("PixelRepresentation", 0)) == 0:
         low, high = 0.0, float(2 ** bits - 1)
@@ -249,6 +332,17 @@ def _output_range(ds: Any) -> tuple[float, float]:
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     ends = sorted((low * slope + intercept, high * slope + intercept))
     return ends[0], ends[1]
+
+
+def _lut_bits(item: Any, kind: str) -> int:
+    """A LUT's entry bit depth (LUTDescriptor's third value): 1..16, as PS3.3 C.11 allows."""
+    try:
+        bits = int(item.get("LUTDescriptor")[2])
+    except (TypeError, ValueError, IndexError, OverflowError):
+        raise ImageReadError(f"corrupt DICOM ({kind} LUT without a bit depth)") from None
+    if not 1 <= bits <= 16:
+        raise ImageReadError(f"corrupt DICOM ({kind} LUT bit depth {bits}, allowed 1..16)")
+    return bits
 
 
 def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:

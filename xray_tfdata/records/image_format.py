@@ -14,12 +14,18 @@ Decisions:
   16-bit gray PNG "I;16" even though OpenCV expands them; JPEG mode from its frame header (SOF).
 - The pixel count is read from the header (JPEG SOF, PNG IHDR, BMP info header) so an oversized
   image is refused with a plain reason before a decoder allocates it.
+- What decoding will cost is bounded from the header too (`check_decode_cost`, shared by the
+  converter, `predict` and the web app): the decoded bytes (width x height x samples x bytes per
+  sample, times frames for DICOM) against DEFAULT_MAX_DECODED_BYTES, and a progressive JPEG's
+  scan count, since libjpeg passes over the whole image once per scan: a 267 KB file of 1,000
+  repeated scans at 36 Mpixel took 45-95 s of CPU to decode.
 - EXIF orientation (JPEG APP1 "Exif", PNG eXIf chunk) is read here; image_io applies it the way
   cv2.imread does, and serving/export.py mirrors the same parse in TensorFlow ops.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -27,7 +33,8 @@ ENCODED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP")
 SOURCE_FORMATS: tuple[str, ...] = ENCODED_FORMATS + ("DICOM",)
 # File name endings the scanner may hand to the converter; DICOM files often have none at all
 # (PACS exports), so `is_source_file` also accepts extension-less files with the DICM preamble.
-SOURCE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".dcm")
+# ".dicom": VinDr-CXR names its DICOM files so (the format is still read from the bytes).
+SOURCE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".dcm", ".dicom")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -51,6 +58,18 @@ EXIF_MAX_ENTRIES = 128  # IFD0 entries searched for the orientation tag (it sort
 # marker that far back cannot fake completeness: FF D9 never occurs inside entropy-coded data
 # (0xFF is stuffed), and libjpeg's own check catches a file cut after an embedded thumbnail.
 JPEG_EOI_WINDOW = 1 << 20
+# Decoded bytes per image (width x height x samples x bytes per sample x frames, from the header):
+# 512 MiB is 14x the largest chest detector's 16-bit image (4300 x 4300 x 2 = 37 MB) and holds a
+# 200 Mpixel gray image (the --max_pixels default) or a 108 Mpixel phone photo of a film (RGB).
+DEFAULT_MAX_DECODED_BYTES = 512 << 20
+# libjpeg passes over every block of the image once per scan (measured 1.2 ns per pixel and scan),
+# so a few KB of repeated scans cost minutes. Encoders write 6 (gray) to 24 (CMYK) scans with the
+# standard scripts; 64 leaves room for scan-optimising encoders. Pixels x scans is capped at
+# 2 G (10 scans of a 200 Mpixel image): at most ~2.5 s of decoding per image.
+MAX_JPEG_SCANS = 64
+MAX_JPEG_SCAN_PIXELS = 2_000_000_000
+# A marker inside entropy-coded data: 0xFF not followed by a stuffed 0x00, a restart marker or fill.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 class ImageReadError(Exception):
@@ -155,6 +174,12 @@ def _jpeg_segments(data: bytes):
 
 def jpeg_header(data: bytes) -> tuple[int, int, str]:
     """(width, height, mode) from the first SOF segment (baseline, progressive, lossless...)."""
+    width, height, components, _ = jpeg_frame(data)
+    return width, height, _JPEG_MODES.get(components, f"{components}ch")
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, components, sample precision in bits) from the first SOF segment."""
     for marker, start, _ in _jpeg_segments(data):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if start + 6 > len(data):
@@ -162,11 +187,37 @@ def jpeg_header(data: bytes) -> tuple[int, int, str]:
             height, width = struct.unpack(">HH", data[start + 1:start + 5])
             if width == 0 or height == 0:
                 break
-            components = data[start + 5]
-            return width, height, _JPEG_MODES.get(components, f"{components}ch")
+            return width, height, data[start + 5], data[start]
         if marker == 0xDA:  # start of scan before any frame header
             break
     raise ImageReadError("corrupt JPEG (no frame header)")
+
+
+def jpeg_scan_count(data: bytes) -> int:
+    """The number of scans (SOS markers) in a JPEG, walking segment lengths and skipping each
+    scan's entropy-coded data (embedded EXIF thumbnails, inside APP1, are not counted)."""
+    pos, scans = 2, 0
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        pos += 2 + length
+        if marker == 0xDA:
+            scans += 1
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                break
+            pos = found.start()
+    return scans
 
 
 def jpeg_has_eoi_near_end(data: bytes) -> bool:
@@ -261,6 +312,86 @@ def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
             f"{width}x{height} = {format_pixels(width * height)} is over the --max_pixels limit "
             f"of {format_pixels(max_pixels)} ({max_pixels} pixels); raise --max_pixels if the "
             "file is genuine")
+
+
+# --- decode cost --------------------------------------------------------------------------------
+
+# Samples per pixel the decoders produce for each PNG colour type (a palette expands to BGR).
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+
+
+def decoded_bytes(width: int, height: int, samples: int = 1, bits_per_sample: int = 8,
+                  frames: int = 1) -> int:
+    """The bytes a decoder allocates for an image, from header facts alone:
+    width x height x samples x bytes per sample (bits rounded up to whole bytes) x frames."""
+    return width * height * samples * ((bits_per_sample + 7) // 8) * frames
+
+
+def estimate_decoded_bytes(data: bytes) -> int:
+    """`decoded_bytes` of any source file's bytes (JPEG, PNG, BMP from their headers; DICOM
+    through pydicom, header only). What a caller sums to bound several images at once.
+
+    Raises:
+      ImageReadError: not an image, or a header too damaged to say.
+    """
+    fmt = sniff_format(data)
+    if fmt == "DICOM":
+        from xray_tfdata.records import dicom  # noqa: PLC0415 - pydicom only for DICOM
+
+        return dicom.estimate_decoded_bytes(data)
+    return _encoded_decoded_bytes(data, fmt)
+
+
+def _encoded_decoded_bytes(data: bytes, fmt: str) -> int:
+    try:
+        if fmt == "JPEG":
+            width, height, components, precision = jpeg_frame(data)
+            return decoded_bytes(width, height, components, precision)
+        if fmt == "PNG":
+            width, height, _ = png_header(data)
+            return decoded_bytes(width, height, _PNG_SAMPLES[data[25]], max(8, data[24]))
+        width, height = bmp_size(data)
+        (header,) = struct.unpack("<I", data[14:18])
+        bit_count = struct.unpack("<H", data[24:26] if header == 12 else data[28:30])[0]
+        return decoded_bytes(width, height, 4 if bit_count == 32 else 3)
+    except struct.error:
+        raise ImageReadError(f"corrupt {fmt} (header cut short)") from None
+
+
+def format_bytes(count: int) -> str:
+    """536870912 -> "512.0 MiB"."""
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if count >= 1 << shift:
+            return f"{count / (1 << shift):.1f} {unit}"
+    return f"{count} bytes"
+
+
+def check_decoded_bytes(count: int, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> None:
+    """Refuses an image whose decode would allocate more than `max_decoded_bytes`."""
+    if count > max_decoded_bytes:
+        raise ImageReadError(
+            f"decoding needs {format_bytes(count)}, over the limit of "
+            f"{format_bytes(max_decoded_bytes)} per image (refused before decoding)")
+
+
+def check_jpeg_scans(data: bytes, width: int, height: int) -> None:
+    """Refuses a JPEG whose scans would cost more than MAX_JPEG_SCANS / MAX_JPEG_SCAN_PIXELS."""
+    scans = jpeg_scan_count(data)
+    if scans > MAX_JPEG_SCANS or scans * width * height > MAX_JPEG_SCAN_PIXELS:
+        raise ImageReadError(
+            f"JPEG with {scans} scans refused before decoding: decoding costs one pass over the "
+            f"image per scan, and {scans} x {format_pixels(width * height)} is over the limit "
+            f"({MAX_JPEG_SCANS} scans, {format_pixels(MAX_JPEG_SCAN_PIXELS)} x scans)")
+
+
+def check_decode_cost(data: bytes, fmt: str,
+                      max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> None:
+    """The header-only cost checks every decoder of an encoded format runs first (the converter,
+    `predict`, the web app): decoded bytes, then a JPEG's scan count. After the pixel limit."""
+    check_decoded_bytes(_encoded_decoded_bytes(data, fmt), max_decoded_bytes)
+    if fmt == "JPEG":
+        width, height, _, _ = jpeg_frame(data)
+        check_jpeg_scans(data, width, height)
 
 
 def exif_orientation(data: bytes, fmt: str) -> int:

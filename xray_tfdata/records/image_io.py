@@ -31,7 +31,11 @@ Decisions:
   ones such as "extraneous bytes before marker" are tolerated). A PNG must have a well-formed
   chunk sequence ending in IEND, a BMP must be as long as its header says.
 - The pixel count is checked from the header before decoding (`max_pixels`), so an oversized
-  image gets a plain reason instead of OpenCV's assertion text or an out-of-memory worker.
+  image gets a plain reason instead of OpenCV's assertion text or an out-of-memory worker; so are
+  the decoded bytes and a JPEG's scan count (image_format.check_decode_cost).
+- `failure_reason` words any other exception a source raises (the converter's per-source
+  boundary): our words plus the exception's type name, never its text, which can quote a
+  malformed tag's value (a patient name in NumberOfFrames).
 """
 
 from __future__ import annotations
@@ -175,6 +179,7 @@ def _decode_jpeg(data: bytes, target_size: int, max_pixels: int
                              f"{image_format.JPEG_EOI_WINDOW >> 20} MiB)")
     width, height, mode = image_format.jpeg_header(data)
     image_format.check_pixel_limit(width, height, max_pixels)
+    image_format.check_decode_cost(data, "JPEG")  # decoded bytes, then the scan count
     orientation = image_format.exif_orientation(data, "JPEG")
     flags = cv2.IMREAD_GRAYSCALE
     for factor, reduced in _JPEG_REDUCED:
@@ -206,10 +211,12 @@ def _decode_png_bmp(data: bytes, fmt: str, max_pixels: int
         width, height, png_mode = image_format.png_header(data)
         image_format.check_pixel_limit(width, height, max_pixels)
         image_format.check_png_complete(data)
+        image_format.check_decode_cost(data, fmt)
     else:
         width, height = image_format.bmp_size(data)
         image_format.check_pixel_limit(width, height, max_pixels)
         image_format.check_bmp_complete(data)
+        image_format.check_decode_cost(data, fmt)
         png_mode = None
     with _codec_messages() as messages:
         decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -223,6 +230,18 @@ def _decode_png_bmp(data: bytes, fmt: str, max_pixels: int
         gray = apply_orientation(gray, image_format.exif_orientation(data, "PNG"))
     height, width = gray.shape[:2]
     return gray, width, height, mode
+
+
+def failure_reason(err: Exception) -> str:
+    """The manifest reason for an unexpected exception while processing one source: our own
+    words and the type name only (exception text may quote file contents, i.e. PHI)."""
+    if isinstance(err, ImageReadError):
+        return err.reason
+    if isinstance(err, OSError):
+        return f"unreadable: {type(err).__name__}"
+    if isinstance(err, MemoryError):
+        return "out of memory while decoding: MemoryError"
+    return f"decode error: {type(err).__name__} (the file is skipped)"
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import csv
 import functools
+import io
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -41,6 +42,23 @@ COLUMN_ROLES: tuple[str, ...] = ("path", "label", "split", "patient_id")
 REQUIRED_ROLES: tuple[str, ...] = ("path", "label")
 SPLIT_ALIASES = {"": "", "train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test"}
+
+
+class RowRejects:
+    """A label file's rejected rows: listed with their reason, counted by kind (`rejected_rows`).
+
+    Shared with the collection presets (preset_reader.py), so both report rejects alike."""
+
+    def __init__(self) -> None:
+        self.listed: list[tuple[str, str]] = []
+        self.kinds: collections.Counter[str] = collections.Counter()
+
+    def add(self, kind: str, key: str, reason: str) -> None:
+        self.kinds[kind] += 1
+        self.listed.append((key, reason))
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(self.kinds.items()))
 
 
 def parse_columns(text: str) -> dict[str, str]:
@@ -104,12 +122,21 @@ def _header_columns(header: list[str], columns: dict[str, str], explicit: set[st
     return present
 
 
+def _not_utf8(csv_path: str, err: UnicodeDecodeError) -> str:
+    """One line: the file, where the first non-UTF-8 byte is, the likely encoding, the fix."""
+    line = err.object[:err.start].count(b"\n") + 1
+    return (f"labels_csv={csv_path!r} is not UTF-8: byte 0x{err.object[err.start]:02x} on line "
+            f"{line} (byte {err.start}), as in Latin-1 / Windows-1252 (Excel's default). Re-save "
+            "it as UTF-8 (e.g. `iconv -f cp1252 -t utf-8 in.csv > out.csv`) and pass that file.")
+
+
 def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
                     key: bytes) -> ScanResult:
     """Lists a CSV collection's images (sorted by relpath), its rejects, and its label counts.
 
     Raises:
-      ValueError: the CSV or data_dir is missing, or a required column is absent.
+      ValueError: the CSV or data_dir is missing, not UTF-8 (the message names the first bad
+        byte's line and the fix), or a required column is absent.
     """
     root, csv_path = Path(spec.data_dir), spec.labels_csv
     if not root.is_dir():
@@ -121,12 +148,15 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
     explicit = {e.partition("=")[0].strip() for e in columns_text.split(",") if e.strip()}
     label_map = parse_label_map(label_map_text)
     files: list[SourceFile] = []
-    rejected: list[tuple[str, str]] = []
+    rejects = RowRejects()
     skipped: collections.Counter[str] = collections.Counter()
-    kinds: collections.Counter[str] = collections.Counter()  # rejects by kind
     ambiguous, rows, seen = 0, 0, {}
     name = os.path.basename(csv_path)
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    try:
+        text = Path(csv_path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(_not_utf8(csv_path, err)) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         present = _header_columns(list(reader.fieldnames or []), columns, explicit, csv_path)
         others = [c for c in (reader.fieldnames or []) if c not in present.values()]
@@ -138,14 +168,12 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
             relpath = PurePosixPath(raw_path)
             k = key_of(spec.name, relpath.as_posix())
             if not raw_path or relpath.is_absolute() or ".." in relpath.parts:
-                kinds["outside_data_dir"] += 1
-                rejected.append((k if raw_path else f"{name} line {line}",
-                                 f"path {raw_path!r} is empty or outside data_dir"))
+                rejects.add("outside_data_dir", k if raw_path else f"{name} line {line}",
+                            f"path {raw_path!r} is empty or outside data_dir")
                 continue
             if k in seen:
-                kinds["duplicate_row"] += 1
-                rejected.append((k, f"duplicate row in {name}: line {line} repeats line "
-                                    f"{seen[k]} (the first is used)"))
+                rejects.add("duplicate_row", k, f"duplicate row in {name}: line {line} repeats "
+                            f"line {seen[k]} (the first is used)")
                 continue
             seen[k] = line
             raw_label = cell("label")
@@ -156,18 +184,16 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
                 continue
             split_text = cell("split").lower()
             if split_text not in SPLIT_ALIASES:
-                kinds["unknown_split"] += 1
-                rejected.append((k, f"unknown split {split_text!r} in {name} line {line} "
-                                    "(allowed: train, val, test or empty)"))
+                rejects.add("unknown_split", k, f"unknown split {split_text!r} in {name} line "
+                            f"{line} (allowed: train, val, test or empty)")
                 continue
             path = root / relpath
             if not path.is_file():
-                kinds["missing_file"] += 1
-                rejected.append((k, f"missing: listed in {name} line {line}, no such file"))
+                rejects.add("missing_file", k,
+                            f"missing: listed in {name} line {line}, no such file")
                 continue
             if reason := unsupported_reason(path):
-                kinds["unsupported_extension"] += 1
-                rejected.append((k, reason))
+                rejects.add("unsupported_extension", k, reason)
                 continue
             extra = {c: row[c] for c in others if row.get(c)}
             files.append(SourceFile(
@@ -177,5 +203,5 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
     files.sort(key=lambda f: f.relpath)
     details = {"file": csv_path, "rows": rows, "columns": present,
                "skipped_labels": dict(sorted(skipped.items())), "ambiguous_rows": ambiguous,
-               "rejected_rows": dict(sorted(kinds.items()))}
-    return ScanResult(tuple(files), tuple(sorted(rejected)), "csv", (("labels_csv", details),))
+               "rejected_rows": rejects.counts()}
+    return ScanResult(tuple(files), tuple(sorted(rejects.listed)), "csv", (("labels_csv", details),))

@@ -26,9 +26,13 @@ Schema (format_version = features.FORMAT_VERSION):
                           closest, cross-split first), "near_pairs_total",
                  "near_cross_split_total", "near_pairs_listed",
                  "dropped": [{"path", "reason"}]},
-  "sources": {name: {"layout": "splits" | "classes" | "csv", "splits_given": [...],
+  "sources": {name: {"layout": "splits" | "classes" | "csv" | a preset name, "splits_given": [...],
               "labels_csv": {"file", "rows", "columns", "skipped_labels", "ambiguous_rows",
-                             "rejected_rows": {kind: n}}}}
+                             "rejected_rows": {kind: n}},
+              "preset": {"preset", "label_files", "rows", "skipped": {rule: n},
+                         "kept": {class: {split | "carved": n}}, "classes_unavailable",
+                         "rejected_rows", "skipped_findings", "skipped_views", "views",
+                         "uncertain", "not_read" (preset_reader.py)}}}
              (absent for a single unnamed train/test folder: such manifests stay as before),
   "patient_overlap": {"patients": n, "mode": "warn"} (only when the input crossed splits)
 }

@@ -22,7 +22,14 @@ from typing import Any
 import cv2
 
 from xray_tfdata import labels
-from xray_tfdata.records import dedupe, image_format, image_io, offline_augment
+from xray_tfdata.records import (
+    dedupe,
+    image_format,
+    image_io,
+    intensity,
+    offline_augment,
+    presets,
+)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = image_format.SOURCE_EXTENSIONS
 SOURCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -67,6 +74,7 @@ class SourceSpec:
     name: str
     data_dir: str
     labels_csv: str = ""
+    layout: str = ""  # a collection preset's name (presets.py), "" for folders / a labels CSV
 
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
@@ -91,28 +99,54 @@ def _named_entries(text: str, what: str) -> list[tuple[str, str]]:
     return out
 
 
-def parse_source_specs(data_dir: str, labels_csv: str = "") -> list[SourceSpec]:
-    """Parses --data_dir ('/a' or 'kaggle=/a,nih=/b') and --labels_csv (the same form).
+def parse_source_specs(data_dir: str, labels_csv: str = "", layout: str = "") -> list[SourceSpec]:
+    """Parses --data_dir ('/a' or 'kaggle=/a,nih=/b'), --labels_csv and --layout (the same form).
+
+    `layout` is a preset name (presets.py) or `folders` / `csv` (the default: a labels CSV when
+    given, else the folder layout), for every collection or as name=layout entries.
 
     Raises:
-      ValueError: an unnamed entry among several, a name used twice, or a labels CSV for a
-        collection that --data_dir does not name (the message says which).
+      ValueError: an unnamed entry among several, a name used twice, a labels CSV or layout for a
+        collection that --data_dir does not name, an unknown layout, or a preset given a labels
+        CSV as well (the message says which).
     """
     dirs = _named_entries(data_dir, "data_dir")
     if not dirs:
         raise ValueError("data_dir is empty")
-    csvs = dict(_named_entries(labels_csv, "labels_csv")) if str(labels_csv).strip() else {}
     names = [n for n, _ in dirs]
-    if "" in csvs and names != [""]:
+    csvs = _per_collection(labels_csv, "labels_csv", names)
+    # One unnamed layout (the default "folders", or e.g. two CheXpert downloads) is every
+    # collection's.
+    layouts = (dict.fromkeys(names, layout.strip()) if "=" not in str(layout)
+               else _per_collection(layout, "layout", names))
+    specs = []
+    for name, path in dirs:
+        chosen = layouts.get(name) or "folders"
+        if chosen not in presets.LAYOUTS:
+            raise ValueError(f"layout {chosen!r} is not one of {list(presets.LAYOUTS)}")
+        if chosen == "csv" and not csvs.get(name):
+            raise ValueError(f"layout csv needs a labels_csv for collection {name or path!r}")
+        if chosen in presets.PRESETS and csvs.get(name):
+            raise ValueError(f"layout {chosen} reads the collection's own label files: drop the "
+                             f"labels_csv of collection {name or path!r}")
+        specs.append(SourceSpec(name, path, csvs.get(name, ""),
+                                chosen if chosen in presets.PRESETS else ""))
+    return specs
+
+
+def _per_collection(text: str, what: str, names: list[str]) -> dict[str, str]:
+    """name -> value of a per-collection flag; an unnamed value goes to a single collection."""
+    values = dict(_named_entries(text, what)) if str(text).strip() else {}
+    if "" in values and names != [""]:
         if len(names) != 1:
-            raise ValueError("labels_csv must name its collection (name=file.csv) when "
+            raise ValueError(f"{what} must name its collection (name=value) when "
                              f"data_dir has several: {names}")
-        csvs = {names[0]: csvs.pop("")}
-    unknown = sorted(set(csvs) - set(names))
+        values = {names[0]: values.pop("")}
+    unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(f"labels_csv names {unknown}, which data_dir does not define "
+        raise ValueError(f"{what} names {unknown}, which data_dir does not define "
                          f"(data_dir names {names})")
-    return [SourceSpec(name, path, csvs.get(name, "")) for name, path in dirs]
+    return values
 
 
 def subdirs(folder: Path) -> dict[str, Path]:
@@ -289,6 +323,7 @@ class ProcessSettings:
     image_format: str
     jpeg_quality: int
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS
+    intensity: str = "none"  # records/intensity.INTENSITY_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,12 +360,19 @@ def process_source(task: Task, settings: ProcessSettings) -> Processed:
 
     Augmentations run on the resized gray image: the network only ever sees `image_size` pixels,
     so a 3x3 filter means the same thing for a 400 px and a 4000 px source, and it is ~80x cheaper.
+    Intensity normalisation runs before the resize, on the full image, as the serving signature
+    applies it to an upload; the perceptual hash stays that of the un-normalised image, so
+    deduplication does not depend on --intensity.
     """
     signature = file_signature(task.path)
+    normalised = settings.intensity != "none"
     try:
         # target_size lets libjpeg decode a large JPEG at 1/2 scale in the DCT domain (still >= 2x
         # the output side, so the area resize that follows sees enough pixels): ~1.7x faster decode.
-        gray, info = image_io.read_source(task.path, target_size=settings.image_size,
+        # Not with intensity normalisation: the serving signature equalises the FULL decode, and a
+        # half-scale image has a (slightly) different histogram.
+        gray, info = image_io.read_source(task.path,
+                                          target_size=0 if normalised else settings.image_size,
                                           max_pixels=settings.max_pixels)
         small = image_io.resize(gray, settings.image_size, settings.resize_mode)
         # The hash's own thumbnail is an area average, so hashing the (area-)resized output
@@ -338,18 +380,17 @@ def process_source(task: Task, settings: ProcessSettings) -> Processed:
         # (measured: 5.9 ms -> 0.3 ms per image). Padded outputs would hash their black borders,
         # so pad mode hashes the full-size image.
         phash = dedupe.perceptual_hash(small if settings.resize_mode == "stretch" else gray)
+        if normalised:
+            small = image_io.resize(intensity.normalise(gray, settings.intensity),
+                                    settings.image_size, settings.resize_mode)
         outputs = []
         for name in task.augmentations:
             image = small if name == "none" else offline_augment.parse_op(name)(small)
             image = image_io.to_channels(image, settings.channels)
             outputs.append((name, image_io.encode(image, settings.image_format,
                                                   settings.jpeg_quality)))
-    except image_io.ImageReadError as err:
-        return Processed(task.key, signature, reason=err.reason)
-    except (OSError, MemoryError) as err:
-        return Processed(task.key, signature, reason=f"unreadable: {type(err).__name__}")
-    except (cv2.error, ValueError) as err:  # an odd file OpenCV chokes on must not stop the run
-        return Processed(task.key, signature, reason=f"decode error: {type(err).__name__}: {err}")
+    except Exception as err:  # noqa: BLE001 - the per-source boundary: one file never stops a build
+        return Processed(task.key, signature, reason=image_io.failure_reason(err))
     return Processed(task.key, signature, info, phash, tuple(outputs))
 
 

@@ -10,8 +10,9 @@ rules and limits of records/image_format.py: a photo stored landscape with orien
 served portrait, exactly as the converter wrote it into the records), then a resize
 (area when shrinking, bilinear when only enlarging) to image_size x image_size ("stretch") or an
 aspect-preserving one centred on black ("pad"), rounded back to uint8 and repeated to the model's
-channel count. Serving needs TensorFlow only: no Keras, no xray_tfdata. The metadata (class names,
-image size, channels, resize mode) goes to <export_dir>/xray_tfdata.json.
+channel count. Records built with --intensity=equalize|clahe are normalised the same way before the
+resize (serving/intensity.py: OpenCV's algorithms in TF ops). Serving needs TensorFlow only: no Keras, no xray_tfdata. The metadata (class names,
+image size, channels, resize mode, intensity) goes to <export_dir>/xray_tfdata.json.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import tensorflow as tf
 from xray_tfdata import files
 from xray_tfdata.labels import CLASS_NAMES
 from xray_tfdata.records import image_format
+from xray_tfdata.records.intensity import INTENSITY_MODES
 from xray_tfdata.records.resize import LUMA_BT601, RESIZE_MODES
+from xray_tfdata.serving import intensity as intensity_ops
 
 METADATA_FILE = "xray_tfdata.json"
 SIGNATURE = "serving_default"
@@ -228,13 +231,15 @@ def resize_gray(gray: tf.Tensor, size: int, resize_mode: str) -> tf.Tensor:
     return tf.ensure_shape(out, [size, size, 1])
 
 
-def make_preprocess_fn(image_size: int, channels: int,
-                       resize_mode: str = "stretch") -> Callable[[tf.Tensor], tf.Tensor]:
+def make_preprocess_fn(image_size: int, channels: int, resize_mode: str = "stretch",
+                       intensity: str = "none") -> Callable[[tf.Tensor], tf.Tensor]:
     """Returns fn(image_bytes [N] string) -> images [N, image_size, image_size, channels] uint8."""
-    _check(image_size, channels, resize_mode)
+    _check(image_size, channels, resize_mode, intensity)
 
     def one(data: tf.Tensor) -> tf.Tensor:
-        image = resize_gray(decode_gray(data), image_size, resize_mode)
+        # As the converter: normalise the full-size gray image, then resize.
+        gray = intensity_ops.normalise(decode_gray(data), intensity)
+        image = resize_gray(gray, image_size, resize_mode)
         return tf.tile(image, [1, 1, channels]) if channels == 3 else image
 
     def preprocess(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -245,7 +250,7 @@ def make_preprocess_fn(image_size: int, channels: int,
     return preprocess
 
 
-def _check(image_size: int, channels: int, resize_mode: str) -> None:
+def _check(image_size: int, channels: int, resize_mode: str, intensity: str = "none") -> None:
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(
             f"image_size must be a positive integer. Received: image_size={image_size!r}")
@@ -256,15 +261,20 @@ def _check(image_size: int, channels: int, resize_mode: str) -> None:
             f"resize_mode must be one of {RESIZE_MODES}, the converter's --resize_mode. "
             f"Received: resize_mode={resize_mode!r}"
         )
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(
+            f"intensity must be one of {INTENSITY_MODES}, the converter's --intensity (the "
+            f"manifest's image.intensity). Received: intensity={intensity!r}")
 
 
 class _Server(tf.Module):
     """Holds the Keras model (so its variables are saved) and the serving function."""
 
-    def __init__(self, model: keras.Model, image_size: int, channels: int, resize_mode: str):
+    def __init__(self, model: keras.Model, image_size: int, channels: int, resize_mode: str,
+                 intensity: str):
         super().__init__(name="xray_tfdata_server")
         self.model = model
-        self._preprocess = make_preprocess_fn(image_size, channels, resize_mode)
+        self._preprocess = make_preprocess_fn(image_size, channels, resize_mode, intensity)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
     def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -275,17 +285,17 @@ class _Server(tf.Module):
 
 def export_serving(model: keras.Model, export_dir: str | os.PathLike, image_size: int,
                    channels: int, resize_mode: str = "stretch",
-                   extra_metadata: dict[str, Any] | None = None) -> str:
+                   extra_metadata: dict[str, Any] | None = None, intensity: str = "none") -> str:
     """Writes a SavedModel serving encoded image bytes; returns the export directory.
 
     The export is written to a temporary sibling and renamed into place, so a crash never leaves a
     half-written export behind; an existing export_dir is replaced.
 
     Raises:
-      ValueError: bad image_size / channels / resize_mode, or a model input shape that does not
-        match [image_size, image_size, channels].
+      ValueError: bad image_size / channels / resize_mode / intensity, or a model input shape
+        that does not match [image_size, image_size, channels].
     """
-    _check(image_size, channels, resize_mode)
+    _check(image_size, channels, resize_mode, intensity)
     expected = (image_size, image_size, channels)
     got = tuple(model.inputs[0].shape[1:])
     if got != expected:
@@ -295,13 +305,14 @@ def export_serving(model: keras.Model, export_dir: str | os.PathLike, image_size
         )
     export_dir = Path(export_dir)
     with files.atomic_dir(export_dir) as tmp_dir:
-        server = _Server(model, image_size, channels, resize_mode)
+        server = _Server(model, image_size, channels, resize_mode, intensity)
         tf.saved_model.save(server, str(tmp_dir), signatures={SIGNATURE: server.serve})
         metadata = {
             "class_names": list(CLASS_NAMES),
             "image_size": image_size,
             "channels": channels,
             "resize_mode": resize_mode,
+            "intensity": intensity,
             "model_name": model.name,
             "signature": SIGNATURE,
             "input": INPUT_KEY,

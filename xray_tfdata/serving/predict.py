@@ -56,8 +56,9 @@ def encoded_format(data: bytes) -> str | None:
 
 
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """`sniff` plus the header's width x height against `max_pixels`: a reason the bytes must not
-    reach the decoder (a decompression bomb among them), or None."""
+    """`sniff` plus the header's width x height against `max_pixels`, the decoded bytes and a
+    JPEG's scan count (records/image_format.check_decode_cost): a reason the bytes must not reach
+    the decoder (a decompression or scan bomb among them), or None."""
     try:
         fmt = image_format.sniff_encoded(data)
         width, height = image_format.header_size(data, fmt)
@@ -71,6 +72,10 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None
         # Worded for a client of the server, not with the converter's --max_pixels advice.
         return (f"decompression bomb refused: the header says {width} x {height} = "
                 f"{width * height:,} pixels, more than the {max_pixels:,} allowed")
+    try:  # the converter's own bounds: decoded bytes, a JPEG's scan count
+        image_format.check_decode_cost(data, fmt)
+    except image_format.ImageReadError as err:
+        return err.reason
     return None
 
 

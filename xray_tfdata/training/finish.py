@@ -69,7 +69,7 @@ def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
 
 
 def export_model(model: keras.Model, model_dir: Path, strategy: tf.distribute.Strategy, *,
-                 image_size: int, channels: int, resize_mode: str,
+                 image_size: int, channels: int, resize_mode: str, intensity: str = "none",
                  extra_metadata: dict[str, Any] | None = None) -> str | None:
     """Exports the serving SavedModel to <model_dir>/export via export.export_serving.
 
@@ -84,7 +84,8 @@ def export_model(model: keras.Model, model_dir: Path, strategy: tf.distribute.St
     if target.exists():
         shutil.rmtree(target)
     path = export.export_serving(model, str(target), image_size, channels,
-                                 resize_mode=resize_mode, extra_metadata=extra_metadata)
+                                 resize_mode=resize_mode, extra_metadata=extra_metadata,
+                                 intensity=intensity)
     if not chief:
         shutil.rmtree(target.parent, ignore_errors=True)
         return None

@@ -120,7 +120,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: setup.Re
     if config.export and progress.stop_reason != "nan_loss":
         export_dir = finish.export_model(
             parts.model, model_dir, strategy, image_size=data.image_size,
-            channels=data.channels, resize_mode=data.resize_mode,
+            channels=data.channels, resize_mode=data.resize_mode, intensity=data.intensity,
             extra_metadata=finish.calibration_metadata(config, record))
     summary = finish.summary(
         config, strategy, data, restored=restored, progress=progress, fingerprint=fingerprint,

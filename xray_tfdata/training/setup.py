@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from xray_tfdata import labels, models
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.inputs import pipeline
+from xray_tfdata.inputs import collection_select, pipeline
 from xray_tfdata.records import manifest as manifest_lib
 from xray_tfdata.training import checkpointing, distribute, finetune, steps
 from xray_tfdata.training.config import TrainConfig
@@ -37,6 +37,7 @@ class ResolvedData:
     resize_mode: str
     num_train: int
     steps_per_epoch: int
+    intensity: str = "none"  # the records' --intensity: the export applies it to uploads
 
 
 def resolve_data(config: TrainConfig) -> ResolvedData:
@@ -50,13 +51,15 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
     manifest_lib.require_splits(manifest, ["train"], config.records_dir, purpose="training")
     splits = manifest.get("splits", {})
     for split, field in (("train", "records_dir"), (config.val_split, "val_split")):
-        if split not in splits or not manifest_lib.num_examples(manifest, split):
+        if split not in splits or not collection_select.num_examples(
+                manifest, split, config.input.collections, config.input.exclude_collections):
             raise ConfigError(
                 field, config.records_dir if field == "records_dir" else split,
                 f"records with a non-empty {split!r} split (found: {sorted(splits)})",
                 "Rebuild the records with --val_fraction > 0, or pass --val_split=<split>.",
             )
-    num_train = manifest_lib.num_examples(manifest, "train")
+    num_train = collection_select.num_examples(manifest, "train", config.input.collections,
+                                               config.input.exclude_collections)
     steps_per_epoch = config.steps_per_epoch or num_train // config.global_batch_size
     if steps_per_epoch < 1:
         raise ConfigError("global_batch_size", config.global_batch_size,
@@ -64,7 +67,7 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
                           "Lower --global_batch_size or set --steps_per_epoch.")
     return ResolvedData(manifest=manifest, image_size=image_size, channels=channels,
                         resize_mode=image.get("resize_mode", "stretch"), num_train=num_train,
-                        steps_per_epoch=steps_per_epoch)
+                        steps_per_epoch=steps_per_epoch, intensity=image.get("intensity", "none"))
 
 
 def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.ndarray:
@@ -72,9 +75,11 @@ def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.nda
 
     Ones under balanced sampling: the batches already hold every class equally, and weighting
     them again would over-correct (the minority class counted n / n_c times twice)."""
-    if config.class_weights == "none" or config.input.sampling == "balanced":
+    if config.class_weights == "none" or config.input.sampling != "natural":
         return np.ones(labels.NUM_CLASSES, np.float32)
-    counts = np.asarray(manifest_lib.class_counts(manifest, "train"), np.float64)
+    counts = np.asarray(collection_select.class_counts(
+        manifest, "train", config.input.collections, config.input.exclude_collections),
+        np.float64)
     weights = np.where(counts > 0, counts.sum() / (labels.NUM_CLASSES * np.maximum(counts, 1)), 1.0)
     return weights.astype(np.float32)
 
@@ -203,7 +208,9 @@ def validation_dataset(config: TrainConfig, data: ResolvedData) -> tf.data.Datas
     return pipeline.build_dataset(config.records_dir, config.val_split, pipeline.InputConfig(
         global_batch_size=config.global_batch_size, image_size=data.image_size,
         channels=data.channels, training=False, augment=False,
-        cache="none" if config.input.cache == "none" else "memory", seed=config.seed))
+        cache="none" if config.input.cache == "none" else "memory", seed=config.seed,
+        collections=config.input.collections,
+        exclude_collections=config.input.exclude_collections))
 
 
 def step_factory(config: TrainConfig, strategy: tf.distribute.Strategy, parts: ModelParts,

@@ -21,7 +21,8 @@ import numpy as np
 class Explainer:
     """Grad-CAM overlays (PNG bytes, model resolution) for encoded images."""
 
-    def __init__(self, model: Any, image_size: int, channels: int, resize_mode: str) -> None:
+    def __init__(self, model: Any, image_size: int, channels: int, resize_mode: str,
+                 intensity: str = "none") -> None:
         from xray_tfdata.evaluation import gradcam  # noqa: PLC0415
         from xray_tfdata.serving import export  # noqa: PLC0415
 
@@ -29,7 +30,8 @@ class Explainer:
         self.cam = gradcam.GradCam(model)  # NoConvolutionError for a model without one
         self.layer = self.cam.layer_name
         self.image_size = image_size
-        self._preprocess = export.make_preprocess_fn(image_size, channels, resize_mode)
+        self._preprocess = export.make_preprocess_fn(image_size, channels, resize_mode,
+                                                     intensity)
         self._lock = threading.Lock()
 
     def overlays(self, images: Sequence[bytes]) -> list[bytes]:
@@ -55,6 +57,7 @@ def for_keras(model: Any, metadata: dict[str, Any]) -> Explainer | None:
 
     try:
         return Explainer(model, int(metadata["image_size"]), int(metadata["channels"]),
-                         metadata.get("resize_mode", "stretch"))
+                         metadata.get("resize_mode", "stretch"),
+                         metadata.get("intensity", "none"))
     except gradcam.NoConvolutionError:
         return None

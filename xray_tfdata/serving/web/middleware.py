@@ -14,7 +14,9 @@ from typing import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-log = logging.getLogger("xray_tfdata.serve")
+# Its own logger: server.plain_access_log gives it a plain "time message" stderr handler
+# instead of absl's "I1204 16:00:39.544398 1234 middleware.py:46]" prefix.
+access_log = logging.getLogger("xray_tfdata.serve.access")
 
 # No inline script or style anywhere, so the policy can forbid them; images come from the page
 # itself (the no-JS result embeds the upload as a data: URL, the JS one as a blob: URL).
@@ -43,8 +45,8 @@ class AccessLog:
         response = self.get_response(request)
         elapsed_ms = (time.perf_counter() - start) * 1000
         size = "stream" if response.streaming else f"{len(response.content)}B"
-        log.info("%s %s %d in=%dB out=%s %.1fms", request.method, request.path,
-                 response.status_code, _content_length(request), size, elapsed_ms)
+        access_log.info("%s %s %d in=%dB out=%s %.1fms", request.method, request.path,
+                        response.status_code, _content_length(request), size, elapsed_ms)
         return response
 
 

@@ -113,7 +113,8 @@ def _load_keras(path: Path, resize_mode: str) -> tuple[export.ServingModel, Any]
 
     model = inference.load_model(path)
     image_size, channels = inference.input_spec(model)
-    # Training exports the same weights beside best.keras: its resize mode (the records') and
+    # Training exports the same weights beside best.keras: its resize mode and intensity (the
+    # records') and
     # its note on calibration (temperature scaling is folded into both) hold for this file too.
     sibling = _sibling_metadata(path)
     extra = {"exported_from": str(path)}
@@ -123,7 +124,8 @@ def _load_keras(path: Path, resize_mode: str) -> tuple[export.ServingModel, Any]
     try:
         export_dir = export.export_serving(
             model, tmp / "export", image_size, channels,
-            resize_mode or sibling.get("resize_mode", "stretch"), extra_metadata=extra)
+            resize_mode or sibling.get("resize_mode", "stretch"), extra_metadata=extra,
+            intensity=sibling.get("intensity", "none"))
         # tf.saved_model.load restores the variables into memory: the files are not needed after.
         serving = export.load_serving(export_dir)
     finally:

@@ -14,12 +14,12 @@ import time
 from typing import Any
 
 from xray_tfdata import console
+from xray_tfdata.serving.web import guard
 from xray_tfdata.serving.web.settings import WebSettings, configure
 
-log = logging.getLogger("xray_tfdata.serve")
-
 # Bodies a little over the limit still reach Django and get its JSON 413; beyond this margin
-# waitress refuses them from the Content-Length header alone, without reading the body.
+# waitress refuses them from the Content-Length header alone, without reading the body (a JSON
+# 413 too: guard.JsonErrorTask).
 _BODY_MARGIN = 1 << 20
 
 
@@ -48,8 +48,27 @@ def waitress_options(cfg: WebSettings) -> dict[str, Any]:
         "outbuf_overflow": 2 * body_max,  # the no-JS page embeds the upload (base64, 4/3)
         "ident": "xray_tfdata",
         "expose_tracebacks": False,
-        "channel_timeout": 60,
+        "channel_timeout": 60,  # idle seconds; a slow sender is cut by cfg.request_timeout
+        "connection_limit": cfg.max_connections,
+        "cleanup_interval": guard.CLEANUP_SECONDS,  # how often the request deadline is checked
+        "asyncore_use_poll": True,  # select() stops at 1024 file descriptors
     }
+
+
+def plain_access_log(enabled: bool) -> None:
+    """The access log is the server's one routine output: on by default even when the command's
+    other logs are quiet (cli.run), off with --noaccess_log; plain lines on stderr,
+    "2026-12-04 16:00:39 GET /healthz 200 in=0B out=15B 1.2ms" (UTC), without absl's prefix."""
+    import sys  # noqa: PLC0415
+
+    access = logging.getLogger("xray_tfdata.serve.access")
+    access.setLevel(logging.INFO if enabled else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    access.handlers = [handler]
+    access.propagate = False  # not again through absl's handler on the root logger
 
 
 def create(cfg: WebSettings):
@@ -60,10 +79,9 @@ def create(cfg: WebSettings):
     from django.core.wsgi import get_wsgi_application  # noqa: PLC0415
 
     configure(cfg)
-    # The access log is the server's one routine output: on by default even when the command's
-    # other logs are quiet (cli.run), off with --noaccess_log.
-    log.setLevel(logging.INFO if cfg.access_log else logging.WARNING)
-    server = waitress.create_server(get_wsgi_application(), **waitress_options(cfg))
+    plain_access_log(cfg.access_log)
+    server = guard.guard(waitress.create_server(get_wsgi_application(), **waitress_options(cfg)),
+                         cfg.request_timeout, cfg.max_upload_bytes)
     try:
         from xray_tfdata.serving.web import model as model_lib  # noqa: PLC0415 - imports TF
 

@@ -11,6 +11,9 @@ service, and why:
 - SecurityMiddleware (nosniff, Referrer-Policy, Cross-Origin-Opener-Policy) and X-Frame-Options
   DENY; a Content-Security-Policy with no inline script (middleware.SecurityHeaders).
 - No database, no sessions, no auth, no admin: the app keeps no state but the loaded model.
+- Limits against what a network can send (README, "What bad input gets"): connections, the time
+  to send a request (guard.py), images per request, decoded bytes per image and per request
+  (intake.py, from the headers before decoding).
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # can claim 50000 x 50000, which a decoder would try to allocate (gigabytes) before failing.
 WEB_MAX_PIXELS = 40_000_000
 MAX_INSTANCES = 64  # images per request: bounds one request's decode memory
+# Files Django parses out of one multipart body before refusing it: above MAX_INSTANCES so the
+# refusal can say how many were sent, bounded so a body of tiny parts cannot cost a long parse.
+MAX_MULTIPART_FILES = 1000
+# Decoded bytes (width x height x channels x bytes per sample, x frames for a DICOM), read from
+# the headers before any decoding. One 4300 x 3500 16-bit grey DICOM is 30 MB, a 6000 x 6000
+# 16-bit RGB one 216 MB; 64 images of 8 MB fit one request.
+WEB_MAX_IMAGE_DECODED_MB = 256.0
+WEB_MAX_REQUEST_DECODED_MB = 512.0
+# Slow clients (issue 16, item 9): waitress's own limit is 100 connections, held for as long as
+# a client sends a byte a minute; here a request must arrive whole within REQUEST_TIMEOUT.
+MAX_CONNECTIONS = 500
+REQUEST_TIMEOUT = 60.0  # seconds; a 20 MiB upload needs ~3 Mbit/s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +77,19 @@ class WebSettings:
         "export/'s, else stretch.", allowed=("", *RESIZE_MODES))
     access_log: bool = setting(True, "One stderr line per request: method, route, status, bytes "
                                "in/out, ms (never a file name, header or image byte).")
+    max_connections: int = setting(
+        MAX_CONNECTIONS, "Open connections at once (at most 900); more wait in the listen "
+        "backlog until one closes.")
+    request_timeout: float = setting(
+        REQUEST_TIMEOUT, "Seconds a client has to send a whole request (head and body); a "
+        "slower one is disconnected, so trickling clients cannot hold every connection.")
+    max_image_decoded_mb: float = setting(
+        WEB_MAX_IMAGE_DECODED_MB, "Largest decoded image in MiB (width x height x channels x "
+        "bytes per sample, x frames for a DICOM), read from its header before decoding; a "
+        "larger one gets its own error, the rest of the batch is answered.")
+    max_request_decoded_mb: float = setting(
+        WEB_MAX_REQUEST_DECODED_MB, "Largest sum of the decoded sizes of one request's images "
+        "(MiB, from the headers, before decoding); a request over it gets 413.")
 
     def __post_init__(self) -> None:
         if not str(self.model_path):
@@ -81,6 +109,15 @@ class WebSettings:
         errors.in_range("max_upload_mb", self.max_upload_mb, 0.001, 1024.0,
                         allowed="a number of megabytes in (0, 1024]")
         errors.positive_int("max_pixels", self.max_pixels)
+        errors.in_range("max_connections", self.max_connections, 1, 900,
+                        allowed="an integer in [1, 900] (file descriptors are ~1024 a process)")
+        errors.in_range("request_timeout", self.request_timeout, 1.0, 3600.0,
+                        allowed="seconds in [1, 3600]")
+        errors.in_range("max_image_decoded_mb", self.max_image_decoded_mb, 1.0, 65536.0,
+                        allowed="megabytes in [1, 65536]")
+        per_image = self.max_image_decoded_mb
+        errors.in_range("max_request_decoded_mb", self.max_request_decoded_mb, per_image, 65536.0,
+                        allowed=f"megabytes in [--max_image_decoded_mb={per_image:g}, 65536]")
         if self.resize_mode:
             errors.one_of("resize_mode", self.resize_mode, RESIZE_MODES,
                           "Pass the converter's --resize_mode, or '' to take the export's.")
@@ -134,9 +171,11 @@ def django_settings(cfg: WebSettings) -> dict[str, Any]:
         "FILE_UPLOAD_HANDLERS": ["django.core.files.uploadhandler.MemoryFileUploadHandler"],
         "FILE_UPLOAD_MAX_MEMORY_SIZE": limit,
         "DATA_UPLOAD_MAX_MEMORY_SIZE": limit,
-        "DATA_UPLOAD_MAX_NUMBER_FILES": MAX_INSTANCES,
+        "DATA_UPLOAD_MAX_NUMBER_FILES": MAX_MULTIPART_FILES,
         "XRAY_MAX_UPLOAD_BYTES": limit,
         "XRAY_MAX_PIXELS": cfg.max_pixels,
+        "XRAY_MAX_IMAGE_DECODED_BYTES": int(cfg.max_image_decoded_mb * 1048576),
+        "XRAY_MAX_REQUEST_DECODED_BYTES": int(cfg.max_request_decoded_mb * 1048576),
         "SECURE_CONTENT_TYPE_NOSNIFF": True,
         "SECURE_REFERRER_POLICY": "same-origin",
         "SECURE_CROSS_ORIGIN_OPENER_POLICY": "same-origin",

@@ -1,8 +1,10 @@
 """The routes: the upload page, TF Serving's predict and model-status REST calls, /healthz.
 
 Every refusal is a JSON `{"error": "..."}` naming the problem (the page shows the same message),
-with 400 for bad input, 405 for a wrong method, 413 for a too-large body (middleware), 503
-while no model is loaded. The model and Django's settings are the only shared state.
+with 400 for bad input, 405 for a wrong method, 413 for a too-large body (middleware) or a
+request over its decoded-byte budget (intake), 503 while no model is loaded. In a batch, an
+image that cannot be read gets its own reason in "errors" and the rest are answered (intake).
+The model and Django's settings are the only shared state.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
 from xray_tfdata.serving import predict
-from xray_tfdata.serving.web import middleware, payloads
+from xray_tfdata.serving.web import intake, middleware, payloads
 from xray_tfdata.serving.web import model as model_lib
 from xray_tfdata.serving.web.settings import MAX_INSTANCES, WEB_DIR
 
@@ -52,17 +54,30 @@ def _loaded() -> model_lib.LoadedModel | None:
     return model_lib.current()
 
 
-def _predict(loaded: model_lib.LoadedModel, images: list[bytes]) -> list[dict]:
-    return predict.predict_bytes(loaded.serving, images, batch_size=MAX_INSTANCES,
-                                 max_pixels=settings.XRAY_MAX_PIXELS)
+def _predict(loaded: model_lib.LoadedModel,
+             images: list[bytes]) -> tuple[list[dict], list[bytes | None]]:
+    """Per image: a result ("probabilities" or "error") and the model input (None if refused).
+    Raises payloads.BadRequest (413) over the request's decoded-byte budget."""
+    return intake.predict_all(loaded.serving, images, max_pixels=settings.XRAY_MAX_PIXELS,
+                              max_image_bytes=settings.XRAY_MAX_IMAGE_DECODED_BYTES,
+                              max_request_bytes=settings.XRAY_MAX_REQUEST_DECODED_BYTES)
 
 
 def _files(request: HttpRequest):
     """request.FILES, with a malformed multipart body as a BadRequest naming the problem."""
+    from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent  # noqa: PLC0415
     from django.http.multipartparser import MultiPartParserError  # noqa: PLC0415
 
     try:
         return request.FILES
+    except TooManyFilesSent as err:
+        raise payloads.BadRequest(
+            f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES:,} files in one request; at "
+            f"most {MAX_INSTANCES} are allowed (split the batch)") from err
+    except TooManyFieldsSent as err:
+        raise payloads.BadRequest(
+            f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS:,} form fields in one request; "
+            f"send at most {MAX_INSTANCES} files and no other fields") from err
     except MultiPartParserError as err:
         raise payloads.BadRequest(f"malformed multipart/form-data ({err})") from err
 
@@ -105,21 +120,30 @@ def _images_and_labels(request: HttpRequest) -> tuple[list[bytes], list[str]]:
 
 def _answer(loaded: model_lib.LoadedModel, request: HttpRequest,
             explain: bool = False) -> JsonResponse:
+    """200 with a prediction per image; an image that cannot be read gets null there and its
+    reason in "errors" (same order), the rest answered. 400 when no image could be read."""
     try:
         images, labels = _images_and_labels(request)
+        results, inputs = _predict(loaded, images)
     except payloads.BadRequest as err:
         return error(err.message, err.status)
-    results = _predict(loaded, images)
-    reason = payloads.first_error(results, labels)
-    if reason:
-        return error(reason)
     names = list(loaded.class_names)
-    answer = {"predictions": [[r["probabilities"][n] for n in names] for r in results],
-              "classes": names}
+    reasons = [r.get("error") for r in results]
+    answer: dict[str, Any] = {
+        "predictions": [None if "error" in r else [r["probabilities"][n] for n in names]
+                        for r in results],
+        "classes": names}
+    if any(reasons):
+        answer["errors"] = reasons
+    if all(reasons):
+        return JsonResponse({"error": payloads.first_error(results, labels), **answer},
+                            status=400)
     if explain:
-        prepared = [predict.model_input(data, settings.XRAY_MAX_PIXELS)[0] for data in images]
-        answer["overlays"] = [base64.b64encode(png).decode("ascii")
-                              for png in loaded.explainer.overlays(prepared)]
+        good = [data for data in inputs if data is not None]
+        overlays = iter(loaded.explainer.overlays(good))
+        answer["overlays"] = [None if data is None else
+                              base64.b64encode(next(overlays)).decode("ascii")
+                              for data in inputs]
         answer["layer"] = loaded.explainer.layer
     return JsonResponse(answer)
 
@@ -186,12 +210,16 @@ def index(request: HttpRequest) -> HttpResponse:
     except payloads.BadRequest as err:
         return _page(request, 400, error=err.message)
     images = [upload.read() for upload in uploads]
+    try:
+        outcomes, inputs = _predict(loaded, images)
+    except payloads.BadRequest as err:
+        return _page(request, err.status, error=err.message)
     results = [_result_context(upload.name, data, result)
-               for upload, data, result in zip(uploads, images, _predict(loaded, images))]
+               for upload, data, result in zip(uploads, images, outcomes)]
     if loaded.explainer is not None:
-        good = [i for i, r in enumerate(results) if "error" not in r]
-        prepared = [predict.model_input(images[i], settings.XRAY_MAX_PIXELS)[0] for i in good]
-        for i, png in zip(good, loaded.explainer.overlays(prepared) if good else []):
+        good = [i for i, data in enumerate(inputs) if data is not None]
+        pngs = loaded.explainer.overlays([inputs[i] for i in good]) if good else []
+        for i, png in zip(good, pngs):
             results[i]["overlay_url"] = "data:image/png;base64," + base64.b64encode(png).decode()
     status = 400 if all("error" in r for r in results) else 200
     return _page(request, status, results=results)

@@ -81,20 +81,34 @@
     }
   }
 
+  // Picking files classifies them at once (change), so Classify (submit) must not send the same
+  // files again; and a newer batch (a new pick, a drop) stops an older one from adding cards.
+  let batch = 0;
+  let classified = null;  // the FileList last classified from the input
+
   async function classifyAll(files) {
+    const mine = ++batch;
     results.replaceChildren();
+    delete results.dataset.done;
     document.querySelectorAll("main > .error").forEach((node) => node.remove());
-    for (const file of files) await classify(file);  // one at a time: the order stays the files'
-    results.dataset.done = String(files.length);
+    for (const file of files) {  // one at a time: the order stays the files'
+      if (mine !== batch) return;
+      await classify(file);
+    }
+    if (mine === batch) results.dataset.done = String(files.length);
+  }
+
+  function classifyInput() {
+    if (!input.files.length || input.files === classified) return;
+    classified = input.files;
+    classifyAll(Array.from(input.files));
   }
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    if (input.files.length) classifyAll(Array.from(input.files));
+    classifyInput();
   });
-  input.addEventListener("change", () => {
-    if (input.files.length) classifyAll(Array.from(input.files));
-  });
+  input.addEventListener("change", classifyInput);
   ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (event) => {
     event.preventDefault();
     drop.classList.add("over");
