@@ -12,11 +12,9 @@ same metrics (95% bootstrap CIs). Writes metrics.json, report.txt and classifier
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app
 
-from xray_tfdata import cli
+from xray_tfdata import cli, paths
 from xray_tfdata.evaluation import classical
 
 cli.define_flags(classical.ClassicalConfig)
@@ -26,7 +24,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass settings as --flags.")
     config = cli.settings_from_flags(classical.ClassicalConfig)
-    if not Path(config.model_path).is_file():
+    if not paths.location(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} is not an existing .keras file. "
                              f"Train first and pass <model_dir>/best.keras.")
     from xray_tfdata.records.manifest import ManifestError

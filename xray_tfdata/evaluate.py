@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import app
 
-from xray_tfdata import cli, labels
+from xray_tfdata import cli, labels, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator
 
@@ -25,14 +25,12 @@ cli.define_flags(evaluator.EvalConfig)
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass settings as --flags.")
-    from pathlib import Path
-
     config = cli.settings_from_flags(evaluator.EvalConfig)
-    if not Path(config.model_path).is_file():
+    if not paths.location(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} does not exist. Train first, or "
                              f"pass the best.keras written under --model_dir.")
     for records_dir in config.records_dirs:
-        if not (Path(records_dir) / "dataset_info.json").is_file():
+        if not paths.join(records_dir, "dataset_info.json").is_file():
             raise app.UsageError(f"No records at {records_dir!r} (no dataset_info.json). Build "
                                  f"them with python -m xray_tfdata.build_records.")
     from xray_tfdata.evaluation import metrics, reference

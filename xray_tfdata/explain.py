@@ -10,11 +10,9 @@ mass in the outer 12.5% band, 0.4375 for uniform attention.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app
 
-from xray_tfdata import cli
+from xray_tfdata import cli, paths
 from xray_tfdata.evaluation import gradcam_report
 
 cli.define_flags(gradcam_report.ExplainConfig)
@@ -24,7 +22,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}. Pass settings as --flags.")
     config = cli.settings_from_flags(gradcam_report.ExplainConfig)
-    if not Path(config.model_path).is_file():
+    if not paths.location(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} does not exist. Train first, or "
                              f"pass the best.keras written under --model_dir.")
     from xray_tfdata.records.manifest import ManifestError

@@ -8,6 +8,11 @@ module:
 - `atomic_dir` for directories (the SavedModel export): the same, for a whole folder.
 `sha256_file` is the one way shards, models and exports are fingerprinted; `versions` and
 `usable_cpus` are the facts every result records about where it was made.
+
+Each takes a local path or a URL (paths.py). On a URL the temporary sibling is a URL too and the
+rename is the scheme's own (gfile rename: atomic on ram://, a server-side copy + delete on gs://,
+where a reader sees either no object or the whole one); libraries that write only local files
+(`model.save`, `joblib.dump`) write to a local temporary that is uploaded on success.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, Union
+
+from xray_tfdata import paths
+from xray_tfdata.paths import RemotePath
 
 # The distributions a result's numbers depend on; read from installed metadata, so asking costs
 # no TensorFlow import (3 s).
@@ -31,18 +39,21 @@ VERSIONED = ("xray_tfdata", "tensorflow", "keras", "numpy", "scikit-learn",
              "opencv-python-headless", "absl-py", "psutil", "matplotlib")
 
 
-def _tmp_sibling(path: Path) -> Path:
+Location = Union[Path, RemotePath]
+
+
+def _tmp_sibling(path: Location) -> Location:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+def write_atomic(path: paths.PathLike, data: bytes | str) -> Location:
     """Writes `data` to a temporary sibling, then renames it over `path`; returns the path."""
-    path = Path(path)
+    path = paths.location(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     try:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
+        paths.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -61,8 +72,8 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | os.PathLike, data: Any, *, nan_to_null: bool = False,
-               **dumps_kwargs: Any) -> Path:
+def write_json(path: paths.PathLike, data: Any, *, nan_to_null: bool = False,
+               **dumps_kwargs: Any) -> Location:
     """Atomic JSON: indented, sorted keys, trailing newline (reruns give identical bytes).
 
     With `nan_to_null`, NaN/inf become null and anything else non-JSON becomes its str().
@@ -77,10 +88,20 @@ def write_json(path: str | os.PathLike, data: Any, *, nan_to_null: bool = False,
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: paths.PathLike) -> Iterator[Path]:
     """Yields a temporary sibling of `path` (same suffix, so `model.save` accepts it) that is
-    renamed over `path` when the block completes, and removed if it raises."""
-    path = Path(path)
+    renamed over `path` when the block completes, and removed if it raises.
+
+    For a URL the yielded path is a local temporary file (or directory), uploaded to a temporary
+    sibling URL and renamed over `path` when the block completes.
+    """
+    path = paths.location(path)
+    if isinstance(path, RemotePath):
+        with tempfile.TemporaryDirectory(prefix="xray_tfdata-") as tmp:
+            local = Path(tmp) / path.name
+            yield local
+            _upload_over(local, path)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
@@ -91,11 +112,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
+def _upload_over(local: Path, path: RemotePath) -> None:
+    """Uploads a local file or tree to a temporary sibling of `path`, then renames it over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        paths.upload(local, tmp)
+        if local.is_dir() and path.exists():
+            paths.rmtree(path)  # a rename does not merge directories
+        paths.replace(tmp, path)
+    except BaseException:
+        paths.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: paths.PathLike) -> Iterator[Path]:
     """Yields a fresh temporary directory beside `path`; when the block completes it replaces
-    `path` (an older directory there is removed first), and on error it is deleted."""
-    path = Path(path)
+    `path` (an older directory there is removed first), and on error it is deleted.
+
+    For a URL the directory is a local temporary, uploaded beside `path` and renamed over it
+    (on object stores a directory rename is per object: readers should wait for the command).
+    """
+    path = paths.location(path)
+    if isinstance(path, RemotePath):
+        with tempfile.TemporaryDirectory(prefix="xray_tfdata-") as tmp:
+            yield Path(tmp)
+            _upload_over(Path(tmp), path)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -128,10 +172,11 @@ def write_error_message(err: OSError, what: str, fix: str) -> str:
     return f"Cannot write {what} {str(path)!r}: {reason}. {advice} ({fix})."
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: paths.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks (shards and models can be large)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    path = paths.location(path)
+    with (path.open("rb") if isinstance(path, RemotePath) else open(path, "rb")) as f:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()

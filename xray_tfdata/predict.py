@@ -15,11 +15,10 @@ import os
 # Quiet TensorFlow's C++ INFO/WARNING lines (a failed decode logs a rendezvous warning per batch);
 # the per-file error rows say what went wrong.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from pathlib import Path
 
 from absl import app
 
-from xray_tfdata import cli
+from xray_tfdata import cli, paths
 
 
 def main(argv: list[str]) -> None:
@@ -30,7 +29,7 @@ def main(argv: list[str]) -> None:
     if not image_paths:
         raise app.UsageError("No image files given; usage: python -m xray_tfdata.predict "
                              "--model_path=<export dir> file1.png [file2.jpg ...]")
-    if not (Path(config.model_path) / "saved_model.pb").is_file():
+    if not paths.join(config.model_path, "saved_model.pb").is_file():
         raise app.UsageError(
             f"--model_path={config.model_path} is not a SavedModel directory (no saved_model.pb); "
             "pass the export written by training, e.g. workspace/model/export.")

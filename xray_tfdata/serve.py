@@ -15,13 +15,12 @@ Django run by waitress; uploads stay in memory and are never logged. Research us
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 
-from xray_tfdata import cli  # noqa: E402
+from xray_tfdata import cli, paths  # noqa: E402
 
 
 def define_flags() -> None:
@@ -37,11 +36,11 @@ def main(argv: list[str]) -> None:
     from xray_tfdata.serving.web.settings import WebSettings  # noqa: PLC0415
 
     cfg = cli.settings_from_flags(WebSettings)
-    if not Path(cfg.model_path).exists():
+    path = paths.location(cfg.model_path)  # a gs:// export or best.keras is read through gfile
+    if not path.exists():
         raise app.UsageError(
             f"--model_path={cfg.model_path} does not exist; pass the export directory or the "
             "best.keras written by train (python -m xray_tfdata.train --model_dir=...).")
-    path = Path(cfg.model_path)
     if path.is_dir() and not (path / "saved_model.pb").is_file():
         raise app.UsageError(
             f"--model_path={cfg.model_path} is not a SavedModel directory (no saved_model.pb); "

@@ -13,12 +13,11 @@ Example:
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 from absl import app, flags
 
 from xray_tfdata import cli, files, models
+from xray_tfdata import paths as url_paths  # `paths` is the summary's in main()
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import calibration
 from xray_tfdata.records.manifest import ManifestError
@@ -41,11 +40,11 @@ def config_from_flags() -> train_config.TrainConfig:
     return cli.settings_from_flags(train_config.TrainConfig)
 
 
-def _remove_previous_run(model_dir: Path) -> None:
+def _remove_previous_run(model_dir: str) -> None:
     for name in _RUN_OUTPUTS:
-        path = model_dir / name
+        path = url_paths.join(model_dir, name)
         if path.is_dir():
-            shutil.rmtree(path)
+            url_paths.rmtree(path)
         elif path.exists():
             path.unlink()
 
@@ -81,7 +80,7 @@ def main(argv: list[str]) -> None:
         tf.config.experimental.enable_op_determinism()
     try:
         if FLAGS.overwrite and distribute.is_chief(strategy):
-            _remove_previous_run(Path(config.model_dir))
+            _remove_previous_run(config.model_dir)
         summary = loop.train(config, strategy, data=data)
     except run_spec.RunSpecMismatch as err:
         cli.fail(str(err))
@@ -103,7 +102,7 @@ def main(argv: list[str]) -> None:
         print(f"Calibrated on --val_split={config.val_split}: temperature "
               f"{cal['temperature']:.3f}, val ECE {cal['val_ece']:.3f} -> "
               f"{cal['val_ece_calibrated']:.3f}; best.keras and export/ return calibrated "
-              f"probabilities ({Path(config.model_dir) / 'calibration.json'}).")
+              f"probabilities ({url_paths.join(config.model_dir, 'calibration.json')}).")
     if summary["status"] == "nan_loss":
         cli.fail("Training stopped: the loss became NaN/inf (see the log above for the fix).")
 

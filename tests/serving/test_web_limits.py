@@ -62,7 +62,7 @@ def test_one_bad_file_costs_only_its_own_answer(client, loaded, caplog):
     np.testing.assert_allclose([body["predictions"][0], body["predictions"][3]], want, atol=1e-6)
     assert body["predictions"][1:3] == [None, None]
     assert body["errors"] == [None, "not an image (looks like text)",
-                              "cannot read this file (malformed or unsupported content)", None]
+                              "corrupt DICOM (NumberOfFrames is not a whole number)", None]
     assert page.status_code == 200 and page.content.decode().count('class="predicted"') == 2
     shown = answer.content.decode() + page.content.decode() + caplog.text
     assert "DOE^JANE" not in shown and "DOE" not in shown  # never the exception's text

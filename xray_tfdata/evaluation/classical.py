@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_tfdata import errors, files, labels
+from xray_tfdata import errors, files, labels, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import inference, metrics
 from xray_tfdata.layer_names import EMBEDDING_LAYER
@@ -124,10 +124,13 @@ class ClassicalConfig:
         parse_classifiers(self.classifiers)
         errors.positive_int("batch_size", self.batch_size)
         errors.non_negative_int("bootstrap", self.bootstrap)
+        for field in ("model_path", "records_dir", "output_dir"):
+            paths.check(field, getattr(self, field))  # a URL's scheme must be one TF knows
 
     @property
-    def resolved_output_dir(self) -> Path:
-        return Path(self.output_dir or Path(self.model_path).resolve().parent / "classical")
+    def resolved_output_dir(self) -> Path | paths.RemotePath:
+        return paths.location(self.output_dir
+                              or paths.location(self.model_path).resolve().parent / "classical")
 
 
 
@@ -233,9 +236,9 @@ class ClassifierBundle:
         return self.classifier.predict(embeddings).astype(np.int64)
 
 
-def record_path(path: str | os.PathLike) -> Path:
+def record_path(path: str | os.PathLike) -> Path | paths.RemotePath:
     """The JSON record saved beside a classifier file: `<name>.joblib.json`."""
-    return Path(f"{path}.json")
+    return paths.location(f"{path}.json")
 
 
 def save_classifier(path: str | os.PathLike, bundle: ClassifierBundle) -> Path:
@@ -243,7 +246,7 @@ def save_classifier(path: str | os.PathLike, bundle: ClassifierBundle) -> Path:
     import joblib
     import sklearn
 
-    path = Path(path)
+    path = paths.location(path)
     with files.atomic_path(path) as tmp:
         joblib.dump({"format": BUNDLE_FORMAT, "name": bundle.name, "classifier": bundle.classifier,
                      "identity": dataclasses.asdict(bundle.identity), "params": bundle.params,
@@ -278,14 +281,16 @@ def load_classifier(path: str | os.PathLike, model_path: str | os.PathLike) -> C
             f"{str(path)!r} has no readable record {record.name!r} beside it ({type(err).__name__}"
             f"), so it is not loaded (a joblib file runs code when loaded). Refit with python -m "
             "xray_tfdata.classical, which writes both.") from None
-    actual = files.sha256_file(path)
-    if actual != expected:
-        raise ValueError(
-            f"{str(path)!r} has sha256 {actual[:16]}..., but {record.name!r} records "
-            f"{expected[:16]}...: the file changed since it was saved, so it is not loaded (a "
-            "joblib file runs code when loaded). Refit with python -m xray_tfdata.classical.")
-    identity.check_model_file(model_path)
-    data = joblib.load(path)
+    # The bytes hashed are the bytes unpickled: a URL is downloaded once, then checked and loaded.
+    with paths.local_copy(path) as local:
+        actual = files.sha256_file(local)
+        if actual != expected:
+            raise ValueError(
+                f"{str(path)!r} has sha256 {actual[:16]}..., but {record.name!r} records "
+                f"{expected[:16]}...: the file changed since it was saved, so it is not loaded (a "
+                "joblib file runs code when loaded). Refit with python -m xray_tfdata.classical.")
+        identity.check_model_file(model_path)
+        data = joblib.load(local)
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{str(path)!r} is not a classifier saved by xray_tfdata.classical "
                          f"(format {BUNDLE_FORMAT}); refit with python -m xray_tfdata.classical.")
@@ -309,7 +314,7 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
     for name in classifiers:
         if name not in CLASSIFIERS:
             raise ValueError(f"Received: classifier={name!r}. Allowed: {', '.join(CLASSIFIERS)}.")
-    output_dir = Path(output_dir)
+    output_dir = paths.location(output_dir)
     model = inference.load_model(model_path)
     x_train, _, y_train = extract(model, records_dir, train_split, batch_size)
     x_eval, cnn_probs, y_eval = extract(model, records_dir, eval_split, batch_size)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import errors, files, labels
+from xray_tfdata import errors, files, labels, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
 from xray_tfdata.inputs import collection_select  # TF-free: flags are checked before TF loads
@@ -83,6 +83,8 @@ class EvalConfig:
 
     def __post_init__(self):
         errors.one_of("split", self.split, labels.SPLITS)
+        for field in ("model_path", "records_dir", "output_dir", "train_records_dir"):
+            paths.check(field, getattr(self, field))  # a URL's scheme must be one TF knows
         if not str(self.model_path).endswith(".keras"):
             raise ConfigError("model_path", self.model_path, "the .keras file training wrote",
                               "e.g. workspace/model/best.keras (an exported SavedModel is for "
@@ -121,15 +123,15 @@ class EvalConfig:
             return [self.resolved_output_dir]
         names: list[str] = []
         for d in dirs:
-            base = Path(d.rstrip("/")).name or "records"
+            base = paths.location(d.rstrip("/")).name or "records"
             names.append(base if base not in names else f"{base}_{len(names)}")
         return [self.resolved_output_dir / n for n in names]
 
     @property
     def resolved_output_dir(self) -> Path:
         if self.output_dir:
-            return Path(self.output_dir)
-        return Path(self.model_path).resolve().parent / "eval" / self.split
+            return paths.location(self.output_dir)
+        return paths.location(self.model_path).resolve().parent / "eval" / self.split
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_tfdata import errors, files, labels
+from xray_tfdata import errors, files, labels, paths
 from xray_tfdata.settings import setting
 
 EXPLAIN_FILE = "explain.json"
@@ -44,6 +44,8 @@ class ExplainConfig:
         errors.one_of("split", self.split, labels.SPLITS)
         errors.positive_int("per_class", self.per_class)
         errors.positive_int("batch_size", self.batch_size)
+        for field in ("model_path", "records_dir", "output_dir"):
+            paths.check(field, getattr(self, field))  # a URL's scheme must be one TF knows
         if not str(self.model_path).endswith(".keras"):
             raise errors.ConfigError("model_path", self.model_path, "a .keras file",
                                      "Pass the best.keras that training wrote.")
@@ -51,8 +53,8 @@ class ExplainConfig:
     @property
     def resolved_output_dir(self) -> Path:
         if self.output_dir:
-            return Path(self.output_dir)
-        return Path(self.model_path).resolve().parent / "explain" / self.split
+            return paths.location(self.output_dir)
+        return paths.location(self.model_path).resolve().parent / "explain" / self.split
 
 
 def explain(config: ExplainConfig) -> dict[str, Any]:

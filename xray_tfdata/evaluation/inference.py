@@ -8,13 +8,12 @@ TensorFlow is imported inside the functions, so `evaluate` checks its flags befo
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from xray_tfdata import console, labels
+from xray_tfdata import console, labels, paths
 from xray_tfdata.evaluation import metrics
 
 
@@ -23,13 +22,13 @@ def load_model(model_path: str | os.PathLike):
     import keras
 
     import xray_tfdata.models  # noqa: F401  (registers the package's custom layers for loading)
-    path = Path(model_path)
+    path = paths.location(model_path)  # Keras reads a URL through gfile itself
     if not path.is_file():
         raise FileNotFoundError(
             f"No model file at {str(path)!r}. Train first (python -m xray_tfdata.train "
             f"--model_dir=...), then pass --model_path=<model_dir>/best.keras.")
     try:
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(str(path), compile=False)
     except Exception as err:  # keras raises several types for a bad archive
         raise ValueError(f"Could not load Keras model {str(path)!r}: {err}. Pass a .keras file "
                          f"written by xray_tfdata.train (model.save).") from err

@@ -19,21 +19,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import labels
+from xray_tfdata import labels, paths
 from xray_tfdata.evaluation import calibration
 
 SUMMARY_FILE = "summary.json"
 
 
-def run_dir(model_path: str | Path) -> Path:
+def run_dir(model_path: str | Path) -> Path | paths.RemotePath:
     """The training run's directory: the model file's parent (best.keras sits in --model_dir)."""
-    return Path(model_path).resolve().parent
+    return paths.location(model_path).resolve().parent
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path | paths.RemotePath) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # a URL's errors are OSErrors too (paths.py)
         return None
 
 
@@ -47,8 +47,8 @@ def training_records_dir(model_path: str | Path, override: str = "") -> tuple[st
     if not recorded:
         return None, (f"no {SUMMARY_FILE} with the training records next to {model_path}; pass "
                       f"--train_records_dir=<the records the model was trained on>")
-    candidates = [Path(recorded)]
-    if not Path(recorded).is_absolute():
+    candidates = [paths.location(recorded)]
+    if not candidates[0].is_absolute():
         # summary.json stores the path as typed; try it from here and from the run's parent.
         candidates.append(run_dir(model_path).parent / recorded)
     for candidate in candidates:

@@ -38,6 +38,7 @@ from absl import logging
 from xray_tfdata import errors
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs import collection_select, decode, online_augment, sampling, service
+from xray_tfdata.paths import location
 from xray_tfdata.records import features, manifest
 from xray_tfdata.settings import setting
 
@@ -188,7 +189,7 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
 def _shard_table(records_dir, info: dict[str, Any], split: str) -> tuple[list[str], list[int]]:
     paths = manifest.split_files(records_dir, info, split)
     counts = [int(s["num_examples"]) for s in info["splits"][split]["shards"]]
-    missing = [p for p in paths if not os.path.isfile(p)]
+    missing = [p for p in paths if not location(p).is_file()]  # records_dir may be a URL
     if missing:
         raise manifest.ManifestError(
             f"{len(missing)} shard file(s) of split {split!r} listed in the manifest are missing, "

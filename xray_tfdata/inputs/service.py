@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 
 from absl import logging
 
-from xray_tfdata import errors
+from xray_tfdata import errors, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.settings import setting
 
@@ -172,6 +172,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         errors.one_of("role", self.role, ROLES)
+        paths.check("work_dir", self.work_dir)  # the journal may be a gs:// URL (gfile)
         # A worker may take any free port (0): it reports its address to the dispatcher itself.
         low = 0 if self.role == "worker" else 1
         errors.in_range("port", self.port, low, 65535,

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from typing import Any
 
-from xray_tfdata import errors, files
+from xray_tfdata import errors, files, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import (
     dedupe,
@@ -152,6 +152,7 @@ class ConversionConfig:
                               "Pass --data_dir=<the extracted Kaggle folder>.")
         if not str(self.output_dir):
             raise ConfigError("output_dir", self.output_dir, "a folder path")
+        paths.check("output_dir", self.output_dir)  # a URL's scheme must be one TF knows
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
             raise ConfigError("image_size", self.image_size, "an integer in [8, 4096]")
         errors.in_range("image_size", self.image_size, 8, 4096,
@@ -217,6 +218,10 @@ class ConversionConfig:
                        if field == "layout"
                        else "a path, or name=path entries separated by commas")
             raise ConfigError(field, getattr(self, field), allowed, f"Here: {err}.") from err
+        for spec in specs:
+            paths.check("data_dir", spec.data_dir)
+            if spec.labels_csv:
+                paths.check("labels_csv", spec.labels_csv)
         self._check_preset_rules()
         for field, parse in (("csv_columns", labels_csv.parse_columns),
                              ("label_map", labels_csv.parse_label_map)):

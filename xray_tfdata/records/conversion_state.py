@@ -7,6 +7,12 @@ is refused rather than mixed in), `pass1.spill` (every processed source, data on
 `shards.json` (the shard journal); `rejected.json` after a build refused for too many rejects. It
 is deleted once the manifest is written. The converter only ever deletes what it writes itself,
 never a user's other files. Nothing here is ever unpickled: all of it is JSON or raw bytes.
+
+An output dir may be a URL (paths.py: gs://, ram://, ...). Then `state.json`, `shards.json` and
+the shards live there as usual, but there is no lock (object stores have no flock: one build per
+output dir is the user's job), and the spill, which needs appends and random reads that object
+stores lack, is local scratch (`local_work_dir`): a resume on the same machine reuses it, one on
+another machine decodes the sources again but keeps every shard already uploaded.
 """
 
 from __future__ import annotations
@@ -16,23 +22,28 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import hashlib
 import itertools
 import json
 import os
 import shutil
 import socket
 import struct
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, Union
 
 from absl import logging
 
-from xray_tfdata import files
+from xray_tfdata import files, paths
+from xray_tfdata.paths import RemotePath
 from xray_tfdata.records import image_io, manifest
 from xray_tfdata.records.shard_writer import SHARD_RE, is_tmp_name
 
 WORK_DIR = ".build"  # the converter's resume state inside output_dir; removed when complete
 STATE_NAME = "state.json"
+SPILL_NAME = "pass1.spill"
+OutputDir = Union[Path, RemotePath]
 
 
 class OutputDirError(RuntimeError):
@@ -51,7 +62,7 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def build_lock(out: Path) -> Iterator[None]:
+def build_lock(out: OutputDir) -> Iterator[None]:
     """Holds an exclusive flock on `<out>/.build/lock` for the whole build.
 
     Two builds into one output dir would interleave their spills and shards (one run's pixels
@@ -61,9 +72,14 @@ def build_lock(out: Path) -> Iterator[None]:
     is per host on most network file systems: builds into one NFS dir from two machines are not
     excluded.
 
+    A URL output dir is not locked (see the module docstring).
+
     Raises:
       OutputDirError: out is not a directory, or another build holds the lock.
     """
+    if isinstance(out, RemotePath):
+        yield from _unlocked(out)
+        return
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output_dir={str(out)!r} exists and is not a directory; choose "
                              "a directory for --output_dir.")
@@ -104,19 +120,50 @@ def build_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def discard_work(out: Path) -> None:
+def _unlocked(out: RemotePath) -> Iterator[None]:
+    """build_lock's body for a URL: no lock, the same cleanup of what is not worth resuming."""
+    if out.is_file():
+        raise OutputDirError(f"output_dir={str(out)!r} exists and is not a directory; choose "
+                             "a directory for --output_dir.")
+    created = not out.exists()
+    try:
+        yield
+    finally:
+        if not work_files(out):
+            paths.rmtree(out / WORK_DIR, ignore_errors=True)
+            shutil.rmtree(local_work_dir(out), ignore_errors=True)
+            if created and out.is_dir() and not any(out.iterdir()):
+                paths.rmtree(out, ignore_errors=True)
+
+
+def local_work_dir(out: OutputDir) -> Path:
+    """Where the spill lives: `.build/` itself for a local output dir; for a URL, local scratch
+    named after the URL in the temp dir ($TMPDIR), so a rerun on this machine finds it."""
+    if isinstance(out, Path):
+        return out / WORK_DIR
+    key = hashlib.sha256(str(out).encode("utf-8")).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "xray_tfdata-build" / key
+
+
+def spill_path(out: OutputDir) -> Path:
+    return local_work_dir(out) / SPILL_NAME
+
+
+def discard_work(out: OutputDir) -> None:
     """Removes what a resume would use from .build/ (the lock file stays its holder's)."""
     work = out / WORK_DIR
     for name in work_files(out):
-        shutil.rmtree(work / name) if (work / name).is_dir() else (work / name).unlink()
+        paths.rmtree(work / name) if (work / name).is_dir() else (work / name).unlink()
+    if isinstance(out, RemotePath):
+        shutil.rmtree(local_work_dir(out), ignore_errors=True)
 
 
-def rejected_path(out: Path) -> Path:
+def rejected_path(out: OutputDir) -> Path:
     """Where a build refused for too many rejects lists them all (it writes no manifest)."""
     return out / WORK_DIR / "rejected.json"
 
 
-def work_files(out: Path) -> list[str]:
+def work_files(out: OutputDir) -> list[str]:
     """What a previous run left in .build/ to resume from (the lock file does not count)."""
     work = out / WORK_DIR
     return sorted(p.name for p in work.iterdir() if p.name != LOCK_NAME) if work.is_dir() else []
@@ -183,6 +230,7 @@ class Spill:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.index: dict[str, SpillEntry] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # local scratch of a URL output dir
         self.path.touch()
         self._file = open(self.path, "r+b")
         self._end = self._scan()
@@ -257,7 +305,7 @@ def diff_args(previous: dict[str, Any], current: dict[str, Any],
             for k in keys if previous.get(k) != current.get(k)]
 
 
-def _previous_args(out: Path) -> dict[str, Any] | None:
+def _previous_args(out: OutputDir) -> dict[str, Any] | None:
     for path in (out / WORK_DIR / STATE_NAME, manifest.manifest_path(out)):
         if path.is_file():
             try:
@@ -267,7 +315,7 @@ def _previous_args(out: Path) -> dict[str, Any] | None:
     return None
 
 
-def remove_outputs(out: Path) -> None:
+def remove_outputs(out: OutputDir) -> None:
     """--overwrite: deletes only what the converter writes (never a user's other files)."""
     for p in out.iterdir():
         if p.name == WORK_DIR and p.is_dir():
@@ -277,7 +325,7 @@ def remove_outputs(out: Path) -> None:
             p.unlink()
 
 
-def prepare_output_dir(out: Path, args: dict[str, Any], *, overwrite: bool,
+def prepare_output_dir(out: OutputDir, args: dict[str, Any], *, overwrite: bool,
                        ignore: Sequence[str] = ()) -> None:
     """Creates out, or checks it is empty or ours with the same args; records args for resume.
 
@@ -313,7 +361,7 @@ def prepare_output_dir(out: Path, args: dict[str, Any], *, overwrite: bool,
             p.unlink()
 
 
-def complete_manifest(out: Path, args: dict[str, Any],
+def complete_manifest(out: OutputDir, args: dict[str, Any],
                       ignore: Sequence[str] = ()) -> dict[str, Any] | None:
     """The existing manifest if built with `args` and every shard it lists is intact, else None."""
     try:
@@ -328,14 +376,14 @@ def complete_manifest(out: Path, args: dict[str, Any],
     return previous
 
 
-def shard_intact(out: Path, entry: dict[str, Any]) -> bool:
+def shard_intact(out: OutputDir, entry: dict[str, Any]) -> bool:
     """Whether the shard a manifest entry describes is on disk with its recorded size and sha256."""
     path = out / entry["file"]
     return (path.is_file() and path.stat().st_size == entry["bytes"]
             and files.sha256_file(path) == entry["sha256"])
 
 
-def remove_stale_shards(out: Path, planned: set[str]) -> None:
+def remove_stale_shards(out: OutputDir, planned: set[str]) -> None:
     """Deletes shard files of another plan (e.g. another shard count) so none linger beside ours."""
     for p in out.iterdir():
         if SHARD_RE.match(p.name) and p.name not in planned:
@@ -349,7 +397,7 @@ class ShardJournal:
     planned content (the fingerprint) is still what the plan wants.
     """
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: OutputDir) -> None:
         self.out = out
         self.path = out / WORK_DIR / "shards.json"
         self.entries: dict[str, Any] = (json.loads(self.path.read_text())

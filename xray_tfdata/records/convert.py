@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 
-from xray_tfdata import __version__, files, labels
+from xray_tfdata import __version__, files, labels, paths
 from xray_tfdata.records import (
     collect,
     conversion_state,
@@ -140,7 +140,7 @@ def _check_rejects(rejected: list[dict[str, str]], total: int, usable: int,
     """
     fraction = len(rejected) / max(total, 1)
     refused = usable == 0 or fraction > config.max_reject_fraction
-    out = Path(config.output_dir)
+    out = paths.location(config.output_dir)
     # Nothing usable keeps nothing (see _build), so no list is promised then.
     listing = (None if usable == 0 else conversion_state.rejected_path(out) if refused
                else out / manifest.MANIFEST_NAME)
@@ -296,7 +296,7 @@ class _LocalRunner:
 
     def __init__(self, out: Path, config: ConversionConfig, progress: bool) -> None:
         self.out, self.config, self.progress = out, config, progress
-        self.spill = Spill(out / conversion_state.WORK_DIR / "pass1.spill")
+        self.spill = Spill(conversion_state.spill_path(out))  # local scratch for a URL
 
     def decode(self, tasks: list[sources.Task]) -> tuple[dict[str, SpillEntry], float, int]:
         return decode_pass.run_pass(tasks, self.spill, self.config.workers(),
@@ -366,7 +366,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         files were rejected, patients cross splits, or nothing usable was found.
     """
     start = time.monotonic()
-    out, args = Path(config.output_dir), config.manifest_args()
+    out, args = paths.location(config.output_dir), config.manifest_args()
     done = (None if config.overwrite
             else conversion_state.complete_manifest(out, args, NOT_COMPARED))
     if done:
@@ -398,7 +398,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
 def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, progress: bool,
            start: float, runner_class: type) -> dict[str, Any]:
     """The build proper, under the output dir's lock: pass, plan, shards, manifest."""
-    out, args = Path(config.output_dir), config.manifest_args()
+    out, args = paths.location(config.output_dir), config.manifest_args()
     if not config.overwrite and (done := conversion_state.complete_manifest(out, args,
                                                                             NOT_COMPARED)):
         return done  # another build completed it while this one scanned

@@ -8,6 +8,7 @@ sha256 are reused, which is how a killed conversion resumes. Output never depend
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import multiprocessing
 import sys
@@ -17,14 +18,36 @@ from typing import Iterator, Sequence
 import cv2
 from absl import logging
 
-from xray_tfdata import console, files
+from xray_tfdata import console, files, paths
 from xray_tfdata.records import sources
 from xray_tfdata.records.conversion_state import Spill, SpillEntry
+
+
+# URL sources read ahead by the parent per window: bounds the bytes held for the pool.
+REMOTE_WINDOW = 256
+
+
+def _with_bytes(task: sources.Task) -> sources.Task:
+    """A URL source with its bytes and signature read here (see sources.Task); a local one as is.
+
+    An unreadable URL is passed on without bytes: the worker's read then fails and the source
+    becomes a reject with a reason, like an unreadable local file.
+    """
+    if not paths.is_url(task.path):
+        return task
+    location = paths.location(task.path)
+    try:
+        stat = location.stat()
+        return dataclasses.replace(task, data=location.read_bytes(),
+                                   signature=(stat.st_size, stat.st_mtime_ns))
+    except OSError:  # paths.py maps gfile's errors to OSError, as pathlib raises them
+        return task
 
 
 def _process(tasks: Sequence[sources.Task], workers: int, settings: sources.ProcessSettings
              ) -> Iterator[sources.Processed]:
     workers = min(workers, len(tasks))
+    remote = any(paths.is_url(t.path) for t in tasks)
     if workers <= 1:
         # In-process: no pickling, no pool start-up; same function, so same bytes. One OpenCV
         # thread, as in a pool worker, so --num_workers=1 really means one core.
@@ -32,7 +55,7 @@ def _process(tasks: Sequence[sources.Task], workers: int, settings: sources.Proc
         cv2.setNumThreads(1)
         try:
             for task in tasks:
-                yield sources.process_source(task, settings)
+                yield sources.process_source(_with_bytes(task), settings)
         finally:
             cv2.setNumThreads(threads)
         return
@@ -43,8 +66,11 @@ def _process(tasks: Sequence[sources.Task], workers: int, settings: sources.Proc
     work = functools.partial(sources.process_source, settings=settings)
     with main_module_hidden():
         pool = ctx.Pool(workers, initializer=sources.init_worker)
+    window = REMOTE_WINDOW if remote else len(tasks)
     with pool:
-        yield from pool.imap(work, tasks, chunksize=chunk)
+        for start in range(0, len(tasks), window):
+            batch = [_with_bytes(t) for t in tasks[start:start + window]]
+            yield from pool.imap(work, batch, chunksize=chunk)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,8 @@ import re
 import struct
 from pathlib import Path
 
+from xray_tfdata import paths
+
 ENCODED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP")
 SOURCE_FORMATS: tuple[str, ...] = ENCODED_FORMATS + ("DICOM",)
 # File name endings the scanner may hand to the converter; DICOM files often have none at all
@@ -90,13 +92,13 @@ def is_source_file(path: str | Path) -> bool:
     """Whether the scanner should hand `path` to the converter: a known extension, or no
     extension and the DICOM preamble (reads 132 bytes; unreadable files count as candidates so
     the converter reports them instead of skipping them silently)."""
-    path = Path(path)
+    path = paths.location(path)  # a URL (gs://, ram://) is read through its file system
     if path.suffix.lower() in SOURCE_EXTENSIONS:
         return True
     if path.suffix:
         return False
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             return is_dicom(f.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)))
     except OSError:
         return True

@@ -25,10 +25,10 @@ import csv
 import functools
 import io
 import json
-import os
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
-from xray_tfdata import labels
+from xray_tfdata import labels, paths
 from xray_tfdata.records import patients
 from xray_tfdata.records.sources import (
     ScanResult,
@@ -130,6 +130,15 @@ def _not_utf8(csv_path: str, err: UnicodeDecodeError) -> str:
             "it as UTF-8 (e.g. `iconv -f cp1252 -t utf-8 in.csv > out.csv`) and pass that file.")
 
 
+def _file_check(root: Path | paths.RemotePath) -> Callable[[Path | paths.RemotePath], bool]:
+    """`path.is_file()`, except under a URL: there every file is listed once, up front (one
+    request per row would take minutes on an object store)."""
+    if isinstance(root, Path):
+        return lambda path: path.is_file()
+    listed = root.files_under()
+    return lambda path: str(path) in listed
+
+
 def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
                     key: bytes) -> ScanResult:
     """Lists a CSV collection's images (sorted by relpath), its rejects, and its label counts.
@@ -138,12 +147,14 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
       ValueError: the CSV or data_dir is missing, not UTF-8 (the message names the first bad
         byte's line and the fix), or a required column is absent.
     """
-    root, csv_path = Path(spec.data_dir), spec.labels_csv
+    # Either may be a URL (paths.py): the CSV is read and data_dir listed through gfile.
+    root, csv_path = paths.location(spec.data_dir), spec.labels_csv
     if not root.is_dir():
         raise ValueError(f"data_dir={spec.data_dir!r} (the folder {csv_path}'s paths are "
                          "relative to) is not a directory.")
-    if not os.path.isfile(csv_path):
+    if not paths.location(csv_path).is_file():
         raise ValueError(f"labels_csv={csv_path!r} is not a file.")
+    is_file = _file_check(root)
     columns = parse_columns(columns_text)
     explicit = {e.partition("=")[0].strip() for e in columns_text.split(",") if e.strip()}
     label_map = parse_label_map(label_map_text)
@@ -151,9 +162,9 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
     rejects = RowRejects()
     skipped: collections.Counter[str] = collections.Counter()
     ambiguous, rows, seen = 0, 0, {}
-    name = os.path.basename(csv_path)
+    name = paths.location(csv_path).name
     try:
-        text = Path(csv_path).read_bytes().decode("utf-8-sig")
+        text = paths.location(csv_path).read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ValueError(_not_utf8(csv_path, err)) from None
     with io.StringIO(text, newline="") as f:
@@ -188,7 +199,7 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
                             f"{line} (allowed: train, val, test or empty)")
                 continue
             path = root / relpath
-            if not path.is_file():
+            if not is_file(path):
                 rejects.add("missing_file", k,
                             f"missing: listed in {name} line {line}, no such file")
                 continue

@@ -46,7 +46,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from xray_tfdata import files, labels
+from xray_tfdata import files, labels, paths
 from xray_tfdata.records import features
 
 MANIFEST_NAME = "dataset_info.json"
@@ -56,8 +56,8 @@ class ManifestError(ValueError):
     """The records directory is missing its manifest or does not match the request."""
 
 
-def manifest_path(records_dir: str | os.PathLike) -> Path:
-    return Path(records_dir) / MANIFEST_NAME
+def manifest_path(records_dir: paths.PathLike) -> Path | paths.RemotePath:
+    return paths.join(records_dir, MANIFEST_NAME)
 
 
 def write_manifest(records_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
@@ -125,7 +125,7 @@ def split_files(records_dir: str | os.PathLike, manifest: dict[str, Any], split:
             f"Split {split!r} is not in the records at {str(records_dir)!r}; "
             f"it has {sorted(splits)}."
         )
-    return [str(Path(records_dir) / shard["file"]) for shard in splits[split]["shards"]]
+    return [str(paths.join(records_dir, shard["file"])) for shard in splits[split]["shards"]]
 
 
 def require_splits(manifest: dict[str, Any], splits: Sequence[str],

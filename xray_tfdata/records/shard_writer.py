@@ -3,18 +3,23 @@
 A shard therefore either exists complete under its final name or not at all; a crash leaves at
 most a `.{name}.tmp-{pid}` file, which the converter deletes on the next run
 (`conversion_state.prepare_output_dir`). The resume state lives in `conversion_state`.
+
+A shard for a URL output dir is written and hashed locally exactly as above, then uploaded to a
+temporary name there and renamed (files.py), so its bytes and sha256 are the local ones.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import tensorflow as tf
 
-from xray_tfdata import files
+from xray_tfdata import files, paths
+from xray_tfdata.paths import RemotePath
 
 COMPRESSIONS: tuple[str, ...] = ("", "GZIP")
 TMP_MARKER = ".tmp-"
@@ -54,7 +59,13 @@ def write_shard(
         raise ValueError(
             f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}."
         )
-    path = Path(path)
+    path = paths.location(path)
+    if isinstance(path, RemotePath):
+        with tempfile.TemporaryDirectory(prefix="xray_tfdata-shard-") as tmp:
+            entry = write_shard(Path(tmp) / path.name, records, compression)
+            with files.atomic_path(path) as local:
+                os.replace(Path(tmp) / path.name, local)
+        return entry
     tmp = path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}")
     count = 0
     try:

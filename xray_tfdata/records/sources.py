@@ -21,7 +21,7 @@ from typing import Any
 
 import cv2
 
-from xray_tfdata import labels
+from xray_tfdata import labels, paths
 from xray_tfdata.records import (
     dedupe,
     image_format,
@@ -193,7 +193,7 @@ def unsupported_reason(entry: Path) -> str:
 
 
 def _root_or_raise(data_dir: str | os.PathLike) -> Path:
-    root = Path(data_dir)
+    root = paths.location(data_dir)  # a URL is listed through its file system (paths.py)
     if not root.is_dir():
         raise ValueError(
             f"data_dir={str(data_dir)!r} is not a directory. Download the Kaggle set with "
@@ -333,6 +333,10 @@ class Task:
     key: str  # relpath
     path: str
     augmentations: tuple[str, ...]
+    # A URL source's bytes and signature, read by the parent (decode_pass): workers never
+    # import TensorFlow (gfile), and a ram:// file exists only in the parent's memory.
+    data: bytes | None = None
+    signature: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,7 +353,8 @@ class Processed:
 
 def file_signature(path: str) -> tuple[int, int]:
     try:
-        st = os.stat(path)
+        # A URL (parent process only: see Task) is stat'ed through its file system.
+        st = paths.location(path).stat() if paths.is_url(path) else os.stat(path)
     except OSError:
         return (-1, -1)
     return (st.st_size, st.st_mtime_ns)
@@ -364,16 +369,19 @@ def process_source(task: Task, settings: ProcessSettings) -> Processed:
     applies it to an upload; the perceptual hash stays that of the un-normalised image, so
     deduplication does not depend on --intensity.
     """
-    signature = file_signature(task.path)
+    signature = task.signature or file_signature(task.path)
     normalised = settings.intensity != "none"
     try:
         # target_size lets libjpeg decode a large JPEG at 1/2 scale in the DCT domain (still >= 2x
         # the output side, so the area resize that follows sees enough pixels): ~1.7x faster decode.
         # Not with intensity normalisation: the serving signature equalises the FULL decode, and a
         # half-scale image has a (slightly) different histogram.
-        gray, info = image_io.read_source(task.path,
-                                          target_size=0 if normalised else settings.image_size,
-                                          max_pixels=settings.max_pixels)
+        target_size = 0 if normalised else settings.image_size
+        gray, info = (image_io.read_source(task.path, target_size=target_size,
+                                           max_pixels=settings.max_pixels)
+                      if task.data is None else
+                      image_io.decode_source_bytes(task.data, target_size=target_size,
+                                                   max_pixels=settings.max_pixels))
         small = image_io.resize(gray, settings.image_size, settings.resize_mode)
         # The hash's own thumbnail is an area average, so hashing the (area-)resized output
         # gives nearly the same bits at 1/20 of the cost of a second pass over a 2000 px source

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from xray_tfdata import files
+from xray_tfdata import files, paths
 from xray_tfdata.labels import CLASS_NAMES
 from xray_tfdata.records import image_format
 from xray_tfdata.records.intensity import INTENSITY_MODES
@@ -303,7 +303,7 @@ def export_serving(model: keras.Model, export_dir: str | os.PathLike, image_size
             f"The model takes images of shape {got} but the export was asked for {expected}; pass "
             "the image_size and channels the model was built with (see the records' manifest)."
         )
-    export_dir = Path(export_dir)
+    export_dir = paths.location(export_dir)  # a URL: written locally, then uploaded (files.py)
     with files.atomic_dir(export_dir) as tmp_dir:
         server = _Server(model, image_size, channels, resize_mode, intensity)
         tf.saved_model.save(server, str(tmp_dir), signatures={SIGNATURE: server.serve})
@@ -344,8 +344,8 @@ class ServingModel:
 
 def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     """Reads <export_dir>/xray_tfdata.json (the export's class names, image size, ...)."""
-    path = Path(export_dir) / METADATA_FILE
-    if not (Path(export_dir) / "saved_model.pb").is_file():
+    path = paths.join(export_dir, METADATA_FILE)
+    if not paths.join(export_dir, "saved_model.pb").is_file():
         raise ValueError(
             f"{str(export_dir)!r} is not a SavedModel directory (no saved_model.pb); pass the "
             "export directory written by training, e.g. workspace/model/export."

@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any, Sequence
 
-from xray_tfdata import errors
+from xray_tfdata import errors, paths
 from xray_tfdata.records import image_format, image_io
 from xray_tfdata.settings import setting
 
@@ -32,6 +32,7 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         errors.positive_int("batch_size", self.batch_size)
+        paths.check("model_path", self.model_path)  # a gs:// export is read through gfile
 
 
 def sniff(data: bytes) -> str | None:

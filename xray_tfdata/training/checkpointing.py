@@ -9,7 +9,8 @@ runs only that epoch's remaining steps, i.e. the data position is exact to withi
 Multi-worker: every worker must take part in a save (variables may be read with collectives), but
 only the chief's files are kept; the others write to a per-worker temporary directory that is
 deleted right after, as in the TensorFlow multi-worker guide. Every worker restores from the
-chief's directory (a shared filesystem, or one machine, is assumed).
+chief's directory (a shared filesystem, one machine, or a gs:// model_dir is assumed).
+model_dir may be a URL: tf.train.CheckpointManager writes through gfile itself.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ import csv
 import errno
 import io
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
-from xray_tfdata import console, files
+from xray_tfdata import console, files, paths
 from xray_tfdata.training import distribute
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -60,13 +59,13 @@ class Checkpointer:
                  strategy: tf.distribute.Strategy, max_to_keep: int = 3) -> None:
         self.state = state
         self.chief = distribute.is_chief(strategy)
-        self.chief_dir = str(Path(model_dir) / CHECKPOINT_SUBDIR)
+        self.chief_dir = str(paths.join(model_dir, CHECKPOINT_SUBDIR))
         task_type, task_id = distribute.task_info(strategy)
         if self.chief:
             self.write_dir = self.chief_dir
         else:
-            self.write_dir = str(Path(model_dir) / f".workertemp_{task_type}_{task_id}" /
-                                 CHECKPOINT_SUBDIR)
+            self.write_dir = str(paths.join(model_dir, f".workertemp_{task_type}_{task_id}",
+                                            CHECKPOINT_SUBDIR))
         self.manager = tf.train.CheckpointManager(
             state.checkpoint, self.write_dir, max_to_keep=max_to_keep
         )
@@ -93,7 +92,7 @@ class Checkpointer:
                 tf.errors.ResourceExhaustedError, tf.errors.UnknownError) as err:
             raise _as_os_error(err, self.write_dir) from err
         if not self.chief:
-            shutil.rmtree(Path(self.write_dir).parent, ignore_errors=True)
+            paths.rmtree(paths.location(self.write_dir).parent, ignore_errors=True)
         return path
 
 
@@ -101,11 +100,11 @@ class History:
     """history.csv: a row per completed epoch; rows of epochs redone after a resume are replaced."""
 
     def __init__(self, path: str | os.PathLike, enabled: bool, keep_epochs: int) -> None:
-        self.path = Path(path)
+        self.path = paths.location(path)
         self.enabled = enabled
         self.rows: list[dict[str, str]] = []
         if self.path.is_file():
-            with self.path.open(newline="") as f:
+            with io.StringIO(self.path.read_text(), newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_epochs]
         if enabled:
             self._write()

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from xray_tfdata import errors, labels
+from xray_tfdata import errors, labels, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs.device_augment import AUGMENT_ON
 from xray_tfdata.inputs.pipeline import InputConfig
@@ -144,6 +144,8 @@ class TrainConfig:
             raise ConfigError("records_dir", self.records_dir, "a records directory")
         if not self.model_dir:
             raise ConfigError("model_dir", self.model_dir, "a directory for checkpoints/logs")
+        for field in ("records_dir", "model_dir"):
+            paths.check(field, getattr(self, field))  # a URL's scheme must be one TF knows
         errors.one_of("model", self.model, MODEL_NAMES)
         if self.weights and str(self.weights).lower() == "imagenet":
             if self.model == "seed_cnn":

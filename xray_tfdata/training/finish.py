@@ -4,7 +4,6 @@ summary.json."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from xray_tfdata import files
+from xray_tfdata import paths as url_paths  # `paths` is summary()'s argument
 from xray_tfdata.evaluation import calibration
 from xray_tfdata.serving import export
 from xray_tfdata.training import distribute, finetune
@@ -82,12 +82,12 @@ def export_model(model: keras.Model, model_dir: Path, strategy: tf.distribute.St
     if not chief:
         target = model_dir / f".workertemp_{task_type}_{task_id}" / "export"
     if target.exists():
-        shutil.rmtree(target)
+        url_paths.rmtree(target)
     path = export.export_serving(model, str(target), image_size, channels,
                                  resize_mode=resize_mode, extra_metadata=extra_metadata,
                                  intensity=intensity)
     if not chief:
-        shutil.rmtree(target.parent, ignore_errors=True)
+        url_paths.rmtree(target.parent, ignore_errors=True)
         return None
     return path
 
@@ -133,7 +133,7 @@ def summary(config: TrainConfig, strategy: tf.distribute.Strategy, data: Resolve
             "image_size": data.image_size, "channels": data.channels,
             "class_weighting": class_weighting(config),
             "sampling": config.input.sampling,
-            "records_dir": str(Path(config.records_dir).resolve()),
+            "records_dir": str(url_paths.location(config.records_dir).resolve()),
             "num_train_examples": data.num_train,
         },
         "versions": files.versions(),

@@ -15,14 +15,13 @@ and the replica step), epochs.py (one epoch, validation, end-of-epoch bookkeepin
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any, Iterator
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import files
+from xray_tfdata import files, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import inference
 from xray_tfdata.training import distribute, epochs, finetune, finish, run_spec, setup
@@ -69,8 +68,10 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, *
 def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: setup.ResolvedData,
            precision: str, model_builder: setup.ModelBuilder) -> dict[str, Any]:
     chief = distribute.is_chief(strategy)
-    model_dir = Path(config.model_dir)
-    # Before anything is written: a rerun with other run-defining settings is refused here.
+    model_dir = paths.location(config.model_dir)  # a URL: gfile (paths.py), never a local "gs:"
+    if chief:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything else is written: a rerun with other run-defining settings is refused here.
     changed_on_resume = run_spec.check_and_record(config, data, precision, model_dir, chief)
     # Setup: the order below is the order of the seeded ops (same seed, same weights).
     parts = setup.build_model(config, strategy, data, precision, model_builder)

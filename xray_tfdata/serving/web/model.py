@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from xray_tfdata import files
+from xray_tfdata import files, paths
 from xray_tfdata.serving import export
 
 MODEL_NAME = "xray"  # the name in TF Serving's URLs: /v1/models/xray:predict
@@ -95,7 +95,7 @@ def signature_metadata(loaded: LoadedModel) -> dict[str, Any]:
 def tree_sha256(directory: str | os.PathLike) -> str:
     """sha256 over every file's relative path and sha256, in sorted order: one fingerprint for a
     SavedModel directory that changes when any file (graph, variables, metadata) changes."""
-    root = Path(directory)
+    root = paths.location(directory)
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(f"{path.relative_to(root).as_posix()}\0{files.sha256_file(path)}\n".encode())
@@ -141,7 +141,7 @@ def load(model_path: str | os.PathLike, resize_mode: str = "") -> LoadedModel:
     Raises:
       ValueError / FileNotFoundError: the path is neither (the message says what to pass).
     """
-    path = Path(model_path)
+    path = paths.location(model_path)  # a URL (gs://...) is read through gfile
     if path.is_dir():
         serving = export.load_serving(path)  # its ValueError names a dir without saved_model.pb
         return LoadedModel(serving, str(path), "saved_model", tree_sha256(path))

@@ -24,7 +24,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from xray_tfdata import errors
+from xray_tfdata import errors, paths
 from xray_tfdata.records.resize import RESIZE_MODES  # the converter's, mirrored by the export
 from xray_tfdata.settings import setting
 
@@ -92,6 +92,7 @@ class WebSettings:
         "(MiB, from the headers, before decoding); a request over it gets 413.")
 
     def __post_init__(self) -> None:
+        paths.check("model_path", self.model_path)  # a gs:// export is read through gfile
         if not str(self.model_path):
             raise errors.ConfigError(
                 "model_path", self.model_path, "a SavedModel export directory or a .keras file",
