@@ -27,12 +27,17 @@ def main(argv: list[str]) -> None:
     if not paths.location(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} is not an existing .keras file. "
                              f"Train first and pass <model_dir>/best.keras.")
+    from xray_tfdata.records.manifest import ManifestError
+
     output_dir = config.resolved_output_dir
-    summary = classical.run_classical(
-        config.model_path, config.records_dir, output_dir,
-        classical.parse_classifiers(config.classifiers), config.params,
-        train_split=config.train_split, eval_split=config.eval_split,
-        batch_size=config.batch_size, bootstrap=config.bootstrap)
+    try:
+        summary = classical.run_classical(
+            config.model_path, config.records_dir, output_dir,
+            classical.parse_classifiers(config.classifiers), config.params,
+            train_split=config.train_split, eval_split=config.eval_split,
+            batch_size=config.batch_size, bootstrap=config.bootstrap)
+    except ManifestError as err:  # records that do not fit the model: one line, no traceback
+        cli.fail(str(err))
     s = summary["settings"]
     print(f"Fitted on {s['num_train']} {s['train_split']} embeddings "
           f"({summary['identity']['embedding_dim']} features); {s['eval_split']} split, "

@@ -34,9 +34,12 @@ def main(argv: list[str]) -> None:
             raise app.UsageError(f"No records at {records_dir!r} (no dataset_info.json). Build "
                                  f"them with python -m xray_tfdata.build_records.")
     from xray_tfdata.evaluation import metrics, reference
+    from xray_tfdata.records.manifest import ManifestError
 
     try:
         result = evaluator.evaluate(config)
+    except ManifestError as err:  # records that do not fit the model: one line, no traceback
+        cli.fail(str(err))
     except ConfigError as err:  # e.g. --collections names a collection the records lack
         raise cli.usage_error(err) from err
     out = config.resolved_output_dir

@@ -25,8 +25,12 @@ def main(argv: list[str]) -> None:
     if not paths.location(config.model_path).is_file():
         raise app.UsageError(f"--model_path={config.model_path} does not exist. Train first, or "
                              f"pass the best.keras written under --model_dir.")
+    from xray_tfdata.records.manifest import ManifestError
+
     try:
         report = gradcam_report.explain(config)
+    except ManifestError as err:  # records that do not fit the model: one line, no traceback
+        cli.fail(str(err))
     except ValueError as err:
         if "layer" in str(err):
             raise app.UsageError(str(err).replace("layer=", "--layer=")) from err

@@ -18,6 +18,7 @@ where a reader sees either no object or the whole one); libraries that write onl
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -148,6 +149,27 @@ def atomic_dir(path: paths.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# What to do when an output cannot be written, by errno; anything else gets the generic fix.
+_WRITE_FIXES = {
+    errno.ENOSPC: "Free space on that disk or write to another",
+    errno.EDQUOT: "Free space within your quota or write to another disk",
+    errno.EROFS: "That file system is read-only: write to a writable one",
+    errno.EACCES: "Write to a directory you may write to",
+    errno.EPERM: "Write to a directory you may write to",
+    errno.ENOTDIR: "A parent of that path is a file, not a directory: write elsewhere",
+    errno.EEXIST: "A parent of that path is a file, not a directory: write elsewhere",
+}
+
+
+def write_error_message(err: OSError, what: str, fix: str) -> str:
+    """One line for an output that could not be written: the path, the system's reason and
+    the fix (`what` names the output, `fix` says how to point it elsewhere, e.g. the flag)."""
+    path = err.filename or "the output"
+    reason = err.strerror or str(err)
+    advice = _WRITE_FIXES.get(err.errno, "Check that path and write elsewhere if need be")
+    return f"Cannot write {what} {str(path)!r}: {reason}. {advice} ({fix})."
 
 
 def sha256_file(path: paths.PathLike, chunk: int = 1 << 20) -> str:

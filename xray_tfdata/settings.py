@@ -82,3 +82,16 @@ def from_flat(cls: type, **values: Any) -> Any:
     if rest:
         raise TypeError(f"{cls.__name__}: unknown settings {sorted(rest)}")
     return cls(**kwargs)
+
+
+def to_flat(obj: Any) -> dict[str, Any]:
+    """flag name -> value for every flag field of a settings dataclass instance, nested ones
+    included (the inverse of from_flat): what the user set, named as they typed it."""
+    flat: dict[str, Any] = {}
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if field.metadata.get("nested"):
+            flat.update(to_flat(value))
+        elif field.metadata.get("help"):
+            flat[flag_name(field)] = value
+    return flat

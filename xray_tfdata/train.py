@@ -2,7 +2,8 @@
 
 One custom training loop for every strategy (one device, several GPUs, several hosts via TF_CONFIG,
 TPU), in float32 or mixed precision. A rerun with the same --model_dir resumes from the newest
-checkpoint. Writes to --model_dir: checkpoints/, logs/ (TensorBoard), history.csv, best.keras,
+checkpoint; with other run-defining settings it is refused, naming them (run_spec.json). Writes
+to --model_dir: run_spec.json, checkpoints/, logs/ (TensorBoard), history.csv, best.keras,
 export/ (SavedModel taking encoded image bytes) and summary.json.
 
 Example:
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from xray_tfdata import cli, models
+from xray_tfdata import cli, files, models
 from xray_tfdata import paths as url_paths  # `paths` is the summary's in main()
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import calibration
 from xray_tfdata.records.manifest import ManifestError
 from xray_tfdata.training import config as train_config
-from xray_tfdata.training import distribute
+from xray_tfdata.training import distribute, run_spec
 
 FLAGS = flags.FLAGS
 
@@ -31,7 +32,7 @@ flags.DEFINE_bool("overwrite", False, "Delete a previous run's outputs in --mode
                   "from scratch instead of resuming.")  # what the command does, not a setting
 
 _RUN_OUTPUTS = ("checkpoints", "logs", "export", "history.csv", "best.keras", "summary.json",
-                calibration.CALIBRATION_FILE)
+                calibration.CALIBRATION_FILE, run_spec.RUN_SPEC_FILE)
 
 
 def config_from_flags() -> train_config.TrainConfig:
@@ -77,10 +78,16 @@ def main(argv: list[str]) -> None:
         import tensorflow as tf  # noqa: PLC0415
 
         tf.config.experimental.enable_op_determinism()
-    if FLAGS.overwrite and distribute.is_chief(strategy):
-        _remove_previous_run(config.model_dir)
-
-    summary = loop.train(config, strategy, data=data)
+    try:
+        if FLAGS.overwrite and distribute.is_chief(strategy):
+            _remove_previous_run(config.model_dir)
+        summary = loop.train(config, strategy, data=data)
+    except run_spec.RunSpecMismatch as err:
+        cli.fail(str(err))
+    except OSError as err:  # disk full, read-only, a file where a directory should be
+        cli.fail(files.write_error_message(
+            err, "the training output", "--model_dir; a rerun of the same command resumes "
+            "from the last checkpoint"))
     if not distribute.is_chief(strategy):
         return
     paths = summary["paths"]

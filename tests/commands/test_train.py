@@ -117,3 +117,94 @@ def test_killed_run_resumes_from_checkpoint(records, tmp_path):
     calibration = json.loads((model_dir / "calibration.json").read_text())
     assert f"temperature {calibration['temperature']:.3f}" in second.stdout
     assert "best.keras and export/ return calibrated probabilities" in second.stdout
+
+
+def _quick_run(records: Path, model_dir: Path, *extra: str) -> list[str]:
+    return _train_cmd(f"--records_dir={records}", f"--model_dir={model_dir}", "--epochs=1",
+                      "--steps_per_epoch=2", "--global_batch_size=8", "--warmup_epochs=0",
+                      "--noexport", "--nocalibrate", "--noaugment", *extra)
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one error line of a failed command (absl/TF start-up noise aside)."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "xray_tfdata.train: error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def test_rerun_with_other_run_settings_is_refused_until_overwrite(records, tmp_path):
+    model_dir = tmp_path / "model"
+    first = subprocess.run(_quick_run(records, model_dir), env=_env(), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    refused = subprocess.run(_quick_run(records, model_dir, "--sampling=balanced"), env=_env(),
+                             cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    line = _error_line(refused)
+    assert "sampling 'natural' -> 'balanced'" in line and "--overwrite" in line, line
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["settings"]["input"]["sampling"] == "natural"  # the run as it was made
+    fresh = subprocess.run(_quick_run(records, model_dir, "--sampling=balanced", "--overwrite"),
+                           env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 0 and summary["settings"]["input"]["sampling"] == \
+        "balanced"
+
+
+# A train command with one write failing as a full or read-only disk would make it fail.
+_FAILING_WRITE = """
+import errno, os, sys
+from pathlib import Path
+import tensorflow as tf
+from xray_tfdata import cli, files, train
+
+name, number = sys.argv[1], getattr(errno, sys.argv[2])
+real_write, real_save = files.write_atomic, tf.train.CheckpointManager.save
+
+def write(path, data):
+    if Path(path).name == name:
+        raise OSError(number, os.strerror(number), str(path))
+    return real_write(path, data)
+
+def save(self, *args, **kwargs):  # TensorFlow's own file system reports errno as text
+    if name == "checkpoint":
+        raise tf.errors.ResourceExhaustedError(None, None, "ckpt-2.data: " + os.strerror(number))
+    return real_save(self, *args, **kwargs)
+
+files.write_atomic, tf.train.CheckpointManager.save = write, save
+sys.argv = ["train.py", *sys.argv[3:]]
+cli.run(train.main)
+"""
+
+
+def test_full_or_read_only_disk_and_a_file_in_the_path_are_one_line(records, tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    script = tmp_path / "failing_write.py"
+    script.write_text(_FAILING_WRITE)
+    cases = {
+        # Read-only: the first write of a run (its run spec), before any training.
+        "run_spec.json': Read-only file system. That file system is read-only":
+            [sys.executable, str(script), "run_spec.json", "EROFS"],
+        # Disk full at the end, and inside TensorFlow's checkpoint writer.
+        "summary.json': No space left on device. Free space on that disk":
+            [sys.executable, str(script), "summary.json", "ENOSPC"],
+        "checkpoints': No space left on device. Free space on that disk":
+            [sys.executable, str(script), "checkpoint", "ENOSPC"],
+        "afile/model': Not a directory. A parent of that path is a file": [],
+    }
+    procs = {}
+    for i, (message, prefix) in enumerate(cases.items()):
+        model_dir = tmp_path / ("afile" if not prefix else f"m{i}") / "model"
+        command = _quick_run(records, model_dir)
+        command = [*prefix, *command[3:]] if prefix else command
+        procs[message] = subprocess.Popen(
+            command, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+    for message, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=240)
+        line = _error_line(subprocess.CompletedProcess(proc.args, proc.returncode, stdout,
+                                                       stderr))
+        assert message in line and "(--model_dir; a rerun of the same command resumes" in line, \
+            line

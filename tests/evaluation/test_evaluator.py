@@ -243,3 +243,38 @@ def test_evaluate_one_collection(tiny_model, tmp_path):
     assert "probe_macro_f1" in result["shortcut_probe"]
     with pytest.raises(ConfigError, match=r"collections .*\['x', 'y'\]"):
         evaluator.evaluate(dataclasses.replace(config, collections=("z",)))
+
+
+def test_records_of_another_size_are_refused_in_the_models_terms(tmp_path):
+    from xray_tfdata.evaluation import inference
+    from xray_tfdata.records.manifest import ManifestError
+
+    records = fixtures.xray_records(tmp_path, {"test": 1}, image_size=32)
+    with pytest.raises(ManifestError, match=r"hold 32x32x1 images but the model takes 16x16x1: "
+                                            r"run it on records built at its size \(.*"
+                                            r"--image_size=16 --channels=1"):
+        inference.eval_dataset(str(records), "test", SIZE, 1, 8)
+    with pytest.raises(ManifestError, match=r"hold 32x32x1 images but the model takes 32x32x3"):
+        inference.eval_dataset(str(records), "test", 32, 3, 8)
+
+
+def test_evaluate_explain_classical_on_records_of_another_size_say_so_in_one_line(
+        tiny_model, tmp_path):
+    """Each used to end in a 30-line traceback suggesting an --image_size they do not have."""
+    records = fixtures.xray_records(tmp_path / "records32", {"train": 2, "test": 2},
+                                    image_size=32)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    common = [f"--model_path={tiny_model}", f"--records_dir={records}",
+              f"--output_dir={tmp_path / 'out'}"]
+    procs = {command: subprocess.Popen([sys.executable, "-m", f"xray_tfdata.{command}", *common],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       env=env)
+             for command in ("evaluate", "explain", "classical")}
+    for command, proc in procs.items():
+        _, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 1, stderr[-2000:]
+        assert "Traceback" not in stderr, stderr[-2000:]
+        assert (f"xray_tfdata.{command}: error: The records in '{records}' hold 32x32x1 images "
+                "but the model takes 16x16x1") in stderr, stderr[-2000:]
+        assert "--image_size=16 --channels=1" in stderr and "Pass --image_size" not in stderr
+    assert not (tmp_path / "out").exists()

@@ -18,12 +18,15 @@
 from __future__ import annotations
 
 import io
+import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xray_tfdata import labels
+from xray_tfdata import files, labels
 from xray_tfdata.evaluation import metrics
 
 NUM_BINS = 15
@@ -31,6 +34,8 @@ COVID = labels.LABEL_MAP["COVID19"]
 DEFAULT_TARGET_SENSITIVITY = 0.95
 # The temperature a training run fitted, beside its best.keras (training writes, evaluation reads).
 CALIBRATION_FILE = "calibration.json"
+# The sha256 of the calibrated model file a record belongs to (see `model_record`).
+MODEL_SHA256 = "model_sha256"
 # Search range of log T: T in [0.05, 20] covers every temperature seen in practice (Guo et al.
 # report 1-3); the bound keeps the 1-D search finite on a separable val split.
 _LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
@@ -212,3 +217,25 @@ def reliability_png(probs: Any, y_true: Any, title: str,
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def model_record(model_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The calibration record beside a training run's model file, if it is that file's.
+
+    Training writes the record (with MODEL_SHA256, the digest of the calibrated file about to
+    be renamed into place) before the calibrated model, so at every instant the pair reads
+    consistently: a record naming another file means the model is still uncalibrated (a kill
+    between the two writes, or a newer best model saved since). Records from before the digest
+    was kept are trusted as they were."""
+    path = Path(model_path).resolve().parent / CALIBRATION_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("temperature"), (int, float)):
+        return None
+    digest = record.get(MODEL_SHA256)
+    if digest is not None and not (Path(model_path).is_file()
+                                   and files.sha256_file(model_path) == digest):
+        return None
+    return record

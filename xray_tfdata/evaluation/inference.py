@@ -43,13 +43,31 @@ def input_spec(model) -> tuple[int, int]:
     return int(shape[1]), int(shape[3])
 
 
+def check_records_fit(records_dir: str, image_size: int, channels: int) -> None:
+    """Refuses records whose images are not the model's input (`image_size`, `channels`), in
+    a model's terms: the pipeline's own check suggests an --image_size the commands that run
+    a trained model do not have (the model fixes it)."""
+    from xray_tfdata.records import manifest
+
+    image = manifest.read_manifest(records_dir).get("image", {})
+    held = (image.get("size"), image.get("channels"))
+    if held != (image_size, channels):
+        raise manifest.ManifestError(
+            f"The records in {records_dir!r} hold {held[0]}x{held[0]}x{held[1]} images but the "
+            f"model takes {image_size}x{image_size}x{channels}: run it on records built at its "
+            f"size (python -m xray_tfdata.build_records --image_size={image_size} "
+            f"--channels={channels} ...), or pass the model trained on these records.")
+
+
 def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, batch_size: int,
                  collections: tuple[str, ...] = ()):
     """The split in evaluation mode (one pass, remainder kept, no augmentation, fixed order),
-    optionally of some collections only."""
+    optionally of some collections only. Records of another image size or channel count than
+    the model's input (`image_size`, `channels`) raise a ManifestError saying so."""
     # Imported here: `evaluate` validates its flags before TensorFlow is loaded.
-    # build_dataset checks the manifest against image_size and channels.
     from xray_tfdata.inputs import pipeline
+
+    check_records_fit(records_dir, image_size, channels)
 
     config = pipeline.InputConfig(global_batch_size=batch_size, image_size=image_size,
                                   channels=channels, training=False, cache="none", augment=False,

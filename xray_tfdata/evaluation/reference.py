@@ -59,11 +59,9 @@ def training_records_dir(model_path: str | Path, override: str = "") -> tuple[st
 
 
 def run_calibration(model_path: str | Path) -> dict[str, Any] | None:
-    """The temperature the training run stored (calibration.json), or None."""
-    record = read_json(run_dir(model_path) / calibration.CALIBRATION_FILE)
-    if not record or not isinstance(record.get("temperature"), (int, float)):
-        return None
-    return record
+    """The temperature the training run stored (calibration.json) for this model file, or
+    None (no record, or a record of another file: the model is uncalibrated)."""
+    return calibration.model_record(model_path)
 
 
 def operating_point(val_probs: np.ndarray | None, val_labels: np.ndarray | None,

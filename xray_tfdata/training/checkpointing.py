@@ -16,6 +16,7 @@ model_dir may be a URL: tf.train.CheckpointManager writes through gfile itself.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 from typing import Any
@@ -83,8 +84,13 @@ class Checkpointer:
         return step
 
     def save(self) -> str:
-        """Saves at the current step (every worker must call this); returns the path written."""
-        path = self.manager.save(checkpoint_number=int(self.state.step.numpy()))
+        """Saves at the current step (every worker must call this); returns the path written.
+        A file-system failure (disk full, read-only) is raised as the OSError it is."""
+        try:
+            path = self.manager.save(checkpoint_number=int(self.state.step.numpy()))
+        except (tf.errors.FailedPreconditionError, tf.errors.PermissionDeniedError,
+                tf.errors.ResourceExhaustedError, tf.errors.UnknownError) as err:
+            raise _as_os_error(err, self.write_dir) from err
         if not self.chief:
             paths.rmtree(paths.location(self.write_dir).parent, ignore_errors=True)
         return path
@@ -115,6 +121,21 @@ class History:
         writer.writeheader()
         writer.writerows(self.rows)
         files.write_atomic(self.path, text.getvalue())
+
+
+# TensorFlow's C++ file system reports errno only as text in its status message.
+_ERRNO_TEXT = (("No space left", errno.ENOSPC), ("Disk quota", errno.EDQUOT),
+               ("Read-only file system", errno.EROFS), ("Permission denied", errno.EACCES),
+               ("Not a directory", errno.ENOTDIR), ("is not a directory", errno.ENOTDIR))
+
+
+def _as_os_error(err: tf.errors.OpError, directory: str) -> OSError:
+    """The OSError behind a failed checkpoint write, so the command reports it as any other
+    write failure (one line: the path, the reason, the fix)."""
+    for text, number in _ERRNO_TEXT:
+        if text.lower() in err.message.lower():
+            return OSError(number, os.strerror(number), directory)
+    return OSError(errno.EIO, f"checkpoint write failed ({err.message.strip()})", directory)
 
 
 def _fmt(value: Any) -> str:

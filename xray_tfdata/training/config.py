@@ -35,8 +35,10 @@ class TrainConfig:
     records_dir: str = setting(help="Records directory (with dataset_info.json).",
                                flag_default="workspace/records")
     model_dir: str = setting(
-        help="Output: checkpoints/, logs/, history.csv, best.keras, export/, summary.json. An "
-             "existing run here is resumed unless --overwrite.", flag_default="workspace/model")
+        help="Output: run_spec.json, checkpoints/, logs/, history.csv, best.keras, export/, "
+             "summary.json. An existing run here is resumed unless --overwrite; a rerun with "
+             "other run-defining settings is refused (see README).",
+        flag_default="workspace/model")
     input: InputConfig = nested(InputConfig)
     model: str = setting("seed_cnn", "Model architecture.", allowed=MODEL_NAMES)
     weights: str | None = setting(

@@ -4,7 +4,6 @@ summary.json."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,14 +43,15 @@ def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
               chief: bool) -> dict[str, Any] | None:
     """Temperature scaling on val folded into the best model (finetune.calibrate); best.keras is
     rewritten calibrated and calibration.json records T. A best.keras loaded from an earlier
-    finish is already calibrated (its calibration.json still exists): kept as it is."""
-    path = model_dir / calibration.CALIBRATION_FILE
+    finish is kept as it is when calibration.json names it (calibration.model_record)."""
     best_path = model_dir / BEST_MODEL
     if not config.calibrate or progress.stop_reason == "nan_loss" \
             or not (progress.best_weights is not None or best_path.is_file()):
         return None
-    if progress.best_weights is None and path.is_file():
-        return json.loads(path.read_text())
+    if progress.best_weights is None:
+        stored = calibration.model_record(best_path)
+        if stored is not None:
+            return stored
     record = finetune.calibrate(model, predict, val_ds)
     logging.info("Temperature scaling on %s: T = %.3f, val NLL %.4f -> %.4f, ECE %.4f -> %.4f.",
                  config.val_split, record["temperature"], record["val_nll"],
@@ -59,7 +59,12 @@ def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
     if chief:
         with files.atomic_path(best_path) as tmp:
             model.save(tmp)
-        files.write_json(path, record, nan_to_null=True)
+            # The record first, naming the calibrated file by its digest, then the file: a kill
+            # between the two leaves the uncalibrated best.keras and a record that is not its
+            # own, so the rerun calibrates again from the uncalibrated weights (never twice).
+            record[calibration.MODEL_SHA256] = files.sha256_file(tmp)
+            files.write_json(model_dir / calibration.CALIBRATION_FILE, record,
+                             nan_to_null=True)
     return record
 
 

@@ -24,7 +24,7 @@ from absl import logging
 from xray_tfdata import files, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import inference
-from xray_tfdata.training import distribute, epochs, finetune, finish, setup
+from xray_tfdata.training import distribute, epochs, finetune, finish, run_spec, setup
 from xray_tfdata.training.config import TrainConfig
 
 LOGS_DIR = "logs"  # TensorBoard logs under model_dir
@@ -71,6 +71,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: setup.Re
     model_dir = paths.location(config.model_dir)  # a URL: gfile (paths.py), never a local "gs:"
     if chief:
         model_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything else is written: a rerun with other run-defining settings is refused here.
+    changed_on_resume = run_spec.check_and_record(config, data, precision, model_dir, chief)
     # Setup: the order below is the order of the seeded ops (same seed, same weights).
     parts = setup.build_model(config, strategy, data, precision, model_builder)
     restored = setup.restore(config, strategy, parts, model_dir)
@@ -130,6 +132,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: setup.Re
         paths={"best_model": str(model_dir / epochs.BEST_MODEL), "export": export_dir,
                "history": str(restored.history.path), "logs": str(log_dir),
                "checkpoints": restored.checkpointer.chief_dir})
+    summary["changed_on_resume"] = changed_on_resume
     if chief:
         files.write_json(model_dir / "summary.json", summary, nan_to_null=True)
     return summary
