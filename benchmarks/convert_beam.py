@@ -20,6 +20,8 @@ from typing import Any
 
 from absl import app, flags
 
+from xray_tfdata.benchmarking import datasets
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("images", 2000, "Number of source images.")
 flags.DEFINE_integer("side", 48, "Generated image side, px.")
@@ -28,31 +30,6 @@ flags.DEFINE_integer("workers", 2, "Local pool workers, and Beam worker processe
 flags.DEFINE_integer("repeats", 1, "Rounds (each runs every runner once).")
 flags.DEFINE_string("work_dir", "/tmp/convert_beam", "Generated sources and outputs.")
 flags.DEFINE_string("out", "benchmarks/convert_beam_results.jsonl", "JSON lines appended here.")
-
-CLASSES = ("NORMAL", "COVID19", "PNEUMONIA")
-
-
-def generate(root: Path, n: int, side: int) -> Path:
-    """n distinct blurred-noise PNGs, made once (a COMPLETE marker records the count)."""
-    import shutil  # noqa: PLC0415
-
-    import cv2  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
-    done = root / "COMPLETE"
-    if done.is_file() and done.read_text() == str(n):
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    rng = np.random.default_rng(n)
-    for i in range(n):
-        folder = root / ("test" if i % 5 == 0 else "train") / CLASSES[i % 3]
-        folder.mkdir(parents=True, exist_ok=True)
-        noise = rng.integers(0, 256, (side, side), dtype=np.uint8)
-        image = cv2.normalize(cv2.GaussianBlur(noise, (0, 0), side / 12), None, 0, 255,
-                              cv2.NORM_MINMAX)
-        cv2.imwrite(str(folder / f"img{i:07d}.png"), image)
-    done.write_text(str(n))
-    return root
 
 
 def runners(workers: int) -> dict[str, dict[str, Any]]:
@@ -74,7 +51,7 @@ def main(argv: list[str]) -> None:
     from xray_tfdata.records import convert  # noqa: PLC0415
 
     work = Path(FLAGS.work_dir)
-    data = generate(work / f"sources_{FLAGS.images}_{FLAGS.side}", FLAGS.images, FLAGS.side)
+    data = datasets.noise_sources(work / f"sources_{FLAGS.images}_{FLAGS.side}", FLAGS.images, FLAGS.side)
     run_id, machine = harness.new_run_id(), harness.machine_facts()
     rows: dict[str, list[float]] = {}
     for round_ in range(FLAGS.repeats):

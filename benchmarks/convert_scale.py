@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 from absl import app, flags
 
+from xray_tfdata.benchmarking import datasets
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["10000", "40000", "160000"], "Numbers of source images.")
 flags.DEFINE_list("runners", ["local"], "Runners to measure (see RUNNERS).")
@@ -39,30 +41,6 @@ flags.DEFINE_integer("image_size", 32, "--image_size of the records.")
 flags.DEFINE_string("work_dir", "/tmp/convert_scale", "Generated sources and outputs.")
 flags.DEFINE_string("out", "benchmarks/convert_scale_results.json", "JSON written here.")
 flags.DEFINE_string("child", "", "Internal: run one measurement (JSON settings) and print it.")
-
-CLASSES = ("NORMAL", "COVID19", "PNEUMONIA")
-
-
-def generate(root: Path, n: int, side: int) -> Path:
-    """n distinct blurred-noise PNGs, 80 % train / 20 % test, classes round-robin; made once."""
-    import cv2  # noqa: PLC0415 - only the parent generates
-    import numpy as np  # noqa: PLC0415
-
-    done = root / "COMPLETE"
-    if done.is_file():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    rng = np.random.default_rng(n)
-    for i in range(n):
-        folder = root / ("test" if i % 5 == 0 else "train") / CLASSES[i % 3]
-        if i < 15:
-            folder.mkdir(parents=True, exist_ok=True)
-        noise = rng.integers(0, 256, (side, side), dtype=np.uint8)
-        image = cv2.normalize(cv2.GaussianBlur(noise, (0, 0), side / 12), None, 0, 255,
-                              cv2.NORM_MINMAX)
-        cv2.imwrite(str(folder / f"img{i:07d}.png"), image)
-    done.write_text(str(n))
-    return root
 
 
 def _local(data_dir: str, output_dir: str, workers: int, image_size: int) -> dict[str, Any]:
@@ -155,7 +133,7 @@ def main(argv: list[str]) -> None:
     for runner in FLAGS.runners:
         for n in map(int, FLAGS.sizes):
             start = time.perf_counter()
-            data = generate(work / f"sources_{n}_{FLAGS.side}px", n, FLAGS.side)
+            data = datasets.noise_sources(work / f"sources_{n}_{FLAGS.side}px", n, FLAGS.side)
             print(f"sources_{n}: ready in {time.perf_counter() - start:.0f} s", flush=True)
             settings = {"runner": runner, "n": n, "workers": FLAGS.workers,
                         "image_size": FLAGS.image_size, "data_dir": str(data),

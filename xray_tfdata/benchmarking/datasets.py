@@ -12,13 +12,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from absl import logging
 
-from xray_tfdata import files
+from xray_tfdata import files, labels
 from xray_tfdata.records import synthetic
 
 # Full-size sources, as in the Kaggle set (issues 2 and 3: 1000-2000 px JPEGs).
@@ -161,3 +162,27 @@ def records_for(data_dir: str | os.PathLike, work_dir: str | os.PathLike, *, ima
     )
     convert.build_records(config, progress=False)
     return folder
+
+
+def noise_sources(root: str | os.PathLike, n: int, side: int) -> Path:
+    """n distinct blurred-noise PNGs of side x side, 80 % train / 20 % test, classes round-robin,
+    in the Kaggle layout; made once per (root, n) and reused (the converter-scale benchmarks)."""
+    import cv2  # noqa: PLC0415 - only the benchmarks that generate need it
+    import numpy as np  # noqa: PLC0415
+
+    root = Path(root)
+    done = root / "COMPLETE"
+    if done.is_file() and done.read_text() == str(n):
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(n)
+    for i in range(n):
+        folder = root / ("test" if i % 5 == 0 else "train") / labels.CLASS_NAMES[i % 3]
+        if i < 15:  # every (split, class) folder appears among the first 15 images
+            folder.mkdir(parents=True, exist_ok=True)
+        noise = rng.integers(0, 256, (side, side), dtype=np.uint8)
+        image = cv2.normalize(cv2.GaussianBlur(noise, (0, 0), side / 12), None, 0, 255,
+                              cv2.NORM_MINMAX)
+        cv2.imwrite(str(folder / f"img{i:07d}.png"), image)
+    done.write_text(str(n))
+    return root

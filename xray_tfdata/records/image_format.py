@@ -154,8 +154,10 @@ def looks_like_text(head: bytes) -> bool:
 
 # --- JPEG ----------------------------------------------------------------------------------------
 
-def _jpeg_segments(data: bytes):
-    """Yields (marker, payload start, payload length) of the segments before the first scan."""
+def _jpeg_segments(data: bytes, through_scans: bool = False):
+    """Yields (marker, payload start, payload length) of the segments before the first scan, or
+    of every segment with `through_scans` (each scan's entropy-coded data skipped to the next
+    marker; embedded EXIF thumbnails, inside APP1, are skipped with their segment)."""
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -164,14 +166,21 @@ def _jpeg_segments(data: bytes):
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+        if marker == 0xD9:  # end of image
+            return
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             pos += 2
             continue
         (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
         yield marker, pos + 4, length - 2
-        if marker == 0xDA:  # start of scan: entropy-coded data follows
-            return
         pos += 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            if not through_scans:
+                return
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                return
+            pos = found.start()
 
 
 def jpeg_header(data: bytes) -> tuple[int, int, str]:
@@ -198,28 +207,7 @@ def jpeg_frame(data: bytes) -> tuple[int, int, int, int]:
 def jpeg_scan_count(data: bytes) -> int:
     """The number of scans (SOS markers) in a JPEG, walking segment lengths and skipping each
     scan's entropy-coded data (embedded EXIF thumbnails, inside APP1, are not counted)."""
-    pos, scans = 2, 0
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            break
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:  # end of image
-            break
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-        pos += 2 + length
-        if marker == 0xDA:
-            scans += 1
-            found = _JPEG_MARKER.search(data, pos)
-            if found is None:
-                break
-            pos = found.start()
-    return scans
+    return sum(marker == 0xDA for marker, _, _ in _jpeg_segments(data, through_scans=True))
 
 
 def jpeg_has_eoi_near_end(data: bytes) -> bool:

@@ -2,7 +2,7 @@
 
 - The decoded-byte budget (issue 16, item 10): each image's decoded size (width x height x
   channels x bytes per sample, x frames for a DICOM) comes from its header (records/image_format's
-  parsers; pydicom with stop_before_pixels for a DICOM). An image over the per-image cap gets its
+  estimate_decoded_bytes, the one the converter caps; header only for a DICOM). An image over the per-image cap gets its
   own error; a request whose images sum over the per-request cap is refused whole (413), before
   the first decode, so four requests of 6000 px 16-bit RGB DICOMs no longer take gigabytes.
 - Whatever fails for one file (a malformed DICOM that trips a parser, a decoder's surprise) is
@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import io
 import logging
-import struct
 from typing import Sequence
 
 from xray_tfdata.records import image_format
@@ -23,11 +21,6 @@ from xray_tfdata.serving.web.payloads import BadRequest
 
 log = logging.getLogger("xray_tfdata.serve")
 
-# Decoded bytes per pixel for each header mode (a palette PNG decodes to RGB); BMP headers are
-# read only for their size, so a BMP counts as RGBA, its largest decoded form.
-_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 3, "LA": 2, "RGB": 3, "RGBA": 4, "CMYK": 4,
-                    "I;16": 2, "LA;16": 4, "RGB;16": 6, "RGBA;16": 8}
-_BMP_BYTES_PER_PIXEL = 4
 UNREADABLE = "cannot read this file (malformed or unsupported content)"
 
 
@@ -35,36 +28,13 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:,.1f} MiB"
 
 
-def _dicom_decoded_bytes(data: bytes) -> int | None:
-    """Rows x Columns x SamplesPerPixel x bytes per sample x frames, from the header only."""
-    from xray_tfdata.records import dicom  # noqa: PLC0415 - pydicom only when a DICOM arrives
-
-    try:
-        pydicom = dicom._import_pydicom()  # noqa: SLF001 - the converter's own import and quiet
-        with dicom._quiet(pydicom):  # noqa: SLF001 - no warning may quote a tag value
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
-            samples = int(ds.get("SamplesPerPixel", 1) or 1)
-            sample_bytes = (int(ds.get("BitsAllocated", 8) or 8) + 7) // 8
-            return int(ds.Rows) * int(ds.Columns) * samples * sample_bytes * max(frames, 1)
-    except Exception:  # noqa: BLE001 - unreadable header: the decode step names the problem
-        return None
-
-
 def decoded_bytes(data: bytes) -> int | None:
-    """The bytes `data` decodes to, from its header; None when the header cannot say (the file
-    is then refused by the decode step with its own reason)."""
-    if image_format.is_dicom(data):
-        return _dicom_decoded_bytes(data)
+    """The bytes `data` decodes to, from its header (image_format's estimate, shared with the
+    converter's per-image cap); None when the header cannot say (the file is then refused by the
+    decode step with its own reason)."""
     try:
-        fmt = image_format.sniff_encoded(data)
-        if fmt == "BMP":
-            width, height = image_format.bmp_size(data)
-            return width * height * _BMP_BYTES_PER_PIXEL
-        header = image_format.jpeg_header if fmt == "JPEG" else image_format.png_header
-        width, height, mode = header(data)
-        return width * height * _BYTES_PER_PIXEL.get(mode, 8)
-    except (image_format.ImageReadError, struct.error, IndexError):
+        return image_format.estimate_decoded_bytes(data)
+    except image_format.ImageReadError:
         return None
 
 
