@@ -1,9 +1,9 @@
 """One request's images -> model inputs, before anything is decoded, one reason per bad file.
 
 - The decoded-byte budget (issue 16, item 10): each image's decoded size (width x height x
-  channels x bytes per sample, x frames for a DICOM) comes from its header (records/image_format's
-  estimate_decoded_bytes, the one the converter caps; header only for a DICOM). An image over the per-image cap gets its
-  own error; a request whose images sum over the per-request cap is refused whole (413), before
+  channels x bytes per sample, x frames for a DICOM) comes from its header
+  (image_format.estimate_decoded_bytes, which the converter's cap uses too). An image over the
+  per-image cap gets its own error; a request whose images sum over the per-request cap is refused whole (413), before
   the first decode, so four requests of 6000 px 16-bit RGB DICOMs no longer take gigabytes.
 - Whatever fails for one file (a malformed DICOM that trips a parser, a decoder's surprise) is
   that file's error, in our words: exception text is never shown, since DICOM tag values (names,
