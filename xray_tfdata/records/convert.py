@@ -383,7 +383,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         # Held from before the output dir is touched until .build/ is gone.
         with conversion_state.build_lock(out):
             return _build(config, inputs, overlapping, progress, start, runner_class)
-    except conversion_state.OutputDirError as err:
+    except (conversion_state.OutputDirError, decode_pass.WorkerDied) as err:
         raise ConversionError(str(err)) from None
     except OSError as err:
         if err.errno not in _WRITE_ERRORS:

@@ -7,6 +7,7 @@ sha256 are reused, which is how a killed conversion resumes. Output never depend
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -60,17 +61,31 @@ def _process(tasks: Sequence[sources.Task], workers: int, settings: sources.Proc
             cv2.setNumThreads(threads)
         return
     # spawn (not fork): the parent holds TensorFlow's threads and state, which fork would copy
-    # unsafely. Workers import sources.py, which never imports TensorFlow.
+    # unsafely. Workers import sources.py, which never imports TensorFlow. A futures executor,
+    # not multiprocessing.Pool: when the OS kills a worker (out of memory), Pool.imap waits
+    # forever for its lost task; the executor raises BrokenProcessPool, which becomes WorkerDied.
     ctx = multiprocessing.get_context("spawn")
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
     work = functools.partial(sources.process_source, settings=settings)
-    with main_module_hidden():
-        pool = ctx.Pool(workers, initializer=sources.init_worker)
     window = REMOTE_WINDOW if remote else len(tasks)
-    with pool:
-        for start in range(0, len(tasks), window):
-            batch = [_with_bytes(t) for t in tasks[start:start + window]]
-            yield from pool.imap(work, batch, chunksize=chunk)
+    with concurrent.futures.ProcessPoolExecutor(workers, ctx, initializer=sources.init_worker
+                                                ) as pool:
+        try:
+            for start in range(0, len(tasks), window):
+                batch = [_with_bytes(t) for t in tasks[start:start + window]]
+                with main_module_hidden():  # the executor starts its workers on first submit
+                    results = pool.map(work, batch, chunksize=chunk)
+                yield from results
+        except concurrent.futures.process.BrokenProcessPool as err:
+            raise WorkerDied(
+                f"A converter worker process died (killed by the OS, most often for lack of "
+                f"memory, with {workers} workers). Everything converted so far is kept: rerun "
+                f"the same command to resume, with fewer --num_workers (now {workers}) or a "
+                f"lower --max_pixels if memory is short.") from err
+
+
+class WorkerDied(RuntimeError):
+    """A pool worker was killed mid-task; the spill keeps what finished, a rerun resumes."""
 
 
 @contextlib.contextmanager
