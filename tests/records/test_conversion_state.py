@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata import files
-from xray_tfdata.records import conversion_state, convert, features, manifest, shard_writer, sources
+from xray_tfdata.records import (conversion_state, convert, decode_pass, features, manifest,
+                                 shard_writer)
 
 CLASSES = ("NORMAL", "COVID19", "PNEUMONIA")
 
@@ -106,8 +107,8 @@ def test_resume_notices_a_source_rewritten_in_place_with_its_mtime_restored(
     root, values = data
     out = tmp_path / "out"
     calls: list[str] = []
-    monkeypatch.setattr(sources, "process_source",
-                        fixtures.crash_after(4, sources.process_source, calls))
+    monkeypatch.setattr(decode_pass, "process_source",
+                        fixtures.crash_after(4, decode_pass.process_source, calls))
     with pytest.raises(KeyboardInterrupt):
         convert.build_records(_config(root, out), progress=False)
     monkeypatch.undo()
@@ -115,7 +116,7 @@ def test_resume_notices_a_source_rewritten_in_place_with_its_mtime_restored(
     before = changed.stat()
     cv2.imwrite(str(changed), np.full((24, 20), 250, np.uint8))
     os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert sources.file_signature(str(changed)) == (before.st_size, before.st_mtime_ns)
+    assert decode_pass.file_signature(str(changed)) == (before.st_size, before.st_mtime_ns)
 
     convert.build_records(_config(root, out), progress=False)
     pixels, sha = _pixels_by_path(out)[calls[0]]
