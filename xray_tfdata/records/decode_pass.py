@@ -164,7 +164,7 @@ class ProcessSettings:
     intensity: str = "none"  # records/intensity.INTENSITY_MODES
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per source: no per-object __dict__
 class Task:
     """One source to process, with the augmentations the plan chose for it ("none" first)."""
 

@@ -23,7 +23,7 @@ SOURCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_SPLITS: tuple[str, ...] = ("train", "test")  # of a complete Kaggle download
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per source: no per-object __dict__
 class SourceFile:
     """One image file of one collection. `relpath` is its unique key in the whole build.
 
