@@ -177,7 +177,8 @@ def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_m
     probs = np.zeros((y_eval.size, labels.NUM_CLASSES))
     # The probe only knows the classes it saw in train; put its columns in label order.
     probs[:, probe.classes_] = probe.predict_proba(x_eval)
-    probe_metrics = metrics.compute_metrics(y_eval, probs, n_resamples=0)
+    probe_metrics = metrics.compute_metrics(y_eval, probs, class_names=labels.CLASS_NAMES,
+                                            n_resamples=0)
     probe_f1 = probe_metrics["macro_f1"]
     result.update(
         skipped=False, probe_macro_f1=probe_f1, probe_accuracy=probe_metrics["accuracy"],
@@ -211,7 +212,8 @@ def source_alone_macro_f1(train_meta: Mapping[str, Any],
     predicted = np.array([majority.get(src, overall) for src in eval_src.tolist()], np.int64)
     probs = np.eye(labels.NUM_CLASSES)[predicted]
     y_eval = column(eval_meta, "label").astype(np.int64)
-    return float(metrics.compute_metrics(y_eval, probs, n_resamples=0)["macro_f1"])
+    return float(metrics.compute_metrics(y_eval, probs, class_names=labels.CLASS_NAMES,
+                                         n_resamples=0)["macro_f1"])
 
 
 def compare(probe_f1: float, cnn_macro_f1: float,
