@@ -75,6 +75,32 @@ def import_beam() -> Any:
     return beam
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Refuses, in one line, an --output_dir URL whose scheme Beam's file systems do not know.
+
+    Beam writes its per-source objects and facts under the output dir through its own
+    FileSystems (gs:// with apache-beam[gcp], s3:// with apache-beam[aws]), not through
+    TensorFlow's: a scheme only TensorFlow knows (ram://, or gs:// without the gcp extra) would
+    fail deep inside the pipeline, after the output dir was touched.
+    """
+    from xray_tfdata import paths  # noqa: PLC0415
+    from xray_tfdata.records.convert import ConversionError  # noqa: PLC0415 - convert imports us
+
+    if not paths.is_url(output_dir):
+        return
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
+
+    try:
+        FileSystems.get_filesystem(output_dir)
+    except ValueError:
+        scheme = output_dir.split("://", 1)[0]
+        raise ConversionError(
+            f"--runner=beam cannot write to output_dir={output_dir!r}: Apache Beam has no file "
+            f"system for {scheme}:// here (gs:// needs pip install 'apache-beam[gcp]', s3:// "
+            "'apache-beam[aws]'). Install it, or use --runner=local, which writes any URL "
+            "TensorFlow knows.") from None
+
+
 def pipeline_options(text: str) -> Any:
     """PipelineOptions from "--a=1,--b=2"; the download-free FnApiRunner unless a runner is named."""
     from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415

@@ -318,6 +318,7 @@ def _runner_class(config: ConversionConfig) -> type:
     from xray_tfdata.records import beam_runner  # noqa: PLC0415 - apache_beam only with the extra
 
     beam_runner.import_beam()  # a missing extra fails here, before the output dir is touched
+    beam_runner.check_output_dir(str(config.output_dir))  # likewise a scheme Beam lacks
     return beam_runner.BeamRunner
 
 
