@@ -86,15 +86,16 @@ def collection_table(y_true: Sequence[int] | np.ndarray, probs: np.ndarray,
             for name in sorted(set(collections.tolist()))}
 
 
-def _num(value: float | None) -> str:
+def number(value: float | None) -> str:
+    """0.812 (three decimals), or n/a."""
     return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def with_interval(value: float | None, ci: dict[str, float | None] | None) -> str:
     """'0.812 [0.700, 0.900]', or '0.812' without an interval, 'n/a' without a value."""
     if ci and ci.get("low") is not None and value is not None:
-        return f"{_num(value)} [{_num(ci['low'])}, {_num(ci['high'])}]"
-    return _num(value)
+        return f"{number(value)} [{number(ci['low'])}, {number(ci['high'])}]"
+    return number(value)
 
 
 def format_table(rows: dict[str, dict[str, Any]], class_names: Sequence[str],
@@ -106,11 +107,11 @@ def format_table(rows: dict[str, dict[str, Any]], class_names: Sequence[str],
     lines = [f"{label:<{width}}  {'n':>6}  {'macro-F1 [95% CI]':<22}  {'accuracy':>8}  "
              + "  ".join(f"{name:>{w}}" for name, w in zip(class_names, cols))]
     for name, row in rows.items():
-        sens = [_num(row["sensitivity"][c]) if c in row["sensitivity"] else "-"
+        sens = [number(row["sensitivity"][c]) if c in row["sensitivity"] else "-"
                 for c in class_names]
         lines.append(f"{name:<{width}}  {row['n']:>6}  "
                      f"{with_interval(row['macro_f1'], row['macro_f1_ci']):<22}  "
-                     f"{_num(row['accuracy']):>8}  "
+                     f"{number(row['accuracy']):>8}  "
                      + "  ".join(f"{s:>{w}}" for s, w in zip(sens, cols)))
     return "\n".join(lines)
 

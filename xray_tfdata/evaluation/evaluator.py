@@ -30,6 +30,7 @@ from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import by_collection, calibration, metrics, reference, shortcut
 from xray_tfdata.inputs import collection_select  # TF-free: flags are checked before TF loads
 from xray_tfdata.evaluation.inference import (
+    aligned_metadata,
     eval_dataset,
     input_spec,
     load_model,
@@ -265,18 +266,13 @@ def _eval_metadata(config: EvalConfig, records_dir: str, y_true: np.ndarray,
                    probe: bool) -> dict[str, np.ndarray] | None:
     """The evaluated examples' metadata, in prediction order, when something needs it: the
     shortcut probe, or the per-collection table of records holding several collections."""
-    from xray_tfdata.inputs import pipeline
     from xray_tfdata.records import manifest
 
     several = len(collection_select.select(manifest.read_manifest(records_dir), config.split,
                                            config.collections)) > 1
     if not (probe or several):
         return None
-    meta = pipeline.read_metadata(records_dir, config.split, config.collections)
-    if not np.array_equal(meta["label"], y_true):  # the two passes must read the same order
-        raise ValueError(f"The metadata of {records_dir}:{config.split} are not in the order "
-                         f"of its predictions; rerun with --verbosity=0 and report this.")
-    return meta
+    return aligned_metadata(records_dir, config.split, config.collections, y_true)
 
 
 def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
