@@ -94,8 +94,8 @@ def test_plan_excludes_the_fold_from_training_and_names_what_it_scores(records, 
     broken = tmp_path / "broken"
     broken.mkdir()
     manifest.write_manifest(broken, info)
-    with pytest.raises(loco.LocoError, match=r"Fold 'a' cannot train on the other collections: "
-                                             r".*--exclude_collections=a"):
+    with pytest.raises(loco.LocoError, match=r"Fold 'a' cannot train on the other collections "
+                                             r"\(--exclude_collections=a\): .*'val'"):
         loco.plan(_base(broken), str(tmp_path), ["a"])
 
 

@@ -161,9 +161,9 @@ def plan(base: TrainConfig, work_dir: str, named: Sequence[str] = ()) -> list[Fo
         try:
             data = setup.resolve_data(config)
         except ConfigError as err:
-            raise LocoError(f"Fold {name!r} cannot train on the other collections: {err} (that "
-                            f"is, with --exclude_collections={name}). Hold out others with "
-                            f"--holdout=...") from err
+            raise LocoError(f"Fold {name!r} cannot train on the other collections "
+                            f"(--exclude_collections={name}): {err} Or leave this fold out: "
+                            f"--holdout=<the others>.") from err
         held = tuple(split for split in _SPLIT_ORDER if _holding(manifest, split, only=name))
         folds.append(Fold(name, config, data, held, _holding(manifest, "train", exclude=name),
                           _holding(manifest, "test", exclude=name)))
