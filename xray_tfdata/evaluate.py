@@ -56,6 +56,11 @@ def main(argv: list[str]) -> None:
     print(line)
     if "operating_point" in result:
         print("  " + evaluator.operating_point_text(result["operating_point"]))
+    if "by_collection" in result:
+        from xray_tfdata.evaluation import by_collection
+
+        print(by_collection.TITLE)
+        print(by_collection.format_table(result["by_collection"], result["class_names"]))
     if "shortcut_probe" in result:
         print("  " + result["shortcut_probe"]["message"])
     if "border_attention" in result:

@@ -247,6 +247,25 @@ def test_evaluate_one_collection(tiny_model, tmp_path):
     assert "probe_macro_f1" in result["shortcut_probe"]
     with pytest.raises(ConfigError, match=r"collections .*\['x', 'y'\]"):
         evaluator.evaluate(dataclasses.replace(config, collections=("z",)))
+    assert "by_collection" not in result  # one collection evaluated: no table
+    # Both collections: the per-collection table, its counts exact, each row the metrics of
+    # that collection's examples alone (all three classes held: the headline definitions).
+    both = evaluator.evaluate(dataclasses.replace(config, collections=(), bootstrap=50,
+                                                  output_dir=str(tmp_path / "both")))
+    table = both["by_collection"]
+    assert {name: (row["n"], row["support"]) for name, row in table.items()} == {
+        "x": (9, {"NORMAL": 3, "COVID19": 3, "PNEUMONIA": 3}),
+        "y": (6, {"NORMAL": 2, "COVID19": 2, "PNEUMONIA": 2})}
+    assert table["y"]["macro_f1"] == pytest.approx(result["macro_f1"])
+    assert table["y"]["sensitivity"] == {name: row["sensitivity"]
+                                         for name, row in result["per_class"].items()}
+    assert table["x"]["macro_f1_ci"]["low"] is not None
+    saved = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    assert saved["by_collection"]["x"]["n"] == 9
+    report = (tmp_path / "both" / "report.txt").read_text()
+    assert "Per collection (macro-F1 over the classes each collection holds" in report
+    assert [line.split()[:2] for line in report.splitlines()
+            if line.startswith(("x ", "y "))] == [["x", "9"], ["y", "6"]]
 
 
 def test_records_of_another_size_are_refused_in_the_models_terms(tmp_path):

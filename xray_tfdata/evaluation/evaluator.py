@@ -35,9 +35,10 @@ from absl import logging
 
 from xray_tfdata import errors, files, labels, paths
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
+from xray_tfdata.evaluation import by_collection, calibration, metrics, reference, shortcut
 from xray_tfdata.inputs import collection_select  # TF-free: flags are checked before TF loads
 from xray_tfdata.evaluation.inference import (
+    aligned_metadata,
     eval_dataset,
     input_spec,
     load_model,
@@ -253,13 +254,13 @@ def _reference_point(config: EvalConfig, model, image_size: int, channels: int,
     return point
 
 
-def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw: np.ndarray,
+def _trust_metrics(config: EvalConfig, y_true: np.ndarray, raw: np.ndarray,
                    point: dict[str, Any], cnn_macro_f1: float,
-                   train_meta: dict[str, np.ndarray] | None) -> dict[str, Any]:
+                   train_meta: dict[str, np.ndarray] | None,
+                   eval_meta: dict[str, np.ndarray] | None) -> dict[str, Any]:
     """Calibration, the operating point and the shortcut probe of one evaluated set.
-    `raw`: its uncalibrated probabilities; `train_meta`: the training records' metadata."""
-    from xray_tfdata.inputs import pipeline
-
+    `raw`: its uncalibrated probabilities; `train_meta` / `eval_meta`: the training records' and
+    the evaluated examples' metadata (pipeline.read_metadata)."""
     out: dict[str, Any] = {"calibration": calibration.calibration_summary(
         raw, y_true, point["temperature"])}
     out["calibration"]["temperature_source"] = point["temperature_source"]
@@ -279,12 +280,24 @@ def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw
                                      "message": f"Shortcut probe skipped: "
                                                 f"{point['train_records_found_by']}."}
         else:
-            eval_meta = pipeline.read_metadata(records_dir, config.split, config.collections)
             out["shortcut_probe"] = shortcut.run_probe(
                 train_meta, eval_meta, cnn_macro_f1, model=config.shortcut_model,
                 threshold=config.shortcut_threshold, seed=config.seed)
             out["shortcut_probe"]["fitted_on"] = f"{point['train_records_dir']}:train"
     return out
+
+
+def _eval_metadata(config: EvalConfig, records_dir: str, y_true: np.ndarray,
+                   probe: bool) -> dict[str, np.ndarray] | None:
+    """The evaluated examples' metadata, in prediction order, when something needs it: the
+    shortcut probe, or the per-collection table of records holding several collections."""
+    from xray_tfdata.records import manifest
+
+    several = len(collection_select.select(manifest.read_manifest(records_dir), config.split,
+                                           config.collections)) > 1
+    if not (probe or several):
+        return None
+    return aligned_metadata(records_dir, config.split, config.collections, y_true)
 
 
 def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
@@ -305,9 +318,15 @@ def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
                                      n_resamples=config.bootstrap, seed=config.seed)
     for warning in result["warnings"]:
         logging.warning("%s %s: %s", records_dir, config.split, warning)
+    eval_meta = _eval_metadata(config, records_dir, y_true, probe=config.shortcut_probe and
+                               point["train_records_dir"] is not None)
+    if eval_meta is not None and len(set(eval_meta["source"].tolist())) > 1:
+        result["by_collection"] = by_collection.collection_table(
+            y_true, probs, eval_meta["source"], result["class_names"],
+            n_resamples=config.bootstrap, seed=config.seed)
     raw = reference.uncalibrated(probs, point)
-    result.update(_trust_metrics(config, records_dir, y_true, raw, point, result["macro_f1"],
-                                 shared["train_meta"]))
+    result.update(_trust_metrics(config, y_true, raw, point, result["macro_f1"],
+                                 shared["train_meta"], eval_meta))
     if config.split == "train" and result.get("shortcut_probe", {}).get("message"):
         result["shortcut_probe"]["message"] += (
             " (Scored on train: if these are the training records, the probe's own training "
@@ -374,6 +393,10 @@ def report_text(result: dict[str, Any], title: str) -> str:
         text.append(operating_point_text(op))
         if op.get("warning"):
             text.append(f"WARNING: {op['warning']}")
+    table = result.get("by_collection")
+    if table:
+        text += ["", by_collection.TITLE,
+                 by_collection.format_table(table, result["class_names"])]
     probe = result.get("shortcut_probe")
     if probe:
         text += ["", "shortcut probe (metadata only, no pixels):", probe["message"]]
