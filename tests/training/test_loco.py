@@ -115,7 +115,10 @@ def test_loco_end_to_end_scores_each_held_out_collection_and_the_internal_test(f
     assert {k: v["n"] for k, v in internal_a["by_collection"].items()} == {"b": 3, "c": 1}
     assert (internal_b["n"], internal_b["collections"]) == (3, ["a", "c"])
     for row in (a, internal_a):
-        assert row["probe"]["skipped"] is False and row["probe"]["ratio"] is not None
+        probe = row["probe"]
+        assert probe["skipped"] is False and probe["probe_macro_f1"] is not None
+        # ratio = probe / CNN, None (not inf) only when the 1-epoch CNN scores 0
+        assert (probe["ratio"] is None) == (probe["cnn_macro_f1"] == 0)
         assert 0.0 <= row["border_attention"]["overall"] <= 1.0
     assert a["border_attention"]["num_images"] == 4  # 2 per class a holds
     assert summary["folds"][0]["training"]["trained_on"] == ["b", "c"]
