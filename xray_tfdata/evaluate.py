@@ -6,7 +6,7 @@ r"""Evaluates a trained model: metrics with 95% CIs, calibration, operating poin
 Writes metrics.json, report.txt, confusion_matrix.png, reliability.png and tensorboard/ into
 --output_dir (default <dir of model>/eval/<split>); with several records directories
 (--records_dir=a,b or --external_records_dir) one subdirectory each plus comparison.{json,txt},
-a side-by-side table. The shortcut probe, the temperature and the COVID19 threshold come from the
+a side-by-side table. The shortcut probe, the temperature and the operating point come from the
 records the model was TRAINED on (the run's summary.json, or --train_records_dir), so an external
 test-only collection needs no train split.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import app
 
-from xray_tfdata import cli, labels, paths
+from xray_tfdata import cli, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator
 
@@ -44,9 +44,10 @@ def main(argv: list[str]) -> None:
         raise cli.usage_error(err) from err
     out = config.resolved_output_dir
     print(f"Evaluated {config.model_path} on {config.split} ({result['num_examples']} examples)")
-    for key in ("accuracy", "macro_f1", "macro_auc"):
-        print(f"  {key:<10} {metrics.headline(result, key)}")
-    for name in labels.CLASS_NAMES:
+    print(f"  {metrics.classes_note(result)}")
+    for key in ("accuracy", "macro_f1", "macro_sensitivity", "macro_auc"):
+        print(f"  {key:<17} {metrics.headline(result, key)}")
+    for name in result["class_names"]:
         print(f"  sensitivity {name:<10} {metrics.headline(result, 'sensitivity/' + name)}")
     cal = result["calibration"]
     line = f"  ECE {cal['ece']:.4f}"
@@ -55,6 +56,11 @@ def main(argv: list[str]) -> None:
     print(line)
     if "operating_point" in result:
         print("  " + evaluator.operating_point_text(result["operating_point"]))
+    if "by_collection" in result:
+        from xray_tfdata.evaluation import by_collection
+
+        print(by_collection.TITLE)
+        print(by_collection.format_table(result["by_collection"], result["class_names"]))
     if "shortcut_probe" in result:
         print("  " + result["shortcut_probe"]["message"])
     if "border_attention" in result:

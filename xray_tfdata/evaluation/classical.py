@@ -324,7 +324,8 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
     identity = EmbeddingIdentity(model_sha256=files.sha256_file(model_path),
                                  embedding_dim=int(x_train.shape[1]), model_name=model.name)
     results = {"cnn_head": metrics.compute_metrics(y_eval, cnn_probs, n_resamples=bootstrap,
-                                                   seed=params.seed)}
+                                                   seed=params.seed,
+                                                   class_names=labels.CLASS_NAMES)}
     saved = {}
     for name in classifiers:
         clf = make_classifier(name, params, num_train=int(y_train.size))
@@ -333,7 +334,7 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
                                   params=dataclasses.asdict(params))
         results[name] = metrics.compute_metrics(
             y_eval, bundle.predict_proba(x_eval), bundle.predict(x_eval),
-            n_resamples=bootstrap, seed=params.seed)
+            n_resamples=bootstrap, seed=params.seed, class_names=labels.CLASS_NAMES)
         saved[name] = str(save_classifier(output_dir / "classifiers" / f"{name}.joblib", bundle))
     summary = {
         "results": results,

@@ -2,9 +2,10 @@
 
 `evaluate(EvalConfig(...))` runs the model over the split through the same input pipeline as
 training (evaluation mode: one pass, no augmentation), computes `metrics.compute_metrics`, ECE
-before and after temperature scaling, the COVID19 operating point's sensitivity / specificity /
-PPV, the metadata-only shortcut probe (fitted on the model's TRAINING records, see reference.py)
-and Grad-CAM border attention, and writes into the output directory:
+before and after temperature scaling, the operating point's sensitivity / specificity / PPV (for
+one positive class, COVID19 by default), the metadata-only shortcut probe (fitted on the model's
+TRAINING records, see reference.py) and Grad-CAM border attention, and writes into the output
+directory:
   metrics.json          every number, the settings, the model's sha256 and library versions
   report.txt            the same, human-readable (headline metrics with 95% bootstrap CIs)
   confusion_matrix.png  annotated counts and row fractions with class names
@@ -13,6 +14,12 @@ and Grad-CAM border attention, and writes into the output directory:
 Several records directories (`records_dir="a,b"` or `external_records_dir`) are each evaluated
 into <output_dir>/<name>/ and compared side by side in <output_dir>/comparison.{json,txt}.
 Each file is written to a temporary name and renamed, so a crash never leaves a half-written file.
+
+Numbers are honest about the classes a split lacks or barely holds (metrics.py): macro averages
+over the classes present, absent classes listed and their rows 'absent', exact intervals and a
+warning for a class with fewer than metrics.EXACT_BELOW examples, and a warning when the operating
+point was chosen on fewer than calibration.MIN_OPERATING_POSITIVES val positives. Warnings go
+to absl's log (shown in quiet mode) and into metrics.json / report.txt.
 """
 
 from __future__ import annotations
@@ -24,12 +31,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from absl import logging
 
 from xray_tfdata import errors, files, labels, paths
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
+from xray_tfdata.evaluation import by_collection, calibration, metrics, reference, shortcut
 from xray_tfdata.inputs import collection_select  # TF-free: flags are checked before TF loads
 from xray_tfdata.evaluation.inference import (
+    aligned_metadata,
     eval_dataset,
     input_spec,
     load_model,
@@ -200,7 +209,8 @@ def write_tensorboard(logdir: str | os.PathLike, tag: str, result: dict[str, Any
                 if ci.get(bound) is not None:
                     scalar(f"{tag}/{key}_ci_{bound}", ci[bound])
         for name, row in result["per_class"].items():
-            scalar(f"{tag}/sensitivity/{name}", row["sensitivity"])
+            if row["sensitivity"] is not None:  # None: the class is absent from the split
+                scalar(f"{tag}/sensitivity/{name}", row["sensitivity"])
             scalar(f"{tag}/specificity/{name}", row["specificity"])
         # Markdown renders a code block; keeps the fixed-width table readable.
         tf.summary.write(f"{tag}/report", tf.constant("```\n" + report + "\n```"), step=step,
@@ -212,7 +222,17 @@ def write_tensorboard(logdir: str | os.PathLike, tag: str, result: dict[str, Any
 # ----------------------------------------------------------------------------- the run
 
 
-def _reference_point(config: EvalConfig, model, image_size: int, channels: int):
+def classes_and_positive() -> tuple[tuple[str, ...], int]:
+    """The model's classes (label-id order) and the id of the operating point's class.
+
+    The one place evaluation takes today's defaults (the three classes, COVID19): everything
+    below receives them as arguments, so reading them from the model and --positive_class
+    replaces only this function."""
+    return labels.CLASS_NAMES, labels.LABEL_MAP["COVID19"]
+
+
+def _reference_point(config: EvalConfig, model, image_size: int, channels: int,
+                     class_names: Sequence[str], positive: int):
     """Training records, their val predictions and the operating point (reference.py)."""
     train_dir, how = reference.training_records_dir(config.model_path, config.train_records_dir)
     val_probs = val_labels = None
@@ -226,18 +246,21 @@ def _reference_point(config: EvalConfig, model, image_size: int, channels: int):
                                                        channels, config.batch_size))
             val_probs, val_labels = p, y
     point = reference.operating_point(val_probs, val_labels, config.target_sensitivity,
-                                      reference.run_calibration(config.model_path))
+                                      reference.run_calibration(config.model_path),
+                                      positive=positive, class_names=class_names)
     point.update(train_records_dir=train_dir, train_records_found_by=how)
+    if point["warning"]:
+        logging.warning("%s", point["warning"])
     return point
 
 
-def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw: np.ndarray,
+def _trust_metrics(config: EvalConfig, y_true: np.ndarray, raw: np.ndarray,
                    point: dict[str, Any], cnn_macro_f1: float,
-                   train_meta: dict[str, np.ndarray] | None) -> dict[str, Any]:
-    """Calibration, the COVID19 operating point and the shortcut probe of one evaluated set.
-    `raw`: its uncalibrated probabilities; `train_meta`: the training records' metadata."""
-    from xray_tfdata.inputs import pipeline
-
+                   train_meta: dict[str, np.ndarray] | None,
+                   eval_meta: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """Calibration, the operating point and the shortcut probe of one evaluated set.
+    `raw`: its uncalibrated probabilities; `train_meta` / `eval_meta`: the training records' and
+    the evaluated examples' metadata (pipeline.read_metadata)."""
     out: dict[str, Any] = {"calibration": calibration.calibration_summary(
         raw, y_true, point["temperature"])}
     out["calibration"]["temperature_source"] = point["temperature_source"]
@@ -245,16 +268,18 @@ def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw
         calibrated = calibration.apply_temperature(raw, point["temperature"])
         out["operating_point"] = {
             **calibration.threshold_metrics(calibrated, y_true, point["threshold"],
+                                            positive=point["positive"],
                                             n_resamples=config.bootstrap, seed=config.seed),
+            "positive_class": point["positive_class"],
             "target_sensitivity": config.target_sensitivity,
-            "chosen_on": f"{point['train_records_dir']}:{config.val_split}"}
+            "chosen_on": f"{point['train_records_dir']}:{config.val_split}",
+            "num_val_positive": point["num_val_positive"], "warning": point["warning"]}
     if config.shortcut_probe:
         if point["train_records_dir"] is None:
             out["shortcut_probe"] = {"skipped": True, "warning": False, "probe_macro_f1": None,
                                      "message": f"Shortcut probe skipped: "
                                                 f"{point['train_records_found_by']}."}
         else:
-            eval_meta = pipeline.read_metadata(records_dir, config.split, config.collections)
             out["shortcut_probe"] = shortcut.run_probe(
                 train_meta, eval_meta, cnn_macro_f1, model=config.shortcut_model,
                 threshold=config.shortcut_threshold, seed=config.seed)
@@ -262,23 +287,46 @@ def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw
     return out
 
 
+def _eval_metadata(config: EvalConfig, records_dir: str, y_true: np.ndarray,
+                   probe: bool) -> dict[str, np.ndarray] | None:
+    """The evaluated examples' metadata, in prediction order, when something needs it: the
+    shortcut probe, or the per-collection table of records holding several collections."""
+    from xray_tfdata.records import manifest
+
+    several = len(collection_select.select(manifest.read_manifest(records_dir), config.split,
+                                           config.collections)) > 1
+    if not (probe or several):
+        return None
+    return aligned_metadata(records_dir, config.split, config.collections, y_true)
+
+
 def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
                   point: dict[str, Any], image_size: int, channels: int,
                   shared: dict[str, Any]) -> dict[str, Any]:
-    """One records dir; `shared`: what is the same for every dir (model sha256, train metadata)."""
+    """One records dir; `shared`: what is the same for every dir (model sha256, train metadata,
+    the model's class names)."""
+    class_names = shared["class_names"]
     dataset = eval_dataset(records_dir, config.split, image_size, channels, config.batch_size,
                            config.collections)
     y_true, (probs, *_) = run_model(
         model, dataset, label=f"evaluate {config.split}",
         total=split_size(records_dir, config.split, config.collections))
-    if probs.ndim != 2 or probs.shape[1] != labels.NUM_CLASSES:
+    if probs.ndim != 2 or probs.shape[1] != len(class_names):
         raise ValueError(f"The model outputs shape {probs.shape[1:]}, expected "
-                         f"[{labels.NUM_CLASSES}] class probabilities.")
-    result = metrics.compute_metrics(y_true, probs, n_resamples=config.bootstrap,
-                                     seed=config.seed)
+                         f"[{len(class_names)}] class probabilities ({', '.join(class_names)}).")
+    result = metrics.compute_metrics(y_true, probs, class_names=class_names,
+                                     n_resamples=config.bootstrap, seed=config.seed)
+    for warning in result["warnings"]:
+        logging.warning("%s %s: %s", records_dir, config.split, warning)
+    eval_meta = _eval_metadata(config, records_dir, y_true, probe=config.shortcut_probe and
+                               point["train_records_dir"] is not None)
+    if eval_meta is not None and len(set(eval_meta["source"].tolist())) > 1:
+        result["by_collection"] = by_collection.collection_table(
+            y_true, probs, eval_meta["source"], result["class_names"],
+            n_resamples=config.bootstrap, seed=config.seed)
     raw = reference.uncalibrated(probs, point)
-    result.update(_trust_metrics(config, records_dir, y_true, raw, point, result["macro_f1"],
-                                 shared["train_meta"]))
+    result.update(_trust_metrics(config, y_true, raw, point, result["macro_f1"],
+                                 shared["train_meta"], eval_meta))
     if config.split == "train" and result.get("shortcut_probe", {}).get("message"):
         result["shortcut_probe"]["message"] += (
             " (Scored on train: if these are the training records, the probe's own training "
@@ -311,8 +359,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     returns the first dir's metrics.json (with "comparison" rows when there are several)."""
     model = load_model(config.model_path)
     image_size, channels = input_spec(model)
-    point = _reference_point(config, model, image_size, channels)
-    shared = {"model_sha256": files.sha256_file(config.model_path), "train_meta": None}
+    class_names, positive = classes_and_positive()
+    point = _reference_point(config, model, image_size, channels, class_names, positive)
+    shared = {"model_sha256": files.sha256_file(config.model_path), "train_meta": None,
+              "class_names": class_names}
     if config.shortcut_probe and point["train_records_dir"] is not None:
         from xray_tfdata.inputs import pipeline
 
@@ -341,6 +391,12 @@ def report_text(result: dict[str, Any], title: str) -> str:
     op = result.get("operating_point")
     if op:
         text.append(operating_point_text(op))
+        if op.get("warning"):
+            text.append(f"WARNING: {op['warning']}")
+    table = result.get("by_collection")
+    if table:
+        text += ["", by_collection.TITLE,
+                 by_collection.format_table(table, result["class_names"])]
     probe = result.get("shortcut_probe")
     if probe:
         text += ["", "shortcut probe (metadata only, no pixels):", probe["message"]]
@@ -354,16 +410,23 @@ def report_text(result: dict[str, Any], title: str) -> str:
 
 
 def operating_point_text(op: dict[str, Any]) -> str:
-    """'COVID19 at p >= 0.31 (95% sensitivity on val): sensitivity 0.9 [..], ...'."""
+    """'COVID19 at P >= 0.31 (chosen for sensitivity 95% on r:val, 40 positives): sensitivity
+    0.9 [..], ...'; an exact interval is marked so."""
     parts = []
     for key in ("sensitivity", "specificity", "ppv"):
         ci = op["confidence_intervals"].get(key) or {}
         value = "n/a" if op[key] is None else f"{op[key]:.3f}"
+        if key == "sensitivity" and op[key] is None and not op["num_positive"]:
+            value = f"n/a (no {op['positive_class']} in this split)"
         if ci.get("low") is not None:
             value += f" [{ci['low']:.3f}, {ci['high']:.3f}]"
+            if ci.get("method") == metrics.EXACT_METHOD:
+                value += f" exact, n={ci['n']}"
         parts.append(f"{key} {value}")
-    return (f"COVID19 at P >= {op['threshold']:.4f} (chosen for sensitivity "
-            f"{op['target_sensitivity']:.0%} on {op['chosen_on']}): " + ", ".join(parts))
+    positives = op["num_val_positive"]
+    return (f"{op['positive_class']} at P >= {op['threshold']:.4f} (chosen for sensitivity "
+            f"{op['target_sensitivity']:.0%} on {op['chosen_on']}, {positives} "
+            f"positive{'s' if positives != 1 else ''}): " + ", ".join(parts))
 
 
 def write_outputs(output_dir: Path, result: dict[str, Any], split: str, title: str,

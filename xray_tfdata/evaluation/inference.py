@@ -92,6 +92,19 @@ def split_size(records_dir: str, split: str, collections: tuple[str, ...] = ()) 
     return collection_select.num_examples(manifest.read_manifest(records_dir), split, collections)
 
 
+def aligned_metadata(records_dir: str, split: str, collections: tuple[str, ...],
+                     y_true: np.ndarray) -> dict[str, np.ndarray]:
+    """pipeline.read_metadata of the examples `run_model` scored over `eval_dataset(records_dir,
+    split, ..., collections)`, in the same order; checked against their labels `y_true`."""
+    from xray_tfdata.inputs import pipeline
+
+    meta = pipeline.read_metadata(records_dir, split, collections)
+    if not np.array_equal(meta["label"], y_true):  # the two passes must read the same order
+        raise ValueError(f"The metadata of {records_dir}:{split} are not in the order of its "
+                         f"predictions; rerun with --verbosity=0 and report this.")
+    return meta
+
+
 def run_model(model, dataset, *, predict=None, label: str = "", total: int = 0
               ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Runs the model (or a ready `predict` step from `predict_fn`) over (images, labels)

@@ -5,9 +5,9 @@ A model evaluated on an external collection must be judged with what it was trai
   records `settings.records_dir`; a model file's run directory is its parent), never on the
   evaluated records' own train split (an external set may have none, and its sources are not the
   ones the model may have learned);
-- the temperature and the COVID19 operating point come from the training records' val split
-  (or the temperature the training run stored in calibration.json), so the evaluated split is
-  never used to choose them.
+- the temperature and the operating point (of the positive class, COVID19 by default) come
+  from the training records' val split (or the temperature the training run stored in
+  calibration.json), so the evaluated split is never used to choose them.
 `comparison_table` puts several evaluated records directories side by side.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import labels, paths
+from xray_tfdata import paths
 from xray_tfdata.evaluation import calibration
 
 SUMMARY_FILE = "summary.json"
@@ -65,8 +65,11 @@ def run_calibration(model_path: str | Path) -> dict[str, Any] | None:
 
 
 def operating_point(val_probs: np.ndarray | None, val_labels: np.ndarray | None,
-                    target_sensitivity: float, stored: dict[str, Any] | None) -> dict[str, Any]:
-    """Temperature (stored by the run, else fitted on val) and COVID19 threshold (on val).
+                    target_sensitivity: float, stored: dict[str, Any] | None, *,
+                    positive: int, class_names: Sequence[str]) -> dict[str, Any]:
+    """Temperature (stored by the run, else fitted on val) and the threshold on P(class
+    `positive`) (on val), with the number of val positives it was chosen on and, under
+    calibration.MIN_OPERATING_POSITIVES, a `warning`.
 
     `val_probs` are the model's outputs on the training records' val split. When the run's model
     already returns calibrated probabilities (stored["applied_in_model"]), the raw ones are
@@ -74,6 +77,8 @@ def operating_point(val_probs: np.ndarray | None, val_labels: np.ndarray | None,
     """
     out: dict[str, Any] = {"target_sensitivity": target_sensitivity, "temperature": None,
                            "temperature_source": None, "threshold": None,
+                           "positive": positive, "positive_class": class_names[positive],
+                           "num_val_positive": None, "warning": None,
                            "applied_in_model": bool(stored and stored.get("applied_in_model"))}
     if stored:
         out.update(temperature=float(stored["temperature"]),
@@ -86,10 +91,12 @@ def operating_point(val_probs: np.ndarray | None, val_labels: np.ndarray | None,
         out.update(temperature=calibration.fit_temperature(raw_val, val_labels),
                    temperature_source="fitted on the training records' val split")
     calibrated_val = calibration.apply_temperature(raw_val, out["temperature"])
-    out["threshold"] = calibration.covid_threshold(calibrated_val, val_labels, target_sensitivity)
-    out["num_val"] = int(val_labels.size)
+    chosen = calibration.operating_threshold(calibrated_val, val_labels, positive, class_names,
+                                             target_sensitivity)
+    out.update(threshold=chosen["threshold"], num_val_positive=chosen["num_positive"],
+               warning=chosen["warning"], num_val=int(val_labels.size))
     if out["threshold"] is None:
-        out["note"] = "no COVID19 example in the val split: no threshold"
+        out["note"] = f"no {class_names[positive]} example in the val split: no threshold"
     return out
 
 
@@ -110,6 +117,7 @@ def comparison_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "num_examples": result["num_examples"], "macro_f1": result["macro_f1"],
         "macro_f1_ci": result.get("confidence_intervals", {}).get("macro_f1"),
         "macro_auc": result["macro_auc"],
+        "classes": list(result["class_names"]), "absent_classes": result.get("absent_classes", []),
         "sensitivity": {n: r["sensitivity"] for n, r in result["per_class"].items()},
         "support": {n: r["support"] for n, r in result["per_class"].items()},
         "ece": cal.get("ece"), "ece_calibrated": cal.get("ece_calibrated"),
@@ -124,9 +132,11 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Fixed-width table: one line per records directory."""
+    """Fixed-width table: one line per records directory (every row is of the same model, so of
+    the same classes); a class a directory lacks reads 'absent'."""
+    classes = rows[0]["classes"]
     header = (f"{'records':<18} {'n':>5} {'macro-F1 [95% CI]':>22} "
-              + " ".join(f"{n:>10}" for n in labels.CLASS_NAMES)
+              + " ".join(f"{n:>10}" for n in classes)
               + f" {'AUC':>6} {'ECE':>13} {'probe F1':>9} {'border':>7}")
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -135,15 +145,16 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
                                     if ci.get("low") is not None else "")
         sens = " ".join(
             f"{(_f(row['sensitivity'][n]) if row['support'][n] else 'absent'):>10}"
-            for n in labels.CLASS_NAMES)
+            for n in classes)
         ece = _f(row["ece"]) + ("" if row["ece_calibrated"] is None
                                 else f"->{_f(row['ece_calibrated'])}")
         probe = _f(row["probe_macro_f1"]) + ("!" if row["probe_warning"] else "")
         border = _f(row["border_attention"]) + ("!" if row["border_warning"] else "")
         lines.append(f"{row['name'][:18]:<18} {row['num_examples']:>5} {f1:>22} {sens} "
                      f"{_f(row['macro_auc']):>6} {ece:>13} {probe:>9} {border:>7}")
-    lines.append("NORMAL / COVID19 / PNEUMONIA: sensitivity. ECE: before->after temperature "
-                 "scaling. probe F1: metadata only, fitted on the training records. '!': probe "
-                 "within its warning threshold of the CNN, or border attention above the uniform "
-                 "0.4375.")
+    lines.append(f"{' / '.join(classes)}: sensitivity ('absent': none in that directory). "
+                 "macro-F1: over the classes each directory holds. ECE: before->after "
+                 "temperature scaling. probe F1: metadata only, fitted on the training records. "
+                 "'!': probe within its warning threshold of the CNN, or border attention above "
+                 "the uniform 0.4375.")
     return "\n".join(lines)

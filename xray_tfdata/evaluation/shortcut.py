@@ -126,13 +126,20 @@ def _fit_tags(meta: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...
     return tuple(fitted)
 
 
+def is_original(augmentation: Any) -> np.ndarray:
+    """True for each record that is a source image itself, not an offline-augmented variant
+    (the `augmentation` metadata column: "none", or "" in records from before the column)."""
+    return np.asarray([str(a) in ("none", "b'none'", "") for a in np.asarray(augmentation)],
+                      dtype=bool)
+
+
 def originals_only(meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Drops offline-augmented variants: they repeat their source's metadata and would let the
     most augmented class (COVID19 in the Kaggle recipe) dominate the probe's training set."""
     meta = {k: np.asarray(v) for k, v in meta.items()}
     if "augmentation" not in meta:
         return meta
-    keep = np.asarray([str(a) in ("none", "b'none'", "") for a in meta["augmentation"]])
+    keep = is_original(meta["augmentation"])
     if keep.all() or not keep.any():
         return meta
     return {k: v[keep] if v.shape[:1] == keep.shape else v for k, v in meta.items()}
@@ -177,7 +184,8 @@ def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_m
     probs = np.zeros((y_eval.size, labels.NUM_CLASSES))
     # The probe only knows the classes it saw in train; put its columns in label order.
     probs[:, probe.classes_] = probe.predict_proba(x_eval)
-    probe_metrics = metrics.compute_metrics(y_eval, probs, n_resamples=0)
+    probe_metrics = metrics.compute_metrics(y_eval, probs, class_names=labels.CLASS_NAMES,
+                                            n_resamples=0)
     probe_f1 = probe_metrics["macro_f1"]
     result.update(
         skipped=False, probe_macro_f1=probe_f1, probe_accuracy=probe_metrics["accuracy"],
@@ -211,7 +219,8 @@ def source_alone_macro_f1(train_meta: Mapping[str, Any],
     predicted = np.array([majority.get(src, overall) for src in eval_src.tolist()], np.int64)
     probs = np.eye(labels.NUM_CLASSES)[predicted]
     y_eval = column(eval_meta, "label").astype(np.int64)
-    return float(metrics.compute_metrics(y_eval, probs, n_resamples=0)["macro_f1"])
+    return float(metrics.compute_metrics(y_eval, probs, class_names=labels.CLASS_NAMES,
+                                         n_resamples=0)["macro_f1"])
 
 
 def compare(probe_f1: float, cnn_macro_f1: float,

@@ -149,6 +149,13 @@ def num_examples(manifest: dict[str, Any], split: str) -> int:
     return int(manifest["splits"][split]["num_examples"])
 
 
+def class_names(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The records' class names in label order, from their label_map (the classes a model
+    trained on them predicts)."""
+    label_map = manifest.get("label_map") or labels.LABEL_MAP
+    return tuple(name for name, _ in sorted(label_map.items(), key=lambda item: item[1]))
+
+
 def class_counts(manifest: dict[str, Any], split: str) -> list[int]:
     """Examples per class id (label order), e.g. for balanced class weights."""
     per_class = manifest["splits"][split]["per_class"]

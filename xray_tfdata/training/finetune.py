@@ -18,7 +18,7 @@ saved model and the export then return calibrated probabilities with no extra la
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -58,8 +58,11 @@ def split_variables(model: keras.Model) -> tuple[list, list]:
     return head, rest
 
 
-def calibrate(model: keras.Model, predict: Callable, val_ds: tf.data.Dataset) -> dict[str, Any]:
-    """Fits T on val, folds 1/T into the output layer, returns the record for calibration.json."""
+def calibrate(model: keras.Model, predict: Callable, val_ds: tf.data.Dataset,
+              class_names: Sequence[str], positive: int) -> dict[str, Any]:
+    """Fits T on val, folds 1/T into the output layer, returns the record for calibration.json,
+    with the val operating point (95% sensitivity) of class id `positive` and the number of val
+    positives it was chosen on."""
     y_val, (probs, *_) = inference.run_model(None, val_ds, predict=predict)
     temperature = calibration.fit_temperature(probs, y_val)
     calibrated = calibration.apply_temperature(probs, temperature)
@@ -76,6 +79,7 @@ def calibrate(model: keras.Model, predict: Callable, val_ds: tf.data.Dataset) ->
             calibration.nll(calibrated, y_val),
         "val_ece": calibration.expected_calibration_error(probs, y_val),
         "val_ece_calibrated": calibration.expected_calibration_error(calibrated, y_val),
-        "val_covid19_threshold_95": calibration.covid_threshold(calibrated, y_val, 0.95),
+        "val_operating_point": calibration.operating_threshold(calibrated, y_val, positive,
+                                                               class_names, 0.95),
     }
 

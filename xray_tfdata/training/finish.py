@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import files
+from xray_tfdata import files, labels
 from xray_tfdata import paths as url_paths  # `paths` is summary()'s argument
 from xray_tfdata.evaluation import calibration
 from xray_tfdata.serving import export
@@ -52,7 +52,12 @@ def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
         stored = calibration.model_record(best_path)
         if stored is not None:
             return stored
-    record = finetune.calibrate(model, predict, val_ds)
+    # Today's classes and COVID19 as the operating point's class, until the class set comes
+    # from the records and the positive class from --positive_class (issue 20).
+    record = finetune.calibrate(model, predict, val_ds, labels.CLASS_NAMES,
+                                labels.LABEL_MAP["COVID19"])
+    if record["val_operating_point"]["warning"]:
+        logging.warning("%s", record["val_operating_point"]["warning"])
     logging.info("Temperature scaling on %s: T = %.3f, val NLL %.4f -> %.4f, ECE %.4f -> %.4f.",
                  config.val_split, record["temperature"], record["val_nll"],
                  record["val_nll_calibrated"], record["val_ece"], record["val_ece_calibrated"])
