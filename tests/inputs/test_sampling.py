@@ -163,3 +163,36 @@ def test_balanced_collections_with_a_collection_filter(collections):
     share = counts / counts.sum()
     expected = np.array([[1 / 6, 0, 1 / 6], [1 / 3, 0, 0], [1 / 6, 0, 1 / 6]])
     np.testing.assert_allclose(share, expected, atol=0.04)
+
+
+# --- label_collections: the collection adversary's targets ride along with every sampler -------
+@pytest.mark.parametrize("sampling", ["natural", "balanced", "balanced_collections"])
+@pytest.mark.parametrize("exclude", [(), ("b",)])
+def test_label_collections_yield_ids_of_the_sorted_selected_names(collections, sampling,
+                                                                  exclude):
+    """Ids index collection_select.collection_ids (sorted, selected): with b excluded, c is 1."""
+    ids_of = {"a": 0, "b": 1, "c": 2} if not exclude else {"a": 0, "c": 1}
+    index_to_name = dict(enumerate(MIX))  # pixel [0, 0] holds the index into MIX
+    config = _config(sampling=sampling, global_batch_size=10, label_collections=True,
+                     exclude_collections=exclude, output_dtype="float32")
+    seen = set()
+    for images, y, ids in pipeline.build_dataset(collections, "train", config).take(12):
+        assert ids.dtype == tf.int32 and images.dtype == tf.float32
+        pixels = images.numpy()[:, 0, :2, 0].astype(int)
+        np.testing.assert_array_equal(pixels[:, 1], y.numpy())
+        want = [ids_of[index_to_name[i]] for i in pixels[:, 0]]
+        np.testing.assert_array_equal(ids.numpy(), want)
+        seen.update(want)
+    assert seen == set(ids_of.values())
+
+
+def test_label_collections_in_evaluation_and_with_host_augmentation(collections):
+    evaluation = _config(training=False, label_collections=True, sampling="natural")
+    elements = list(pipeline.build_dataset(collections, "train", evaluation))
+    ids = np.concatenate([e[2].numpy() for e in elements])
+    index = np.concatenate([e[0].numpy()[:, 0, 0, 0] for e in elements])
+    np.testing.assert_array_equal(ids, index)  # a, b, c -> 0, 1, 2 = their index in MIX
+    assert len(ids) == sum(map(sum, MIX.values()))
+    augmented = _config(augment=True, label_collections=True, sampling="natural")
+    images, y, ids = next(iter(pipeline.build_dataset(collections, "train", augmented)))
+    assert images.shape == (12, SIZE, SIZE, 1) and y.shape == ids.shape == (12,)

@@ -154,7 +154,7 @@ def test_mixed_float16_step_runs_on_cpu_with_float32_outputs(records):
             str(records), "train", pipeline.InputConfig(global_batch_size=8, image_size=64)))
         iterator = iter(ds)
         before_weights = [w.copy() for w in model.get_weights()]
-        loss = float(step(iterator, tf.constant(3)))
+        loss = float(step(iterator, tf.constant(3))["loss"])
         images, _ = next(iterator)
         outputs = model(images, training=False)
     finally:

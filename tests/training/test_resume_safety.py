@@ -190,3 +190,12 @@ def test_a_record_naming_another_model_file_is_not_this_models(tmp_path):
     assert calibration.model_record(model) is None
     files.write_json(tmp_path / calibration.CALIBRATION_FILE, {"temperature": 2.0})
     assert calibration.model_record(model)["temperature"] == 2.0  # older runs: trusted
+
+
+def test_a_spec_recorded_before_a_setting_existed_matches_it_at_its_default():
+    current = {"settings": {"epochs": 3, "collection_adversary": 0.0, "collections": []},
+               "records": {"identity": "x", "dir": "/r"}}
+    older = {"settings": {"epochs": 3}, "records": {"identity": "x", "dir": "/r"}}
+    assert run_spec.differences(older, current) == ([], [])
+    current["settings"]["collection_adversary"] = 0.5
+    assert run_spec.differences(older, current) == (["collection_adversary None -> 0.5"], [])

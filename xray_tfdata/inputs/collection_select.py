@@ -90,3 +90,12 @@ def streams(manifest: dict[str, Any], split: str, include: Sequence[str] = (),
         if holding:
             out[class_id] = holding
     return out
+
+
+def collection_ids(manifest: dict[str, Any], include: Sequence[str] = (),
+                   exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """The selected collections in id order: sorted names over every split of the records, so
+    an id means the same collection in every split and every run on these records (the
+    collection adversary's targets, InputConfig.label_collections)."""
+    return tuple(name for name in all_names(manifest)
+                 if (not include or name in include) and name not in exclude)

@@ -1,4 +1,5 @@
-"""Records directory -> tf.data.Dataset of (images [B,H,W,C] uint8, labels [B] int32).
+"""Records directory -> tf.data.Dataset of (images [B,H,W,C] uint8, labels [B] int32), and
+with `label_collections` the collection ids [B] int32 as a third element.
 
 The straight-line pipeline (`build_dataset`), one transformation per line:
 
@@ -84,6 +85,9 @@ class InputConfig:
     exclude_collections: tuple[str, ...] = setting(
         (), "Train and validate on every collection but these (leave-one-collection-out: then "
         "evaluate --collections=<it>).")
+    # Yield (images, labels, collection ids) triples: ids index collection_select.collection_ids
+    # (the collection adversary's targets, training/adversary.py). Set by the run, no flag.
+    label_collections: bool = False
     # Ablation switches for benchmarks/input_pipeline.py; keep True in real use.
     parallel_interleave: bool = True
     vectorized_parse: bool = True
@@ -307,34 +311,40 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
     # reused by every leave-one-collection-out run).
     if config.collections or config.exclude_collections:
         ds = ds.filter(lambda image, label, source: tf.reduce_any(tf.equal(source, kept)))
+    # The collection stays on the elements through the sampler only if the run labels it.
+    keep = config.label_collections
     if config.training and config.sampling == "balanced_collections":
         streams = collection_select.streams(info, split, config.collections,
                                             config.exclude_collections)
         ds = sampling.balanced_collections(ds, streams, seed=config.seed,
                                            shuffle_buffer=config.shuffle_buffer,
-                                           pipeline_id=pipeline_id)
+                                           pipeline_id=pipeline_id, keep_collection=keep)
     elif config.training and config.sampling == "balanced":
-        ds = sampling.balanced(_drop_collection(ds, by_collection), len(info["label_map"]),
-                               seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-                               pipeline_id=pipeline_id)
+        ds = sampling.balanced(ds if keep else _drop_collection(ds, by_collection),
+                               len(info["label_map"]), seed=config.seed,
+                               shuffle_buffer=config.shuffle_buffer, pipeline_id=pipeline_id)
     elif config.training:
         # Shuffle before repeat: every epoch is a full permutation, no example twice per epoch.
-        ds = _drop_collection(ds, by_collection)
+        ds = ds if keep else _drop_collection(ds, by_collection)
         ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
         ds = ds.repeat()
-    else:
+    elif not keep:
         ds = _drop_collection(ds, by_collection)
+    if keep:
+        ds = ds.map(_collection_id_fn(collection_select.collection_ids(
+            info, config.collections, config.exclude_collections)),
+            num_parallel_calls=tf.data.AUTOTUNE)
     # Static batch shapes in training (tf.distribute, XLA); keep the tail in evaluation.
     ds = ds.batch(batch_size, drop_remainder=config.training)
     augment = _augment_fn(config, pipeline_id)
     if augment is not None:
-        ds = ds.enumerate().map(lambda step, batch: (augment(step, batch[0]), batch[1]),
+        ds = ds.enumerate().map(lambda step, batch: (augment(step, batch[0]), *batch[1:]),
                                 num_parallel_calls=tf.data.AUTOTUNE)
     if remote:
         ds = _on_service(ds, config, split, batch_size)
     dtype = tf.as_dtype(config.output_dtype)
     if dtype != tf.uint8:
-        ds = ds.map(lambda images, labels: (tf.cast(images, dtype), labels),
+        ds = ds.map(lambda images, *rest: (tf.cast(images, dtype), *rest),
                     num_parallel_calls=tf.data.AUTOTUNE)
     if config.prefetch:
         ds = ds.prefetch(tf.data.AUTOTUNE)
@@ -345,10 +355,22 @@ def _drop_collection(ds: tf.data.Dataset, by_collection: bool) -> tf.data.Datase
     return ds.map(lambda image, label, source: (image, label)) if by_collection else ds
 
 
+def _collection_id_fn(names: tuple[str, ...]) -> Callable:
+    """(image, label, collection name) -> (image, label, int32 id = index of the name)."""
+    table = tf.constant(names, tf.string)
+
+    def to_id(image, label, source):
+        return image, label, tf.cast(tf.argmax(tf.cast(tf.equal(source, table), tf.int32)),
+                                     tf.int32)
+
+    return to_id
+
+
 def _by_collection(config: InputConfig) -> bool:
-    """Whether elements carry their collection past the cache (a filter or the sampler)."""
-    return bool(config.collections or config.exclude_collections) or (
-        config.training and config.sampling == "balanced_collections")
+    """Whether elements carry their collection past the cache (a filter, the sampler or the
+    collection labels)."""
+    return bool(config.collections or config.exclude_collections) or config.label_collections \
+        or (config.training and config.sampling == "balanced_collections")
 
 
 def _on_service(ds: tf.data.Dataset, config: InputConfig, split: str,

@@ -40,14 +40,16 @@ def balanced(ds: tf.data.Dataset, num_classes: int, *, seed: int, shuffle_buffer
              pipeline_id: int = 0) -> tf.data.Dataset:
     """Infinite stream of (image, label) elements with the classes drawn uniformly.
 
-    `ds` yields unbatched (image, label) pairs, label a scalar integer in [0, num_classes).
+    `ds` yields unbatched (image, label, ...) tuples, label a scalar integer in
+    [0, num_classes); what follows the label (a collection) is kept.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2. Received: num_classes={num_classes}.")
     base = seed + _SEED_STRIDE * (num_classes + 1) * pipeline_id
     streams = []
     for c in range(num_classes):
-        stream = ds.filter(lambda image, label, c=c: tf.equal(tf.cast(label, tf.int64), c))
+        stream = ds.filter(
+            lambda image, label, *rest, c=c: tf.equal(tf.cast(label, tf.int64), c))
         # Per-class buffers: the minority class needs only a small one to be well mixed.
         stream = stream.shuffle(shuffle_buffer, seed=base + c + 1,
                                 reshuffle_each_iteration=True)
@@ -58,12 +60,13 @@ def balanced(ds: tf.data.Dataset, num_classes: int, *, seed: int, shuffle_buffer
 
 
 def balanced_collections(ds: tf.data.Dataset, streams: Mapping[int, Sequence[str]], *, seed: int,
-                         shuffle_buffer: int, pipeline_id: int = 0) -> tf.data.Dataset:
+                         shuffle_buffer: int, pipeline_id: int = 0,
+                         keep_collection: bool = False) -> tf.data.Dataset:
     """Infinite stream of (image, label): classes uniform, collections uniform within a class.
 
     `ds` yields unbatched (image, label, collection) triples; `streams` maps each class id to
     the collections that hold it (collection_select.streams). An empty pair in this pipeline's
-    share is skipped, as in `balanced`.
+    share is skipped, as in `balanced`. `keep_collection`: yield the triples instead.
     """
     if not streams or any(not names for names in streams.values()):
         raise ValueError(f"streams must map class ids to collection names. Received: {streams}.")
@@ -76,7 +79,9 @@ def balanced_collections(ds: tf.data.Dataset, streams: Mapping[int, Sequence[str
             del image
             return tf.logical_and(tf.equal(tf.cast(label, tf.int64), c), tf.equal(source, name))
 
-        stream = ds.filter(keep).map(lambda image, label, source: (image, label))
+        stream = ds.filter(keep)
+        if not keep_collection:
+            stream = stream.map(lambda image, label, source: (image, label))
         stream = stream.shuffle(shuffle_buffer, seed=base + index + 1,
                                 reshuffle_each_iteration=True)
         datasets.append(stream.repeat())

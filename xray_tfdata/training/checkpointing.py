@@ -37,7 +37,8 @@ HISTORY_FIELDS: tuple[str, ...] = (
 class RunState:
     """The checkpointed state of a run. Counters live outside the strategy as plain variables."""
 
-    def __init__(self, model: Any, optimizer: Any, backbone_optimizer: Any = None) -> None:
+    def __init__(self, model: Any, optimizer: Any, backbone_optimizer: Any = None,
+                 adversary: Any = None) -> None:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_score")
@@ -49,6 +50,10 @@ class RunState:
             # The backbone's own optimizer (--backbone_learning_rate_multiplier != 1) only.
             **({"backbone_optimizer": backbone_optimizer} if backbone_optimizer is not None
                else {}),
+            # The collection adversary's head and its optimizer (--collection_adversary > 0).
+            **({"collection_adversary": adversary.head,
+                "collection_adversary_optimizer": adversary.optimizer}
+               if adversary is not None else {}),
         )
 
 
@@ -99,9 +104,11 @@ class Checkpointer:
 class History:
     """history.csv: a row per completed epoch; rows of epochs redone after a resume are replaced."""
 
-    def __init__(self, path: str | os.PathLike, enabled: bool, keep_epochs: int) -> None:
+    def __init__(self, path: str | os.PathLike, enabled: bool, keep_epochs: int,
+                 fields: tuple[str, ...] = HISTORY_FIELDS) -> None:
         self.path = paths.location(path)
         self.enabled = enabled
+        self.fields = fields  # HISTORY_FIELDS, + the collection adversary's metrics when on
         self.rows: list[dict[str, str]] = []
         if self.path.is_file():
             with io.StringIO(self.path.read_text(), newline="") as f:
@@ -111,13 +118,13 @@ class History:
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows = [r for r in self.rows if int(r["epoch"]) != int(row["epoch"])]
-        self.rows.append({k: _fmt(row.get(k)) for k in HISTORY_FIELDS})
+        self.rows.append({k: _fmt(row.get(k)) for k in self.fields})
         if self.enabled:
             self._write()
 
     def _write(self) -> None:
         text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+        writer = csv.DictWriter(text, fieldnames=self.fields)
         writer.writeheader()
         writer.writerows(self.rows)
         files.write_atomic(self.path, text.getvalue())

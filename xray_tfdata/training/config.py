@@ -65,6 +65,11 @@ class TrainConfig:
         "balanced", "'balanced' (default) weighs the loss by n / (3 * n_class) from the train "
         "split's counts; 'none' weighs every example alike. Off with --sampling=balanced, which "
         "already equalises the classes.", allowed=labels.CLASS_WEIGHT_MODES)
+    collection_adversary: float = setting(
+        0.0, "Weight of a gradient-reversal head that predicts each training image's collection "
+        "within its class from the embedding (issue 19): the layers below learn to hide "
+        "exposure, film and detector. 0 = off. Needs records of several collections sharing a "
+        "class; never part of best.keras or the export.")
     freeze_backbone_epochs: int = setting(0, "Backbones: train only the head for this many "
                                           "epochs (BatchNorm in inference mode), then everything.")
     backbone_learning_rate_multiplier: float = setting(
@@ -118,6 +123,11 @@ class TrainConfig:
         errors.in_range("momentum", self.momentum, 0.0, 1.0, closed_high=False)
         errors.in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, closed_high=False)
         errors.in_range("dropout", self.dropout, 0.0, 1.0, closed_high=False)
+        if isinstance(self.collection_adversary, bool) or not (
+                isinstance(self.collection_adversary, (int, float))
+                and 0 <= self.collection_adversary < math.inf):
+            raise ConfigError("collection_adversary", self.collection_adversary,
+                              "a number >= 0 (0 = off)", "Typical: 0.1 to 1.")
         if not (isinstance(self.warmup_epochs, (int, float)) and
                 0 <= self.warmup_epochs <= self.epochs):
             raise ConfigError("warmup_epochs", self.warmup_epochs,

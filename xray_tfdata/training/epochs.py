@@ -19,6 +19,7 @@ from tensorflow.core.framework import summary_pb2
 
 from xray_tfdata import console, files
 from xray_tfdata.evaluation import calibration, inference
+from xray_tfdata.training import adversary
 from xray_tfdata.training.config import TrainConfig
 from xray_tfdata.training.setup import Restored
 
@@ -77,14 +78,16 @@ class ProfileWindow:
 
 
 def train_epoch(config: TrainConfig, epoch: int, steps_per_epoch: int,
-                train_steps: Callable[[Any, tf.Tensor], tf.Tensor], iterator: Any,
+                train_steps: Callable[[Any, tf.Tensor], dict[str, tf.Tensor]], iterator: Any,
                 restored: Restored, profile: ProfileWindow, writer: Any, progress: Progress,
-                chief: bool) -> tuple[bool, list[tuple[float, int]], float, console.ProgressBar]:
+                chief: bool) -> tuple[bool, list[tuple[float, int]], float, console.ProgressBar,
+                                      dict[str, float]]:
     """Trains the rest of `epoch` (all of it unless resumed mid-epoch). Returns (ok, the
-    (loss, steps) per call, seconds spent in the train function, the epoch's progress bar);
-    ok is False when the loss went NaN/inf."""
+    (loss, steps) per call, seconds spent in the train function, the epoch's progress bar, the
+    collection adversary's sums over the epoch ({} when off)); ok is False when the loss went
+    NaN/inf."""
     done_in_epoch = min(max(progress.step - epoch * steps_per_epoch, 0), steps_per_epoch)
-    losses, train_seconds = [], 0.0
+    losses, train_seconds, sums = [], 0.0, {}
     bar = console.ProgressBar((steps_per_epoch - done_in_epoch) * config.global_batch_size,
                               f"epoch {epoch + 1}/{config.epochs}", enabled=chief)
     while done_in_epoch < steps_per_epoch:
@@ -94,8 +97,11 @@ def train_epoch(config: TrainConfig, epoch: int, steps_per_epoch: int,
         n = profile.clip(progress.steps_this_session, n)
         profile.maybe_start(progress.steps_this_session)
         t0 = time.perf_counter()
-        loss = float(train_steps(iterator, tf.constant(n, tf.int32)))
+        out = {k: float(v) for k, v in train_steps(iterator, tf.constant(n, tf.int32)).items()}
         train_seconds += time.perf_counter() - t0
+        loss = out.pop("loss")
+        for name, value in out.items():
+            sums[name] = sums.get(name, 0.0) + value
         progress.step += n
         done_in_epoch += n
         progress.steps_this_session += n
@@ -108,7 +114,7 @@ def train_epoch(config: TrainConfig, epoch: int, steps_per_epoch: int,
                 "--precision=float32.", loss, progress.step, epoch + 1,
                 restored.checkpointer.chief_dir)
             bar.close(suffix="loss is not finite")
-            return False, losses, train_seconds, bar
+            return False, losses, train_seconds, bar, sums
         losses.append((loss, n))
         bar.update(n * config.global_batch_size, suffix=f"loss {loss:.4f}")
         restored.state.step.assign(progress.step)
@@ -117,16 +123,17 @@ def train_epoch(config: TrainConfig, epoch: int, steps_per_epoch: int,
         if config.checkpoint_every and progress.step % config.checkpoint_every == 0 \
                 and done_in_epoch < steps_per_epoch:
             restored.checkpointer.save()
-    return True, losses, train_seconds, bar
+    return True, losses, train_seconds, bar, sums
 
 
 def validate(config: TrainConfig, epoch: int, epoch_start_step: int,
-             trained: tuple[list[tuple[float, int]], float, console.ProgressBar],
+             trained: tuple[list[tuple[float, int]], float, console.ProgressBar,
+                            dict[str, float]],
              predict: Callable, val_ds: tf.data.Dataset, optimizer: keras.Optimizer,
              writer: Any, progress: Progress) -> None:
     """Validates after the epoch's steps; records the epoch's row in `progress.last_row`, the
     log line and the TensorBoard scalars."""
-    losses, train_seconds, bar = trained
+    losses, train_seconds, bar, sums = trained
     images = (progress.step - epoch_start_step) * config.global_batch_size
     speed = images / train_seconds if train_seconds > 0 else float("nan")
     if progress.step > epoch_start_step:
@@ -139,13 +146,17 @@ def validate(config: TrainConfig, epoch: int, epoch_start_step: int,
                          "learning_rate": lr, "images_per_sec": speed,
                          "epoch_seconds": train_seconds,
                          **{f"val_{k}": v for k, v in val.items()}}
+    # The collection adversary's loss and accuracy within the class (when on).
+    adversarial = adversary.epoch_metrics(sums) if sums else {}
+    progress.last_row.update(adversarial)
+    said = "".join(f", {k.replace('_', ' ')} {v:.3f}" for k, v in adversarial.items())
     bar.close(suffix=f"loss {mean_loss:.4f}  val macro-F1 {val['macro_f1']:.3f}  "
-                     f"val acc {val['accuracy']:.3f}")
+                     f"val acc {val['accuracy']:.3f}" + said.replace(",", " "))
     logging.info("Epoch %d/%d step %d: loss %.4f, val acc %.4f, val macro-F1 %.4f, val AUC %.4f, "
-                 "lr %.3g, %.1f images/s", epoch + 1, config.epochs, progress.step, mean_loss,
-                 val["accuracy"], val["macro_f1"], val["auc"], lr, speed)
+                 "lr %.3g, %.1f images/s%s", epoch + 1, config.epochs, progress.step, mean_loss,
+                 val["accuracy"], val["macro_f1"], val["auc"], lr, speed, said)
     with writer.as_default():
-        for key in ("loss", "learning_rate", "images_per_sec"):
+        for key in ("loss", "learning_rate", "images_per_sec", *adversarial):
             write_scalar(f"epoch_{key}", progress.last_row[key], progress.step)
         for key, value in val.items():
             write_scalar(f"val/{key}", value, progress.step)

@@ -128,7 +128,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: setup.Re
         calibration_record=record,
         resolved={"precision": precision, "strategy": distribute.strategy_name(strategy),
                   "jit_compile": jit_compile, "augment_on": feed.augment_on,
-                  "class_weights": class_weights.tolist()},
+                  "class_weights": class_weights.tolist(),
+                  "collection_adversary": data.collection_plan.describe()
+                  if data.collection_plan else None},
         paths={"best_model": str(model_dir / epochs.BEST_MODEL), "export": export_dir,
                "history": str(restored.history.path), "logs": str(log_dir),
                "checkpoints": restored.checkpointer.chief_dir})

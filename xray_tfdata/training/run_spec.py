@@ -16,7 +16,8 @@ and every resume compares against it:
   rate and schedule, batch size, sampling, class weights, augmentation, seed, val split, the
   resolved image size, steps per epoch and precision, and the records' identity (a digest of the
   image spec, the label map and the train / val shards; the same records moved elsewhere match).
-  A setting added later defines the run until it is listed here as a session setting.
+  A setting added later defines the run until it is listed here as a session setting; a spec
+  recorded before it existed matches it at its default (the run had the default's behaviour).
 
 A mismatch is refused in one line naming each differing setting, old -> new, and the fix.
 """
@@ -87,8 +88,10 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]
     that differs between two specs."""
     refused, allowed = [], []
     old, new = recorded.get("settings", {}), current["settings"]
+    defaults = _default_settings()
     for name in sorted(set(old) | set(new)):
-        if old.get(name) == new.get(name):
+        if old.get(name) == new.get(name) or (
+                name not in old and name in defaults and new.get(name) == defaults[name]):
             continue
         change = f"{name} {old.get(name)!r} -> {new.get(name)!r}"
         if name in GROWING_SETTINGS and isinstance(old.get(name), int) \
@@ -105,6 +108,12 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]
         allowed.append(f"records_dir {old_records.get('dir')!r} -> {new_records['dir']!r} "
                        "(the same records)")
     return refused, allowed
+
+
+def _default_settings() -> dict[str, Any]:
+    """Every setting at its default, as a spec records it (tuples as lists)."""
+    flat = settings.to_flat(TrainConfig(records_dir="-", model_dir="-"))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
 
 
 def _describe(records: dict[str, Any]) -> str:

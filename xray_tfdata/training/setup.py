@@ -21,7 +21,7 @@ from xray_tfdata import labels, models
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs import collection_select, pipeline
 from xray_tfdata.records import manifest as manifest_lib
-from xray_tfdata.training import checkpointing, distribute, finetune, steps
+from xray_tfdata.training import adversary, checkpointing, distribute, finetune, steps
 from xray_tfdata.training.config import TrainConfig
 
 ModelBuilder = Callable[..., keras.Model]
@@ -38,6 +38,8 @@ class ResolvedData:
     num_train: int
     steps_per_epoch: int
     intensity: str = "none"  # the records' --intensity: the export applies it to uploads
+    # --collection_adversary > 0: its targets (refused in resolve_data when it has none).
+    collection_plan: adversary.CollectionPlan | None = None
 
 
 def resolve_data(config: TrainConfig) -> ResolvedData:
@@ -65,9 +67,15 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
         raise ConfigError("global_batch_size", config.global_batch_size,
                           f"at most the {num_train} training examples",
                           "Lower --global_batch_size or set --steps_per_epoch.")
+    collection_plan = None
+    if config.collection_adversary:
+        collection_plan = adversary.plan(manifest, config.collection_adversary,
+                                         config.input.collections,
+                                         config.input.exclude_collections)
     return ResolvedData(manifest=manifest, image_size=image_size, channels=channels,
                         resize_mode=image.get("resize_mode", "stretch"), num_train=num_train,
-                        steps_per_epoch=steps_per_epoch, intensity=image.get("intensity", "none"))
+                        steps_per_epoch=steps_per_epoch, intensity=image.get("intensity", "none"),
+                        collection_plan=collection_plan)
 
 
 def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.ndarray:
@@ -116,12 +124,14 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, precision: str,
 
 @dataclasses.dataclass(frozen=True)
 class ModelParts:
-    """The model and what updates it: the head's optimizer, the backbone's own (or None)."""
+    """The model and what updates it: the head's optimizer, the backbone's own (or None); the
+    collection adversary (or None) with its own optimizer."""
 
     model: keras.Model
     optimizer: keras.Optimizer
     backbone_optimizer: keras.Optimizer | None
     backbone_ids: frozenset[int]
+    adversary: adversary.Adversary | None = None
 
 
 def build_model(config: TrainConfig, strategy: tf.distribute.Strategy, data: ResolvedData,
@@ -133,6 +143,11 @@ def build_model(config: TrainConfig, strategy: tf.distribute.Strategy, data: Res
                               weights=config.weights, dropout=config.dropout, seed=config.seed)
         optimizer = make_optimizer(config, data.steps_per_epoch, precision)
         head_vars, backbone_vars = finetune.split_variables(model)
+        collection_adversary = None
+        if data.collection_plan is not None:  # after the model: its weights stay the same
+            collection_adversary = adversary.build(model, data.collection_plan,
+                                                   config.collection_adversary,
+                                                   config.global_batch_size, config.seed)
         backbone_optimizer = None
         if backbone_vars and config.backbone_learning_rate_multiplier != 1.0:
             backbone_optimizer = make_optimizer(config, data.steps_per_epoch, precision,
@@ -143,7 +158,7 @@ def build_model(config: TrainConfig, strategy: tf.distribute.Strategy, data: Res
         optimizer.build(head_vars if backbone_optimizer is not None
                         else model.trainable_variables)
     return ModelParts(model, optimizer, backbone_optimizer,
-                      frozenset(id(v) for v in backbone_vars))
+                      frozenset(id(v) for v in backbone_vars), collection_adversary)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,12 +175,14 @@ class Restored:
 def restore(config: TrainConfig, strategy: tf.distribute.Strategy, parts: ModelParts,
             model_dir: Path) -> Restored:
     """Restores the newest checkpoint in model_dir, if any (a resumed run)."""
-    state = checkpointing.RunState(parts.model, parts.optimizer, parts.backbone_optimizer)
+    state = checkpointing.RunState(parts.model, parts.optimizer, parts.backbone_optimizer,
+                                   parts.adversary)
     checkpointer = checkpointing.Checkpointer(state, model_dir, strategy, config.max_checkpoints)
     resumed_from = checkpointer.restore()
     start_epoch = min(int(state.epoch.numpy()), config.epochs)
-    history = checkpointing.History(model_dir / checkpointing.HISTORY_NAME,
-                                    distribute.is_chief(strategy), start_epoch)
+    history = checkpointing.History(
+        model_dir / checkpointing.HISTORY_NAME, distribute.is_chief(strategy), start_epoch,
+        checkpointing.HISTORY_FIELDS + (adversary.METRICS if parts.adversary else ()))
     return Restored(state, checkpointer, history, resumed_from, start_epoch)
 
 
@@ -189,7 +206,8 @@ def train_input(config: TrainConfig, strategy: tf.distribute.Strategy, data: Res
     # epoch 0's order.
     input_config = dataclasses.replace(
         config.input, image_size=data.image_size, channels=data.channels, training=True,
-        seed=config.seed + start_epoch, deterministic=config.deterministic)
+        seed=config.seed + start_epoch, deterministic=config.deterministic,
+        label_collections=config.collection_adversary > 0)
     # Device augmentation: the step augments (seeded by the global step, so resuming needs no
     # reseed); the host pipeline then only reads cached uint8, shuffles, batches, prefetches.
     step_augment = None
@@ -226,7 +244,8 @@ def step_factory(config: TrainConfig, strategy: tf.distribute.Strategy, parts: M
         return steps.make_train_function(
             strategy, parts.model, parts.optimizer, loss_fn, jit_compile=jit_compile,
             loss_scaling=precision == "mixed_float16", augment=step_augment,
-            backbone_optimizer=parts.backbone_optimizer, backbone_ids=parts.backbone_ids)
+            backbone_optimizer=parts.backbone_optimizer, backbone_ids=parts.backbone_ids,
+            adversary=parts.adversary)
 
     return make_train_steps
 

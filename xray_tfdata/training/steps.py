@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import labels
+from xray_tfdata.training import adversary as adversary_lib
 from xray_tfdata.training import distribute
 
 def make_loss_fn(class_weights: np.ndarray, label_smoothing: float,
@@ -37,10 +38,17 @@ def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: C
                       compile_update: bool = False,
                       backbone_optimizer: keras.Optimizer | None = None,
                       backbone_ids: frozenset[int] = frozenset(),
-                      ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+                      adversary: adversary_lib.Adversary | None = None,
+                      ) -> Callable[..., tf.Tensor | dict[str, tf.Tensor]]:
     """One replica's step on one batch: (device augmentation,) forward, loss (+ the model's
     regularization losses), backward, update; returns the replica's loss. Training and the train
     benchmark both run it, so the benchmark times exactly the step training runs.
+
+    With the collection `adversary` (training/adversary.py) the step takes (images, labels,
+    collection ids); the head's loss joins the classifier's before loss scaling (the model's
+    gradients, the reversed ones included, come from the one scaled sum), the head's own
+    float32 gradients update it through its own optimizer, and the step returns {"loss": the
+    classifier's loss, **adversary.SUMS}.
 
     `augment(images, replica_id, step)` (device_augment.make_step_augment) augments the batch on
     this replica after it arrived, seeded by (seed, replica id, the optimizer's step count), so
@@ -56,33 +64,44 @@ def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: C
     (their own learning rate, training/finetune.py).
     """
     variables = model.trainable_variables
+    head_variables = adversary.head.trainable_variables if adversary is not None else []
     in_backbone = [backbone_optimizer is not None and id(v) in backbone_ids for v in variables]
     own = [i for i, b in enumerate(in_backbone) if not b]
     other = [i for i, b in enumerate(in_backbone) if b]
 
-    def forward_backward(images: tf.Tensor, labels_: tf.Tensor):
+    def forward_backward(images: tf.Tensor, labels_: tf.Tensor, *collections: tf.Tensor):
         if augment is not None:
             context = tf.distribute.get_replica_context()
             replica = context.replica_id_in_sync_group if context is not None else 0
             # The update count before this step's update: batch k of a fresh run gets step k.
             images = augment(images, replica, tf.convert_to_tensor(optimizer.iterations))
-        with tf.GradientTape() as tape:
-            probabilities = model(images, training=True)
+        with tf.GradientTape(persistent=adversary is not None) as tape:
+            if adversary is None:
+                probabilities = model(images, training=True)
+            else:
+                probabilities, terms = adversary.forward(images, labels_, *collections)
             loss = loss_fn(labels_, probabilities)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            total = loss if adversary is None else loss + terms["loss"]
             # Under float16 the loss is scaled up so small gradients survive; the
             # LossScaleOptimizer divides the gradients by the same scale before applying them.
-            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-        return loss, tape.gradient(scaled, variables)
+            scaled = optimizer.scale_loss(total) if loss_scaling else total
+        grads = tape.gradient(scaled, variables)
+        if adversary is None:
+            return loss, grads
+        grads += tape.gradient(terms["loss"], head_variables)
+        return {"loss": loss, **{name: terms[name] for name in adversary_lib.SUMS}}, grads
 
     def apply(grads) -> None:
         optimizer.apply_gradients([(grads[i], variables[i]) for i in own])
         if other:
             backbone_optimizer.apply_gradients([(grads[i], variables[i]) for i in other])
+        if head_variables:
+            adversary.optimizer.apply_gradients(zip(grads[len(variables):], head_variables))
 
-    def whole_step(images: tf.Tensor, labels_: tf.Tensor) -> tf.Tensor:
-        loss, grads = forward_backward(images, labels_)
+    def whole_step(*batch: tf.Tensor) -> tf.Tensor | dict[str, tf.Tensor]:
+        loss, grads = forward_backward(*batch)
         apply(grads)
         return loss
 
@@ -90,8 +109,8 @@ def make_replica_step(model: keras.Model, optimizer: keras.Optimizer, loss_fn: C
         return tf.function(whole_step, jit_compile=True)
     compute = tf.function(forward_backward, jit_compile=jit_compile)
 
-    def replica_step(images: tf.Tensor, labels_: tf.Tensor) -> tf.Tensor:
-        loss, grads = compute(images, labels_)
+    def replica_step(*batch: tf.Tensor) -> tf.Tensor | dict[str, tf.Tensor]:
+        loss, grads = compute(*batch)
         apply(grads)
         return loss
 
@@ -103,9 +122,11 @@ def make_train_function(strategy: tf.distribute.Strategy, model: keras.Model,
                         loss_scaling: bool, augment: Callable | None = None,
                         backbone_optimizer: keras.Optimizer | None = None,
                         backbone_ids: frozenset[int] = frozenset(),
-                        ) -> Callable[[Any, tf.Tensor], tf.Tensor]:
-    """Returns f(distributed_iterator, num_steps) -> mean global training loss of those steps
-    (`num_steps` steps per call: --steps_per_execution). `augment`, `backbone_*`: see
+                        adversary: adversary_lib.Adversary | None = None,
+                        ) -> Callable[[Any, tf.Tensor], dict[str, tf.Tensor]]:
+    """Returns f(distributed_iterator, num_steps) -> {"loss": mean global training loss of
+    those steps} (`num_steps` steps per call: --steps_per_execution), with the `adversary`
+    also its SUMS over the steps and replicas. `augment`, `backbone_*`, `adversary`: see
     make_replica_step.
 
     Outside XLA in any case: this loop over steps (it pulls from the distributed iterator, a
@@ -114,17 +135,20 @@ def make_train_function(strategy: tf.distribute.Strategy, model: keras.Model,
                                      loss_scaling=loss_scaling, augment=augment,
                                      compile_update=distribute.compiles_update(strategy),
                                      backbone_optimizer=backbone_optimizer,
-                                     backbone_ids=backbone_ids)
+                                     backbone_ids=backbone_ids, adversary=adversary)
+    names = ("loss",) + (adversary_lib.SUMS if adversary is not None else ())
 
     @tf.function
-    def train_steps(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
-        total = tf.constant(0.0, tf.float32)
+    def train_steps(iterator: Any, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        totals = {name: tf.constant(0.0, tf.float32) for name in names}
         for _ in tf.range(num_steps):
-            images, labels_ = next(iterator)
-            per_replica = strategy.run(replica_step, args=(images, labels_))
+            per_replica = strategy.run(replica_step, args=tuple(next(iterator)))
+            if adversary is None:
+                per_replica = {"loss": per_replica}
             # Each replica's loss is already divided by the global batch: SUM = global mean.
-            total += tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None),
-                             tf.float32)
-        return total / tf.cast(num_steps, tf.float32)
+            totals = {name: totals[name] + tf.cast(strategy.reduce(
+                tf.distribute.ReduceOp.SUM, per_replica[name], axis=None), tf.float32)
+                for name in names}
+        return {**totals, "loss": totals["loss"] / tf.cast(num_steps, tf.float32)}
 
     return train_steps
