@@ -135,8 +135,11 @@ def calibration_summary(probs: Any, y_true: Any, temperature: float | None) -> d
 
 
 def covid_threshold(probs: Any, y_true: Any,
-                    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> float | None:
-    """The highest threshold t on P(COVID19) with sensitivity (p >= t) >= target on these labels.
+                    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY, *,
+                    positive: int = COVID) -> float | None:
+    """The highest threshold t on P(positive) with sensitivity (p >= t) >= target on these labels.
+
+    `positive`: the operating point's class id (--positive_class; COVID19 in the default set).
 
     The highest such t gives the best specificity at that sensitivity. None when the split has no
     COVID19 example (no sensitivity to reach).
@@ -145,7 +148,7 @@ def covid_threshold(probs: Any, y_true: Any,
         raise ValueError(f"target_sensitivity must be in (0, 1]. Received: "
                          f"target_sensitivity={target_sensitivity!r}.")
     probs, y_true = _as_arrays(probs, y_true)
-    positives = np.sort(probs[y_true == COVID, COVID])[::-1]
+    positives = np.sort(probs[y_true == positive, positive])[::-1]
     if positives.size == 0:
         return None
     # k positives at or above t reach sensitivity k / n_pos; the small epsilon keeps 0.95 * 20
@@ -155,11 +158,12 @@ def covid_threshold(probs: Any, y_true: Any,
 
 
 def threshold_metrics(probs: Any, y_true: Any, threshold: float, *, n_resamples: int = 1000,
-                      seed: int = 0) -> dict[str, Any]:
-    """COVID19-vs-rest sensitivity, specificity and PPV at `threshold`, with bootstrap CIs."""
+                      seed: int = 0, positive_class: int = COVID) -> dict[str, Any]:
+    """Positive-vs-rest sensitivity, specificity and PPV at `threshold`, with bootstrap CIs
+    (`positive_class`: the class id of --positive_class, COVID19 in the default set)."""
     probs, y_true = _as_arrays(probs, y_true)
-    positive = (y_true == COVID).astype(np.int64)
-    called = (probs[:, COVID] >= threshold).astype(np.int64)
+    positive = (y_true == positive_class).astype(np.int64)
+    called = (probs[:, positive_class] >= threshold).astype(np.int64)
     # 2x2 confusion with class 1 = COVID19: recall = sensitivity, precision = PPV.
     cm = np.zeros((2, 2))
     np.add.at(cm, (positive, called), 1.0)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import files
+from xray_tfdata import files, labels, model_classes
 from xray_tfdata import paths as url_paths  # `paths` is summary()'s argument
 from xray_tfdata.evaluation import calibration
 from xray_tfdata.serving import export
@@ -40,7 +40,8 @@ def restore_best(model: keras.Model, progress: Progress, model_dir: Path) -> Non
 
 def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
               val_ds: tf.data.Dataset, progress: Progress, model_dir: Path,
-              chief: bool) -> dict[str, Any] | None:
+              chief: bool, classes: Sequence[str] = labels.DEFAULT_CLASSES
+              ) -> dict[str, Any] | None:
     """Temperature scaling on val folded into the best model (finetune.calibrate); best.keras is
     rewritten calibrated and calibration.json records T. A best.keras loaded from an earlier
     finish is kept as it is when calibration.json names it (calibration.model_record)."""
@@ -52,13 +53,13 @@ def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
         stored = calibration.model_record(best_path)
         if stored is not None:
             return stored
-    record = finetune.calibrate(model, predict, val_ds)
+    record = finetune.calibrate(model, predict, val_ds, classes, config.positive_class)
     logging.info("Temperature scaling on %s: T = %.3f, val NLL %.4f -> %.4f, ECE %.4f -> %.4f.",
                  config.val_split, record["temperature"], record["val_nll"],
                  record["val_nll_calibrated"], record["val_ece"], record["val_ece_calibrated"])
     if chief:
         with files.atomic_path(best_path) as tmp:
-            model.save(tmp)
+            model_classes.save(model, tmp, classes)
             # The record first, naming the calibrated file by its digest, then the file: a kill
             # between the two leaves the uncalibrated best.keras and a record that is not its
             # own, so the rerun calibrates again from the uncalibrated weights (never twice).
@@ -70,7 +71,8 @@ def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
 
 def export_model(model: keras.Model, model_dir: Path, strategy: tf.distribute.Strategy, *,
                  image_size: int, channels: int, resize_mode: str, intensity: str = "none",
-                 extra_metadata: dict[str, Any] | None = None) -> str | None:
+                 extra_metadata: dict[str, Any] | None = None,
+                 classes: Sequence[str] = labels.DEFAULT_CLASSES) -> str | None:
     """Exports the serving SavedModel to <model_dir>/export via export.export_serving.
 
     Every worker saves (saving may read mirrored variables collectively); only the chief's copy
@@ -85,7 +87,7 @@ def export_model(model: keras.Model, model_dir: Path, strategy: tf.distribute.St
         url_paths.rmtree(target)
     path = export.export_serving(model, str(target), image_size, channels,
                                  resize_mode=resize_mode, extra_metadata=extra_metadata,
-                                 intensity=intensity)
+                                 intensity=intensity, class_names=classes)
     if not chief:
         url_paths.rmtree(target.parent, ignore_errors=True)
         return None
@@ -135,6 +137,7 @@ def summary(config: TrainConfig, strategy: tf.distribute.Strategy, data: Resolve
             "sampling": config.input.sampling,
             "records_dir": str(url_paths.location(config.records_dir).resolve()),
             "num_train_examples": data.num_train,
+            "classes": list(data.classes),
         },
         "versions": files.versions(),
         "devices": distribute.describe_devices(),

@@ -32,6 +32,7 @@ import tensorflow as tf
 from absl import logging
 
 from xray_tfdata import console, files, settings
+from xray_tfdata.records.manifest import DatasetInfo
 from xray_tfdata.training import checkpointing
 from xray_tfdata.training.config import TrainConfig
 from xray_tfdata.training.setup import ResolvedData
@@ -42,7 +43,7 @@ SPEC_VERSION = 1
 GROWING_SETTINGS: frozenset[str] = frozenset({"epochs", "freeze_backbone_epochs"})
 SESSION_SETTINGS: frozenset[str] = GROWING_SETTINGS | frozenset({
     "patience", "checkpoint_every", "max_checkpoints", "profile_steps", "steps_per_execution",
-    "jit_compile", "augment_on", "deterministic", "calibrate", "export",
+    "jit_compile", "augment_on", "deterministic", "calibrate", "export", "positive_class",
     "cache", "shuffle_buffer", "data_service", "data_service_job",
     # Paths: the records' identity is compared instead of their path; model_dir is the run.
     "records_dir", "model_dir",
@@ -53,15 +54,10 @@ class RunSpecMismatch(ValueError):
     """A rerun into a model dir whose run was made with different run-defining settings."""
 
 
-def records_identity(manifest: dict[str, Any], val_split: str) -> str:
+def records_identity(info: DatasetInfo, val_split: str) -> str:
     """16 hex digits of sha256 over what the run reads from the records: the image spec, the
-    label map and the train and val shards (name, count, sha256)."""
-    splits = manifest.get("splits", {})
-    shards = {split: [[s.get("file"), s.get("num_examples"), s.get("sha256")]
-                      for s in splits.get(split, {}).get("shards", [])]
-              for split in sorted({"train", val_split})}
-    key = json.dumps({"image": manifest.get("image"), "label_map": manifest.get("label_map"),
-                      "shards": shards}, sort_keys=True)
+    label map (the class set) and the train and val shards (name, count, sha256)."""
+    key = json.dumps(info.identity(["train", val_split]), sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -74,10 +70,11 @@ def make_spec(config: TrainConfig, data: ResolvedData, precision: str) -> dict[s
     return {
         "spec_version": SPEC_VERSION,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in run.items()},
-        "records": {"identity": records_identity(data.manifest, config.val_split),
+        "records": {"identity": records_identity(data.info, config.val_split),
                     "dir": str(Path(config.records_dir).resolve()),
                     "image": f"{data.image_size}x{data.image_size}x{data.channels}",
-                    "num_train": data.num_train},
+                    "num_train": data.num_train,
+                    "classes": list(data.classes)},
     }
 
 
@@ -108,7 +105,9 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]
 
 
 def _describe(records: dict[str, Any]) -> str:
-    return (f"{records.get('dir')!r} ({records.get('image')}, {records.get('num_train')} train, "
+    classes = f", classes {','.join(records['classes'])}" if records.get("classes") else ""
+    return (f"{records.get('dir')!r} ({records.get('image')}{classes}, "
+            f"{records.get('num_train')} train, "
             f"identity {records.get('identity')})")
 
 
