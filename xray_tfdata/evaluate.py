@@ -6,8 +6,8 @@ r"""Evaluates a trained model: metrics with 95% CIs, calibration, operating poin
 Writes metrics.json, report.txt, confusion_matrix.png, reliability.png and tensorboard/ into
 --output_dir (default <dir of model>/eval/<split>); with several records directories
 (--records_dir=a,b or --external_records_dir) one subdirectory each plus comparison.{json,txt},
-a side-by-side table. The shortcut probe, the temperature and the COVID19 threshold come from the
-records the model was TRAINED on (the run's summary.json, or --train_records_dir), so an external
+a side-by-side table. The shortcut probe, the temperature and the --positive_class threshold come
+from the records the model was TRAINED on (the run's summary.json, or --train_records_dir), so an external
 test-only collection needs no train split.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import app
 
-from xray_tfdata import cli, labels, paths
+from xray_tfdata import cli, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import evaluator
 
@@ -46,8 +46,13 @@ def main(argv: list[str]) -> None:
     print(f"Evaluated {config.model_path} on {config.split} ({result['num_examples']} examples)")
     for key in ("accuracy", "macro_f1", "macro_auc"):
         print(f"  {key:<10} {metrics.headline(result, key)}")
-    for name in labels.CLASS_NAMES:
-        print(f"  sensitivity {name:<10} {metrics.headline(result, 'sensitivity/' + name)}")
+    if result.get("class_note"):
+        print("  " + result["class_note"])
+    for name in result["class_names"]:
+        if result["per_class"][name]["support"]:
+            print(f"  sensitivity {name:<10} {metrics.headline(result, 'sensitivity/' + name)}")
+        else:
+            print(f"  sensitivity {name:<10} absent (no example in this split)")
     cal = result["calibration"]
     line = f"  ECE {cal['ece']:.4f}"
     if cal.get("temperature") is not None:

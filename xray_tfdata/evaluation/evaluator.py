@@ -2,7 +2,7 @@
 
 `evaluate(EvalConfig(...))` runs the model over the split through the same input pipeline as
 training (evaluation mode: one pass, no augmentation), computes `metrics.compute_metrics`, ECE
-before and after temperature scaling, the COVID19 operating point's sensitivity / specificity /
+before and after temperature scaling, the --positive_class operating point's sensitivity / specificity /
 PPV, the metadata-only shortcut probe (fitted on the model's TRAINING records, see reference.py)
 and Grad-CAM border attention, and writes into the output directory:
   metrics.json          every number, the settings, the model's sha256 and library versions
@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import errors, files, labels, paths
+from xray_tfdata import errors, files, labels, model_classes, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
 from xray_tfdata.inputs import collection_select  # TF-free: flags are checked before TF loads
@@ -33,6 +33,7 @@ from xray_tfdata.evaluation.inference import (
     eval_dataset,
     input_spec,
     load_model,
+    records_for_model,
     run_model,
     split_size,
 )
@@ -72,9 +73,13 @@ class EvalConfig:
         "", "Records the model was trained on (shortcut probe, temperature, threshold); "
         "default: from the run's summary.json.")
     val_split: str = setting("val", "Split of the training records that chooses the "
-                             "temperature and the COVID19 threshold.")
+                             "temperature and the operating point's threshold.")
     target_sensitivity: float = setting(calibration.DEFAULT_TARGET_SENSITIVITY,
-                                        "COVID19 sensitivity the threshold reaches on val.")
+                                        "Sensitivity of --positive_class the threshold reaches "
+                                        "on val.")
+    positive_class: str = setting(
+        "", "The class of the operating point (one of the model's classes); default COVID19 "
+        "when the model has it, else its first class other than NORMAL.")
     gradcam_per_class: int = setting(16, "Images per class for Grad-CAM border attention; "
                                      "0 = off.")
     collections: tuple[str, ...] = setting(
@@ -104,6 +109,10 @@ class EvalConfig:
         if self.target_sensitivity == 0.0:
             raise ConfigError("target_sensitivity", 0.0, "a fraction in (0, 1], e.g. 0.95")
         errors.non_negative_int("gradcam_per_class", self.gradcam_per_class)
+        # Whether the model has it is checked once the model is loaded (evaluate).
+        if self.positive_class and not labels.is_class_name(self.positive_class):
+            raise ConfigError("positive_class", self.positive_class,
+                              "empty (the default) or an upper-case class name such as COVID19")
         object.__setattr__(self, "collections", collection_select.parse_names(self.collections))
         if not self.records_dirs:
             raise ConfigError("records_dir", self.records_dir,
@@ -212,29 +221,30 @@ def write_tensorboard(logdir: str | os.PathLike, tag: str, result: dict[str, Any
 # ----------------------------------------------------------------------------- the run
 
 
-def _reference_point(config: EvalConfig, model, image_size: int, channels: int):
+def _reference_point(config: EvalConfig, model, image_size: int, channels: int,
+                     classes: Sequence[str]):
     """Training records, their val predictions and the operating point (reference.py)."""
     train_dir, how = reference.training_records_dir(config.model_path, config.train_records_dir)
     val_probs = val_labels = None
     if train_dir is not None:
-        from xray_tfdata.records import manifest
-
-        info = manifest.read_manifest(train_dir)
-        if config.val_split in info.get("splits", {}) and manifest.num_examples(
-                info, config.val_split):
-            y, (p, *_) = run_model(model, eval_dataset(train_dir, config.val_split, image_size,
-                                                       channels, config.batch_size))
+        info, label_ids, _ = records_for_model(train_dir, classes)
+        if info.num_examples(config.val_split):
+            y, (p, *_) = run_model(model, eval_dataset(info, config.val_split, image_size,
+                                                       channels, config.batch_size,
+                                                       label_ids=label_ids))
             val_probs, val_labels = p, y
     point = reference.operating_point(val_probs, val_labels, config.target_sensitivity,
-                                      reference.run_calibration(config.model_path))
+                                      reference.run_calibration(config.model_path), classes,
+                                      config.positive_class)
     point.update(train_records_dir=train_dir, train_records_found_by=how)
     return point
 
 
 def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw: np.ndarray,
                    point: dict[str, Any], cnn_macro_f1: float,
-                   train_meta: dict[str, np.ndarray] | None) -> dict[str, Any]:
-    """Calibration, the COVID19 operating point and the shortcut probe of one evaluated set.
+                   train_meta: dict[str, np.ndarray] | None,
+                   label_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """Calibration, the operating point and the shortcut probe of one evaluated set.
     `raw`: its uncalibrated probabilities; `train_meta`: the training records' metadata."""
     from xray_tfdata.inputs import pipeline
 
@@ -245,19 +255,26 @@ def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw
         calibrated = calibration.apply_temperature(raw, point["temperature"])
         out["operating_point"] = {
             **calibration.threshold_metrics(calibrated, y_true, point["threshold"],
-                                            n_resamples=config.bootstrap, seed=config.seed),
+                                            n_resamples=config.bootstrap, seed=config.seed,
+                                            positive_class=point["positive_id"]),
+            "positive_class": point["positive_class"],
+            "num_val_positive": point.get("num_val_positive"),
             "target_sensitivity": config.target_sensitivity,
             "chosen_on": f"{point['train_records_dir']}:{config.val_split}"}
     if config.shortcut_probe:
-        if point["train_records_dir"] is None:
+        if point["train_records_dir"] is None or train_meta is None:
+            why = (point["train_records_found_by"] if point["train_records_dir"] is None
+                   else f"the training records {point['train_records_dir']} have no train split")
             out["shortcut_probe"] = {"skipped": True, "warning": False, "probe_macro_f1": None,
-                                     "message": f"Shortcut probe skipped: "
-                                                f"{point['train_records_found_by']}."}
+                                     "message": f"Shortcut probe skipped: {why}."}
         else:
             eval_meta = pipeline.read_metadata(records_dir, config.split, config.collections)
+            if label_ids is not None:  # the evaluated records' ids -> the model's
+                eval_meta["label"] = np.asarray(label_ids)[eval_meta["label"]]
             out["shortcut_probe"] = shortcut.run_probe(
                 train_meta, eval_meta, cnn_macro_f1, model=config.shortcut_model,
-                threshold=config.shortcut_threshold, seed=config.seed)
+                threshold=config.shortcut_threshold, seed=config.seed,
+                class_names=point["classes"])
             out["shortcut_probe"]["fitted_on"] = f"{point['train_records_dir']}:train"
     return out
 
@@ -266,19 +283,21 @@ def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
                   point: dict[str, Any], image_size: int, channels: int,
                   shared: dict[str, Any]) -> dict[str, Any]:
     """One records dir; `shared`: what is the same for every dir (model sha256, train metadata)."""
-    dataset = eval_dataset(records_dir, config.split, image_size, channels, config.batch_size,
-                           config.collections)
+    classes = point["classes"]
+    info, label_ids, note = records_for_model(records_dir, classes)
+    dataset = eval_dataset(info, config.split, image_size, channels, config.batch_size,
+                           config.collections, label_ids=label_ids)
     y_true, (probs, *_) = run_model(
         model, dataset, label=f"evaluate {config.split}",
-        total=split_size(records_dir, config.split, config.collections))
-    if probs.ndim != 2 or probs.shape[1] != labels.NUM_CLASSES:
-        raise ValueError(f"The model outputs shape {probs.shape[1:]}, expected "
-                         f"[{labels.NUM_CLASSES}] class probabilities.")
+        total=split_size(info, config.split, config.collections))
     result = metrics.compute_metrics(y_true, probs, n_resamples=config.bootstrap,
-                                     seed=config.seed)
+                                     seed=config.seed, class_names=classes)
+    result["records_classes"] = list(info.classes)
+    if note:
+        result["class_note"] = note
     raw = reference.uncalibrated(probs, point)
     result.update(_trust_metrics(config, records_dir, y_true, raw, point, result["macro_f1"],
-                                 shared["train_meta"]))
+                                 shared["train_meta"], label_ids))
     if config.split == "train" and result.get("shortcut_probe", {}).get("message"):
         result["shortcut_probe"]["message"] += (
             " (Scored on train: if these are the training records, the probe's own training "
@@ -288,7 +307,7 @@ def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
 
         try:
             result["border_attention"] = gradcam.split_attention(
-                model, dataset, per_class=config.gradcam_per_class)
+                model, dataset, per_class=config.gradcam_per_class, class_names=classes)
         except gradcam.NoConvolutionError as err:  # e.g. a hand-built test model
             result["border_attention"] = {"skipped": True, "overall": None, "warning": False,
                                           "per_class": {}, "num_images": 0, "layer": None,
@@ -311,12 +330,25 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     returns the first dir's metrics.json (with "comparison" rows when there are several)."""
     model = load_model(config.model_path)
     image_size, channels = input_spec(model)
-    point = _reference_point(config, model, image_size, channels)
+    classes = model_classes.classes_of(model, config.model_path)
+    try:
+        labels.positive_class(classes, config.positive_class)
+    except ValueError as err:
+        raise ConfigError("positive_class", config.positive_class,
+                          f"one of the model's classes {list(classes)}") from err
+    point = _reference_point(config, model, image_size, channels, classes)
+    point.update(classes=list(classes),
+                 positive_id=list(classes).index(point["positive_class"]))
     shared = {"model_sha256": files.sha256_file(config.model_path), "train_meta": None}
     if config.shortcut_probe and point["train_records_dir"] is not None:
         from xray_tfdata.inputs import pipeline
 
-        shared["train_meta"] = pipeline.read_metadata(point["train_records_dir"], "train")
+        train_info, train_ids, _ = records_for_model(point["train_records_dir"], classes)
+        if "train" in train_info.splits:
+            shared["train_meta"] = pipeline.read_metadata(train_info, "train")
+            if train_ids is not None:
+                shared["train_meta"]["label"] = np.asarray(train_ids)[
+                    shared["train_meta"]["label"]]
     results = [_evaluate_one(config, model, d, out, point, image_size, channels, shared)
                for d, out in zip(config.records_dirs, config.output_dirs())]
     if len(results) > 1:
@@ -354,7 +386,7 @@ def report_text(result: dict[str, Any], title: str) -> str:
 
 
 def operating_point_text(op: dict[str, Any]) -> str:
-    """'COVID19 at p >= 0.31 (95% sensitivity on val): sensitivity 0.9 [..], ...'."""
+    """'COVID19 at p >= 0.31 (95% sensitivity on val, 40 positives): sensitivity 0.9 [..], ...'."""
     parts = []
     for key in ("sensitivity", "specificity", "ppv"):
         ci = op["confidence_intervals"].get(key) or {}
@@ -362,8 +394,10 @@ def operating_point_text(op: dict[str, Any]) -> str:
         if ci.get("low") is not None:
             value += f" [{ci['low']:.3f}, {ci['high']:.3f}]"
         parts.append(f"{key} {value}")
-    return (f"COVID19 at P >= {op['threshold']:.4f} (chosen for sensitivity "
-            f"{op['target_sensitivity']:.0%} on {op['chosen_on']}): " + ", ".join(parts))
+    positives = op.get("num_val_positive")
+    on = f"{op['chosen_on']}, {positives} positives" if positives is not None else op["chosen_on"]
+    return (f"{op.get('positive_class', 'COVID19')} at P >= {op['threshold']:.4f} (chosen for "
+            f"sensitivity {op['target_sensitivity']:.0%} on {on}): " + ", ".join(parts))
 
 
 def write_outputs(output_dir: Path, result: dict[str, Any], split: str, title: str,

@@ -48,7 +48,7 @@ def _check_inputs(y_true: np.ndarray, probs: np.ndarray, y_pred: np.ndarray | No
         if arr.min() < 0 or arr.max() >= num_classes:
             raise ValueError(
                 f"{name} holds labels outside [0, {num_classes - 1}]. Received: min={arr.min()}, "
-                f"max={arr.max()}. Labels are 0 = NORMAL, 1 = COVID19, 2 = PNEUMONIA."
+                f"max={arr.max()}. Labels are ids of the class_names (0..{num_classes - 1})."
             )
     pred = probs.argmax(axis=1) if y_pred is None else np.asarray(y_pred).astype(np.int64)
     if pred.shape != y_true.shape:
@@ -180,7 +180,9 @@ def bootstrap_confusions(y_true: np.ndarray, y_pred: np.ndarray, num_classes: in
 
 def bootstrap_intervals(y_true: np.ndarray, probs: np.ndarray, y_pred: np.ndarray,
                         *, n_resamples: int = 1000, seed: int = 0,
-                        confidence: float = CONFIDENCE) -> dict[str, dict[str, float | None]]:
+                        confidence: float = CONFIDENCE,
+                        class_names: Sequence[str] | None = None
+                        ) -> dict[str, dict[str, float | None]]:
     """Percentile-bootstrap intervals for accuracy, macro-F1, macro AUC and per-class sensitivity.
 
     Seeded and vectorised: resample weights come from `resample_weights` (numpy's
@@ -216,7 +218,8 @@ def bootstrap_intervals(y_true: np.ndarray, probs: np.ndarray, y_pred: np.ndarra
         "macro_auc": interval(np.concatenate(aucs)),
     }
     sens_all = np.concatenate(sens, axis=0)
-    for c, name in enumerate(labels.CLASS_NAMES[:num_classes]):
+    names = labels.DEFAULT_CLASSES[:num_classes] if class_names is None else class_names
+    for c, name in enumerate(names):
         out[f"sensitivity/{name}"] = interval(sens_all[:, c])
     return out
 
@@ -273,7 +276,7 @@ def compute_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray,
     }
     if n_resamples > 0:
         result["confidence_intervals"] = bootstrap_intervals(
-            y_true, probs, pred, n_resamples=n_resamples, seed=seed)
+            y_true, probs, pred, n_resamples=n_resamples, seed=seed, class_names=class_names)
     return result
 
 

@@ -5,9 +5,9 @@ A model evaluated on an external collection must be judged with what it was trai
   records `settings.records_dir`; a model file's run directory is its parent), never on the
   evaluated records' own train split (an external set may have none, and its sources are not the
   ones the model may have learned);
-- the temperature and the COVID19 operating point come from the training records' val split
-  (or the temperature the training run stored in calibration.json), so the evaluated split is
-  never used to choose them.
+- the temperature and the operating point (--positive_class) come from the training records'
+  val split (or the temperature the training run stored in calibration.json), so the
+  evaluated split is never used to choose them.
 `comparison_table` puts several evaluated records directories side by side.
 """
 
@@ -65,14 +65,19 @@ def run_calibration(model_path: str | Path) -> dict[str, Any] | None:
 
 
 def operating_point(val_probs: np.ndarray | None, val_labels: np.ndarray | None,
-                    target_sensitivity: float, stored: dict[str, Any] | None) -> dict[str, Any]:
-    """Temperature (stored by the run, else fitted on val) and COVID19 threshold (on val).
+                    target_sensitivity: float, stored: dict[str, Any] | None,
+                    classes: Sequence[str] = labels.DEFAULT_CLASSES,
+                    positive_class: str = "") -> dict[str, Any]:
+    """Temperature (stored by the run, else fitted on val) and the positive class's threshold
+    (on val; `positive_class` of the model's `classes`, labels.positive_class's default).
 
     `val_probs` are the model's outputs on the training records' val split. When the run's model
     already returns calibrated probabilities (stored["applied_in_model"]), the raw ones are
     recovered with temperature 1/T (softmax(log p * T) undoes softmax(log q / T) exactly).
     """
+    positive = labels.positive_class(classes, positive_class)
     out: dict[str, Any] = {"target_sensitivity": target_sensitivity, "temperature": None,
+                           "positive_class": positive,
                            "temperature_source": None, "threshold": None,
                            "applied_in_model": bool(stored and stored.get("applied_in_model"))}
     if stored:
@@ -86,10 +91,13 @@ def operating_point(val_probs: np.ndarray | None, val_labels: np.ndarray | None,
         out.update(temperature=calibration.fit_temperature(raw_val, val_labels),
                    temperature_source="fitted on the training records' val split")
     calibrated_val = calibration.apply_temperature(raw_val, out["temperature"])
-    out["threshold"] = calibration.covid_threshold(calibrated_val, val_labels, target_sensitivity)
+    positive_id = list(classes).index(positive)
+    out["threshold"] = calibration.covid_threshold(calibrated_val, val_labels, target_sensitivity,
+                                                   positive=positive_id)
     out["num_val"] = int(val_labels.size)
+    out["num_val_positive"] = int((np.asarray(val_labels) == positive_id).sum())
     if out["threshold"] is None:
-        out["note"] = "no COVID19 example in the val split: no threshold"
+        out["note"] = f"no {positive} example in the val split: no threshold"
     return out
 
 
@@ -124,9 +132,10 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Fixed-width table: one line per records directory."""
+    """Fixed-width table: one line per records directory (columns: the model's classes)."""
+    classes = list(rows[0]["sensitivity"]) if rows else list(labels.DEFAULT_CLASSES)
     header = (f"{'records':<18} {'n':>5} {'macro-F1 [95% CI]':>22} "
-              + " ".join(f"{n:>10}" for n in labels.CLASS_NAMES)
+              + " ".join(f"{n[:10]:>10}" for n in classes)
               + f" {'AUC':>6} {'ECE':>13} {'probe F1':>9} {'border':>7}")
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -134,15 +143,15 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
         f1 = _f(row["macro_f1"]) + (f" [{_f(ci.get('low'))}, {_f(ci.get('high'))}]"
                                     if ci.get("low") is not None else "")
         sens = " ".join(
-            f"{(_f(row['sensitivity'][n]) if row['support'][n] else 'absent'):>10}"
-            for n in labels.CLASS_NAMES)
+            f"{(_f(row['sensitivity'].get(n)) if row['support'].get(n) else 'absent'):>10}"
+            for n in classes)
         ece = _f(row["ece"]) + ("" if row["ece_calibrated"] is None
                                 else f"->{_f(row['ece_calibrated'])}")
         probe = _f(row["probe_macro_f1"]) + ("!" if row["probe_warning"] else "")
         border = _f(row["border_attention"]) + ("!" if row["border_warning"] else "")
         lines.append(f"{row['name'][:18]:<18} {row['num_examples']:>5} {f1:>22} {sens} "
                      f"{_f(row['macro_auc']):>6} {ece:>13} {probe:>9} {border:>7}")
-    lines.append("NORMAL / COVID19 / PNEUMONIA: sensitivity. ECE: before->after temperature "
+    lines.append(f"{' / '.join(classes)}: sensitivity. ECE: before->after temperature "
                  "scaling. probe F1: metadata only, fitted on the training records. '!': probe "
                  "within its warning threshold of the CNN, or border attention above the uniform "
                  "0.4375.")
