@@ -96,6 +96,9 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]
         else:
             refused.append(change)
     old_records, new_records = recorded.get("records", {}), current["records"]
+    if old_records.get("classes") and old_records["classes"] != new_records.get("classes"):
+        refused.append(f"classes {','.join(old_records['classes'])} -> "
+                       f"{','.join(new_records.get('classes') or [])}")
     if old_records.get("identity") != new_records["identity"]:
         refused.append(f"records {_describe(old_records)} -> {_describe(new_records)}")
     elif old_records.get("dir") != new_records["dir"]:
@@ -105,9 +108,7 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]
 
 
 def _describe(records: dict[str, Any]) -> str:
-    classes = f", classes {','.join(records['classes'])}" if records.get("classes") else ""
-    return (f"{records.get('dir')!r} ({records.get('image')}{classes}, "
-            f"{records.get('num_train')} train, "
+    return (f"{records.get('dir')!r} ({records.get('image')}, {records.get('num_train')} train, "
             f"identity {records.get('identity')})")
 
 
