@@ -132,6 +132,12 @@ class DatasetInfo:
     compression: str
     splits: Mapping[str, SplitInfo]
     sources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    num_rejected: int = 0
+
+    @property
+    def num_written(self) -> int:
+        """Examples in every split (originals and variants)."""
+        return sum(split.num_examples for split in self.splits.values())
 
     @property
     def label_map(self) -> dict[str, int]:
@@ -200,7 +206,7 @@ def info_from_dict(manifest: Mapping[str, Any], records_dir: str | os.PathLike =
                         image.get("format", "jpeg"), image.get("resize_mode", "stretch"),
                         image.get("intensity", "none")),
         compression=manifest.get("compression", ""), splits=splits,
-        sources=dict(manifest.get("sources", {})))
+        sources=dict(manifest.get("sources", {})), num_rejected=len(manifest.get("rejected", [])))
 
 
 def read_info(records_dir: str | os.PathLike) -> DatasetInfo:
