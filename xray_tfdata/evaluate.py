@@ -7,8 +7,8 @@ Writes metrics.json, report.txt, confusion_matrix.png, reliability.png and tenso
 --output_dir (default <dir of model>/eval/<split>); with several records directories
 (--records_dir=a,b or --external_records_dir) one subdirectory each plus comparison.{json,txt},
 a side-by-side table. The shortcut probe, the temperature and the --positive_class threshold come
-from the records the model was TRAINED on (the run's summary.json, or --train_records_dir), so an external
-test-only collection needs no train split.
+from the records the model was TRAINED on (the run's summary.json, or --train_records_dir), so an
+external test-only collection needs no train split.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 `evaluate(EvalConfig(...))` runs the model over the split through the same input pipeline as
 training (evaluation mode: one pass, no augmentation), computes `metrics.compute_metrics`, ECE
-before and after temperature scaling, the --positive_class operating point's sensitivity / specificity /
-PPV, the metadata-only shortcut probe (fitted on the model's TRAINING records, see reference.py)
+before and after temperature scaling, the --positive_class operating point's sensitivity /
+specificity / PPV, the metadata-only shortcut probe (fitted on the model's TRAINING records, see reference.py)
 and Grad-CAM border attention, and writes into the output directory:
   metrics.json          every number, the settings, the model's sha256 and library versions
   report.txt            the same, human-readable (headline metrics with 95% bootstrap CIs)

@@ -36,9 +36,9 @@ _DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shad
 _NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite", "runner", "beam_pipeline_options")
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 NOT_COMPARED = ("max_reject_fraction",)
-_SOURCE_FIELDS = ("classes", "labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
-                  "patient_key", "holdout_source", "max_pixels", "layout", "views", "uncertain",
-                  "intensity")
+_SOURCE_FIELDS = ("classes", "labels_csv", "csv_columns", "label_map", "test_fraction",
+                  "patient_overlap", "patient_key", "holdout_source", "max_pixels", "layout",
+                  "views", "uncertain", "intensity")
 _VIEW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]*$")
 
 

@@ -164,7 +164,8 @@ def build_model(config: TrainConfig, strategy: tf.distribute.Strategy, data: Res
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = model_builder(config.model, data.image_size, data.channels,
-                              num_classes=len(data.classes), weights=config.weights, dropout=config.dropout, seed=config.seed)
+                              num_classes=len(data.classes), weights=config.weights,
+                              dropout=config.dropout, seed=config.seed)
         optimizer = make_optimizer(config, data.steps_per_epoch, precision)
         head_vars, backbone_vars = finetune.split_variables(model)
         backbone_optimizer = None
