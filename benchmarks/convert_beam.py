@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
                 "workers": FLAGS.workers, "repeats": FLAGS.repeats}
     harness.append_jsonl(FLAGS.out, [{
         "run_id": run_id, "time": harness.utc_now(), "benchmark": "convert_beam",
-        "machine": machine, "versions": harness.library_versions(), "settings": settings,
+        "machine": machine, "versions": files.versions(), "settings": settings,
         "identical": identical, **row, "all_seconds": rows[row["runner"]]} for row in table])
 
 

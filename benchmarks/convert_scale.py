@@ -13,8 +13,10 @@ stage functions in the child (the converter itself is unchanged, its output byte
   plan      rejects, duplicate search, split + shard plan (what build_records does between)
   write     the shards, read back from the spill
   manifest  dataset_info.json, and the .build/ clean-up
-Runners: `local` (build_records, the process pool). A Beam runner plugs in as another entry of
-RUNNERS: a function (data_dir, output_dir, workers) -> manifest that runs inside the child.
+Runners: `local` (build_records, the process pool) and `beam` (--runner=beam on the in-process
+FnApiRunner, multi-process with 2+ workers; the [beam] extra). Each is an entry of RUNNERS: a
+function (data_dir, output_dir, workers, image_size) -> manifest that runs inside the child.
+The phase times wrap the local runner's functions; for beam only the total is meaningful.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Callable
 
 from absl import app, flags
 
+from xray_tfdata import files
 from xray_tfdata.benchmarking import datasets
 
 FLAGS = flags.FLAGS
@@ -51,7 +54,19 @@ def _local(data_dir: str, output_dir: str, workers: int, image_size: int) -> dic
     return convert.build_records(config, progress=False)
 
 
-RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"local": _local}
+def _beam(data_dir: str, output_dir: str, workers: int, image_size: int) -> dict[str, Any]:
+    """The same build on Beam's in-process FnApiRunner with `workers` worker processes."""
+    from xray_tfdata.records import convert  # noqa: PLC0415 - imported in the child only
+
+    options = ("--direct_running_mode=multi_processing,"
+               f"--direct_num_workers={workers}" if workers > 1 else "")
+    config = convert.ConversionConfig(data_dir=data_dir, output_dir=output_dir,
+                                      image_size=image_size, num_workers=workers, overwrite=True,
+                                      runner="beam", beam_pipeline_options=options)
+    return convert.build_records(config, progress=False)
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {"local": _local, "beam": _beam}
 
 
 def _timed_phases() -> dict[str, float]:
@@ -153,7 +168,7 @@ def main(argv: list[str]) -> None:
                                        if row["n"] > mine[0]["n"] else None)
     print(harness.format_table(rows, COLUMNS))
     Path(FLAGS.out).write_text(json.dumps(
-        {"machine": harness.machine_facts(), "versions": harness.library_versions(),
+        {"machine": harness.machine_facts(), "versions": files.versions(),
          "settings": {k: getattr(FLAGS, k) for k in ("sizes", "runners", "workers", "side",
                                                      "image_size")},
          "rows": rows}, indent=1, sort_keys=True) + "\n")

@@ -11,7 +11,6 @@ Prints a table and appends JSON lines to --output. Needs the [dicom] extra.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -20,9 +19,8 @@ from absl import app, flags
 
 from xray_tfdata import files
 from xray_tfdata.benchmarking import convert_bench, harness
-from xray_tfdata.records import sources
+from xray_tfdata.records import sources, synthetic_dicom
 
-_SYNTAXES = ("explicit", "j2k")
 _CLASSES = ("NORMAL", "COVID19", "PNEUMONIA")
 
 
@@ -39,30 +37,11 @@ def _image(side: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _dicom_bytes(pixels: np.ndarray, syntax: str, index: int) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset  # noqa: PLC0415
-    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: PLC0415
-
-    uid = f"1.2.826.0.1.3680043.8.498.{index + 1}"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, uid
-    ds.Modality, ds.ViewPosition, ds.Manufacturer = "DX", "PA", "Benchmark"
-    ds.PixelSpacing = [0.139, 0.139]
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.WindowCenter, ds.WindowWidth = 2000, 3500
-    ds.PixelData = pixels.tobytes()
-    if syntax == "j2k":
-        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    """12 bits in 16-bit words, with a rescale and a window, as a detector's export."""
+    ds = synthetic_dicom.dataset(pixels, bits_stored=12, uid_suffix=str(index + 1),
+                                 Manufacturer="Benchmark", RescaleSlope=1, RescaleIntercept=0,
+                                 WindowCenter=2000, WindowWidth=3500)
+    return synthetic_dicom.to_bytes(ds, syntax)
 
 
 def make_corpus(root: Path, syntax: str, count: int, side: int) -> Path:
@@ -89,7 +68,7 @@ flags.DEFINE_integer("count", 120, "DICOM files per corpus.")
 flags.DEFINE_integer("side", 1536, "Stored image side (pixels).")
 flags.DEFINE_integer("image_size", 224, "Output side of the records.")
 flags.DEFINE_integer("repeats", 3, "Timed converter runs per variant (median, spread).")
-flags.DEFINE_list("syntaxes", list(_SYNTAXES), "Transfer syntaxes to measure.")
+flags.DEFINE_list("syntaxes", list(synthetic_dicom.SYNTAXES), "Transfer syntaxes to measure.")
 
 
 def main(argv: list[str]) -> None:
@@ -97,10 +76,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
     args = FLAGS
     syntaxes = list(args.syntaxes)
-    unknown = sorted(set(syntaxes) - set(_SYNTAXES))
+    unknown = sorted(set(syntaxes) - set(synthetic_dicom.SYNTAXES))
     if unknown:
         raise app.UsageError(f"--syntaxes={','.join(syntaxes)}: unknown {unknown}; allowed: "
-                             f"{','.join(_SYNTAXES)}")
+                             f"{','.join(synthetic_dicom.SYNTAXES)}")
     root = Path(args.work_dir)
     run_id, rows, records = harness.new_run_id(), [], []
     for syntax in syntaxes:

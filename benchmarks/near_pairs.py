@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 from absl import app, flags
 
+from xray_tfdata import files
 from xray_tfdata.benchmarking import harness
 from xray_tfdata.records import dedupe, near_pairs
 
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> None:
     print(harness.format_table(rows, COLUMNS))
     out = Path(FLAGS.out)
     out.write_text(json.dumps({"machine": harness.machine_facts(),
-                               "versions": harness.library_versions(),
+                               "versions": files.versions(),
                                "settings": {"counts": FLAGS.counts, "kinds": FLAGS.kinds,
                                             "distances": FLAGS.distances,
                                             "brute_max": FLAGS.brute_max},

@@ -211,7 +211,7 @@ def encode(image, image_format: str, quality: int = 95) -> bytes:
 
 
 def crash_after(n: int, real, calls: list, message: str = "simulated crash"):
-    """A stand-in for records.sources.process_source that records each task's key in `calls`
+    """A stand-in for records.decode_pass.process_source that records each task's key in `calls`
     and raises KeyboardInterrupt (as a kill would stop the run) after `n` sources."""
     def wrapped(task, settings):
         calls.append(task.key)

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments {argv[1:]}; all inputs are flags.")
     # Imported here, not at the top: see the import note there.
-    from xray_tfdata.records import convert, manifest  # noqa: PLC0415
+    from xray_tfdata.records import collection_table, convert, manifest  # noqa: PLC0415
 
     config = cli.settings_from_flags(conversion_config.ConversionConfig)
     try:
@@ -34,6 +34,8 @@ def main(argv: list[str]) -> None:
                else f" of classes {', '.join(info.classes)}")
     console.say(f"Records in {config.output_dir}: {counts} examples{classes}; {info.num_rejected} "
                 f"rejected (see {manifest.MANIFEST_NAME}).")
+    for line in collection_table.build_report(info):  # nothing for a single collection
+        console.say(line)
 
 
 if __name__ == "__main__":

@@ -44,15 +44,13 @@ def main(argv: list[str]) -> None:
         raise cli.usage_error(err) from err
     out = config.resolved_output_dir
     print(f"Evaluated {config.model_path} on {config.split} ({result['num_examples']} examples)")
-    for key in ("accuracy", "macro_f1", "macro_auc"):
-        print(f"  {key:<10} {metrics.headline(result, key)}")
+    print(f"  {metrics.classes_note(result)}")
     if result.get("class_note"):
         print("  " + result["class_note"])
+    for key in ("accuracy", "macro_f1", "macro_sensitivity", "macro_auc"):
+        print(f"  {key:<17} {metrics.headline(result, key)}")
     for name in result["class_names"]:
-        if result["per_class"][name]["support"]:
-            print(f"  sensitivity {name:<10} {metrics.headline(result, 'sensitivity/' + name)}")
-        else:
-            print(f"  sensitivity {name:<10} absent (no example in this split)")
+        print(f"  sensitivity {name:<10} {metrics.headline(result, 'sensitivity/' + name)}")
     cal = result["calibration"]
     line = f"  ECE {cal['ece']:.4f}"
     if cal.get("temperature") is not None:
@@ -60,6 +58,11 @@ def main(argv: list[str]) -> None:
     print(line)
     if "operating_point" in result:
         print("  " + evaluator.operating_point_text(result["operating_point"]))
+    if "by_collection" in result:
+        from xray_tfdata.evaluation import by_collection
+
+        print(by_collection.TITLE)
+        print(by_collection.format_table(result["by_collection"], result["class_names"]))
     if "shortcut_probe" in result:
         print("  " + result["shortcut_probe"]["message"])
     if "border_attention" in result:

@@ -67,17 +67,10 @@ def main(argv: list[str]) -> None:
         raise cli.usage_error(err) from err
     except ManifestError as err:
         raise app.UsageError(str(err)) from err
-    if config.weights and config.weights.lower() == models.IMAGENET:
-        try:  # into Keras' cache now: offline, one clear message instead of a traceback later
-            models.fetch_imagenet(config.model)
-        except models.ImageNetWeightsUnavailable as err:
-            cli.fail(f"--weights=imagenet: {err}")
-    if config.deterministic:
-        # Process-wide, so it is set here at the entry point, not in the library: the same seed
-        # then gives the same weights bit for bit (thread-order reductions otherwise differ).
-        import tensorflow as tf  # noqa: PLC0415
-
-        tf.config.experimental.enable_op_determinism()
+    try:
+        setup.prepare_process(config)  # ImageNet weights into the cache, op determinism
+    except models.ImageNetWeightsUnavailable as err:
+        cli.fail(f"--weights=imagenet: {err}")
     try:
         if FLAGS.overwrite and distribute.is_chief(strategy):
             _remove_previous_run(config.model_dir)

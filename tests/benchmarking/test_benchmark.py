@@ -299,6 +299,22 @@ def test_input_mode_host_cost_and_data_service(work_dir, tmp_path, monkeypatch):
     assert "cores for 50k img/s" in printed and "workers' CPU us/img" in printed
 
 
+def test_worker_cpu_between_snapshots_survives_threads_that_exit():
+    """CI once measured -6667 us/image: a worker thread that exits inside the window took its
+    time out of the live-thread sum. Survivors count their growth, new threads count from zero,
+    the process-wide tick count is the floor."""
+    from xray_tfdata.benchmarking import host_cost_bench
+
+    between = host_cost_bench._cpu_seconds_between  # pylint: disable=protected-access
+    start = ({(1, "1"): 1_000_000_000, (1, "2"): 5_000_000_000}, 6.0)
+    # thread 2 (5 s) exited, thread 1 grew by 0.5 s, thread 3 was born and ran 0.25 s
+    end = ({(1, "1"): 1_500_000_000, (1, "3"): 250_000_000}, 6.8)
+    assert between(start, end) == pytest.approx(0.8)  # ticks saw more than the survivors
+    end_exact = ({(1, "1"): 1_500_000_000, (1, "2"): 5_010_000_000}, 6.5)
+    assert between(start, end_exact) == pytest.approx(0.51)  # exact beats 10 ms ticks
+    assert between(start, ({}, 6.0)) == 0.0  # everything exited, no tick: zero, not negative
+
+
 def test_cores_needed_is_rate_times_cpu_per_image():
     from xray_tfdata.benchmarking import host_cost_bench
 

@@ -17,7 +17,7 @@ from absl import app, flags
 from absl.testing import flagsaver
 
 from tests import fixtures
-from xray_tfdata import build_records, cli, files
+from xray_tfdata import build_records, cli, files, labels
 from xray_tfdata.records import conversion_state, convert, features, manifest, synthetic
 
 REPO = fixtures.REPO_ROOT
@@ -204,3 +204,39 @@ def test_an_unwritable_output_dir_is_one_line(tmp_path):
     assert err.count("\n") == 0 and "Traceback" not in err
     assert err.startswith(f"Cannot write to output_dir='{tmp_path / 'afile' / 'out'}'")
     assert "a part of its path is a file, not a directory" in err
+
+
+def _class_folders(root: Path, per_class: dict[str, int], seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for class_name, n in per_class.items():
+        (root / class_name).mkdir(parents=True)
+        for i in range(n):
+            image = synthetic.render_xray(labels.LABEL_MAP[class_name], (36, 32), rng)
+            cv2.imwrite(str(root / class_name / f"{i}.png"), image)
+    return root
+
+
+def test_several_collections_print_their_table_and_the_confound_warning(tmp_path, capsys):
+    kids = _class_folders(tmp_path / "kids", {"NORMAL": 5, "PNEUMONIA": 5}, seed=1)
+    covid_a = _class_folders(tmp_path / "covid_a", {"COVID19": 5}, seed=2)
+    covid_b = _class_folders(tmp_path / "covid_b", {"COVID19": 4}, seed=3)
+    _main(f"--data_dir=kids={kids},covid_a={covid_a},covid_b={covid_b}",
+          f"--output_dir={tmp_path / 'out'}", "--image_size=16", "--num_workers=1",
+          "--near_distance=0")
+    err = capsys.readouterr().err.splitlines()
+    start = err.index("Records per collection and class (every split):")
+    assert err[start + 1:start + 7] == [
+        "collection   NORMAL  COVID19  PNEUMONIA    total",
+        "covid_a           0        5          0        5",
+        "covid_b           0        4          0        4",
+        "kids              5        0          5       10",
+        "total             5        9          5       19",
+        "WARNING: COVID19: all 9 images from covid_a, covid_b, which hold no NORMAL or PNEUMONIA: "
+        "a model can learn the collection (evaluate's shortcut probe and python -m "
+        "xray_tfdata.loco measure it)."]
+    # One collection: quiet, only the result line.
+    _main(f"--data_dir={kids}", f"--output_dir={tmp_path / 'one'}", "--image_size=16",
+          "--num_workers=1", "--near_distance=0")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("Records in ") and not any("WARNING" in line or line.startswith(
+        "Records per collection") for line in lines), lines

@@ -58,6 +58,7 @@ def test_classifiers_beat_chance_and_are_saved_with_identity(setup, tmp_path):
     bundle = classical.load_classifier(tmp_path / "classifiers" / "logreg.joblib", model_path)
     emb, _, y = classical.extract(inference.load_model(model_path), str(records), "test")
     again = metrics.compute_metrics(y, bundle.predict_proba(emb), bundle.predict(emb),
+                                    class_names=results["logreg"]["class_names"],
                                     n_resamples=100, seed=0)
     assert again["macro_f1"] == pytest.approx(results["logreg"]["macro_f1"])
     assert again["confusion_matrix"] == results["logreg"]["confusion_matrix"]

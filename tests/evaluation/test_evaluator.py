@@ -211,6 +211,10 @@ def test_operating_point_and_temperature_come_from_the_training_val_split(tmp_pa
     assert 0.0 <= op["sensitivity"] <= 1.0 and "ppv" in op["confidence_intervals"]
     report = (tmp_path / "eval" / "report.txt").read_text()
     assert "ECE" in report and "COVID19 at P >=" in report
+    # 10 COVID19 val images chose the threshold: said, and warned (fewer than 20).
+    assert op["positive_class"] == "COVID19" and op["num_val_positive"] == 10
+    assert "chosen on only 10 val positives" in op["warning"]
+    assert "10 positives)" in report and "WARNING: The COVID19 operating point" in report
     # A temperature stored by the training run wins over refitting.
     files.write_json(run / "calibration.json", {"temperature": 2.0, "applied_in_model": False})
     again = evaluator.evaluate(evaluator.EvalConfig(
@@ -243,6 +247,25 @@ def test_evaluate_one_collection(tiny_model, tmp_path):
     assert "probe_macro_f1" in result["shortcut_probe"]
     with pytest.raises(ConfigError, match=r"collections .*\['x', 'y'\]"):
         evaluator.evaluate(dataclasses.replace(config, collections=("z",)))
+    assert "by_collection" not in result  # one collection evaluated: no table
+    # Both collections: the per-collection table, its counts exact, each row the metrics of
+    # that collection's examples alone (all three classes held: the headline definitions).
+    both = evaluator.evaluate(dataclasses.replace(config, collections=(), bootstrap=50,
+                                                  output_dir=str(tmp_path / "both")))
+    table = both["by_collection"]
+    assert {name: (row["n"], row["support"]) for name, row in table.items()} == {
+        "x": (9, {"NORMAL": 3, "COVID19": 3, "PNEUMONIA": 3}),
+        "y": (6, {"NORMAL": 2, "COVID19": 2, "PNEUMONIA": 2})}
+    assert table["y"]["macro_f1"] == pytest.approx(result["macro_f1"])
+    assert table["y"]["sensitivity"] == {name: row["sensitivity"]
+                                         for name, row in result["per_class"].items()}
+    assert table["x"]["macro_f1_ci"]["low"] is not None
+    saved = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    assert saved["by_collection"]["x"]["n"] == 9
+    report = (tmp_path / "both" / "report.txt").read_text()
+    assert "Per collection (macro-F1 over the classes each collection holds" in report
+    assert [line.split()[:2] for line in report.splitlines()
+            if line.startswith(("x ", "y "))] == [["x", "9"], ["y", "6"]]
 
 
 def test_records_of_another_size_are_refused_in_the_models_terms(tmp_path):
@@ -278,3 +301,39 @@ def test_evaluate_explain_classical_on_records_of_another_size_say_so_in_one_lin
                 "but the model takes 16x16x1") in stderr, stderr[-2000:]
         assert "--image_size=16 --channels=1" in stderr and "Pass --image_size" not in stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_three_class_model_on_a_two_class_external_set_reports_over_the_present_classes(
+        tiny_model, tmp_path, caplog):
+    """An external set with NORMAL and PNEUMONIA only (labels are ids in the model's three
+    classes): macro averages over those two, COVID19 'absent', 5 per class warned as tiny."""
+    from sklearn import metrics as sk_metrics
+
+    rng = np.random.default_rng(7)
+    test = [fixtures.example(fixtures._brightness_image(label, rng), label=label,
+                             source_path=f"test/{label}/{k}.png")
+            for k in range(5) for label in (0, 2)]
+    records = fixtures.write_records(tmp_path / "records", {"test": test}, image_size=SIZE)
+    config = evaluator.EvalConfig(model_path=str(tiny_model), records_dir=str(records),
+                                  output_dir=str(tmp_path / "eval"), bootstrap=100,
+                                  gradcam_per_class=0, shortcut_probe=False)
+    with caplog.at_level("WARNING"):
+        result = evaluator.evaluate(config)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["absent_classes"] == ["COVID19"] and len(saved["confusion_matrix"]) == 3
+    covid = saved["per_class"]["COVID19"]
+    assert covid["absent"] is True and covid["sensitivity"] is None
+    cm = np.array(saved["confusion_matrix"])
+    y_true = np.repeat([0, 1, 2], cm.sum(axis=1))
+    y_pred = np.concatenate([np.repeat([0, 1, 2], row) for row in cm])
+    assert saved["macro_f1"] == pytest.approx(sk_metrics.f1_score(
+        y_true, y_pred, labels=[0, 2], average="macro", zero_division=0))
+    assert saved["confidence_intervals"]["sensitivity/NORMAL"]["method"] == "clopper-pearson"
+    assert any("NORMAL has only 5 examples" in w for w in saved["warnings"])
+    report = (tmp_path / "eval" / "report.txt").read_text()
+    assert "absent from this split, not averaged: COVID19" in report
+    covid_line = next(line for line in report.splitlines() if line.startswith("COVID19 "))
+    assert "absent" in covid_line
+    assert "WARNING: PNEUMONIA has only 5 examples" in report
+    assert "PNEUMONIA has only 5 examples" in caplog.text
+    assert result["macro_f1"] == saved["macro_f1"]

@@ -14,15 +14,18 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import RLELossless
+
+from xray_tfdata.records import synthetic_dicom
+from xray_tfdata.records.synthetic_dicom import base as _base
+from xray_tfdata.records.synthetic_dicom import dataset
 
 ROWS, COLS = 48, 40
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+DX_STORAGE = synthetic_dicom.DX_STORAGE
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
-_UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's example root; fixed, not random
 
 # Protected health information that must never leave the input (test_dicom searches outputs).
 PHI = {
@@ -51,46 +54,10 @@ def displayed(low: int, high: int) -> np.ndarray:
     return image
 
 
-def _base(sop_class: str, uid_suffix: str, modality: str) -> Dataset:
-    """A dataset with its file meta (explicit VR little endian) and SOP identity set."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = _UID_ROOT + uid_suffix
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = _UID_ROOT + uid_suffix
-    ds.Modality = modality
-    return ds
-
-
-def dataset(stored: np.ndarray, *, bits_stored: int = 16, photometric: str = "MONOCHROME2",
-            signed: bool = False, **elements) -> Dataset:
-    """A single-frame DX dataset with `stored` as its pixel data (uint16/int16 words)."""
-    ds = _base(DX_STORAGE, "1", "DX")
-    ds.ViewPosition = "PA"
-    ds.Manufacturer = "Acme Detectors"
-    ds.PixelSpacing = [0.139, 0.139]
-    ds.Rows, ds.Columns = stored.shape[:2]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
-    for name, value in elements.items():
-        setattr(ds, name, value)
-    return ds
-
-
 def to_bytes(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
     with warnings.catch_warnings():  # the malformed corpus below is invalid on purpose
         warnings.simplefilter("ignore", UserWarning)
-        ds.save_as(buffer, enforce_file_format=True)  # 128-byte preamble + "DICM" + file meta
-    return buffer.getvalue()
+        return synthetic_dicom.to_bytes(ds)
 
 
 def write(path: Path, ds: Dataset) -> Path:

@@ -81,6 +81,20 @@ def test_missing_beam_is_one_line_naming_the_extra_and_writes_nothing(two_collec
     assert not out.exists()
 
 
+def test_an_output_url_beam_cannot_write_is_one_line_and_writes_nothing(two_collections):
+    """ram:// (TensorFlow's in-memory file system) stands in for gs:// without apache-beam[gcp]:
+    Beam's own file systems do not know it, so the build is refused before touching it."""
+    import tensorflow as tf
+
+    out = "ram://beam_refused/records"
+    with pytest.raises(convert.ConversionError) as err:
+        convert.build_records(_config(two_collections, out, runner="beam"), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "no file system for ram://" in message
+    assert "apache-beam[gcp]" in message and "--runner=local" in message
+    assert not tf.io.gfile.exists(out)
+
+
 def test_a_failed_job_is_rerun_whole_to_the_same_bytes(two_collections, local, tmp_path,
                                                      monkeypatch):
     from xray_tfdata.records import shard_writer

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import struct
+import time
 from pathlib import Path
 
 import cv2
@@ -17,7 +18,8 @@ import tensorflow as tf
 
 from tests import fixtures
 from xray_tfdata import files
-from xray_tfdata.records import conversion_state, convert, features, manifest, shard_writer, sources
+from xray_tfdata.records import (conversion_state, convert, decode_pass, features, manifest,
+                                 shard_writer)
 
 CLASSES = ("NORMAL", "COVID19", "PNEUMONIA")
 
@@ -105,8 +107,8 @@ def test_resume_notices_a_source_rewritten_in_place_with_its_mtime_restored(
     root, values = data
     out = tmp_path / "out"
     calls: list[str] = []
-    monkeypatch.setattr(sources, "process_source",
-                        fixtures.crash_after(4, sources.process_source, calls))
+    monkeypatch.setattr(decode_pass, "process_source",
+                        fixtures.crash_after(4, decode_pass.process_source, calls))
     with pytest.raises(KeyboardInterrupt):
         convert.build_records(_config(root, out), progress=False)
     monkeypatch.undo()
@@ -114,12 +116,46 @@ def test_resume_notices_a_source_rewritten_in_place_with_its_mtime_restored(
     before = changed.stat()
     cv2.imwrite(str(changed), np.full((24, 20), 250, np.uint8))
     os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert sources.file_signature(str(changed)) == (before.st_size, before.st_mtime_ns)
+    assert decode_pass.file_signature(str(changed)) == (before.st_size, before.st_mtime_ns)
 
     convert.build_records(_config(root, out), progress=False)
     pixels, sha = _pixels_by_path(out)[calls[0]]
     assert pixels == {250} and sha == files.sha256_file(changed)
     assert all(_pixels_by_path(out)[k][0] == {v} for k, v in values.items() if k != calls[0])
+
+
+@pytest.mark.slow
+def test_a_worker_killed_by_the_os_fails_in_one_line_and_the_rerun_resumes(data, tmp_path):
+    """multiprocessing.Pool.imap waited forever for a task whose worker the OOM killer took."""
+    import multiprocessing
+    import signal
+    import threading
+
+    root, values = data
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_first_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)  # what the OOM killer does
+                killed.append(child.pid)
+                break
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_first_worker, daemon=True)
+    killer.start()
+    with pytest.raises(convert.ConversionError) as err:
+        convert.build_records(_config(root, out, num_workers=2), progress=False)
+    killer.join()
+    assert killed
+    message = str(err.value)
+    assert "worker process died" in message and "--num_workers (now 2)" in message
+    assert "\n" not in message and "rerun the same command to resume" in message
+
+    convert.build_records(_config(root, out, num_workers=1), progress=False)
+    assert {k: v[0] for k, v in _pixels_by_path(out).items()} == {k: {v} for k, v in values.items()}
 
 
 @pytest.mark.parametrize("code, says", [(errno.ENOSPC, "the disk is full"),

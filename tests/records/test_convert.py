@@ -27,7 +27,6 @@ from xray_tfdata.records import (
     manifest,
     offline_augment,
     shard_writer,
-    sources,
     synthetic,
 )
 
@@ -160,10 +159,10 @@ def test_rerun_restores_a_deleted_shard_and_discards_a_stale_tmp(data_dir, refer
 def test_resume_after_crashes_in_both_passes_gives_identical_output(
         data_dir, reference, tmp_path, monkeypatch):
     out, _ = reference
-    real_process, real_write = sources.process_source, shard_writer.write_shard
+    real_process, real_write = decode_pass.process_source, shard_writer.write_shard
     calls = []
 
-    monkeypatch.setattr(sources, "process_source", fixtures.crash_after(
+    monkeypatch.setattr(decode_pass, "process_source", fixtures.crash_after(
         5, real_process, calls, "simulated crash while decoding"))
     with pytest.raises(KeyboardInterrupt):
         convert.build_records(_config(data_dir, tmp_path), progress=False)
@@ -179,7 +178,7 @@ def test_resume_after_crashes_in_both_passes_gives_identical_output(
         return real_write(path, records, compression)
 
     written, calls[:] = [], []
-    monkeypatch.setattr(sources, "process_source", lambda t, s: (calls.append(t.key),
+    monkeypatch.setattr(decode_pass, "process_source", lambda t, s: (calls.append(t.key),
                                                                  real_process(t, s))[1])
     monkeypatch.setattr(shard_writer, "write_shard", crash_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
@@ -359,10 +358,10 @@ def test_workers_never_import_tensorflow_even_if_the_main_script_does(tmp_path, 
     fake_main.__file__ = str(script)  # what spawn would re-run in every worker
     monkeypatch.setitem(__import__("sys").modules, "__main__", fake_main)
     with decode_pass.main_module_hidden():
-        pool = multiprocessing.get_context("spawn").Pool(1, initializer=sources.init_worker)
+        pool = multiprocessing.get_context("spawn").Pool(1, initializer=decode_pass.init_worker)
     with pool:
         assert pool.apply(eval, ("'tensorflow' in __import__('sys').modules",)) is False
-        assert pool.apply(eval, ("'xray_tfdata.records.sources' in __import__('sys').modules",))
+        assert pool.apply(eval, ("'xray_tfdata.records.decode_pass' in __import__('sys').modules",))
 
 
 def test_progress_bar_and_summary(data_dir, tmp_path, caplog, capsys):

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tests import fixtures
 from xray_tfdata import labels
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.records import convert, features, manifest, synthetic
+from xray_tfdata.records import convert, decode_pass, features, manifest, synthetic
 
 SIZE = 16
 LABEL_MAP = "No Finding=NORMAL,COVID-19=COVID19,Pneumonia=PNEUMONIA"
@@ -260,7 +260,6 @@ def test_real_sample_labels_csv_with_patient_ids(real_sample_dir, tmp_path):
 
 def test_a_crashed_csv_build_resumes_to_identical_records(tmp_path, monkeypatch):
     from xray_tfdata import files
-    from xray_tfdata.records import sources
 
     data = tmp_path / "d"
     csv_path = _patient_csv(data)
@@ -268,12 +267,12 @@ def test_a_crashed_csv_build_resumes_to_identical_records(tmp_path, monkeypatch)
                   csv_columns="path=Image Index,label=Finding Labels,patient_id=Patient ID")
     spec = f"nih={data}"
     convert.build_records(_config(spec, tmp_path / "ref", **config), progress=False)
-    real, calls = sources.process_source, []
+    real, calls = decode_pass.process_source, []
 
-    monkeypatch.setattr(sources, "process_source", fixtures.crash_after(5, real, calls))
+    monkeypatch.setattr(decode_pass, "process_source", fixtures.crash_after(5, real, calls))
     with pytest.raises(KeyboardInterrupt):
         convert.build_records(_config(spec, tmp_path / "out", **config), progress=False)
-    monkeypatch.setattr(sources, "process_source", real)
+    monkeypatch.setattr(decode_pass, "process_source", real)
     convert.build_records(_config(spec, tmp_path / "out", **config), progress=False)
     shas = lambda d: {p.name: files.sha256_file(p) for p in d.iterdir()}  # noqa: E731
     assert shas(tmp_path / "out") == shas(tmp_path / "ref")

@@ -18,7 +18,7 @@ from xray_tfdata import files, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs import pipeline
 from xray_tfdata.paths import RemotePath
-from xray_tfdata.records import conversion_state, convert, manifest, sources, synthetic
+from xray_tfdata.records import conversion_state, convert, decode_pass, manifest, sources, synthetic
 
 SIZE = 16
 COUNTS = {"train": {"NORMAL": 5, "COVID19": 4, "PNEUMONIA": 5},
@@ -81,16 +81,16 @@ def test_ram_build_is_byte_identical_to_local(ram_data, local_reference, workers
 
 def test_ram_build_resumes_after_a_crash(ram_data, local_reference, monkeypatch):
     out, calls = _ram_out(), []
-    monkeypatch.setattr(sources, "process_source",
-                        fixtures.crash_after(7, sources.process_source, calls))
+    monkeypatch.setattr(decode_pass, "process_source",
+                        fixtures.crash_after(7, decode_pass.process_source, calls))
     with pytest.raises(KeyboardInterrupt):
         convert.build_records(_config(ram_data, out), progress=False)
     assert (out / conversion_state.WORK_DIR / conversion_state.STATE_NAME).is_file()
     assert conversion_state.spill_path(out).is_file()  # local scratch, kept for the rerun
     monkeypatch.undo()
     calls.clear()
-    monkeypatch.setattr(sources, "process_source",
-                        fixtures.crash_after(10**6, sources.process_source, calls))
+    monkeypatch.setattr(decode_pass, "process_source",
+                        fixtures.crash_after(10**6, decode_pass.process_source, calls))
     result = convert.build_records(_config(ram_data, out), progress=False)
     assert len(calls) == sum(sum(c.values()) for c in COUNTS.values()) - 7  # only the rest
     assert _shard_entries(result) == _shard_entries(local_reference[1])

@@ -13,11 +13,11 @@ import pytest
 
 from tests.records import dicom_files as D
 from tests.records import jpeg_bombs
-from xray_tfdata.records import image_format, image_io, sources
+from xray_tfdata.records import decode_pass, image_format, image_io
 from xray_tfdata.records.image_format import ImageReadError
 from xray_tfdata.serving import predict
 
-_SETTINGS = sources.ProcessSettings(16, "stretch", 1, "raw", 95)
+_SETTINGS = decode_pass.ProcessSettings(16, "stretch", 1, "raw", 95)
 
 
 def _reason(data: bytes, **kwargs) -> str:
@@ -26,11 +26,11 @@ def _reason(data: bytes, **kwargs) -> str:
     return err.value.reason
 
 
-def _process(tmp_path, name: str, data: bytes) -> sources.Processed:
+def _process(tmp_path, name: str, data: bytes) -> decode_pass.Processed:
     """The converter's own per-source worker function, on one file."""
     path = tmp_path / name
     path.write_bytes(data)
-    return sources.process_source(sources.Task(name, str(path), ("none",)), _SETTINGS)
+    return decode_pass.process_source(decode_pass.Task(name, str(path), ("none",)), _SETTINGS)
 
 
 # --- JPEG scan bombs (item 8) --------------------------------------------------------------------

@@ -298,3 +298,16 @@ def test_multi_source_recipe_from_the_command_line(tmp_path):
     assert info["args"]["layout"] == "nih=chestxray14,rsna=rsna_pneumonia"
     train_sources = {s for split in ("train", "val") for s in info["splits"][split]["per_source"]}
     assert train_sources == {"kaggle", "rsna"}
+
+
+def test_a_preset_on_a_url_data_dir_is_one_line_with_the_fix():
+    """The preset reader indexes a local tree; a URL folder used to read as "not a directory"."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs("ram://nih_preset/images_001/images")
+    with pytest.raises(ValueError) as err:
+        preset_reader.read_preset(SourceSpec("", "ram://nih_preset", layout="chestxray14"),
+                                  preset_reader.Rules())
+    message = str(err.value)
+    assert "\n" not in message and "--layout=chestxray14 reads a local folder" in message
+    assert "gcsfuse" in message and "is not a directory" not in message

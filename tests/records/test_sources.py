@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xray_tfdata import labels
-from xray_tfdata.records import image_io, sources
+from xray_tfdata.records import decode_pass, image_io, sources
 
 
 def _png(path: Path, value: int = 100, shape: tuple[int, ...] = (40, 30)) -> Path:
@@ -73,15 +73,15 @@ def test_train_only_is_read_missing_dir_and_case_clash_are_errors(tmp_path):
             sources.scan_sources(tmp_path)
 
 
-def _settings(image_format: str = "png", channels: int = 1) -> sources.ProcessSettings:
-    return sources.ProcessSettings(image_size=16, resize_mode="stretch", channels=channels,
+def _settings(image_format: str = "png", channels: int = 1) -> decode_pass.ProcessSettings:
+    return decode_pass.ProcessSettings(image_size=16, resize_mode="stretch", channels=channels,
                                    image_format=image_format, jpeg_quality=95)
 
 
 def test_process_source_decodes_once_into_every_planned_output(tmp_path):
     path = _png(tmp_path / "a.png", value=60)
-    task = sources.Task("train/NORMAL/a.png", str(path), ("none", "gamma0.5", "mean3"))
-    result = sources.process_source(task, _settings("png", channels=3))
+    task = decode_pass.Task("train/NORMAL/a.png", str(path), ("none", "gamma0.5", "mean3"))
+    result = decode_pass.process_source(task, _settings("png", channels=3))
     assert result.reason == "" and result.key == task.key
     assert (result.info.width, result.info.height, result.info.mode) == (30, 40, "L")
     assert result.signature == (path.stat().st_size, path.stat().st_mtime_ns)
@@ -101,7 +101,7 @@ def test_process_source_turns_bad_files_into_reasons(tmp_path):
     empty.write_bytes(b"")
     text = tmp_path / "text.png"
     text.write_text("this is not an image\n" * 5)
-    results = [sources.process_source(sources.Task(p.name, str(p), ("none",)), _settings())
+    results = [decode_pass.process_source(decode_pass.Task(p.name, str(p), ("none",)), _settings())
                for p in (empty, text, tmp_path / "missing.png")]
     assert [r.reason for r in results] == [
         "empty file", "not an image (looks like text)", "unreadable: FileNotFoundError"]

@@ -79,20 +79,34 @@ def _start_worker(dispatcher: str) -> subprocess.Popen:
     raise RuntimeError("data_service worker did not start within 120 s")
 
 
-def _cpu_seconds(procs: list[subprocess.Popen]) -> float:
-    """CPU seconds the processes used so far. Linux: the sum over their threads of schedstat's
-    nanosecond run time (psutil's user + system counts 10 ms ticks, too coarse for a short
-    timed window); elsewhere psutil."""
-    total = 0.0
+def _cpu_snapshot(procs: list[subprocess.Popen]) -> tuple[dict[tuple[int, str], int], float]:
+    """Per-thread run time (ns, Linux schedstat) and process-wide user + system seconds.
+
+    schedstat is exact but per live thread: a thread that exits inside the window takes its time
+    with it, so summing live threads at both ends can go negative (seen in CI). psutil's
+    process-wide times keep exited threads but count 10 ms ticks. `_cpu_seconds_between` uses both.
+    """
+    threads, ticks = {}, 0.0
     for proc in procs:
         try:
-            tasks = os.listdir(f"/proc/{proc.pid}/task")
-            total += sum(int(Path(f"/proc/{proc.pid}/task/{t}/schedstat").read_text().split()[0])
-                         for t in tasks) / 1e9
+            for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                stat = Path(f"/proc/{proc.pid}/task/{tid}/schedstat").read_text()
+                threads[(proc.pid, tid)] = int(stat.split()[0])
         except (OSError, ValueError, IndexError):
-            times = psutil.Process(proc.pid).cpu_times()
-            total += times.user + times.system
-    return total
+            pass  # not Linux, or the thread ended while listed: the process-wide count covers it
+        times = psutil.Process(proc.pid).cpu_times()
+        ticks += times.user + times.system
+    return threads, ticks
+
+
+def _cpu_seconds_between(start: tuple[dict[tuple[int, str], int], float],
+                         end: tuple[dict[tuple[int, str], int], float]) -> float:
+    """CPU seconds used between two snapshots, never negative: threads alive at the end count their
+    exact growth (threads born inside the window count from 0); the process-wide tick count is the
+    floor, so time of threads that ended inside the window is not lost."""
+    (threads0, ticks0), (threads1, ticks1) = start, end
+    exact = sum(ns - threads0.get(key, 0) for key, ns in threads1.items()) / 1e9
+    return max(exact, ticks1 - ticks0, 0.0)
 
 
 def measure_service(records_dir: str, image_size: int, batch_size: int, repeats: int,
@@ -115,10 +129,11 @@ def measure_service(records_dir: str, image_size: int, batch_size: int, repeats:
         batches = max(steps, per_epoch)
         iterator = iter(pipeline.build_dataset(records_dir, SPLIT, config))
         harness.consume(iterator, max(warmup_steps, 2) + per_epoch // 2)
-        worker_cpu0 = _cpu_seconds(procs)
+        worker_cpu0 = _cpu_snapshot(procs)
         rates, trainer_us = harness.timed_with_cpu(
             lambda: harness.consume(iterator, batches), repeats)
-        worker_us = 1e6 * (_cpu_seconds(procs) - worker_cpu0) / (repeats * batches * batch_size)
+        worker_cpu = _cpu_seconds_between(worker_cpu0, _cpu_snapshot(procs))
+        worker_us = 1e6 * worker_cpu / (repeats * batches * batch_size)
         batch = next(iterator)[0]
         iterator = None  # releases the service job before the servers stop
         return {"steady_images_per_sec": harness.summarize(rates),

@@ -1,4 +1,4 @@
-"""Calibrated probabilities and a COVID19 operating point (numpy only, no TF).
+"""Calibrated probabilities and an operating point for one positive class (numpy only, no TF).
 
 - `expected_calibration_error`: top-label ECE over 15 equal-width confidence bins (Guo et al. 2017):
   ECE = sum_b |B_b| / n * |accuracy(B_b) - mean confidence(B_b)|, bin b = (b/15, (b+1)/15]
@@ -10,9 +10,13 @@
   one positive scalar never changes the argmax, so accuracy and macro-F1 are untouched; only the
   confidences move. The model outputs probabilities, and log p equals the logits up to a per-row
   constant, which softmax ignores, so probabilities are enough.
-- `covid_threshold` / `threshold_metrics`: the threshold on P(COVID19) chosen on val to reach a
-  target sensitivity, and sensitivity / specificity / PPV at it on another split, with
-  percentile-bootstrap intervals from metrics.py's resampler.
+- `operating_threshold` / `threshold_metrics`: the threshold on P(positive class) chosen on val
+  to reach a target sensitivity, and sensitivity / specificity / PPV at it on another split, with
+  percentile-bootstrap intervals from metrics.py's resampler (the sensitivity's interval is exact
+  Clopper-Pearson below metrics.EXACT_BELOW positives). The positive class is an id into the
+  model's classes (COVID19 by default, chosen at the command edge). A threshold chosen on fewer
+  than MIN_OPERATING_POSITIVES val positives comes with a warning naming that number: with 5
+  positives, 95% sensitivity means "all 5", and one more image can move the threshold anywhere.
 """
 
 from __future__ import annotations
@@ -22,16 +26,18 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import files, labels
+from xray_tfdata import files
 from xray_tfdata.evaluation import metrics
 
 NUM_BINS = 15
-COVID = labels.LABEL_MAP["COVID19"]
 DEFAULT_TARGET_SENSITIVITY = 0.95
+# Fewer val positives than this and the operating point is warned about: at 95% target
+# sensitivity, 20 positives is the least that lets one miss be tolerated (19/20).
+MIN_OPERATING_POSITIVES = 20
 # The temperature a training run fitted, beside its best.keras (training writes, evaluation reads).
 CALIBRATION_FILE = "calibration.json"
 # The sha256 of the calibrated model file a record belongs to (see `model_record`).
@@ -134,52 +140,83 @@ def calibration_summary(probs: Any, y_true: Any, temperature: float | None) -> d
     return out
 
 
-def covid_threshold(probs: Any, y_true: Any,
-                    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY, *,
-                    positive: int = COVID) -> float | None:
-    """The highest threshold t on P(positive) with sensitivity (p >= t) >= target on these labels.
+def _check_positive(positive: int, num_classes: int) -> int:
+    if isinstance(positive, bool) or not isinstance(positive, (int, np.integer)) \
+            or not 0 <= positive < num_classes:
+        raise ValueError(f"positive must be a class id in [0, {num_classes - 1}]. Received: "
+                         f"positive={positive!r}. Pass the id of the class the operating point "
+                         f"is for (its index in the model's class list).")
+    return int(positive)
 
-    `positive`: the operating point's class id (--positive_class; COVID19 in the default set).
 
-    The highest such t gives the best specificity at that sensitivity. None when the split has no
-    COVID19 example (no sensitivity to reach).
+def few_positives_warning(class_name: str, num_positive: int) -> str | None:
+    """The one-line warning for an operating point chosen on too few positives (None if enough
+    or none at all: then there is no operating point to warn about)."""
+    if not 0 < num_positive < MIN_OPERATING_POSITIVES:
+        return None
+    return (f"The {class_name} operating point was chosen on only {num_positive} val "
+            f"positive{'s' if num_positive != 1 else ''} (fewer than "
+            f"{MIN_OPERATING_POSITIVES}): its threshold may move a lot with a few more images; "
+            f"treat the sensitivity it promises as approximate.")
+
+
+def operating_threshold(probs: Any, y_true: Any, positive: int, class_names: Sequence[str],
+                        target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY
+                        ) -> dict[str, Any]:
+    """The highest threshold t on P(class `positive`) with sensitivity (p >= t) >= target.
+
+    The highest such t gives the best specificity at that sensitivity. Returns {"threshold"
+    (None when these labels hold no positive: no sensitivity to reach), "positive" (the id),
+    "positive_class" (its name), "num_positive" (the positives it was chosen on),
+    "target_sensitivity", "warning" (few_positives_warning, or None)}.
     """
     if not 0.0 < target_sensitivity <= 1.0:
         raise ValueError(f"target_sensitivity must be in (0, 1]. Received: "
                          f"target_sensitivity={target_sensitivity!r}.")
     probs, y_true = _as_arrays(probs, y_true)
-    positives = np.sort(probs[y_true == positive, positive])[::-1]
-    if positives.size == 0:
-        return None
-    # k positives at or above t reach sensitivity k / n_pos; the small epsilon keeps 0.95 * 20
-    # = 19 from rounding up to 20.
-    k = int(math.ceil(target_sensitivity * positives.size - 1e-9))
-    return float(positives[max(k, 1) - 1])
+    positive = _check_positive(positive, probs.shape[1])
+    if len(class_names) != probs.shape[1]:
+        raise ValueError(f"class_names has {len(class_names)} names for {probs.shape[1]} "
+                         f"probability columns. Received: class_names={list(class_names)}.")
+    scores = np.sort(probs[y_true == positive, positive])[::-1]
+    out: dict[str, Any] = {"threshold": None, "positive": positive,
+                           "positive_class": class_names[positive],
+                           "num_positive": int(scores.size),
+                           "target_sensitivity": float(target_sensitivity),
+                           "warning": few_positives_warning(class_names[positive], scores.size)}
+    if scores.size:
+        # k positives at or above t reach sensitivity k / n_pos; the small epsilon keeps
+        # 0.95 * 20 = 19 from rounding up to 20.
+        k = int(math.ceil(target_sensitivity * scores.size - 1e-9))
+        out["threshold"] = float(scores[max(k, 1) - 1])
+    return out
 
 
-def threshold_metrics(probs: Any, y_true: Any, threshold: float, *, n_resamples: int = 1000,
-                      seed: int = 0, positive_class: int = COVID) -> dict[str, Any]:
-    """Positive-vs-rest sensitivity, specificity and PPV at `threshold`, with bootstrap CIs
-    (`positive_class`: the class id of --positive_class, COVID19 in the default set)."""
+def threshold_metrics(probs: Any, y_true: Any, threshold: float, *, positive: int,
+                      n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Class-`positive`-vs-rest sensitivity, specificity and PPV at `threshold`, with bootstrap
+    CIs (the sensitivity's exact Clopper-Pearson below metrics.EXACT_BELOW positives)."""
     probs, y_true = _as_arrays(probs, y_true)
-    positive = (y_true == positive_class).astype(np.int64)
-    called = (probs[:, positive_class] >= threshold).astype(np.int64)
-    # 2x2 confusion with class 1 = COVID19: recall = sensitivity, precision = PPV.
+    positive = _check_positive(positive, probs.shape[1])
+    is_positive = (y_true == positive).astype(np.int64)
+    called = (probs[:, positive] >= threshold).astype(np.int64)
+    # 2x2 confusion with class 1 = the positive class: recall = sensitivity, precision = PPV.
     cm = np.zeros((2, 2))
-    np.add.at(cm, (positive, called), 1.0)
+    np.add.at(cm, (is_positive, called), 1.0)
     rates = metrics.rates_from_confusion(cm)
+    num_positive = int(is_positive.sum())
     out: dict[str, Any] = {
         "threshold": float(threshold), "num_examples": int(y_true.size),
-        "num_positive": int(positive.sum()),
-        "sensitivity": float(rates["recall"][1]) if positive.any() else None,
-        "specificity": float(rates["specificity"][1]) if (1 - positive).any() else None,
+        "num_positive": num_positive,
+        "sensitivity": float(rates["recall"][1]) if num_positive else None,
+        "specificity": float(rates["specificity"][1]) if (1 - is_positive).any() else None,
         "ppv": float(rates["precision"][1]) if called.any() else None,
         "confidence_intervals": {},
     }
     if n_resamples > 0:
         sens, spec, ppv = [], [], []
-        for _, cms in metrics.bootstrap_confusions(positive, called, 2, n_resamples=n_resamples,
-                                                   seed=seed):
+        for _, cms in metrics.bootstrap_confusions(is_positive, called, 2,
+                                                   n_resamples=n_resamples, seed=seed):
             r = metrics.rates_from_confusion(cms)
             # A resample without positives (or without any call) has no such rate: NaN, dropped.
             sens.append(np.where(r["support"][:, 1] > 0, r["recall"][:, 1], np.nan))
@@ -188,6 +225,9 @@ def threshold_metrics(probs: Any, y_true: Any, threshold: float, *, n_resamples:
         out["confidence_intervals"] = {
             name: metrics.percentile_interval(np.concatenate(values))
             for name, values in (("sensitivity", sens), ("specificity", spec), ("ppv", ppv))}
+        if 0 < num_positive < metrics.EXACT_BELOW:
+            out["confidence_intervals"]["sensitivity"] = metrics.exact_interval(
+                int(cm[1, 1]), num_positive)
     return out
 
 

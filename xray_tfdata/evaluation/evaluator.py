@@ -2,9 +2,10 @@
 
 `evaluate(EvalConfig(...))` runs the model over the split through the same input pipeline as
 training (evaluation mode: one pass, no augmentation), computes `metrics.compute_metrics`, ECE
-before and after temperature scaling, the --positive_class operating point's sensitivity /
-specificity / PPV, the metadata-only shortcut probe (fitted on the model's TRAINING records, see reference.py)
-and Grad-CAM border attention, and writes into the output directory:
+before and after temperature scaling, the operating point's sensitivity / specificity / PPV (for
+one positive class, COVID19 by default), the metadata-only shortcut probe (fitted on the model's
+TRAINING records, see reference.py) and Grad-CAM border attention, and writes into the output
+directory:
   metrics.json          every number, the settings, the model's sha256 and library versions
   report.txt            the same, human-readable (headline metrics with 95% bootstrap CIs)
   confusion_matrix.png  annotated counts and row fractions with class names
@@ -13,6 +14,12 @@ and Grad-CAM border attention, and writes into the output directory:
 Several records directories (`records_dir="a,b"` or `external_records_dir`) are each evaluated
 into <output_dir>/<name>/ and compared side by side in <output_dir>/comparison.{json,txt}.
 Each file is written to a temporary name and renamed, so a crash never leaves a half-written file.
+
+Numbers are honest about the classes a split lacks or barely holds (metrics.py): macro averages
+over the classes present, absent classes listed and their rows 'absent', exact intervals and a
+warning for a class with fewer than metrics.EXACT_BELOW examples, and a warning when the operating
+point was chosen on fewer than calibration.MIN_OPERATING_POSITIVES val positives. Warnings go
+to absl's log (shown in quiet mode) and into metrics.json / report.txt.
 """
 
 from __future__ import annotations
@@ -24,12 +31,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from absl import logging
 
 from xray_tfdata import errors, files, labels, model_classes, paths
 from xray_tfdata.errors import ConfigError
-from xray_tfdata.evaluation import calibration, metrics, reference, shortcut
+from xray_tfdata.evaluation import by_collection, calibration, metrics, reference, shortcut
 from xray_tfdata.inputs import collection_select  # TF-free: flags are checked before TF loads
 from xray_tfdata.evaluation.inference import (
+    aligned_metadata,
     eval_dataset,
     input_spec,
     load_model,
@@ -209,7 +218,8 @@ def write_tensorboard(logdir: str | os.PathLike, tag: str, result: dict[str, Any
                 if ci.get(bound) is not None:
                     scalar(f"{tag}/{key}_ci_{bound}", ci[bound])
         for name, row in result["per_class"].items():
-            scalar(f"{tag}/sensitivity/{name}", row["sensitivity"])
+            if row["sensitivity"] is not None:  # None: the class is absent from the split
+                scalar(f"{tag}/sensitivity/{name}", row["sensitivity"])
             scalar(f"{tag}/specificity/{name}", row["specificity"])
         # Markdown renders a code block; keeps the fixed-width table readable.
         tf.summary.write(f"{tag}/report", tf.constant("```\n" + report + "\n```"), step=step,
@@ -221,33 +231,51 @@ def write_tensorboard(logdir: str | os.PathLike, tag: str, result: dict[str, Any
 # ----------------------------------------------------------------------------- the run
 
 
+def classes_and_positive(config: EvalConfig, model) -> tuple[tuple[str, ...], int]:
+    """The model's classes (label-id order, recorded in its file: model_classes) and the id of
+    the operating point's class (--positive_class, default labels.default_positive_class).
+
+    Raises:
+      ConfigError: --positive_class is not one of the model's classes.
+    """
+    class_names = model_classes.classes_of(model, config.model_path)
+    try:
+        positive = labels.positive_class(class_names, config.positive_class)
+    except ValueError as err:
+        raise ConfigError("positive_class", config.positive_class,
+                          f"one of the model's classes {list(class_names)}") from err
+    return class_names, class_names.index(positive)
+
+
 def _reference_point(config: EvalConfig, model, image_size: int, channels: int,
-                     classes: Sequence[str]):
+                     class_names: Sequence[str], positive: int):
     """Training records, their val predictions and the operating point (reference.py)."""
     train_dir, how = reference.training_records_dir(config.model_path, config.train_records_dir)
     val_probs = val_labels = None
     if train_dir is not None:
-        info, label_ids, _ = records_for_model(train_dir, classes)
+        info, label_ids, _ = records_for_model(train_dir, class_names)
         if info.num_examples(config.val_split):
             y, (p, *_) = run_model(model, eval_dataset(info, config.val_split, image_size,
                                                        channels, config.batch_size,
                                                        label_ids=label_ids))
             val_probs, val_labels = p, y
     point = reference.operating_point(val_probs, val_labels, config.target_sensitivity,
-                                      reference.run_calibration(config.model_path), classes,
-                                      config.positive_class)
-    point.update(train_records_dir=train_dir, train_records_found_by=how)
+                                      reference.run_calibration(config.model_path),
+                                      positive=positive, class_names=class_names)
+    point.update(train_records_dir=train_dir, train_records_found_by=how,
+                 class_names=list(class_names))
+    if point["warning"]:
+        logging.warning("%s", point["warning"])
     return point
 
 
-def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw: np.ndarray,
+def _trust_metrics(config: EvalConfig, y_true: np.ndarray, raw: np.ndarray,
                    point: dict[str, Any], cnn_macro_f1: float,
                    train_meta: dict[str, np.ndarray] | None,
-                   label_ids: Sequence[int] | None = None) -> dict[str, Any]:
+                   eval_meta: dict[str, np.ndarray] | None) -> dict[str, Any]:
     """Calibration, the operating point and the shortcut probe of one evaluated set.
-    `raw`: its uncalibrated probabilities; `train_meta`: the training records' metadata."""
-    from xray_tfdata.inputs import pipeline
-
+    `raw`: its uncalibrated probabilities; `train_meta` / `eval_meta`: the training records' and
+    the evaluated examples' metadata (pipeline.read_metadata)."""
     out: dict[str, Any] = {"calibration": calibration.calibration_summary(
         raw, y_true, point["temperature"])}
     out["calibration"]["temperature_source"] = point["temperature_source"]
@@ -255,12 +283,12 @@ def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw
         calibrated = calibration.apply_temperature(raw, point["temperature"])
         out["operating_point"] = {
             **calibration.threshold_metrics(calibrated, y_true, point["threshold"],
-                                            n_resamples=config.bootstrap, seed=config.seed,
-                                            positive_class=point["positive_id"]),
+                                            positive=point["positive"],
+                                            n_resamples=config.bootstrap, seed=config.seed),
             "positive_class": point["positive_class"],
-            "num_val_positive": point.get("num_val_positive"),
             "target_sensitivity": config.target_sensitivity,
-            "chosen_on": f"{point['train_records_dir']}:{config.val_split}"}
+            "chosen_on": f"{point['train_records_dir']}:{config.val_split}",
+            "num_val_positive": point["num_val_positive"], "warning": point["warning"]}
     if config.shortcut_probe:
         if point["train_records_dir"] is None or train_meta is None:
             why = (point["train_records_found_by"] if point["train_records_dir"] is None
@@ -268,36 +296,57 @@ def _trust_metrics(config: EvalConfig, records_dir: str, y_true: np.ndarray, raw
             out["shortcut_probe"] = {"skipped": True, "warning": False, "probe_macro_f1": None,
                                      "message": f"Shortcut probe skipped: {why}."}
         else:
-            eval_meta = pipeline.read_metadata(records_dir, config.split, config.collections)
-            if label_ids is not None:  # the evaluated records' ids -> the model's
-                eval_meta["label"] = np.asarray(label_ids)[eval_meta["label"]]
             out["shortcut_probe"] = shortcut.run_probe(
                 train_meta, eval_meta, cnn_macro_f1, model=config.shortcut_model,
                 threshold=config.shortcut_threshold, seed=config.seed,
-                class_names=point["classes"])
+                class_names=point["class_names"])
             out["shortcut_probe"]["fitted_on"] = f"{point['train_records_dir']}:train"
     return out
+
+
+def _eval_metadata(config: EvalConfig, info, y_true: np.ndarray, probe: bool,
+                   label_ids: Sequence[int] | None) -> dict[str, np.ndarray] | None:
+    """The evaluated examples' metadata (labels as the model's ids), in prediction order, when
+    something needs it: the shortcut probe, or the per-collection table of records holding
+    several collections. `info`: the evaluated records' DatasetInfo."""
+    several = len(collection_select.select(info, config.split, config.collections)) > 1
+    if not (probe or several):
+        return None
+    return aligned_metadata(info, config.split, config.collections, y_true, label_ids)
 
 
 def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
                   point: dict[str, Any], image_size: int, channels: int,
                   shared: dict[str, Any]) -> dict[str, Any]:
-    """One records dir; `shared`: what is the same for every dir (model sha256, train metadata)."""
-    classes = point["classes"]
-    info, label_ids, note = records_for_model(records_dir, classes)
+    """One records dir; `shared`: what is the same for every dir (model sha256, train metadata,
+    the model's class names)."""
+    class_names = shared["class_names"]
+    # Records of the model's classes, or of a subset of them (labels remapped by name).
+    info, label_ids, note = records_for_model(records_dir, class_names)
     dataset = eval_dataset(info, config.split, image_size, channels, config.batch_size,
                            config.collections, label_ids=label_ids)
     y_true, (probs, *_) = run_model(
         model, dataset, label=f"evaluate {config.split}",
         total=split_size(info, config.split, config.collections))
-    result = metrics.compute_metrics(y_true, probs, n_resamples=config.bootstrap,
-                                     seed=config.seed, class_names=classes)
+    if probs.ndim != 2 or probs.shape[1] != len(class_names):
+        raise ValueError(f"The model outputs shape {probs.shape[1:]}, expected "
+                         f"[{len(class_names)}] class probabilities ({', '.join(class_names)}).")
+    result = metrics.compute_metrics(y_true, probs, class_names=class_names,
+                                     n_resamples=config.bootstrap, seed=config.seed)
     result["records_classes"] = list(info.classes)
     if note:
         result["class_note"] = note
+    for warning in result["warnings"]:
+        logging.warning("%s %s: %s", records_dir, config.split, warning)
+    eval_meta = _eval_metadata(config, info, y_true, probe=config.shortcut_probe and
+                               point["train_records_dir"] is not None, label_ids=label_ids)
+    if eval_meta is not None and len(set(eval_meta["source"].tolist())) > 1:
+        result["by_collection"] = by_collection.collection_table(
+            y_true, probs, eval_meta["source"], result["class_names"],
+            n_resamples=config.bootstrap, seed=config.seed)
     raw = reference.uncalibrated(probs, point)
-    result.update(_trust_metrics(config, records_dir, y_true, raw, point, result["macro_f1"],
-                                 shared["train_meta"], label_ids))
+    result.update(_trust_metrics(config, y_true, raw, point, result["macro_f1"],
+                                 shared["train_meta"], eval_meta))
     if config.split == "train" and result.get("shortcut_probe", {}).get("message"):
         result["shortcut_probe"]["message"] += (
             " (Scored on train: if these are the training records, the probe's own training "
@@ -307,7 +356,7 @@ def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
 
         try:
             result["border_attention"] = gradcam.split_attention(
-                model, dataset, per_class=config.gradcam_per_class, class_names=classes)
+                model, dataset, per_class=config.gradcam_per_class, class_names=class_names)
         except gradcam.NoConvolutionError as err:  # e.g. a hand-built test model
             result["border_attention"] = {"skipped": True, "overall": None, "warning": False,
                                           "per_class": {}, "num_images": 0, "layer": None,
@@ -330,20 +379,14 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     returns the first dir's metrics.json (with "comparison" rows when there are several)."""
     model = load_model(config.model_path)
     image_size, channels = input_spec(model)
-    classes = model_classes.classes_of(model, config.model_path)
-    try:
-        labels.positive_class(classes, config.positive_class)
-    except ValueError as err:
-        raise ConfigError("positive_class", config.positive_class,
-                          f"one of the model's classes {list(classes)}") from err
-    point = _reference_point(config, model, image_size, channels, classes)
-    point.update(classes=list(classes),
-                 positive_id=list(classes).index(point["positive_class"]))
-    shared = {"model_sha256": files.sha256_file(config.model_path), "train_meta": None}
+    class_names, positive = classes_and_positive(config, model)
+    point = _reference_point(config, model, image_size, channels, class_names, positive)
+    shared = {"model_sha256": files.sha256_file(config.model_path), "train_meta": None,
+              "class_names": class_names}
     if config.shortcut_probe and point["train_records_dir"] is not None:
         from xray_tfdata.inputs import pipeline
 
-        train_info, train_ids, _ = records_for_model(point["train_records_dir"], classes)
+        train_info, train_ids, _ = records_for_model(point["train_records_dir"], class_names)
         if "train" in train_info.splits:
             shared["train_meta"] = pipeline.read_metadata(train_info, "train")
             if train_ids is not None:
@@ -373,6 +416,12 @@ def report_text(result: dict[str, Any], title: str) -> str:
     op = result.get("operating_point")
     if op:
         text.append(operating_point_text(op))
+        if op.get("warning"):
+            text.append(f"WARNING: {op['warning']}")
+    table = result.get("by_collection")
+    if table:
+        text += ["", by_collection.TITLE,
+                 by_collection.format_table(table, result["class_names"])]
     probe = result.get("shortcut_probe")
     if probe:
         text += ["", "shortcut probe (metadata only, no pixels):", probe["message"]]
@@ -386,18 +435,23 @@ def report_text(result: dict[str, Any], title: str) -> str:
 
 
 def operating_point_text(op: dict[str, Any]) -> str:
-    """'COVID19 at p >= 0.31 (95% sensitivity on val, 40 positives): sensitivity 0.9 [..], ...'."""
+    """'COVID19 at P >= 0.31 (chosen for sensitivity 95% on r:val, 40 positives): sensitivity
+    0.9 [..], ...'; an exact interval is marked so."""
     parts = []
     for key in ("sensitivity", "specificity", "ppv"):
         ci = op["confidence_intervals"].get(key) or {}
         value = "n/a" if op[key] is None else f"{op[key]:.3f}"
+        if key == "sensitivity" and op[key] is None and not op["num_positive"]:
+            value = f"n/a (no {op['positive_class']} in this split)"
         if ci.get("low") is not None:
             value += f" [{ci['low']:.3f}, {ci['high']:.3f}]"
+            if ci.get("method") == metrics.EXACT_METHOD:
+                value += f" exact, n={ci['n']}"
         parts.append(f"{key} {value}")
-    positives = op.get("num_val_positive")
-    on = f"{op['chosen_on']}, {positives} positives" if positives is not None else op["chosen_on"]
-    return (f"{op.get('positive_class', 'COVID19')} at P >= {op['threshold']:.4f} (chosen for "
-            f"sensitivity {op['target_sensitivity']:.0%} on {on}): " + ", ".join(parts))
+    positives = op["num_val_positive"]
+    return (f"{op['positive_class']} at P >= {op['threshold']:.4f} (chosen for sensitivity "
+            f"{op['target_sensitivity']:.0%} on {op['chosen_on']}, {positives} "
+            f"positive{'s' if positives != 1 else ''}): " + ", ".join(parts))
 
 
 def write_outputs(output_dir: Path, result: dict[str, Any], split: str, title: str,

@@ -123,6 +123,24 @@ def split_size(records, split: str, collections: tuple[str, ...] = ()) -> int:
     return collection_select.num_examples(pipeline.records_info(records), split, collections)
 
 
+def aligned_metadata(records, split: str, collections: tuple[str, ...],
+                     y_true: np.ndarray, label_ids: Sequence[int] | None = None
+                     ) -> dict[str, np.ndarray]:
+    """pipeline.read_metadata of the examples `run_model` scored over `eval_dataset(records,
+    split, ..., collections, label_ids)`, in the same order, labels as the model's ids;
+    checked against their labels `y_true`."""
+    from xray_tfdata.inputs import pipeline
+
+    meta = pipeline.read_metadata(records, split, collections)
+    records_dir = pipeline.records_info(records).records_dir
+    if label_ids is not None:  # the records' ids -> the model's (records_for_model)
+        meta["label"] = np.asarray(label_ids)[meta["label"]]
+    if not np.array_equal(meta["label"], y_true):  # the two passes must read the same order
+        raise ValueError(f"The metadata of {records_dir}:{split} are not in the order of its "
+                         f"predictions; rerun with --verbosity=0 and report this.")
+    return meta
+
+
 def run_model(model, dataset, *, predict=None, label: str = "", total: int = 0
               ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Runs the model (or a ready `predict` step from `predict_fn`) over (images, labels)

@@ -5,9 +5,9 @@ A model evaluated on an external collection must be judged with what it was trai
   records `settings.records_dir`; a model file's run directory is its parent), never on the
   evaluated records' own train split (an external set may have none, and its sources are not the
   ones the model may have learned);
-- the temperature and the operating point (--positive_class) come from the training records'
-  val split (or the temperature the training run stored in calibration.json), so the
-  evaluated split is never used to choose them.
+- the temperature and the operating point (of the positive class, COVID19 by default) come
+  from the training records' val split (or the temperature the training run stored in
+  calibration.json), so the evaluated split is never used to choose them.
 `comparison_table` puts several evaluated records directories side by side.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import labels, paths
+from xray_tfdata import paths
 from xray_tfdata.evaluation import calibration
 
 SUMMARY_FILE = "summary.json"
@@ -65,20 +65,20 @@ def run_calibration(model_path: str | Path) -> dict[str, Any] | None:
 
 
 def operating_point(val_probs: np.ndarray | None, val_labels: np.ndarray | None,
-                    target_sensitivity: float, stored: dict[str, Any] | None,
-                    classes: Sequence[str] = labels.DEFAULT_CLASSES,
-                    positive_class: str = "") -> dict[str, Any]:
-    """Temperature (stored by the run, else fitted on val) and the positive class's threshold
-    (on val; `positive_class` of the model's `classes`, labels.positive_class's default).
+                    target_sensitivity: float, stored: dict[str, Any] | None, *,
+                    positive: int, class_names: Sequence[str]) -> dict[str, Any]:
+    """Temperature (stored by the run, else fitted on val) and the threshold on P(class
+    `positive`) (on val), with the number of val positives it was chosen on and, under
+    calibration.MIN_OPERATING_POSITIVES, a `warning`.
 
     `val_probs` are the model's outputs on the training records' val split. When the run's model
     already returns calibrated probabilities (stored["applied_in_model"]), the raw ones are
     recovered with temperature 1/T (softmax(log p * T) undoes softmax(log q / T) exactly).
     """
-    positive = labels.positive_class(classes, positive_class)
     out: dict[str, Any] = {"target_sensitivity": target_sensitivity, "temperature": None,
-                           "positive_class": positive,
                            "temperature_source": None, "threshold": None,
+                           "positive": positive, "positive_class": class_names[positive],
+                           "num_val_positive": None, "warning": None,
                            "applied_in_model": bool(stored and stored.get("applied_in_model"))}
     if stored:
         out.update(temperature=float(stored["temperature"]),
@@ -91,13 +91,12 @@ def operating_point(val_probs: np.ndarray | None, val_labels: np.ndarray | None,
         out.update(temperature=calibration.fit_temperature(raw_val, val_labels),
                    temperature_source="fitted on the training records' val split")
     calibrated_val = calibration.apply_temperature(raw_val, out["temperature"])
-    positive_id = list(classes).index(positive)
-    out["threshold"] = calibration.covid_threshold(calibrated_val, val_labels, target_sensitivity,
-                                                   positive=positive_id)
-    out["num_val"] = int(val_labels.size)
-    out["num_val_positive"] = int((np.asarray(val_labels) == positive_id).sum())
+    chosen = calibration.operating_threshold(calibrated_val, val_labels, positive, class_names,
+                                             target_sensitivity)
+    out.update(threshold=chosen["threshold"], num_val_positive=chosen["num_positive"],
+               warning=chosen["warning"], num_val=int(val_labels.size))
     if out["threshold"] is None:
-        out["note"] = f"no {positive} example in the val split: no threshold"
+        out["note"] = f"no {class_names[positive]} example in the val split: no threshold"
     return out
 
 
@@ -118,6 +117,7 @@ def comparison_row(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "num_examples": result["num_examples"], "macro_f1": result["macro_f1"],
         "macro_f1_ci": result.get("confidence_intervals", {}).get("macro_f1"),
         "macro_auc": result["macro_auc"],
+        "classes": list(result["class_names"]), "absent_classes": result.get("absent_classes", []),
         "sensitivity": {n: r["sensitivity"] for n, r in result["per_class"].items()},
         "support": {n: r["support"] for n, r in result["per_class"].items()},
         "ece": cal.get("ece"), "ece_calibrated": cal.get("ece_calibrated"),
@@ -132,10 +132,11 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Fixed-width table: one line per records directory (columns: the model's classes)."""
-    classes = list(rows[0]["sensitivity"]) if rows else list(labels.DEFAULT_CLASSES)
+    """Fixed-width table: one line per records directory (every row is of the same model, so of
+    the same classes); a class a directory lacks reads 'absent'."""
+    classes = rows[0]["classes"]
     header = (f"{'records':<18} {'n':>5} {'macro-F1 [95% CI]':>22} "
-              + " ".join(f"{n[:10]:>10}" for n in classes)
+              + " ".join(f"{n:>10}" for n in classes)
               + f" {'AUC':>6} {'ECE':>13} {'probe F1':>9} {'border':>7}")
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -143,7 +144,7 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
         f1 = _f(row["macro_f1"]) + (f" [{_f(ci.get('low'))}, {_f(ci.get('high'))}]"
                                     if ci.get("low") is not None else "")
         sens = " ".join(
-            f"{(_f(row['sensitivity'].get(n)) if row['support'].get(n) else 'absent'):>10}"
+            f"{(_f(row['sensitivity'][n]) if row['support'][n] else 'absent'):>10}"
             for n in classes)
         ece = _f(row["ece"]) + ("" if row["ece_calibrated"] is None
                                 else f"->{_f(row['ece_calibrated'])}")
@@ -151,8 +152,9 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
         border = _f(row["border_attention"]) + ("!" if row["border_warning"] else "")
         lines.append(f"{row['name'][:18]:<18} {row['num_examples']:>5} {f1:>22} {sens} "
                      f"{_f(row['macro_auc']):>6} {ece:>13} {probe:>9} {border:>7}")
-    lines.append(f"{' / '.join(classes)}: sensitivity. ECE: before->after temperature "
-                 "scaling. probe F1: metadata only, fitted on the training records. '!': probe "
-                 "within its warning threshold of the CNN, or border attention above the uniform "
-                 "0.4375.")
+    lines.append(f"{' / '.join(classes)}: sensitivity ('absent': none in that directory). "
+                 "macro-F1: over the classes each directory holds. ECE: before->after "
+                 "temperature scaling. probe F1: metadata only, fitted on the training records. "
+                 "'!': probe within its warning threshold of the CNN, or border attention above "
+                 "the uniform 0.4375.")
     return "\n".join(lines)

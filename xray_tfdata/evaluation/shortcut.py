@@ -126,13 +126,20 @@ def _fit_tags(meta: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...
     return tuple(fitted)
 
 
+def is_original(augmentation: Any) -> np.ndarray:
+    """True for each record that is a source image itself, not an offline-augmented variant
+    (the `augmentation` metadata column: "none", or "" in records from before the column)."""
+    return np.asarray([str(a) in ("none", "b'none'", "") for a in np.asarray(augmentation)],
+                      dtype=bool)
+
+
 def originals_only(meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Drops offline-augmented variants: they repeat their source's metadata and would let the
     most augmented class (COVID19 in the Kaggle recipe) dominate the probe's training set."""
     meta = {k: np.asarray(v) for k, v in meta.items()}
     if "augmentation" not in meta:
         return meta
-    keep = np.asarray([str(a) in ("none", "b'none'", "") for a in meta["augmentation"]])
+    keep = is_original(meta["augmentation"])
     if keep.all() or not keep.any():
         return meta
     return {k: v[keep] if v.shape[:1] == keep.shape else v for k, v in meta.items()}

@@ -4,7 +4,7 @@ Imported only when asked for (convert._runner_class), and apache_beam only then:
 extra is optional. Everything that decides the records stays in convert.py and runs in the
 launching process exactly as for the local runner: the scan, the pure plan (rejects, splits,
 dedupe, augmentation choice, shard cuts) and the manifest. Beam runs only
-  1. the decode pass: per source, the same `sources.process_source` the local pool runs; its
+  1. the decode pass: per source, the same `decode_pass.process_source` the local pool runs; its
      encoded outputs go to one file per source under `.build/beam/objects/` (raw bytes back to
      back), and its small facts (SourceInfo, hash, output sizes, reason) to JSON lines that the
      launcher reads back to plan. Image bytes never travel through the plan;
@@ -39,7 +39,7 @@ from absl import logging
 # Only TensorFlow-free modules at import time: a Beam worker imports this module to run the
 # decode step, and (as in the local pool) a decode worker must not pay for TensorFlow (seconds
 # and ~600 MB each). The shard writer, which needs it, is imported inside the write step.
-from xray_tfdata.records import image_io, sources
+from xray_tfdata.records import decode_pass, image_io, sources
 
 if TYPE_CHECKING:
     from xray_tfdata.records import shard_plan
@@ -73,6 +73,32 @@ def import_beam() -> Any:
         raise ConversionError(f"--runner=beam needs Apache Beam, which is not installed "
                               f"({_IMPORT_ERROR}). Install the extra: {EXTRA_HINT}.")
     return beam
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Refuses, in one line, an --output_dir URL whose scheme Beam's file systems do not know.
+
+    Beam writes its per-source objects and facts under the output dir through its own
+    FileSystems (gs:// with apache-beam[gcp], s3:// with apache-beam[aws]), not through
+    TensorFlow's: a scheme only TensorFlow knows (ram://, or gs:// without the gcp extra) would
+    fail deep inside the pipeline, after the output dir was touched.
+    """
+    from xray_tfdata import paths  # noqa: PLC0415
+    from xray_tfdata.records.convert import ConversionError  # noqa: PLC0415 - convert imports us
+
+    if not paths.is_url(output_dir):
+        return
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
+
+    try:
+        FileSystems.get_filesystem(output_dir)
+    except ValueError:
+        scheme = output_dir.split("://", 1)[0]
+        raise ConversionError(
+            f"--runner=beam cannot write to output_dir={output_dir!r}: Apache Beam has no file "
+            f"system for {scheme}:// here (gs:// needs pip install 'apache-beam[gcp]', s3:// "
+            "'apache-beam[aws]'). Install it, or use --runner=local, which writes any URL "
+            "TensorFlow knows.") from None
 
 
 def pipeline_options(text: str) -> Any:
@@ -119,7 +145,7 @@ def object_path(objects: str, key: str) -> Path:
     return Path(objects) / digest[:2] / digest
 
 
-def _facts(processed: sources.Processed) -> str:
+def _facts(processed: decode_pass.Processed) -> str:
     info = None if processed.info is None else dataclasses.asdict(processed.info)
     return json.dumps({"key": processed.key, "signature": list(processed.signature),
                        "info": info, "phash": processed.phash, "reason": processed.reason,
@@ -155,7 +181,7 @@ def read_outputs(objects: str, entry: SpillEntry) -> dict[str, bytes]:
 class _Decode(beam.DoFn if beam is not None else object):
     """Beam step 1, on a worker: one source read, decoded and encoded once; its facts out."""
 
-    def __init__(self, settings: sources.ProcessSettings, objects: str) -> None:
+    def __init__(self, settings: decode_pass.ProcessSettings, objects: str) -> None:
         super().__init__()
         self.settings, self.objects = settings, objects
 
@@ -167,8 +193,8 @@ class _Decode(beam.DoFn if beam is not None else object):
     def teardown(self) -> None:
         cv2.setNumThreads(self.threads)
 
-    def process(self, task: sources.Task) -> Iterable[str]:
-        processed = sources.process_source(task, self.settings)
+    def process(self, task: decode_pass.Task) -> Iterable[str]:
+        processed = decode_pass.process_source(task, self.settings)
         path = object_path(self.objects, task.key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # A retried bundle rewrites the same bytes; the rename keeps a reader from a torn file.
@@ -224,7 +250,7 @@ class BeamRunner:
                  | f"{label}Out" >> beam.io.WriteToText(str(output), file_name_suffix=".jsonl"))
         return _read_lines(output)
 
-    def decode(self, tasks: list[sources.Task]) -> tuple[dict[str, SpillEntry], float, int]:
+    def decode(self, tasks: list[decode_pass.Task]) -> tuple[dict[str, SpillEntry], float, int]:
         start = time.monotonic()
         logging.info("Beam decode pass: %d sources (%s).", len(tasks),
                      self.config.beam_pipeline_options or f"--runner={DEFAULT_BEAM_RUNNER}")

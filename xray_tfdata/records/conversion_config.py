@@ -14,6 +14,7 @@ from typing import Any
 from xray_tfdata import errors, files, labels, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import (
+    decode_pass,
     dedupe,
     image_io,
     intensity,
@@ -301,8 +302,8 @@ class ConversionConfig:
     def workers(self) -> int:
         return self.num_workers or files.usable_cpus()
 
-    def settings(self) -> sources.ProcessSettings:
-        return sources.ProcessSettings(self.image_size, self.resize_mode, self.channels,
+    def settings(self) -> decode_pass.ProcessSettings:
+        return decode_pass.ProcessSettings(self.image_size, self.resize_mode, self.channels,
                                        self.image_format, self.jpeg_quality, self.max_pixels,
                                        self.intensity)
 

@@ -29,6 +29,7 @@ import os
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
@@ -180,7 +181,7 @@ SPILL_MAGIC = b"xray_tfdata spill 2\n"
 _FRAME = struct.Struct("<QQ")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per source: no per-object __dict__
 class SpillEntry:
     """Where one source's result sits in the spill, plus the small facts planning needs."""
 
@@ -203,18 +204,25 @@ def _header(item: Any) -> bytes:
                       sort_keys=True).encode("utf-8")
 
 
-def _entry(header: bytes, offset: int, length: int) -> SpillEntry:
-    """Raises ValueError/TypeError/KeyError on anything but a header _header wrote."""
+def _entry(header: bytes, offset: int, length: int, key: str | None = None) -> SpillEntry:
+    """Raises ValueError/TypeError/KeyError on anything but a header _header wrote.
+
+    The index holds one entry per source for the whole build (400k at MIMIC's scale), so the
+    strings that repeat across sources (augmentation names, formats, modes, reasons) are
+    interned, and an appended entry keeps the caller's `key` string instead of a decoded copy.
+    """
     h = json.loads(header.decode("utf-8"))
-    names = tuple(str(name) for name, _ in h["outputs"])
+    names = tuple(sys.intern(str(name)) for name, _ in h["outputs"])
     sizes = tuple(int(size) for _, size in h["outputs"])
-    if sum(sizes) != length or not isinstance(h["key"], str):
+    if sum(sizes) != length or not isinstance(h["key"], str) or (key and key != h["key"]):
         raise ValueError("frame sizes disagree")
     info = h["info"]
     if info is not None:
-        info = image_io.SourceInfo(**{**info, "tags": tuple(tuple(t) for t in info["tags"])})
-    return SpillEntry(offset, length, h["key"], tuple(int(v) for v in h["signature"]), names,
-                      sizes, info, int(h["phash"]), str(h["reason"]))
+        info = image_io.SourceInfo(**{**info, "mode": sys.intern(info["mode"]),
+                                      "format": sys.intern(info["format"]),
+                                      "tags": tuple(tuple(t) for t in info["tags"])})
+    return SpillEntry(offset, length, key or h["key"], tuple(int(v) for v in h["signature"]),
+                      names, sizes, info, int(h["phash"]), sys.intern(str(h["reason"])))
 
 
 class Spill:
@@ -275,7 +283,7 @@ class Spill:
         self._file.write(_FRAME.pack(len(header), len(body)) + header + body)
         # Flushed to the OS per frame: a killed process loses nothing already appended.
         self._file.flush()
-        entry = _entry(header, self._end + _FRAME.size + len(header), len(body))
+        entry = _entry(header, self._end + _FRAME.size + len(header), len(body), item.key)
         self._end = entry.offset + entry.length
         self.index[entry.key] = entry
         return entry

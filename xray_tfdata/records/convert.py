@@ -70,7 +70,7 @@ def _augment_spec(config: ConversionConfig) -> dict[str, tuple[str, ...]]:
 
 
 def _plan_tasks(files: Sequence[sources.SourceFile], config: ConversionConfig
-                ) -> list[sources.Task]:
+                ) -> list[decode_pass.Task]:
     """Every source, with every variant it may need: all ops of its class if it may be train.
 
     Which train sources end up in val, or past --augment_max_source, is only decided after the
@@ -78,7 +78,7 @@ def _plan_tasks(files: Sequence[sources.SourceFile], config: ConversionConfig
     unused variants of a small image costs far less than a second decode would.
     """
     spec = _augment_spec(config)
-    return [sources.Task(f.relpath, f.path,
+    return [decode_pass.Task(f.relpath, f.path,
                          ("none",) + (spec.get(f.class_name, ()) if _may_train(f, config) else ()))
             for f in files]
 
@@ -364,7 +364,7 @@ class _LocalRunner:
         self.out, self.config, self.progress = out, config, progress
         self.spill = Spill(conversion_state.spill_path(out))  # local scratch for a URL
 
-    def decode(self, tasks: list[sources.Task]) -> tuple[dict[str, SpillEntry], float, int]:
+    def decode(self, tasks: list[decode_pass.Task]) -> tuple[dict[str, SpillEntry], float, int]:
         return decode_pass.run_pass(tasks, self.spill, self.config.workers(),
                                     self.config.settings(), self.progress)
 
@@ -384,6 +384,7 @@ def _runner_class(config: ConversionConfig) -> type:
     from xray_tfdata.records import beam_runner  # noqa: PLC0415 - apache_beam only with the extra
 
     beam_runner.import_beam()  # a missing extra fails here, before the output dir is touched
+    beam_runner.check_output_dir(str(config.output_dir))  # likewise a scheme Beam lacks
     return beam_runner.BeamRunner
 
 
@@ -450,7 +451,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
         # Held from before the output dir is touched until .build/ is gone.
         with conversion_state.build_lock(out):
             return _build(config, inputs, overlapping, progress, start, runner_class)
-    except conversion_state.OutputDirError as err:
+    except (conversion_state.OutputDirError, decode_pass.WorkerDied) as err:
         raise ConversionError(str(err)) from None
     except OSError as err:
         if err.errno not in _WRITE_ERRORS:

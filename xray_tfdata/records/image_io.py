@@ -92,7 +92,7 @@ _CODEC_LINE = re.compile(
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per source: no per-object __dict__
 class SourceInfo:
     """What the original file was (before gray conversion and resizing)."""
 

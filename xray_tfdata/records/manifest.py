@@ -116,6 +116,7 @@ class SplitInfo:
     per_class: Mapping[str, int]
     shards: tuple[Shard, ...]
     per_source: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    variants_per_class: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,12 +193,14 @@ def info_from_dict(manifest: Mapping[str, Any], records_dir: str | os.PathLike =
     image = manifest.get("image") or {}
     splits = {
         name: SplitInfo(
-            num_examples=int(split["num_examples"]),
+            num_examples=int(split.get("num_examples", sum(split.get("per_class", {}).values()))),
             per_class={k: int(v) for k, v in split.get("per_class", {}).items()},
             shards=tuple(Shard(s["file"], int(s["num_examples"]), int(s.get("bytes", 0)),
                                s.get("sha256", "")) for s in split.get("shards", [])),
             per_source={n: {k: int(v) for k, v in c.items()}
-                        for n, c in split.get("per_source", {}).items()})
+                        for n, c in split.get("per_source", {}).items()},
+            variants_per_class={k: int(v)
+                                for k, v in split.get("variants_per_class", {}).items()})
         for name, split in manifest.get("splits", {}).items()}
     return DatasetInfo(
         records_dir=str(records_dir), format_version=manifest.get("format_version"),
@@ -214,8 +217,9 @@ def read_info(records_dir: str | os.PathLike) -> DatasetInfo:
     return info_from_dict(read_manifest(records_dir), records_dir)
 
 
-def _as_info(manifest: DatasetInfo | Mapping[str, Any], records_dir: str | os.PathLike = ""
-             ) -> DatasetInfo:
+def as_info(manifest: DatasetInfo | Mapping[str, Any], records_dir: str | os.PathLike = ""
+            ) -> DatasetInfo:
+    """A DatasetInfo as it is, or the typed view of a manifest dict (`info_from_dict`)."""
     return manifest if isinstance(manifest, DatasetInfo) else info_from_dict(manifest,
                                                                              records_dir)
 
@@ -231,7 +235,7 @@ def check_compatible(
 
     The message names what the records hold and what the caller asked for.
     """
-    info = _as_info(manifest, records_dir)
+    info = as_info(manifest, records_dir)
     where = f" in {str(records_dir or info.records_dir)!r}" if records_dir or info.records_dir \
         else ""
     if info.format_version != features.FORMAT_VERSION:
@@ -258,7 +262,7 @@ def check_compatible(
 def split_files(records_dir: str | os.PathLike, manifest: DatasetInfo | Mapping[str, Any],
                 split: str) -> list[str]:
     """Absolute shard paths of a split, in manifest order; errors name the known splits."""
-    info = _as_info(manifest, records_dir)
+    info = as_info(manifest, records_dir)
     return dataclasses.replace(info, records_dir=str(records_dir)).split_files(split)
 
 
@@ -268,7 +272,7 @@ def require_splits(manifest: DatasetInfo | Mapping[str, Any], splits: Sequence[s
 
     The message names the splits the records have and how to get the missing ones.
     """
-    have = sorted(_as_info(manifest, records_dir).splits)
+    have = sorted(as_info(manifest, records_dir).splits)
     missing = [s for s in splits if s not in have]
     if missing:
         where = f" in {str(records_dir)!r}" if records_dir else ""

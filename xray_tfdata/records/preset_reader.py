@@ -25,7 +25,7 @@ import os
 import re
 from typing import Any, Iterable, Sequence, TextIO
 
-from xray_tfdata import labels
+from xray_tfdata import labels, paths
 from xray_tfdata.records import file_index, labels_csv, patients, presets
 from xray_tfdata.records.sources import (
     ScanResult,
@@ -342,6 +342,11 @@ def read_preset(spec: SourceSpec, rules: Rules) -> ScanResult:
       ValueError: data_dir is not a folder, or a required label file is absent or found twice.
     """
     preset = presets.PRESETS[spec.layout]
+    if paths.is_url(spec.data_dir):  # the file index walks a local tree (os.scandir)
+        raise ValueError(
+            f"--layout={preset.name} reads a local folder, and data_dir={spec.data_dir!r} is a "
+            "URL. Mount the bucket (e.g. gcsfuse) or copy the collection to local disk and pass "
+            "that folder; the output_dir may stay a URL.")
     if not os.path.isdir(spec.data_dir):
         raise ValueError(f"data_dir={spec.data_dir!r} (--layout={preset.name}) is not a "
                          f"directory; it should hold {preset.downloaded}.")

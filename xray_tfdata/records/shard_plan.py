@@ -172,7 +172,7 @@ def select_augmented(
     return chosen
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per example: no per-object __dict__
 class PlannedExample:
     """One record to write: a source (relpath) in one variant, with its encoded size."""
 

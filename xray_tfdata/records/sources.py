@@ -1,43 +1,29 @@
-"""Source files in: scan a collection's folders, and turn one source into its encoded outputs.
+"""Source files in: scan a collection's folders and labels into the list of sources to convert.
 
 Folder layouts (names case-insensitive): `<data_dir>/{train,val,test}/<CLASS>/*` with any subset
 of the splits (the Kaggle set has train/ and test/), or `<data_dir>/<CLASS>/**` without splits.
-A labels CSV (`labels_csv.py`) lists the images instead. `scan` lists a folder deterministically; `process_source` is the per-image work the
-converter's worker processes run (read + decode once, perceptual hash, resize, offline
-augmentation, encode). This module imports numpy/OpenCV modules only, never TensorFlow: worker
-processes import it, and TensorFlow would cost each of them ~1 s and hundreds of MB.
+A labels CSV (`labels_csv.py`) lists the images instead. `scan` lists a folder deterministically;
+the per-image work of the converter's workers is `decode_pass.process_source`. Never imports
+TensorFlow (the workers import it through decode_pass).
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import re
-import signal
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import cv2
-
 from xray_tfdata import labels, paths
-from xray_tfdata.records import (
-    dedupe,
-    image_format,
-    image_io,
-    intensity,
-    offline_augment,
-    presets,
-)
+from xray_tfdata.records import image_format, presets
 
 IMAGE_EXTENSIONS: tuple[str, ...] = image_format.SOURCE_EXTENSIONS
 SOURCE_SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_SPLITS: tuple[str, ...] = ("train", "test")  # of a complete Kaggle download
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per source: no per-object __dict__
 class SourceFile:
     """One image file of one collection. `relpath` is its unique key in the whole build.
 
@@ -324,110 +310,3 @@ def kaggle_layout_problems(data_dir: str | os.PathLike) -> list[str]:
 def scan(data_dir: str | os.PathLike) -> list[SourceFile]:
     """The image files of `data_dir`, sorted by relpath (see `scan_sources`)."""
     return list(scan_sources(data_dir).files)
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-image work, run in worker processes.
-
-
-@dataclasses.dataclass(frozen=True)
-class ProcessSettings:
-    """What every output image looks like (a picklable subset of the conversion config)."""
-
-    image_size: int
-    resize_mode: str
-    channels: int
-    image_format: str
-    jpeg_quality: int
-    max_pixels: int = image_io.DEFAULT_MAX_PIXELS
-    intensity: str = "none"  # records/intensity.INTENSITY_MODES
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One source to process, with the augmentations the plan chose for it ("none" first)."""
-
-    key: str  # relpath
-    path: str
-    augmentations: tuple[str, ...]
-    # A URL source's bytes and signature, read by the parent (decode_pass): workers never
-    # import TensorFlow (gfile), and a ram:// file exists only in the parent's memory.
-    data: bytes | None = None
-    signature: tuple[int, int] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Processed:
-    """A worker's result: encoded outputs + provenance, or the reason the source was rejected."""
-
-    key: str
-    signature: tuple[int, int]  # (size, mtime_ns) at read time: resume reuses it only if unchanged
-    info: image_io.SourceInfo | None = None
-    phash: int = 0
-    outputs: tuple[tuple[str, bytes], ...] = ()
-    reason: str = ""
-
-
-def file_signature(path: str) -> tuple[int, int]:
-    try:
-        # A URL (parent process only: see Task) is stat'ed through its file system.
-        st = paths.location(path).stat() if paths.is_url(path) else os.stat(path)
-    except OSError:
-        return (-1, -1)
-    return (st.st_size, st.st_mtime_ns)
-
-
-def process_source(task: Task, settings: ProcessSettings) -> Processed:
-    """Decodes one source once and produces every planned output from that single decode.
-
-    Augmentations run on the resized gray image: the network only ever sees `image_size` pixels,
-    so a 3x3 filter means the same thing for a 400 px and a 4000 px source, and it is ~80x cheaper.
-    Intensity normalisation runs before the resize, on the full image, as the serving signature
-    applies it to an upload; the perceptual hash stays that of the un-normalised image, so
-    deduplication does not depend on --intensity.
-    """
-    signature = task.signature or file_signature(task.path)
-    normalised = settings.intensity != "none"
-    try:
-        # target_size lets libjpeg decode a large JPEG at 1/2 scale in the DCT domain (still >= 2x
-        # the output side, so the area resize that follows sees enough pixels): ~1.7x faster decode.
-        # Not with intensity normalisation: the serving signature equalises the FULL decode, and a
-        # half-scale image has a (slightly) different histogram.
-        target_size = 0 if normalised else settings.image_size
-        gray, info = (image_io.read_source(task.path, target_size=target_size,
-                                           max_pixels=settings.max_pixels)
-                      if task.data is None else
-                      image_io.decode_source_bytes(task.data, target_size=target_size,
-                                                   max_pixels=settings.max_pixels))
-        small = image_io.resize(gray, settings.image_size, settings.resize_mode)
-        # The hash's own thumbnail is an area average, so hashing the (area-)resized output
-        # gives nearly the same bits at 1/20 of the cost of a second pass over a 2000 px source
-        # (measured: 5.9 ms -> 0.3 ms per image). Padded outputs would hash their black borders,
-        # so pad mode hashes the full-size image.
-        phash = dedupe.perceptual_hash(small if settings.resize_mode == "stretch" else gray)
-        if normalised:
-            small = image_io.resize(intensity.normalise(gray, settings.intensity),
-                                    settings.image_size, settings.resize_mode)
-        outputs = []
-        for name in task.augmentations:
-            image = small if name == "none" else offline_augment.parse_op(name)(small)
-            image = image_io.to_channels(image, settings.channels)
-            outputs.append((name, image_io.encode(image, settings.image_format,
-                                                  settings.jpeg_quality)))
-    except Exception as err:  # noqa: BLE001 - the per-source boundary: one file never stops a build
-        return Processed(task.key, signature, reason=image_io.failure_reason(err))
-    return Processed(task.key, signature, info, phash, tuple(outputs))
-
-
-def init_worker() -> None:
-    """Pool initializer: one OpenCV thread per worker process, so N workers use N cores.
-
-    On Linux the worker also asks to be killed when its parent dies: after a `kill -9` of the
-    converter, pool workers blocked on their task queue would otherwise linger forever.
-    """
-    cv2.setNumThreads(1)
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass  # best effort: not every libc exposes prctl

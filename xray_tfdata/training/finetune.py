@@ -23,7 +23,6 @@ from typing import Any, Callable, Sequence
 import keras
 import tensorflow as tf
 
-from xray_tfdata import labels
 from xray_tfdata.evaluation import calibration, inference
 from xray_tfdata.layer_names import OUTPUT_LAYER
 
@@ -60,11 +59,10 @@ def split_variables(model: keras.Model) -> tuple[list, list]:
 
 
 def calibrate(model: keras.Model, predict: Callable, val_ds: tf.data.Dataset,
-              classes: Sequence[str] = labels.DEFAULT_CLASSES,
-              positive_class: str = "") -> dict[str, Any]:
-    """Fits T on val, folds 1/T into the output layer, returns the record for calibration.json:
-    with the model's `classes` and the val threshold of `positive_class` (labels.positive_class)."""
-    positive = labels.positive_class(classes, positive_class)
+              class_names: Sequence[str], positive: int) -> dict[str, Any]:
+    """Fits T on val, folds 1/T into the output layer, returns the record for calibration.json,
+    with the val operating point (95% sensitivity) of class id `positive` and the number of val
+    positives it was chosen on."""
     y_val, (probs, *_) = inference.run_model(None, val_ds, predict=predict)
     temperature = calibration.fit_temperature(probs, y_val)
     calibrated = calibration.apply_temperature(probs, temperature)
@@ -81,10 +79,8 @@ def calibrate(model: keras.Model, predict: Callable, val_ds: tf.data.Dataset,
             calibration.nll(calibrated, y_val),
         "val_ece": calibration.expected_calibration_error(probs, y_val),
         "val_ece_calibrated": calibration.expected_calibration_error(calibrated, y_val),
-        "classes": list(classes),
-        "positive_class": positive,
-        "val_positive_threshold_95": calibration.covid_threshold(
-            calibrated, y_val, 0.95, positive=list(classes).index(positive)),
-        "num_val_positive": int((y_val == list(classes).index(positive)).sum()),
+        "classes": list(class_names),  # the model's, in label order (issue 20)
+        "val_operating_point": calibration.operating_threshold(calibrated, y_val, positive,
+                                                               class_names, 0.95),
     }
 

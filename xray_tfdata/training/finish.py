@@ -53,7 +53,10 @@ def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
         stored = calibration.model_record(best_path)
         if stored is not None:
             return stored
-    record = finetune.calibrate(model, predict, val_ds, classes, config.positive_class)
+    positive = list(classes).index(labels.positive_class(classes, config.positive_class))
+    record = finetune.calibrate(model, predict, val_ds, classes, positive)
+    if record["val_operating_point"]["warning"]:
+        logging.warning("%s", record["val_operating_point"]["warning"])
     logging.info("Temperature scaling on %s: T = %.3f, val NLL %.4f -> %.4f, ECE %.4f -> %.4f.",
                  config.val_split, record["temperature"], record["val_nll"],
                  record["val_nll_calibrated"], record["val_ece"], record["val_ece_calibrated"])

@@ -112,6 +112,22 @@ def _describe(records: dict[str, Any]) -> str:
             f"identity {records.get('identity')})")
 
 
+def check_recorded(model_dir: Path, spec: dict[str, Any],
+                   fix: str = "Rerun with the recorded settings to resume it, pass --overwrite "
+                              "to start a new run there, or pass a new --model_dir.") -> list[str]:
+    """Refuses (RunSpecMismatch, naming each difference and `fix`) a run in `model_dir` whose
+    recorded run-defining settings differ from `spec` (make_spec); returns the session
+    settings that changed. Nothing recorded: nothing to refuse."""
+    path = model_dir / RUN_SPEC_FILE
+    if not path.is_file():
+        return []
+    refused, changed = differences(json.loads(path.read_text()), spec)
+    if refused:
+        raise RunSpecMismatch(f"The run in {str(model_dir)!r} was made with other settings "
+                              f"({path.name}): {'; '.join(refused)}. {fix}")
+    return changed
+
+
 def check_and_record(config: TrainConfig, data: ResolvedData, precision: str, model_dir: Path,
                      chief: bool) -> list[str]:
     """Refuses a resume whose run-defining settings differ from the recorded spec; otherwise
@@ -126,12 +142,7 @@ def check_and_record(config: TrainConfig, data: ResolvedData, precision: str, mo
         str(model_dir / checkpointing.CHECKPOINT_SUBDIR)) is not None
     changed: list[str] = []
     if resuming and path.is_file():
-        refused, changed = differences(json.loads(path.read_text()), spec)
-        if refused:
-            raise RunSpecMismatch(
-                f"The run in {str(model_dir)!r} was made with other settings ({path.name}): "
-                f"{'; '.join(refused)}. Rerun with the recorded settings to resume it, pass "
-                "--overwrite to start a new run there, or pass a new --model_dir.")
+        changed = check_recorded(model_dir, spec)
         if changed:
             console.say(f"Resuming with changed session settings: {'; '.join(changed)}.")
     elif resuming:

@@ -269,3 +269,14 @@ def step_factory(config: TrainConfig, strategy: tf.distribute.Strategy, parts: M
 def default_model_builder(name: str, image_size: int, channels: int,
                           **kwargs: Any) -> keras.Model:
     return models.build_model(name, image_size, channels, **kwargs)
+
+
+def prepare_process(config: TrainConfig) -> None:
+    """Process-wide preparation before the first run of a command (train, loco): ImageNet
+    weights into Keras' cache now (offline: one clear ImageNetWeightsUnavailable instead of a
+    traceback later) and, with --deterministic, deterministic TF ops (process-wide, so the
+    entry point sets it, never a run: the same seed then gives the same weights bit for bit)."""
+    if config.weights and config.weights.lower() == models.IMAGENET:
+        models.fetch_imagenet(config.model)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()

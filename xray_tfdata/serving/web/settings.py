@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from xray_tfdata import errors, paths
+from xray_tfdata.records import image_format
 from xray_tfdata.records.resize import RESIZE_MODES  # the converter's, mirrored by the export
 from xray_tfdata.settings import setting
 
@@ -40,9 +41,11 @@ MAX_INSTANCES = 64  # images per request: bounds one request's decode memory
 MAX_MULTIPART_FILES = 1000
 # Decoded bytes (width x height x channels x bytes per sample, x frames for a DICOM), read from
 # the headers before any decoding. One 4300 x 3500 16-bit grey DICOM is 30 MB, a 6000 x 6000
-# 16-bit RGB one 216 MB; 64 images of 8 MB fit one request.
-WEB_MAX_IMAGE_DECODED_MB = 256.0
-WEB_MAX_REQUEST_DECODED_MB = 512.0
+# 16-bit RGB one 216 MB; 64 images of 8 MB fit one request. Derived from the converter's one
+# per-image cap (records/image_format.py) so the two cannot drift apart: a request may decode
+# what the converter allows one image, one uploaded image half of that (a server holds several).
+WEB_MAX_REQUEST_DECODED_MB = image_format.DEFAULT_MAX_DECODED_BYTES / (1 << 20)  # 512
+WEB_MAX_IMAGE_DECODED_MB = WEB_MAX_REQUEST_DECODED_MB / 2  # 256
 # Slow clients (issue 16, item 9): waitress's own limit is 100 connections, held for as long as
 # a client sends a byte a minute; here a request must arrive whole within REQUEST_TIMEOUT.
 MAX_CONNECTIONS = 500
