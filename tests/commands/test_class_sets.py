@@ -106,7 +106,8 @@ def _check_model_outputs(root: Path, summary: dict, classes: tuple[str, ...]) ->
     assert spec["records"]["classes"] == list(classes)
     calibration = json.loads((model_dir / "calibration.json").read_text())
     assert calibration["classes"] == list(classes)
-    assert calibration["positive_class"] == labels.default_positive_class(classes)
+    assert calibration["val_operating_point"]["positive_class"] == \
+        labels.default_positive_class(classes)
     from xray_tfdata.serving import export
 
     serving = export.load_serving(model_dir / "export")
