@@ -12,7 +12,7 @@ from absl import app
 
 # Only TensorFlow-free modules at import time, so `--help` and flag errors answer instantly; the
 # converter (which imports TensorFlow) is imported inside main().
-from xray_tfdata import cli, console
+from xray_tfdata import cli, console, labels
 from xray_tfdata.records import conversion_config
 
 cli.define_flags(conversion_config.ConversionConfig)
@@ -26,11 +26,13 @@ def main(argv: list[str]) -> None:
 
     config = cli.settings_from_flags(conversion_config.ConversionConfig)
     try:
-        info = convert.build_records(config)
+        info = manifest.info_from_dict(convert.build_records(config), config.output_dir)
     except (ValueError, convert.ConversionError) as err:
         cli.fail(str(err))
-    counts = ", ".join(f"{split} {s['num_examples']}" for split, s in info["splits"].items())
-    console.say(f"Records in {config.output_dir}: {counts} examples; {len(info['rejected'])} "
+    counts = ", ".join(f"{split} {s.num_examples}" for split, s in info.splits.items())
+    classes = ("" if info.classes == labels.DEFAULT_CLASSES
+               else f" of classes {', '.join(info.classes)}")
+    console.say(f"Records in {config.output_dir}: {counts} examples{classes}; {info.num_rejected} "
                 f"rejected (see {manifest.MANIFEST_NAME}).")
     for line in collection_table.build_report(info):  # nothing for a single collection
         console.say(line)

@@ -6,9 +6,9 @@ r"""Evaluates a trained model: metrics with 95% CIs, calibration, operating poin
 Writes metrics.json, report.txt, confusion_matrix.png, reliability.png and tensorboard/ into
 --output_dir (default <dir of model>/eval/<split>); with several records directories
 (--records_dir=a,b or --external_records_dir) one subdirectory each plus comparison.{json,txt},
-a side-by-side table. The shortcut probe, the temperature and the operating point come from the
-records the model was TRAINED on (the run's summary.json, or --train_records_dir), so an external
-test-only collection needs no train split.
+a side-by-side table. The shortcut probe, the temperature and the --positive_class threshold come
+from the records the model was TRAINED on (the run's summary.json, or --train_records_dir), so an
+external test-only collection needs no train split.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def main(argv: list[str]) -> None:
     out = config.resolved_output_dir
     print(f"Evaluated {config.model_path} on {config.split} ({result['num_examples']} examples)")
     print(f"  {metrics.classes_note(result)}")
+    if result.get("class_note"):
+        print("  " + result["class_note"])
     for key in ("accuracy", "macro_f1", "macro_sensitivity", "macro_auc"):
         print(f"  {key:<17} {metrics.headline(result, key)}")
     for name in result["class_names"]:

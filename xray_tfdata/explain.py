@@ -39,6 +39,8 @@ def main(argv: list[str]) -> None:
     out = config.resolved_output_dir
     print(f"Grad-CAM of {config.model_path} on {len(report['images'])} {config.split} images "
           f"(layer {report['layer']}, map {report['feature_map_shape']})")
+    if report.get("class_note"):
+        print("  " + report["class_note"])
     for name, value in attention["per_class"].items():
         shown = "n/a" if value is None else f"{value:.3f}"
         print(f"  border attention {name:<10} {shown}")

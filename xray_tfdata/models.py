@@ -317,7 +317,7 @@ def build_model(name: str, image_size: int, channels: int = 1, *, weights: str |
         ImageNet notop file for the backbones), or "imagenet" (backbones): keras.applications'
         notop file from Keras' cache, downloaded there when absent (fetch_imagenet).
       dropout: rate before the output layer.
-      num_classes: output classes (3 for this project).
+      num_classes: output classes: the records' class set (3 for the default build).
       seed: seeds Python, NumPy and TF (keras.utils.set_random_seed) before creating the layers,
         so a rerun or another worker starts from identical weights; None leaves the RNGs alone.
 

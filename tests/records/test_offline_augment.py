@@ -156,7 +156,7 @@ def test_parse_augment_spec():
 
 @pytest.mark.parametrize("bad,fragment", [
     ("gamma0.4", "no 'CLASS:'"),
-    ("COVID:gamma0.4", "Unknown class folder 'COVID'"),
+    ("COVID:gamma0.4", "Unknown class 'COVID'"),
     ("COVID19:", "lists no ops"),
     ("COVID19:mean3;covid19:gamma0.4", "twice"),
     ("COVID19:gamma0.4,gamma0.40", "repeats op"),

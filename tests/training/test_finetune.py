@@ -14,6 +14,7 @@ from tests import fixtures
 from xray_tfdata import models
 from xray_tfdata.evaluation import calibration, inference
 from xray_tfdata.serving import export
+from xray_tfdata.records.manifest import info_from_dict
 from xray_tfdata.settings import from_flat
 from xray_tfdata.training import loop, setup
 from xray_tfdata.training.config import TrainConfig
@@ -129,8 +130,9 @@ def test_temperature_fitted_on_val_is_stored_and_built_into_best_and_export(reco
 
 def test_balanced_sampling_turns_class_weights_off(records, tmp_path):
     config = _config(records, tmp_path, model="seed_cnn", sampling="balanced")
-    manifest = {"splits": {"train": {"per_class": {"NORMAL": 30, "COVID19": 10,
-                                                   "PNEUMONIA": 80}}}}
+    manifest = info_from_dict({"label_map": {"NORMAL": 0, "COVID19": 1, "PNEUMONIA": 2},
+                               "splits": {"train": {"num_examples": 120, "per_class": {
+                                   "NORMAL": 30, "COVID19": 10, "PNEUMONIA": 80}}}})
     np.testing.assert_array_equal(setup.class_weight_vector(config, manifest), np.ones(3))
     weighted = setup.class_weight_vector(_config(records, tmp_path, model="seed_cnn"), manifest)
     np.testing.assert_allclose(weighted, [120 / 90, 120 / 30, 120 / 240], rtol=1e-6)

@@ -64,16 +64,19 @@ def finished(records, tmp_path_factory):
 
 
 def test_holdouts_are_two_class_collections_or_the_named_ones(records):
-    info = manifest.read_manifest(records)
+    info = manifest.read_info(records)
     assert loco.holdouts(info) == ["a", "b"]
     assert loco.holdouts(info, ["c"]) == ["c"]
     with pytest.raises(ConfigError, match=r"holdout must be collections of these records: "
                                           r"\['a', 'b', 'c'\]. Received: holdout='a,zz'"):
         loco.holdouts(info, ["a", "zz"])
-    one = {"splits": {"train": {"per_source": {"a": {"NORMAL": 3, "COVID19": 2}}}}}
+    label_map = {"NORMAL": 0, "COVID19": 1, "PNEUMONIA": 2}
+    one = manifest.info_from_dict({"label_map": label_map, "splits": {
+        "train": {"per_source": {"a": {"NORMAL": 3, "COVID19": 2}}}}})
     with pytest.raises(ConfigError, match="records_dir must be records of several collections"):
         loco.holdouts(one)
-    single_class = {"splits": {"train": {"per_source": {"a": {"NORMAL": 3}, "b": {"COVID19": 2}}}}}
+    single_class = manifest.info_from_dict({"label_map": label_map, "splits": {
+        "train": {"per_source": {"a": {"NORMAL": 3}, "b": {"COVID19": 2}}}}})
     with pytest.raises(ConfigError, match=r"none of \['a', 'b'\] holds two classes.*--holdout="):
         loco.holdouts(single_class)
 

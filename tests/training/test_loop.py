@@ -20,6 +20,7 @@ from tests import fixtures
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import inference
 from xray_tfdata.records import manifest
+from xray_tfdata.records.manifest import info_from_dict
 from xray_tfdata.settings import from_flat
 from xray_tfdata.training import distribute, loop, setup, steps
 from xray_tfdata.training.config import TrainConfig
@@ -102,8 +103,9 @@ def test_resolve_data_checks_records(records, tmp_path):
 
 
 def test_balanced_class_weights_from_kaggle_counts():
-    info = {"splits": {"train": {"per_class": {"NORMAL": 1266, "COVID19": 460,
-                                               "PNEUMONIA": 3418}}}}
+    info = info_from_dict({"label_map": {"NORMAL": 0, "COVID19": 1, "PNEUMONIA": 2},
+                           "splits": {"train": {"num_examples": 5144, "per_class": {
+                               "NORMAL": 1266, "COVID19": 460, "PNEUMONIA": 3418}}}})
     config = _config(Path("r"), Path("m"), class_weights="balanced")
     weights = setup.class_weight_vector(config, info)
     np.testing.assert_allclose(weights, [5144 / (3 * 1266), 5144 / (3 * 460), 5144 / (3 * 3418)],
@@ -261,13 +263,13 @@ def test_nan_loss_stops_with_clear_message(records, tmp_path, caplog):
 
 # ------------------------------------------------------------------ collections and intensity
 def test_collection_filters_set_steps_and_class_weights_from_the_manifest(tmp_path):
-    info = {"image": {"size": 16, "channels": 1}, "format_version": 1,
+    info = info_from_dict({"image": {"size": 16, "channels": 1}, "format_version": 1,
             "label_map": {"NORMAL": 0, "COVID19": 1, "PNEUMONIA": 2}, "splits": {
                 split: {"num_examples": 0, "per_class": {}, "shards": [], "per_source": {
                     "a": {"NORMAL": 40, "COVID19": 4, "PNEUMONIA": 20},
                     "b": {"NORMAL": 8, "COVID19": 30, "PNEUMONIA": 0},
                     "c": {"NORMAL": 10, "COVID19": 0, "PNEUMONIA": 10}}}
-                for split in ("train", "val")}}
+                for split in ("train", "val")}})
     config = _config(Path("r"), Path("m"), exclude_collections=["b"])
     weights = setup.class_weight_vector(config, info)
     counts = np.array([50, 4, 30])  # a + c

@@ -110,7 +110,7 @@ def measure_tutorial_loop(data_dir: str, image_size: int, repeats: int, warmup: 
 def measure_converter(data_dir: str, work_dir: str, image_size: int, num_workers: int,
                       repeats: int, warmup: bool) -> dict[str, Any]:
     """Full build_records runs into a fresh temporary output dir each time (removed after)."""
-    from xray_tfdata.records import convert  # pylint: disable=import-outside-toplevel
+    from xray_tfdata.records import convert, manifest  # pylint: disable=import-outside-toplevel
 
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     written = {"examples": 0, "rejected": 0}
@@ -121,11 +121,11 @@ def measure_converter(data_dir: str, work_dir: str, image_size: int, num_workers
             config = convert.ConversionConfig(
                 data_dir=data_dir, output_dir=str(out / "records"), image_size=image_size,
                 num_workers=num_workers)
-            info = convert.build_records(config, progress=False)
+            info = manifest.info_from_dict(convert.build_records(config, progress=False))
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        written["examples"] = sum(int(s["num_examples"]) for s in info["splits"].values())
-        written["rejected"] = len(info.get("rejected", []))
+        written["examples"] = info.num_written
+        written["rejected"] = info.num_rejected
         # Count every source handled (written or rejected): both cost a decode.
         return written["examples"] + written["rejected"]
 

@@ -18,14 +18,15 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from xray_tfdata import errors, files, labels, paths
+from xray_tfdata import errors, files, labels, model_classes, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import inference, metrics
 from xray_tfdata.layer_names import EMBEDDING_LAYER
+from xray_tfdata.records import manifest
 from xray_tfdata.settings import nested, setting
 
 CLASSIFIERS = ("svm", "rf", "logreg", "knn")
@@ -45,6 +46,20 @@ class EmbeddingIdentity:
     embedding_dim: int
     model_name: str = ""
     layer: str = EMBEDDING_LAYER
+    # The model's classes, in label order: the classifiers' labels are their ids. (A record
+    # from before class sets holds none: the default three.)
+    classes: tuple[str, ...] = labels.DEFAULT_CLASSES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))  # a JSON record gives a list
+
+    def check_classes(self, classes: Sequence[str]) -> None:
+        """Refuses records of another class set than the classifiers', in one line."""
+        if tuple(classes) != self.classes:
+            raise IdentityError(
+                f"These classifiers were fitted on the classes {list(self.classes)}, not "
+                f"{list(classes)}; fit classifiers for that class set with python -m "
+                "xray_tfdata.classical on its model and records.")
 
     def check_model_file(self, model_path: str | os.PathLike) -> None:
         actual = files.sha256_file(model_path)
@@ -199,14 +214,21 @@ def feature_model(model):
     return keras.Model(model.inputs, [embedding, model.outputs[0]], name=f"{model.name}_features")
 
 
-def extract(model, records_dir: str, split: str, batch_size: int = 64
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(embeddings [n, d] float32, CNN probabilities [n, C], labels [n]) for one split."""
+def extract(model, records_dir: str, split: str, batch_size: int = 64,
+            classes: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embeddings [n, d] float32, CNN probabilities [n, C], labels [n]) for one split; labels
+    are ids of `classes` (the model's; records of a subset of them are remapped, others
+    refused), of the records' own classes when None."""
     image_size, channels = inference.input_spec(model)
-    dataset = inference.eval_dataset(records_dir, split, image_size, channels, batch_size)
+    info = manifest.read_info(records_dir)
+    label_ids = None
+    if classes is not None:
+        info, label_ids, _ = inference.records_for_model(info, classes)
+    dataset = inference.eval_dataset(info, split, image_size, channels, batch_size,
+                                     label_ids=label_ids)
     y, (emb, probs) = inference.run_model(feature_model(model), dataset,
                                           label=f"embeddings {split}",
-                                          total=inference.split_size(records_dir, split))
+                                          total=inference.split_size(info, split))
     return emb.astype(np.float32), probs, y
 
 
@@ -223,10 +245,10 @@ class ClassifierBundle:
     params: dict[str, Any]
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        """Class probabilities [n, NUM_CLASSES] in label order (absent classes get 0)."""
+        """Class probabilities [n, len(classes)] in label order (absent classes get 0)."""
         embeddings = np.asarray(embeddings)
         self.identity.check_embeddings(embeddings)
-        probs = np.zeros((embeddings.shape[0], labels.NUM_CLASSES))
+        probs = np.zeros((embeddings.shape[0], len(self.identity.classes)))
         probs[:, self.classifier.classes_] = self.classifier.predict_proba(embeddings)
         return probs
 
@@ -257,7 +279,8 @@ def save_classifier(path: str | os.PathLike, bundle: ClassifierBundle) -> Path:
     return path
 
 
-def load_classifier(path: str | os.PathLike, model_path: str | os.PathLike) -> ClassifierBundle:
+def load_classifier(path: str | os.PathLike, model_path: str | os.PathLike,
+                    classes: Sequence[str] | None = None) -> ClassifierBundle:
     """Loads a saved classifier, refusing it unless model_path is the model it was fitted for.
 
     A joblib file is a pickle: loading it runs whatever code it names. So nothing is unpickled
@@ -268,7 +291,8 @@ def load_classifier(path: str | os.PathLike, model_path: str | os.PathLike) -> C
 
     Raises:
       ValueError: no record beside the file, the file changed since it was saved, or another
-        model (see EmbeddingIdentity.check_model_file).
+        model (see EmbeddingIdentity.check_model_file), or `classes` other than the ones the
+        classifiers were fitted on.
     """
     import joblib
 
@@ -290,6 +314,8 @@ def load_classifier(path: str | os.PathLike, model_path: str | os.PathLike) -> C
                 f"{expected[:16]}...: the file changed since it was saved, so it is not loaded (a "
                 "joblib file runs code when loaded). Refit with python -m xray_tfdata.classical.")
         identity.check_model_file(model_path)
+        if classes is not None:  # the records' class set must be the classifiers'
+            identity.check_classes(classes)
         data = joblib.load(local)
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{str(path)!r} is not a classifier saved by xray_tfdata.classical "
@@ -316,16 +342,17 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
             raise ValueError(f"Received: classifier={name!r}. Allowed: {', '.join(CLASSIFIERS)}.")
     output_dir = paths.location(output_dir)
     model = inference.load_model(model_path)
-    x_train, _, y_train = extract(model, records_dir, train_split, batch_size)
-    x_eval, cnn_probs, y_eval = extract(model, records_dir, eval_split, batch_size)
+    classes = model_classes.classes_of(model, model_path)
+    x_train, _, y_train = extract(model, records_dir, train_split, batch_size, classes)
+    x_eval, cnn_probs, y_eval = extract(model, records_dir, eval_split, batch_size, classes)
     if np.unique(y_train).size < 2:
         raise ValueError(f"The {train_split} split holds one class only "
                          f"({np.unique(y_train).tolist()}); classifiers need at least two.")
     identity = EmbeddingIdentity(model_sha256=files.sha256_file(model_path),
-                                 embedding_dim=int(x_train.shape[1]), model_name=model.name)
+                                 embedding_dim=int(x_train.shape[1]), model_name=model.name,
+                                 classes=classes)
     results = {"cnn_head": metrics.compute_metrics(y_eval, cnn_probs, n_resamples=bootstrap,
-                                                   seed=params.seed,
-                                                   class_names=labels.CLASS_NAMES)}
+                                                   seed=params.seed, class_names=classes)}
     saved = {}
     for name in classifiers:
         clf = make_classifier(name, params, num_train=int(y_train.size))
@@ -334,7 +361,7 @@ def run_classical(model_path: str, records_dir: str, output_dir: str | os.PathLi
                                   params=dataclasses.asdict(params))
         results[name] = metrics.compute_metrics(
             y_eval, bundle.predict_proba(x_eval), bundle.predict(x_eval),
-            n_resamples=bootstrap, seed=params.seed, class_names=labels.CLASS_NAMES)
+            n_resamples=bootstrap, seed=params.seed, class_names=classes)
         saved[name] = str(save_classifier(output_dir / "classifiers" / f"{name}.joblib", bundle))
     summary = {
         "results": results,

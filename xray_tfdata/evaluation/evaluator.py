@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import logging
 
-from xray_tfdata import errors, files, labels, paths
+from xray_tfdata import errors, files, labels, model_classes, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.evaluation import by_collection, calibration, metrics, reference, shortcut
 from xray_tfdata.inputs import collection_select  # TF-free: flags are checked before TF loads
@@ -42,6 +42,7 @@ from xray_tfdata.evaluation.inference import (
     eval_dataset,
     input_spec,
     load_model,
+    records_for_model,
     run_model,
     split_size,
 )
@@ -81,9 +82,13 @@ class EvalConfig:
         "", "Records the model was trained on (shortcut probe, temperature, threshold); "
         "default: from the run's summary.json.")
     val_split: str = setting("val", "Split of the training records that chooses the "
-                             "temperature and the COVID19 threshold.")
+                             "temperature and the operating point's threshold.")
     target_sensitivity: float = setting(calibration.DEFAULT_TARGET_SENSITIVITY,
-                                        "COVID19 sensitivity the threshold reaches on val.")
+                                        "Sensitivity of --positive_class the threshold reaches "
+                                        "on val.")
+    positive_class: str = setting(
+        "", "The class of the operating point (one of the model's classes); default COVID19 "
+        "when the model has it, else its first class other than NORMAL.")
     gradcam_per_class: int = setting(16, "Images per class for Grad-CAM border attention; "
                                      "0 = off.")
     collections: tuple[str, ...] = setting(
@@ -113,6 +118,10 @@ class EvalConfig:
         if self.target_sensitivity == 0.0:
             raise ConfigError("target_sensitivity", 0.0, "a fraction in (0, 1], e.g. 0.95")
         errors.non_negative_int("gradcam_per_class", self.gradcam_per_class)
+        # Whether the model has it is checked once the model is loaded (evaluate).
+        if self.positive_class and not labels.is_class_name(self.positive_class):
+            raise ConfigError("positive_class", self.positive_class,
+                              "empty (the default) or an upper-case class name such as COVID19")
         object.__setattr__(self, "collections", collection_select.parse_names(self.collections))
         if not self.records_dirs:
             raise ConfigError("records_dir", self.records_dir,
@@ -222,13 +231,20 @@ def write_tensorboard(logdir: str | os.PathLike, tag: str, result: dict[str, Any
 # ----------------------------------------------------------------------------- the run
 
 
-def classes_and_positive() -> tuple[tuple[str, ...], int]:
-    """The model's classes (label-id order) and the id of the operating point's class.
+def classes_and_positive(config: EvalConfig, model) -> tuple[tuple[str, ...], int]:
+    """The model's classes (label-id order, recorded in its file: model_classes) and the id of
+    the operating point's class (--positive_class, default labels.default_positive_class).
 
-    The one place evaluation takes today's defaults (the three classes, COVID19): everything
-    below receives them as arguments, so reading them from the model and --positive_class
-    replaces only this function."""
-    return labels.CLASS_NAMES, labels.LABEL_MAP["COVID19"]
+    Raises:
+      ConfigError: --positive_class is not one of the model's classes.
+    """
+    class_names = model_classes.classes_of(model, config.model_path)
+    try:
+        positive = labels.positive_class(class_names, config.positive_class)
+    except ValueError as err:
+        raise ConfigError("positive_class", config.positive_class,
+                          f"one of the model's classes {list(class_names)}") from err
+    return class_names, class_names.index(positive)
 
 
 def _reference_point(config: EvalConfig, model, image_size: int, channels: int,
@@ -237,18 +253,17 @@ def _reference_point(config: EvalConfig, model, image_size: int, channels: int,
     train_dir, how = reference.training_records_dir(config.model_path, config.train_records_dir)
     val_probs = val_labels = None
     if train_dir is not None:
-        from xray_tfdata.records import manifest
-
-        info = manifest.read_manifest(train_dir)
-        if config.val_split in info.get("splits", {}) and manifest.num_examples(
-                info, config.val_split):
-            y, (p, *_) = run_model(model, eval_dataset(train_dir, config.val_split, image_size,
-                                                       channels, config.batch_size))
+        info, label_ids, _ = records_for_model(train_dir, class_names)
+        if info.num_examples(config.val_split):
+            y, (p, *_) = run_model(model, eval_dataset(info, config.val_split, image_size,
+                                                       channels, config.batch_size,
+                                                       label_ids=label_ids))
             val_probs, val_labels = p, y
     point = reference.operating_point(val_probs, val_labels, config.target_sensitivity,
                                       reference.run_calibration(config.model_path),
                                       positive=positive, class_names=class_names)
-    point.update(train_records_dir=train_dir, train_records_found_by=how)
+    point.update(train_records_dir=train_dir, train_records_found_by=how,
+                 class_names=list(class_names))
     if point["warning"]:
         logging.warning("%s", point["warning"])
     return point
@@ -275,29 +290,29 @@ def _trust_metrics(config: EvalConfig, y_true: np.ndarray, raw: np.ndarray,
             "chosen_on": f"{point['train_records_dir']}:{config.val_split}",
             "num_val_positive": point["num_val_positive"], "warning": point["warning"]}
     if config.shortcut_probe:
-        if point["train_records_dir"] is None:
+        if point["train_records_dir"] is None or train_meta is None:
+            why = (point["train_records_found_by"] if point["train_records_dir"] is None
+                   else f"the training records {point['train_records_dir']} have no train split")
             out["shortcut_probe"] = {"skipped": True, "warning": False, "probe_macro_f1": None,
-                                     "message": f"Shortcut probe skipped: "
-                                                f"{point['train_records_found_by']}."}
+                                     "message": f"Shortcut probe skipped: {why}."}
         else:
             out["shortcut_probe"] = shortcut.run_probe(
                 train_meta, eval_meta, cnn_macro_f1, model=config.shortcut_model,
-                threshold=config.shortcut_threshold, seed=config.seed)
+                threshold=config.shortcut_threshold, seed=config.seed,
+                class_names=point["class_names"])
             out["shortcut_probe"]["fitted_on"] = f"{point['train_records_dir']}:train"
     return out
 
 
-def _eval_metadata(config: EvalConfig, records_dir: str, y_true: np.ndarray,
-                   probe: bool) -> dict[str, np.ndarray] | None:
-    """The evaluated examples' metadata, in prediction order, when something needs it: the
-    shortcut probe, or the per-collection table of records holding several collections."""
-    from xray_tfdata.records import manifest
-
-    several = len(collection_select.select(manifest.read_manifest(records_dir), config.split,
-                                           config.collections)) > 1
+def _eval_metadata(config: EvalConfig, info, y_true: np.ndarray, probe: bool,
+                   label_ids: Sequence[int] | None) -> dict[str, np.ndarray] | None:
+    """The evaluated examples' metadata (labels as the model's ids), in prediction order, when
+    something needs it: the shortcut probe, or the per-collection table of records holding
+    several collections. `info`: the evaluated records' DatasetInfo."""
+    several = len(collection_select.select(info, config.split, config.collections)) > 1
     if not (probe or several):
         return None
-    return aligned_metadata(records_dir, config.split, config.collections, y_true)
+    return aligned_metadata(info, config.split, config.collections, y_true, label_ids)
 
 
 def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
@@ -306,20 +321,25 @@ def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
     """One records dir; `shared`: what is the same for every dir (model sha256, train metadata,
     the model's class names)."""
     class_names = shared["class_names"]
-    dataset = eval_dataset(records_dir, config.split, image_size, channels, config.batch_size,
-                           config.collections)
+    # Records of the model's classes, or of a subset of them (labels remapped by name).
+    info, label_ids, note = records_for_model(records_dir, class_names)
+    dataset = eval_dataset(info, config.split, image_size, channels, config.batch_size,
+                           config.collections, label_ids=label_ids)
     y_true, (probs, *_) = run_model(
         model, dataset, label=f"evaluate {config.split}",
-        total=split_size(records_dir, config.split, config.collections))
+        total=split_size(info, config.split, config.collections))
     if probs.ndim != 2 or probs.shape[1] != len(class_names):
         raise ValueError(f"The model outputs shape {probs.shape[1:]}, expected "
                          f"[{len(class_names)}] class probabilities ({', '.join(class_names)}).")
     result = metrics.compute_metrics(y_true, probs, class_names=class_names,
                                      n_resamples=config.bootstrap, seed=config.seed)
+    result["records_classes"] = list(info.classes)
+    if note:
+        result["class_note"] = note
     for warning in result["warnings"]:
         logging.warning("%s %s: %s", records_dir, config.split, warning)
-    eval_meta = _eval_metadata(config, records_dir, y_true, probe=config.shortcut_probe and
-                               point["train_records_dir"] is not None)
+    eval_meta = _eval_metadata(config, info, y_true, probe=config.shortcut_probe and
+                               point["train_records_dir"] is not None, label_ids=label_ids)
     if eval_meta is not None and len(set(eval_meta["source"].tolist())) > 1:
         result["by_collection"] = by_collection.collection_table(
             y_true, probs, eval_meta["source"], result["class_names"],
@@ -336,7 +356,7 @@ def _evaluate_one(config: EvalConfig, model, records_dir: str, output_dir: Path,
 
         try:
             result["border_attention"] = gradcam.split_attention(
-                model, dataset, per_class=config.gradcam_per_class)
+                model, dataset, per_class=config.gradcam_per_class, class_names=class_names)
         except gradcam.NoConvolutionError as err:  # e.g. a hand-built test model
             result["border_attention"] = {"skipped": True, "overall": None, "warning": False,
                                           "per_class": {}, "num_images": 0, "layer": None,
@@ -359,14 +379,19 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     returns the first dir's metrics.json (with "comparison" rows when there are several)."""
     model = load_model(config.model_path)
     image_size, channels = input_spec(model)
-    class_names, positive = classes_and_positive()
+    class_names, positive = classes_and_positive(config, model)
     point = _reference_point(config, model, image_size, channels, class_names, positive)
     shared = {"model_sha256": files.sha256_file(config.model_path), "train_meta": None,
               "class_names": class_names}
     if config.shortcut_probe and point["train_records_dir"] is not None:
         from xray_tfdata.inputs import pipeline
 
-        shared["train_meta"] = pipeline.read_metadata(point["train_records_dir"], "train")
+        train_info, train_ids, _ = records_for_model(point["train_records_dir"], class_names)
+        if "train" in train_info.splits:
+            shared["train_meta"] = pipeline.read_metadata(train_info, "train")
+            if train_ids is not None:
+                shared["train_meta"]["label"] = np.asarray(train_ids)[
+                    shared["train_meta"]["label"]]
     results = [_evaluate_one(config, model, d, out, point, image_size, channels, shared)
                for d, out in zip(config.records_dirs, config.output_dirs())]
     if len(results) > 1:

@@ -62,12 +62,14 @@ def border_attention(maps: np.ndarray, fraction: float = BORDER_FRACTION) -> np.
     return np.divide(border, total, out=np.full(total.shape, np.nan), where=total > 0)
 
 
-def attention_summary(shares: np.ndarray, y_true: np.ndarray) -> dict[str, Any]:
-    """Mean border share per true class and overall, and whether it exceeds the uniform share."""
+def attention_summary(shares: np.ndarray, y_true: np.ndarray,
+                      class_names: Sequence[str] = labels.DEFAULT_CLASSES) -> dict[str, Any]:
+    """Mean border share per true class (ids of `class_names`, the model's classes) and overall,
+    and whether it exceeds the uniform share."""
     shares = np.asarray(shares, dtype=np.float64)
     y_true = np.asarray(y_true)
     per_class: dict[str, float | None] = {}
-    for c, name in enumerate(labels.CLASS_NAMES):
+    for c, name in enumerate(class_names):
         values = shares[(y_true == c) & np.isfinite(shares)]
         per_class[name] = float(values.mean()) if values.size else None
     finite = shares[np.isfinite(shares)]
@@ -216,7 +218,7 @@ def explain_dataset(cam: GradCam, dataset, *, per_class: int | None = None,
     the image size."""
     kept: dict[str, list[np.ndarray]] = {"images": [], "labels": [], "maps": [], "probs": [],
                                          "class_index": []}
-    counts = np.zeros(labels.NUM_CLASSES, np.int64)
+    counts = np.zeros(int(cam.output_layer.units), np.int64)  # one per output class
     for images, batch_labels in dataset:
         y = np.asarray(batch_labels).astype(np.int64)
         take = np.ones(y.shape, bool)
@@ -245,11 +247,12 @@ def explain_dataset(cam: GradCam, dataset, *, per_class: int | None = None,
     return result
 
 
-def split_attention(model, dataset, *, per_class: int, layer: str = "") -> dict[str, Any]:
+def split_attention(model, dataset, *, per_class: int, layer: str = "",
+                    class_names: Sequence[str] = labels.DEFAULT_CLASSES) -> dict[str, Any]:
     """attention_summary of Grad-CAM on up to `per_class` images of each class of a dataset."""
     cam = GradCam(model, layer)
     result = explain_dataset(cam, dataset, per_class=per_class)
-    summary = attention_summary(result["border_attention"], result["labels"])
+    summary = attention_summary(result["border_attention"], result["labels"], class_names)
     summary["layer"] = cam.layer_name
     return summary
 
@@ -266,8 +269,9 @@ def overlay_rgb(image: np.ndarray, cam_map: np.ndarray, alpha: float = 0.4) -> n
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def caption(true_label: int, pred_label: int, prob: float, share: float) -> str:
-    return (f"true {labels.CLASS_NAMES[true_label]} / pred {labels.CLASS_NAMES[pred_label]} "
+def caption(true_label: int, pred_label: int, prob: float, share: float,
+            class_names: Sequence[str] = labels.DEFAULT_CLASSES) -> str:
+    return (f"true {class_names[true_label]} / pred {class_names[pred_label]} "
             f"p={prob:.2f}\nborder {share:.2f}")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_tfdata import errors, files, labels, paths
+from xray_tfdata import errors, files, labels, model_classes, paths
 from xray_tfdata.settings import setting
 
 EXPLAIN_FILE = "explain.json"
@@ -62,41 +62,45 @@ def explain(config: ExplainConfig) -> dict[str, Any]:
     from xray_tfdata.evaluation import gradcam, inference
 
     model = inference.load_model(config.model_path)
+    names = model_classes.classes_of(model, config.model_path)
     image_size, channels = inference.input_spec(model)
-    dataset = inference.eval_dataset(config.records_dir, config.split, image_size, channels,
-                                     config.batch_size)
+    # Records of the model's classes, or a subset of them (remapped to the model's ids).
+    info, label_ids, note = inference.records_for_model(config.records_dir, names)
+    dataset = inference.eval_dataset(info, config.split, image_size, channels,
+                                     config.batch_size, label_ids=label_ids)
     cam = gradcam.GradCam(model, config.layer)
     result = gradcam.explain_dataset(cam, dataset, per_class=config.per_class)
-    summary = gradcam.attention_summary(result["border_attention"], result["labels"])
+    summary = gradcam.attention_summary(result["border_attention"], result["labels"], names)
     out = config.resolved_output_dir
     images = []
-    by_class: dict[int, list[tuple[np.ndarray, str]]] = {c: [] for c in range(labels.NUM_CLASSES)}
+    by_class: dict[int, list[tuple[np.ndarray, str]]] = {c: [] for c in range(len(names))}
     for i, (true, pred) in enumerate(zip(result["labels"], result["class_index"])):
         prob = float(result["probs"][i, pred])
         share = float(result["border_attention"][i])
         rgb = gradcam.overlay_rgb(result["images"][i], result["maps"][i])
-        text = gradcam.caption(int(true), int(pred), prob, share)
+        text = gradcam.caption(int(true), int(pred), prob, share, names)
         n = len(by_class[int(true)])
-        name = f"overlays/{labels.CLASS_NAMES[true]}/{n:03d}_pred-{labels.CLASS_NAMES[pred]}.png"
+        name = f"overlays/{names[true]}/{n:03d}_pred-{names[pred]}.png"
         files.write_atomic(out / name, gradcam.sheet_png([rgb], [text], columns=1))
         by_class[int(true)].append((rgb, text))
-        images.append({"file": name, "true": labels.CLASS_NAMES[true],
-                       "predicted": labels.CLASS_NAMES[pred], "probability": prob,
+        images.append({"file": name, "true": names[true],
+                       "predicted": names[pred], "probability": prob,
                        "border_attention": None if np.isnan(share) else share})
     sheets = {}
     for c, entries in by_class.items():
         if not entries:
             continue
-        name = f"sheet_{labels.CLASS_NAMES[c]}.png"
+        name = f"sheet_{names[c]}.png"
         files.write_atomic(out / name, gradcam.sheet_png(
             [e[0] for e in entries], [e[1] for e in entries],
-            title=f"{model.name}: true {labels.CLASS_NAMES[c]} ({config.split}, layer "
+            title=f"{model.name}: true {names[c]} ({config.split}, layer "
                   f"{cam.layer_name})"))
-        sheets[labels.CLASS_NAMES[c]] = name
+        sheets[names[c]] = name
     report = {"model_path": str(config.model_path), "model_sha256":
               files.sha256_file(config.model_path), "records_dir": str(config.records_dir),
               "split": config.split, "layer": cam.layer_name, "feature_map_shape":
               list(cam.maps(result["images"][:1])["maps"].shape[1:]),
-              "border_attention": summary, "images": images, "sheets": sheets}
+              "border_attention": summary, "images": images, "sheets": sheets,
+              "classes": list(names), **({"class_note": note} if note else {})}
     files.write_json(out / EXPLAIN_FILE, report)
     return report

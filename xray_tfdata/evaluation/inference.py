@@ -8,7 +8,7 @@ TensorFlow is imported inside the functions, so `evaluate` checks its flags befo
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from sklearn import metrics as sk_metrics
@@ -43,14 +43,14 @@ def input_spec(model) -> tuple[int, int]:
     return int(shape[1]), int(shape[3])
 
 
-def check_records_fit(records_dir: str, image_size: int, channels: int) -> None:
-    """Refuses records whose images are not the model's input (`image_size`, `channels`), in
-    a model's terms: the pipeline's own check suggests an --image_size the commands that run
-    a trained model do not have (the model fixes it)."""
+def check_records_fit(info, image_size: int, channels: int) -> None:
+    """Refuses records (a DatasetInfo) whose images are not the model's input (`image_size`,
+    `channels`), in a model's terms: the pipeline's own check suggests an --image_size the
+    commands that run a trained model do not have (the model fixes it)."""
     from xray_tfdata.records import manifest
 
-    image = manifest.read_manifest(records_dir).get("image", {})
-    held = (image.get("size"), image.get("channels"))
+    records_dir = info.records_dir
+    held = (info.image.size, info.image.channels)
     if held != (image_size, channels):
         raise manifest.ManifestError(
             f"The records in {records_dir!r} hold {held[0]}x{held[0]}x{held[1]} images but the "
@@ -59,20 +59,52 @@ def check_records_fit(records_dir: str, image_size: int, channels: int) -> None:
             f"--channels={channels} ...), or pass the model trained on these records.")
 
 
-def eval_dataset(records_dir: str, split: str, image_size: int, channels: int, batch_size: int,
-                 collections: tuple[str, ...] = ()):
+def records_for_model(records, model_classes: Sequence[str]):
+    """(DatasetInfo, label ids or None, note): the records checked against the model's classes.
+
+    Equal class lists give None (labels as stored). Records whose classes are a subset of the
+    model's (an external set without PNEUMONIA) get the model's id of each records label and a
+    note saying the metrics cover the classes present. Anything else is a ManifestError naming
+    both lists, in one line.
+    """
+    from xray_tfdata.inputs import pipeline
+    from xray_tfdata.records import manifest
+
+    info = pipeline.records_info(records)
+    if tuple(info.classes) == tuple(model_classes):
+        return info, None, ""
+    try:
+        ids = labels.records_to_model_ids(model_classes, info.classes, info.records_dir)
+    except ValueError as err:
+        raise manifest.ManifestError(str(err)) from None
+    note = (f"The records in {info.records_dir!r} hold the classes {list(info.classes)} of the "
+            f"model's {list(model_classes)}: metrics cover the classes present.")
+    return info, ids, note
+
+
+def eval_dataset(records, split: str, image_size: int, channels: int, batch_size: int,
+                 collections: tuple[str, ...] = (), label_ids: Sequence[int] | None = None):
     """The split in evaluation mode (one pass, remainder kept, no augmentation, fixed order),
-    optionally of some collections only. Records of another image size or channel count than
-    the model's input (`image_size`, `channels`) raise a ManifestError saying so."""
+    optionally of some collections only. `records`: a records dir or its DatasetInfo;
+    `label_ids`: the model's id of each records label (records_for_model), None = as stored.
+    Records of another image size or channel count than the model's input (`image_size`,
+    `channels`) raise a ManifestError saying so."""
     # Imported here: `evaluate` validates its flags before TensorFlow is loaded.
+    import tensorflow as tf
+
     from xray_tfdata.inputs import pipeline
 
-    check_records_fit(records_dir, image_size, channels)
+    info = pipeline.records_info(records)
+    check_records_fit(info, image_size, channels)
 
     config = pipeline.InputConfig(global_batch_size=batch_size, image_size=image_size,
                                   channels=channels, training=False, cache="none", augment=False,
                                   deterministic=True, collections=collections)
-    return pipeline.build_dataset(records_dir, split, config)
+    ds = pipeline.build_dataset(info, split, config)
+    if label_ids is not None:
+        table = tf.constant(list(label_ids), tf.int32)
+        ds = ds.map(lambda images, y: (images, tf.gather(table, tf.cast(y, tf.int32))))
+    return ds
 
 
 def predict_fn(model):
@@ -83,22 +115,26 @@ def predict_fn(model):
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
-def split_size(records_dir: str, split: str, collections: tuple[str, ...] = ()) -> int:
+def split_size(records, split: str, collections: tuple[str, ...] = ()) -> int:
     """Examples in `split` (of `collections`, all when empty), from the manifest (for progress
-    bars)."""
-    from xray_tfdata.inputs import collection_select
-    from xray_tfdata.records import manifest
+    bars); `records`: a records dir or its DatasetInfo."""
+    from xray_tfdata.inputs import collection_select, pipeline
 
-    return collection_select.num_examples(manifest.read_manifest(records_dir), split, collections)
+    return collection_select.num_examples(pipeline.records_info(records), split, collections)
 
 
-def aligned_metadata(records_dir: str, split: str, collections: tuple[str, ...],
-                     y_true: np.ndarray) -> dict[str, np.ndarray]:
-    """pipeline.read_metadata of the examples `run_model` scored over `eval_dataset(records_dir,
-    split, ..., collections)`, in the same order; checked against their labels `y_true`."""
+def aligned_metadata(records, split: str, collections: tuple[str, ...],
+                     y_true: np.ndarray, label_ids: Sequence[int] | None = None
+                     ) -> dict[str, np.ndarray]:
+    """pipeline.read_metadata of the examples `run_model` scored over `eval_dataset(records,
+    split, ..., collections, label_ids)`, in the same order, labels as the model's ids;
+    checked against their labels `y_true`."""
     from xray_tfdata.inputs import pipeline
 
-    meta = pipeline.read_metadata(records_dir, split, collections)
+    meta = pipeline.read_metadata(records, split, collections)
+    records_dir = pipeline.records_info(records).records_dir
+    if label_ids is not None:  # the records' ids -> the model's (records_for_model)
+        meta["label"] = np.asarray(label_ids)[meta["label"]]
     if not np.array_equal(meta["label"], y_true):  # the two passes must read the same order
         raise ValueError(f"The metadata of {records_dir}:{split} are not in the order of its "
                          f"predictions; rerun with --verbosity=0 and report this.")
@@ -139,7 +175,7 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dic
     y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
     probabilities = np.asarray(probabilities, np.float64)
     picked = probabilities[np.arange(len(y_true)), y_true]
-    label_ids = list(range(labels.NUM_CLASSES))
+    label_ids = list(range(probabilities.shape[1]))
     cm = sk_metrics.confusion_matrix(y_true, probabilities.argmax(axis=1), labels=label_ids)
     rates = metrics.rates_from_confusion(cm)
     aucs = metrics.auc_ovr(y_true, probabilities / probabilities.sum(axis=1, keepdims=True))

@@ -13,7 +13,7 @@ trusted as evidence of learning the disease.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier
@@ -156,8 +156,11 @@ def _make_probe(model: str, seed: int):
 
 def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_macro_f1: float,
               *, model: str = "gradient_boosting", threshold: float = DEFAULT_THRESHOLD,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, class_names: Sequence[str] = labels.DEFAULT_CLASSES
+              ) -> dict[str, Any]:
     """Fits the metadata-only probe on train_meta and scores it on eval_meta.
+
+    Both metas' labels are ids of `class_names` (the model's classes).
 
     Returns a JSON-ready dict with the probe's and the CNN's macro-F1, their ratio, `warning`
     (True when probe >= threshold * CNN) and a human `message`.
@@ -181,11 +184,11 @@ def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_m
     probe = _make_probe(model, seed)
     probe.fit(encoder.transform(train_meta), y_train)
     x_eval = encoder.transform(eval_meta)
-    probs = np.zeros((y_eval.size, labels.NUM_CLASSES))
+    probs = np.zeros((y_eval.size, len(class_names)))
     # The probe only knows the classes it saw in train; put its columns in label order.
     probs[:, probe.classes_] = probe.predict_proba(x_eval)
-    probe_metrics = metrics.compute_metrics(y_eval, probs, class_names=labels.CLASS_NAMES,
-                                            n_resamples=0)
+    probe_metrics = metrics.compute_metrics(y_eval, probs, n_resamples=0,
+                                            class_names=class_names)
     probe_f1 = probe_metrics["macro_f1"]
     result.update(
         skipped=False, probe_macro_f1=probe_f1, probe_accuracy=probe_metrics["accuracy"],
@@ -193,7 +196,7 @@ def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_m
         probe_confusion_matrix=probe_metrics["confusion_matrix"],
         features=encoder.feature_names)
     result.update(compare(probe_f1, cnn_macro_f1, threshold))
-    source_f1 = source_alone_macro_f1(train_meta, eval_meta)
+    source_f1 = source_alone_macro_f1(train_meta, eval_meta, class_names)
     if source_f1 is not None:
         result["source_alone_macro_f1"] = source_f1
         result["message"] += (f" The collection alone (each collection's majority class in "
@@ -201,8 +204,8 @@ def run_probe(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any], cnn_m
     return result
 
 
-def source_alone_macro_f1(train_meta: Mapping[str, Any],
-                          eval_meta: Mapping[str, Any]) -> float | None:
+def source_alone_macro_f1(train_meta: Mapping[str, Any], eval_meta: Mapping[str, Any],
+                          class_names: Sequence[str] = labels.DEFAULT_CLASSES) -> float | None:
     """Macro-F1 of predicting each image's class as its collection's majority class in train;
     None when the records name fewer than two collections (nothing to learn from)."""
     size_train = column(train_meta, "label").size
@@ -212,15 +215,15 @@ def source_alone_macro_f1(train_meta: Mapping[str, Any],
     if len(set(train_src.tolist()) | set(eval_src.tolist())) < 2 or size_eval == 0:
         return None
     y_train = column(train_meta, "label").astype(np.int64)
-    overall = int(np.bincount(y_train, minlength=labels.NUM_CLASSES).argmax())
-    majority = {src: int(np.bincount(y_train[train_src == src],
-                                     minlength=labels.NUM_CLASSES).argmax())
+    k = len(class_names)
+    overall = int(np.bincount(y_train, minlength=k).argmax())
+    majority = {src: int(np.bincount(y_train[train_src == src], minlength=k).argmax())
                 for src in set(train_src.tolist())}
     predicted = np.array([majority.get(src, overall) for src in eval_src.tolist()], np.int64)
-    probs = np.eye(labels.NUM_CLASSES)[predicted]
+    probs = np.eye(k)[predicted]
     y_eval = column(eval_meta, "label").astype(np.int64)
-    return float(metrics.compute_metrics(y_eval, probs, class_names=labels.CLASS_NAMES,
-                                         n_resamples=0)["macro_f1"])
+    return float(metrics.compute_metrics(y_eval, probs, n_resamples=0,
+                                         class_names=class_names)["macro_f1"])
 
 
 def compare(probe_f1: float, cnn_macro_f1: float,

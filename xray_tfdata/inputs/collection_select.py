@@ -6,16 +6,16 @@ leave-one-collection-out run filters the one set of records in the input pipelin
 rebuild, and still knows its exact example and class counts (steps per epoch, class weights)
 without reading a record. Records of a single unnamed collection have one collection, "".
 
-Pure functions over the manifest dict, no TensorFlow: the commands validate with them before
+Pure functions over the manifest's DatasetInfo, no TensorFlow: the commands validate with them before
 TensorFlow loads.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
-from xray_tfdata import labels
 from xray_tfdata.errors import ConfigError
+from xray_tfdata.records.manifest import DatasetInfo
 
 
 def parse_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -27,19 +27,20 @@ def parse_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for name in names if name))
 
 
-def per_source(manifest: dict[str, Any], split: str) -> dict[str, dict[str, int]]:
+def per_source(info: DatasetInfo, split: str) -> dict[str, dict[str, int]]:
     """{collection: {class name: n}} of a split ({"": per_class} for unnamed records)."""
-    info = manifest["splits"][split]
-    return info.get("per_source") or {"": dict(info["per_class"])}
+    split_info = info.require_split(split)
+    return {k: dict(v) for k, v in split_info.per_source.items()} or {
+        "": dict(split_info.per_class)}
 
 
-def all_names(manifest: dict[str, Any]) -> list[str]:
+def all_names(manifest: DatasetInfo) -> list[str]:
     """Every collection named in any split of the records."""
-    return sorted({name for split in manifest.get("splits", {})
+    return sorted({name for split in manifest.splits
                    for name in per_source(manifest, split)})
 
 
-def select(manifest: dict[str, Any], split: str, include: Sequence[str] = (),
+def select(manifest: DatasetInfo, split: str, include: Sequence[str] = (),
            exclude: Sequence[str] = ()) -> tuple[str, ...]:
     """The collections of `split` to read: `include` (all when empty) minus `exclude`.
 
@@ -65,34 +66,34 @@ def select(manifest: dict[str, Any], split: str, include: Sequence[str] = (),
     return kept
 
 
-def class_counts(manifest: dict[str, Any], split: str, include: Sequence[str] = (),
+def class_counts(manifest: DatasetInfo, split: str, include: Sequence[str] = (),
                  exclude: Sequence[str] = ()) -> list[int]:
     """Examples per class id (label order) in the selected collections of `split`."""
     present = per_source(manifest, split)
     kept = select(manifest, split, include, exclude)
-    return [sum(int(present[name].get(cls, 0)) for name in kept) for cls in labels.CLASS_NAMES]
+    return [sum(int(present[name].get(cls, 0)) for name in kept) for cls in manifest.classes]
 
 
-def num_examples(manifest: dict[str, Any], split: str, include: Sequence[str] = (),
+def num_examples(manifest: DatasetInfo, split: str, include: Sequence[str] = (),
                  exclude: Sequence[str] = ()) -> int:
     return sum(class_counts(manifest, split, include, exclude))
 
 
-def streams(manifest: dict[str, Any], split: str, include: Sequence[str] = (),
+def streams(manifest: DatasetInfo, split: str, include: Sequence[str] = (),
             exclude: Sequence[str] = ()) -> dict[int, tuple[str, ...]]:
     """{class id: the selected collections holding that class} (classes with no example left
     out): the per-(class, collection) streams of sampling.balanced_collections."""
     present = per_source(manifest, split)
     kept = select(manifest, split, include, exclude)
     out = {}
-    for class_id, cls in enumerate(labels.CLASS_NAMES):
+    for class_id, cls in enumerate(manifest.classes):
         holding = tuple(name for name in kept if int(present[name].get(cls, 0)) > 0)
         if holding:
             out[class_id] = holding
     return out
 
 
-def collection_ids(manifest: dict[str, Any], include: Sequence[str] = (),
+def collection_ids(manifest: DatasetInfo, include: Sequence[str] = (),
                    exclude: Sequence[str] = ()) -> tuple[str, ...]:
     """The selected collections in id order: sorted names over every split of the records, so
     an id means the same collection in every split and every run on these records (the

@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import threading
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -190,9 +190,17 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, compression: str,
 
 
 # ---------------------------------------------------------------- reading
-def _shard_table(records_dir, info: dict[str, Any], split: str) -> tuple[list[str], list[int]]:
-    paths = manifest.split_files(records_dir, info, split)
-    counts = [int(s["num_examples"]) for s in info["splits"][split]["shards"]]
+def records_info(records: str | os.PathLike | manifest.DatasetInfo) -> manifest.DatasetInfo:
+    """The records' DatasetInfo: given (a command read it once), or read from the directory."""
+    if isinstance(records, manifest.DatasetInfo):
+        return records
+    return manifest.read_info(records)
+
+
+def _shard_table(info: manifest.DatasetInfo, split: str) -> tuple[list[str], list[int]]:
+    records_dir = info.records_dir
+    paths = info.split_files(split)
+    counts = [shard.num_examples for shard in info.splits[split].shards]
     missing = [p for p in paths if not location(p).is_file()]  # records_dir may be a URL
     if missing:
         raise manifest.ManifestError(
@@ -244,12 +252,12 @@ def _options(config: InputConfig, sharded_by_us: bool) -> tf.data.Options:
     return options
 
 
-def _cache_path(prefix: str, info: dict[str, Any], split: str, config: InputConfig,
+def _cache_path(prefix: str, info: manifest.DatasetInfo, split: str, config: InputConfig,
                 num_pipelines: int, pipeline_id: int) -> str:
     """A cache file name unique to these records, this split and this pipeline: a stale or
     shared cache would silently serve the wrong images."""
-    shards = info["splits"][split]["shards"]
-    parts = [shards, info.get("image"), config.image_size, config.channels]
+    shards = [dataclasses.asdict(shard) for shard in info.splits[split].shards]
+    parts = [shards, info.image.as_dict(), config.image_size, config.channels]
     if _by_collection(config):
         parts.append("collection")  # the cached elements also hold their collection
     key = json.dumps(parts, sort_keys=True)
@@ -260,10 +268,12 @@ def _cache_path(prefix: str, info: dict[str, Any], split: str, config: InputConf
     return f"{prefix}.{split}.{digest}.p{pipeline_id}of{num_pipelines}"
 
 
-def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfig,
+def build_dataset(records: str | os.PathLike | manifest.DatasetInfo, split: str,
+                  config: InputConfig,
                   input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """The input pipeline for one split (see the module docstring for the order of stages).
 
+    `records`: the records dir, or its DatasetInfo when the caller has read it already.
     Training: infinite; run `steps_per_epoch(...)` steps per epoch; batches are full. Evaluation:
     one pass over this pipeline's part of the split, remainder kept.
 
@@ -271,10 +281,11 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
       manifest.ManifestError: no manifest, unknown split, missing shards, or records whose format
         version, image size, channels or label map differ from what `config` asks for.
     """
-    info = manifest.read_manifest(records_dir)
+    info = records_info(records)
+    records_dir = info.records_dir
     manifest.check_compatible(info, image_size=config.image_size, channels=config.channels,
                               records_dir=records_dir)
-    paths, counts = _shard_table(records_dir, info, split)
+    paths, counts = _shard_table(info, split)
     if sum(counts) == 0:
         raise manifest.ManifestError(
             f"Split {split!r} in {str(records_dir)!r} has no examples; rebuild the records.")
@@ -282,7 +293,7 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     batch_size = (input_context.get_per_replica_batch_size(config.global_batch_size)
                   if input_context else config.global_batch_size)
-    image_format = info["image"]["format"]
+    image_format = info.image.format
     by_collection = _by_collection(config)
     if by_collection:
         # Fails here, naming the records' collections, if a name is unknown or none is left.
@@ -292,7 +303,7 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
     remote = bool(config.data_service)
     # On the service the dispatcher splits the file list among workers and consumers; sharding
     # it here as well would drop data.
-    ds = _read_records(paths, counts, info.get("compression", ""),
+    ds = _read_records(paths, counts, info.compression,
                        num_pipelines=1 if remote else num_pipelines,
                        pipeline_id=0 if remote else pipeline_id,
                        shuffle_files=config.training, seed=config.seed,
@@ -321,7 +332,7 @@ def build_dataset(records_dir: str | os.PathLike, split: str, config: InputConfi
                                            pipeline_id=pipeline_id, keep_collection=keep)
     elif config.training and config.sampling == "balanced":
         ds = sampling.balanced(ds if keep else _drop_collection(ds, by_collection),
-                               len(info["label_map"]), seed=config.seed,
+                               len(info.classes), seed=config.seed,
                                shuffle_buffer=config.shuffle_buffer, pipeline_id=pipeline_id)
     elif config.training:
         # Shuffle before repeat: every epoch is a full permutation, no example twice per epoch.
@@ -400,25 +411,26 @@ def _augment_fn(config: InputConfig, stream: int):
                                        jit_compile=config.jit_augment)
 
 
-def dataset_fn(records_dir: str | os.PathLike, split: str,
+def dataset_fn(records: str | os.PathLike | manifest.DatasetInfo, split: str,
                config: InputConfig) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """For `strategy.distribute_datasets_from_function`: one pipeline per worker, per-replica
     batches, files split across workers."""
     # Fail now, in the caller, rather than inside the strategy's dataset construction.
-    manifest.check_compatible(manifest.read_manifest(records_dir), image_size=config.image_size,
-                              channels=config.channels, records_dir=records_dir)
+    info = records_info(records)
+    manifest.check_compatible(info, image_size=config.image_size, channels=config.channels,
+                              records_dir=info.records_dir)
 
     def fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return build_dataset(records_dir, split, config, input_context)
+        return build_dataset(info, split, config, input_context)
 
     return fn
 
 
-def steps_per_epoch(records_dir: str | os.PathLike, split: str, global_batch_size: int) -> int:
+def steps_per_epoch(records: str | os.PathLike | manifest.DatasetInfo, split: str,
+                    global_batch_size: int) -> int:
     """Full global batches per epoch (the training pipeline drops the remainder)."""
-    info = manifest.read_manifest(records_dir)
-    manifest.split_files(records_dir, info, split)  # names the known splits if `split` is unknown
-    total = manifest.num_examples(info, split)
+    info = records_info(records)
+    total = info.require_split(split).num_examples  # names the known splits if unknown
     if global_batch_size < 1 or total // global_batch_size == 0:
         raise ValueError(
             f"global_batch_size must be in [1, {total}] (split {split!r} has {total} examples). "
@@ -443,7 +455,7 @@ METADATA_FIELDS = {
 }
 
 
-def read_metadata(records_dir: str | os.PathLike, split: str,
+def read_metadata(records: str | os.PathLike | manifest.DatasetInfo, split: str,
                   collections: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Label and source metadata of every record of a split, without decoding any image.
 
@@ -452,10 +464,10 @@ def read_metadata(records_dir: str | os.PathLike, split: str,
     line up with its predictions.
     Keys: see METADATA_FIELDS; ints are int64 (label int32), strings are numpy str arrays.
     """
-    info = manifest.read_manifest(records_dir)
-    manifest.check_compatible(info, records_dir=records_dir)
-    paths, counts = _shard_table(records_dir, info, split)
-    records = _read_records(paths, counts, info.get("compression", ""), num_pipelines=1,
+    info = records_info(records)
+    manifest.check_compatible(info, records_dir=info.records_dir)
+    paths, counts = _shard_table(info, split)
+    records = _read_records(paths, counts, info.compression, num_pipelines=1,
                             pipeline_id=0, shuffle_files=False, seed=0, deterministic=True,
                             parallel=True, skip_corrupt=False)
     keys = tuple(METADATA_FIELDS.values())

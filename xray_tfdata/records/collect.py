@@ -32,19 +32,22 @@ def scan(specs: Sequence[sources.SourceSpec], *, csv_columns: str = "", label_ma
     """Scans every collection (folder layout, labels CSV or preset) and merges the results.
 
     `rules` (classes, views, uncertain) apply to preset collections; its key is replaced by `key`.
+    Its classes are the build's class set for every collection: folder names and CSV labels map
+    onto them through `label_map`.
 
     Raises:
       ValueError: a collection's layout or CSV is unreadable (the message names it).
     """
+    rules = dataclasses.replace(rules or preset_reader.Rules(), key=key)
     found, rejected, collections = [], [], {}
     for spec in specs:
         if spec.layout:
-            result = preset_reader.read_preset(
-                spec, dataclasses.replace(rules or preset_reader.Rules(), key=key))
+            result = preset_reader.read_preset(spec, rules)
         elif spec.labels_csv:
-            result = labels_csv.read_labels_csv(spec, csv_columns, label_map, key)
+            result = labels_csv.read_labels_csv(spec, csv_columns, label_map, key, rules.classes)
         else:
-            result = sources.scan_sources(spec.data_dir, spec.name)
+            result = sources.scan_sources(spec.data_dir, spec.name, rules.classes,
+                                          labels_csv.parse_label_map(label_map, rules.classes))
         found += result.files
         rejected += result.rejected
         collections[spec.name] = {"layout": result.layout, **dict(result.details),

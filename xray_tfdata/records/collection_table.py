@@ -10,19 +10,19 @@ at build time, from the manifest's `splits.<split>.per_source` counts alone (pur
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from xray_tfdata.records import manifest as manifest_lib
 
 TOTAL = "total"
 
 
-def counts(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
+def counts(manifest: manifest_lib.DatasetInfo | Mapping[str, Any]) -> dict[str, dict[str, int]]:
     """{collection: {class: records over every split}}; {} for records of one unnamed
     collection (no per_source)."""
     out: dict[str, dict[str, int]] = {}
-    for info in manifest.get("splits", {}).values():
-        for name, per_class in (info.get("per_source") or {}).items():
+    for info in manifest_lib.as_info(manifest).splits.values():
+        for name, per_class in info.per_source.items():
             row = out.setdefault(name, {})
             for cls, n in per_class.items():
                 row[cls] = row.get(cls, 0) + int(n)
@@ -70,15 +70,15 @@ def confound_warnings(table: dict[str, dict[str, int]], class_names: Sequence[st
     return warnings
 
 
-def build_report(manifest: dict[str, Any]) -> list[str]:
+def build_report(manifest: manifest_lib.DatasetInfo | Mapping[str, Any]) -> list[str]:
     """What build_records prints after a multi-collection build: the table, then one
     'WARNING: ...' line per confounded class; [] for a single collection (quiet)."""
-    table = counts(manifest)
+    info = manifest_lib.as_info(manifest)
+    table = counts(info)
     if len(table) < 2:
         return []
-    names = manifest_lib.class_names(manifest)
-    variants = sum(sum(info.get("variants_per_class", {}).values())
-                   for info in manifest.get("splits", {}).values())
+    names = info.classes
+    variants = sum(sum(split.variants_per_class.values()) for split in info.splits.values())
     title = "Records per collection and class (every split" + (
         f"; {variants} offline-augmented variants included)" if variants else ")") + ":"
     lines = [title, format_table(table, names)]

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from typing import Any
 
-from xray_tfdata import errors, files, paths
+from xray_tfdata import errors, files, labels, paths
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.records import (
     decode_pass,
@@ -37,9 +37,9 @@ _DEFAULT_NEAR_DISTANCE = dedupe.DEFAULT_NEAR_DISTANCE  # the `dedupe` field shad
 _NOT_IN_MANIFEST = ("output_dir", "num_workers", "overwrite", "runner", "beam_pipeline_options")
 # Also not compared on resume: a rerun with a looser threshold must be allowed.
 NOT_COMPARED = ("max_reject_fraction",)
-_SOURCE_FIELDS = ("labels_csv", "csv_columns", "label_map", "test_fraction", "patient_overlap",
-                  "patient_key", "holdout_source", "max_pixels", "layout", "views", "uncertain",
-                  "intensity")
+_SOURCE_FIELDS = ("classes", "labels_csv", "csv_columns", "label_map", "test_fraction",
+                  "patient_overlap", "patient_key", "holdout_source", "max_pixels", "layout",
+                  "views", "uncertain", "intensity")
 _VIEW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]*$")
 
 
@@ -55,6 +55,13 @@ class ConversionConfig:
              "kaggle=/data/kaggle,nih=/data/nih.", flag_default="workspace/raw/Data")
     output_dir: str = setting(help="Where shards and dataset_info.json are written.",
                               flag_default="workspace/records")
+    # The class set (labels.py): label ids follow this order. Left out of the manifest's args
+    # when default, so a default build's manifest stays byte-identical; its label_map has it.
+    classes: str = setting(
+        ",".join(labels.DEFAULT_CLASSES), "The classes, in label-id order: 2 or more upper-case "
+        "names, e.g. NORMAL,PNEUMONIA (NIH, RSNA, paediatric sets) or "
+        "NORMAL,COVID19,PNEUMONIA,LUNG_OPACITY. Folder names, CSV labels and presets map onto "
+        "them (--label_map); every class needs at least one image.")
     image_size: int = setting(224, "Output images are size x size.")
     resize_mode: str = setting("stretch", "stretch (the seed's behaviour) or pad (keep aspect, "
                                "black).", allowed=image_io.RESIZE_MODES)
@@ -94,8 +101,9 @@ class ConversionConfig:
         "", "Column names, e.g. 'path=Image Index,label=Finding Labels,patient_id=Patient ID' "
         "(defaults: path,label,split,patient_id).")
     label_map: str = setting(
-        "", "Source labels onto the 3 classes, e.g. 'No Finding=NORMAL,COVID-19=COVID19,"
-        "Pneumonia=PNEUMONIA'; unmapped rows are skipped and counted.")
+        "", "Source labels or class folder names onto the --classes, e.g. 'No Finding=NORMAL,"
+        "COVID-19=COVID19,Pneumonia=PNEUMONIA' or 'COVID=COVID19,Viral Pneumonia=PNEUMONIA'; "
+        "unmapped CSV rows are skipped and counted.")
     test_fraction: float | None = setting(
         None, "Fraction carved as test from a collection without a test split (default 0.2 "
         "there; a collection with a test split keeps it).")
@@ -144,6 +152,12 @@ class ConversionConfig:
         "Beam's in-process FnApiRunner).")
 
     def __post_init__(self) -> None:
+        try:  # normalised ("NORMAL, PNEUMONIA" -> "NORMAL,PNEUMONIA"): the manifest compares it
+            object.__setattr__(self, "classes", ",".join(labels.parse_classes(self.classes)))
+        except (ValueError, AttributeError) as err:
+            raise ConfigError("classes", self.classes,
+                              "2 or more distinct upper-case class names, comma-separated",
+                              f"Here: {err}.") from err
         if (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
                 or not 1 <= self.max_pixels <= image_io.OPENCV_MAX_PIXELS):
             raise ConfigError("max_pixels", self.max_pixels,
@@ -182,7 +196,7 @@ class ConversionConfig:
         errors.in_range("val_fraction", self.val_fraction, 0.0, 1.0, closed_high=False)
         errors.non_negative_int("seed", self.seed)
         try:
-            offline_augment.parse_augment_spec(self.augment)
+            offline_augment.parse_augment_spec(self.augment, self.class_names())
         except ValueError as err:
             raise ConfigError("augment", self.augment, "a valid augmentation spec",
                               str(err)) from err
@@ -225,7 +239,7 @@ class ConversionConfig:
                 paths.check("labels_csv", spec.labels_csv)
         self._check_preset_rules()
         for field, parse in (("csv_columns", labels_csv.parse_columns),
-                             ("label_map", labels_csv.parse_label_map)):
+                             ("label_map", self.label_mapping)):
             try:
                 parse(getattr(self, field))
             except ValueError as err:
@@ -257,12 +271,22 @@ class ConversionConfig:
                               "Views are compared case-insensitively with the collection's "
                               "view column (e.g. NIH `View Position`, PadChest `Projection`).")
 
+    def class_names(self) -> tuple[str, ...]:
+        """The class set, in label-id order."""
+        return tuple(self.classes.split(","))
+
+    def label_mapping(self, text: str | None = None) -> dict[str, str]:
+        """--label_map parsed against the class set: case-folded label or folder -> class."""
+        return labels_csv.parse_label_map(self.label_map if text is None else text,
+                                          self.class_names())
+
     def source_specs(self) -> list[sources.SourceSpec]:
         return sources.parse_source_specs(self.data_dir, self.labels_csv, self.layout)
 
     def preset_rules(self) -> preset_reader.Rules:
         """The preset settings (the patient key is added by the scan)."""
-        return preset_reader.Rules(views=self.views, uncertain=self.uncertain)
+        return preset_reader.Rules(classes=self.class_names(), views=self.views,
+                                   uncertain=self.uncertain)
 
     def manifest_args(self) -> dict[str, Any]:
         """The arguments the manifest records (and a resumed run must repeat)."""

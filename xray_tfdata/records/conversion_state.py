@@ -378,8 +378,12 @@ def complete_manifest(out: OutputDir, args: dict[str, Any],
         return None
     if work_files(out) or diff_args(previous.get("args", {}), args, ignore):
         return None
-    if not all(shard_intact(out, shard) for split in previous.get("splits", {}).values()
-               for shard in split["shards"]):
+    try:
+        shards = [dataclasses.asdict(shard) for split in manifest.info_from_dict(previous, out)
+                  .splits.values() for shard in split.shards]
+    except (manifest.ManifestError, KeyError, TypeError, ValueError):
+        return None  # a manifest of another shape is not a complete build of these arguments
+    if not all(shard_intact(out, shard) for shard in shards):
         return None
     return previous
 

@@ -65,7 +65,8 @@ class ConversionError(RuntimeError):
 
 def _augment_spec(config: ConversionConfig) -> dict[str, tuple[str, ...]]:
     return {name: tuple(op.name for op in ops)
-            for name, ops in offline_augment.parse_augment_spec(config.augment).items()}
+            for name, ops in offline_augment.parse_augment_spec(
+                config.augment, config.class_names()).items()}
 
 
 def _plan_tasks(files: Sequence[sources.SourceFile], config: ConversionConfig
@@ -103,7 +104,8 @@ def _final_splits(usable: Sequence[sources.SourceFile], links: dict | None,
     return shard_plan.assign_splits(
         usable, val_fraction=config.val_fraction, seed=config.seed,
         test_fraction=config.test_fraction, holdout_source=config.holdout_source,
-        group_of=None if links is None else collect.patient_groups(usable, links))
+        group_of=None if links is None else collect.patient_groups(usable, links),
+        classes=config.class_names())
 
 
 def _check_patient_overlap(files: Sequence[sources.SourceFile], config: ConversionConfig) -> int:
@@ -118,6 +120,66 @@ def _check_patient_overlap(files: Sequence[sources.SourceFile], config: Conversi
                 "--patient_overlap=warn to go on.")
         logging.warning("%s; going on (--patient_overlap=warn).", message)
     return len(overlaps)
+
+
+def _unmapped_labels(inputs: collect.Inputs) -> collections.Counter:
+    """Labels, findings or folders the scan skipped for want of a class, with their counts."""
+    found: collections.Counter = collections.Counter()
+    for facts in inputs.collections.values():
+        found.update((facts.get("labels_csv") or {}).get("skipped_labels", {}))
+        found.update((facts.get("preset") or {}).get("skipped_findings", {}))
+    return found
+
+
+def _check_class_coverage(inputs: collect.Inputs, config: ConversionConfig) -> None:
+    """Every class of --classes needs an image; a labels CSV mostly skipped is worth a warning.
+
+    Issue 16: a CSV whose labels did not map built a one-class set without a word. A class asked
+    for explicitly (--classes) and absent fails, naming what was found instead; with the default
+    classes (a test-only external set may lack one) it is a warning.
+    """
+    unmapped = _unmapped_labels(inputs)
+    top = ", ".join(f"{label!r} {n}" for label, n in unmapped.most_common(5))
+    for name, facts in sorted(inputs.collections.items()):
+        csv_facts = facts.get("labels_csv") or {}
+        rows, skipped = csv_facts.get("rows", 0), sum(csv_facts.get("skipped_labels", {}).values())
+        if rows and skipped > rows / 2:
+            labels_here = collections.Counter(csv_facts["skipped_labels"]).most_common(5)
+            logging.warning(
+                "%d of %d rows of %s were skipped: their labels map to no class of %s (most "
+                "frequent: %s). Map them with --label_map='<label>=<CLASS>,...'.", skipped, rows,
+                csv_facts.get("file", name or "the labels CSV"), config.classes,
+                ", ".join(f"{label!r} {n}" for label, n in labels_here))
+    counts = collections.Counter(f.class_name for f in inputs.files)
+    missing = [c for c in config.class_names() if not counts[c]]
+    if not missing or not inputs.files:
+        return  # nothing usable at all is refused later, with the rejects' reasons
+    found = ", ".join(f"{c} {counts[c]}" for c in config.class_names() if counts[c])
+    message = (f"No image of class {', '.join(missing)} in data_dir={str(config.data_dir)!r} "
+               f"(--classes={config.classes}): found {found}"
+               + (f"; skipped unmapped labels {top}" if top else ""))
+    if config.classes != ",".join(labels.DEFAULT_CLASSES):
+        raise ConversionError(
+            f"{message}. Map the source's names onto it with --label_map=<name>={missing[0]}, "
+            "or leave it out of --classes.")
+    logging.warning("%s. A model trained on these records never sees it; pass --classes=%s if "
+                    "the collection has no such class.", message,
+                    ",".join(c for c in config.class_names() if c not in missing))
+
+
+def _check_train_classes(per_split: dict[str, list], files: dict[str, sources.SourceFile],
+                         config: ConversionConfig) -> None:
+    """Warns when a class has no training example (all of it went to val / test)."""
+    train = per_split.get("train")
+    if not train:
+        return  # a test-only collection: nothing is trained on these records
+    counts = collections.Counter(files[e.relpath].class_name for e in train)
+    absent = [c for c in config.class_names() if not counts[c]]
+    if absent:
+        logging.warning("No training example of class %s (train holds %s): a model trained on "
+                        "these records cannot learn it. Give it more images, or leave it out of "
+                        "--classes.", ", ".join(absent),
+                        ", ".join(f"{c} {counts[c]}" for c in config.class_names()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,8 +294,8 @@ class _Shards:
 
 
 def _count(examples: Sequence[shard_plan.PlannedExample], files: dict[str, sources.SourceFile],
-           originals: bool | None) -> dict[str, int]:
-    counts = {name: 0 for name in labels.CLASS_NAMES}
+           originals: bool | None, classes: Sequence[str]) -> dict[str, int]:
+    counts = {name: 0 for name in classes}
     for e in examples:
         if originals is None or (e.augmentation == "none") == originals:
             counts[files[e.relpath].class_name] += 1
@@ -258,19 +320,21 @@ def _split_examples(kept: Sequence[sources.SourceFile], index: dict[str, SpillEn
 
 
 def _split_info(examples: Sequence[shard_plan.PlannedExample],
-                files: dict[str, sources.SourceFile], shards: list[dict]) -> dict[str, Any]:
+                files: dict[str, sources.SourceFile], shards: list[dict],
+                classes: Sequence[str]) -> dict[str, Any]:
     """A split's manifest entry; per_source only for named collections, patients only with ids."""
     info: dict[str, Any] = {
         "num_examples": len(examples),
-        "per_class": _count(examples, files, None),
-        "originals_per_class": _count(examples, files, True),
-        "variants_per_class": _count(examples, files, False),
+        "per_class": _count(examples, files, None, classes),
+        "originals_per_class": _count(examples, files, True, classes),
+        "variants_per_class": _count(examples, files, False, classes),
         "shards": shards,
     }
     names = sorted({files[e.relpath].source for e in examples})
     if names != [""]:
         info["per_source"] = {name: _count([e for e in examples
-                                            if files[e.relpath].source == name], files, None)
+                                            if files[e.relpath].source == name], files, None,
+                                           classes)
                               for name in names}
     hashes = {files[e.relpath].patient for e in examples}
     if any(hashes):
@@ -280,11 +344,13 @@ def _split_info(examples: Sequence[shard_plan.PlannedExample],
 
 def _write_all(out: Path, plans: dict[str, list], per_split: dict[str, list],
                files: dict[str, sources.SourceFile],
-               write: Callable[[dict[str, list]], dict[str, list[dict]]]) -> dict[str, Any]:
+               write: Callable[[dict[str, list]], dict[str, list[dict]]],
+               classes: Sequence[str]) -> dict[str, Any]:
     conversion_state.remove_stale_shards(out, {shard_writer.shard_name(s, i, len(p))
                                                for s, p in plans.items() for i in range(len(p))})
     written = write(plans)
-    return {split: _split_info(per_split[split], files, written[split]) for split in plans}
+    return {split: _split_info(per_split[split], files, written[split], classes)
+            for split in plans}
 
 
 class _LocalRunner:
@@ -379,6 +445,7 @@ def build_records(config: ConversionConfig, progress: bool = True) -> dict[str, 
                           label_map=config.label_map,
                           key=patients.derive_key(config.seed, config.patient_key),
                           rules=config.preset_rules())
+    _check_class_coverage(inputs, config)
     overlapping = _check_patient_overlap(inputs.files, config)
     try:
         # Held from before the output dir is touched until .build/ is gone.
@@ -431,8 +498,10 @@ def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, p
         duplicates, drops = _dedupe(usable, index, split_of, links, config)
         per_split = _split_examples([f for f in usable if f.relpath not in drops], index,
                                     split_of, config)
+        _check_train_classes(per_split, files, config)
         splits_info = _write_all(out, _plan(per_split, config), per_split, files,
-                                 lambda plans: runner.write(plans, index, files))
+                                 lambda plans: runner.write(plans, index, files),
+                                 config.class_names())
     finally:
         runner.close()
 
@@ -440,7 +509,7 @@ def _build(config: ConversionConfig, inputs: collect.Inputs, overlapping: int, p
         "format_version": features.FORMAT_VERSION,
         "created_by": f"xray_tfdata {__version__}",
         "args": args,
-        "label_map": dict(labels.LABEL_MAP),
+        "label_map": labels.label_map(config.class_names()),
         "image": {"size": config.image_size, "channels": config.channels,
                   "format": config.image_format, "resize_mode": config.resize_mode,
                   # Only when set: a default build's manifest stays byte-identical.

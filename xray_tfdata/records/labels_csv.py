@@ -2,7 +2,7 @@
 
 Columns (renamed with --csv_columns='path=Image Index,label=Finding Labels,patient_id=Patient ID'):
   path        the image, relative to the collection's data_dir (required)
-  label       the source's label, mapped onto NORMAL / COVID19 / PNEUMONIA by --label_map
+  label       the source's label, mapped onto the build's --classes by --label_map
               (required; the class names themselves always map to themselves, case-insensitive)
   split       train / val / test (also training, valid, validation); empty = carved (optional)
   patient_id  replaced at once by a keyed hash (patients.py), never kept raw (optional)
@@ -26,7 +26,7 @@ import functools
 import io
 import json
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Sequence
 
 from xray_tfdata import labels, paths
 from xray_tfdata.records import patients
@@ -78,19 +78,21 @@ def parse_columns(text: str) -> dict[str, str]:
     return columns
 
 
-def parse_label_map(text: str) -> dict[str, str]:
+def parse_label_map(text: str, classes: Sequence[str] = labels.DEFAULT_CLASSES
+                    ) -> dict[str, str]:
     """'No Finding=NORMAL,COVID-19=COVID19' -> source label (case-folded) -> class name.
 
-    The class names always map to themselves. Raises ValueError for an entry without "=" or a
-    target that is not one of the three classes.
+    The same map renames class folders (`COVID=COVID19,Viral Pneumonia=PNEUMONIA`). The class
+    names of `classes` always map to themselves. Raises ValueError for an entry without "=" or a
+    target that is not one of `classes`.
     """
-    mapping = {name.casefold(): name for name in labels.CLASS_NAMES}
+    mapping = {name.casefold(): name for name in classes}
     for entry in (e for e in str(text).split(",") if e.strip()):
         source, sep, target = entry.partition("=")
-        canonical = {c.casefold(): c for c in labels.CLASS_NAMES}.get(target.strip().casefold())
+        canonical = {c.casefold(): c for c in classes}.get(target.strip().casefold())
         if not sep or not source.strip() or canonical is None:
             raise ValueError(f"each entry must be 'source label=CLASS' with CLASS in "
-                             f"{list(labels.CLASS_NAMES)} (got {entry.strip()!r})")
+                             f"{list(classes)} (got {entry.strip()!r}; --classes sets them)")
         mapping[source.strip().casefold()] = canonical
     return mapping
 
@@ -140,7 +142,7 @@ def _file_check(root: Path | paths.RemotePath) -> Callable[[Path | paths.RemoteP
 
 
 def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
-                    key: bytes) -> ScanResult:
+                    key: bytes, classes: Sequence[str] = labels.DEFAULT_CLASSES) -> ScanResult:
     """Lists a CSV collection's images (sorted by relpath), its rejects, and its label counts.
 
     Raises:
@@ -157,7 +159,7 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
     is_file = _file_check(root)
     columns = parse_columns(columns_text)
     explicit = {e.partition("=")[0].strip() for e in columns_text.split(",") if e.strip()}
-    label_map = parse_label_map(label_map_text)
+    label_map = parse_label_map(label_map_text, classes)
     files: list[SourceFile] = []
     rejects = RowRejects()
     skipped: collections.Counter[str] = collections.Counter()
@@ -208,7 +210,7 @@ def read_labels_csv(spec: SourceSpec, columns_text: str, label_map_text: str,
                 continue
             extra = {c: row[c] for c in others if row.get(c)}
             files.append(SourceFile(
-                SPLIT_ALIASES[split_text], labels.LABEL_MAP[class_name], class_name, str(path),
+                SPLIT_ALIASES[split_text], list(classes).index(class_name), class_name, str(path),
                 k, spec.name, patients.patient_hash(key, spec.name, cell("patient_id")),
                 json.dumps(extra, sort_keys=True) if extra else ""))
     files.sort(key=lambda f: f.relpath)

@@ -1,4 +1,7 @@
-"""`dataset_info.json`: the manifest the converter writes and every reader checks.
+"""`dataset_info.json`: the manifest the converter writes, and `DatasetInfo`, its typed view.
+
+Every command reads the manifest once with `read_info` and passes the frozen DatasetInfo down;
+no other module indexes the raw JSON. The class set is the `label_map` (names, ids in order).
 
 Schema (format_version = features.FORMAT_VERSION):
 {
@@ -41,10 +44,11 @@ No timestamps or host names: reruns of the same command produce byte-identical f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from xray_tfdata import files, labels, paths
 from xray_tfdata.records import features
@@ -66,6 +70,7 @@ def write_manifest(records_dir: str | os.PathLike, manifest: dict[str, Any]) -> 
 
 
 def read_manifest(records_dir: str | os.PathLike) -> dict[str, Any]:
+    """The raw JSON (the converter's own resume check and tests); consumers use `read_info`."""
     path = manifest_path(records_dir)
     if not path.is_file():
         raise ManifestError(
@@ -78,63 +83,196 @@ def read_manifest(records_dir: str | os.PathLike) -> dict[str, Any]:
         raise ManifestError(f"{path} is not valid JSON ({err}); rebuild with --overwrite.") from err
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    """What every record's image is: size x size x channels, its encoding and preprocessing."""
+
+    size: int
+    channels: int
+    format: str
+    resize_mode: str = "stretch"
+    intensity: str = "none"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest's `image` entry (intensity only when set, as the converter writes it)."""
+        out = {"size": self.size, "channels": self.channels, "format": self.format,
+               "resize_mode": self.resize_mode}
+        return {**out, "intensity": self.intensity} if self.intensity != "none" else out
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    file: str
+    num_examples: int
+    bytes: int = 0
+    sha256: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitInfo:
+    """One split: its shards and counts per class (and per collection when they are named)."""
+
+    num_examples: int
+    per_class: Mapping[str, int]
+    shards: tuple[Shard, ...]
+    per_source: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    variants_per_class: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """The manifest, read once into a type: every command reads it here and passes it down.
+
+    `classes` is the label_map's names in id order (the class set of the records).
+    """
+
+    records_dir: str
+    format_version: int | None
+    classes: tuple[str, ...]
+    image: ImageSpec
+    compression: str
+    splits: Mapping[str, SplitInfo]
+    sources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    num_rejected: int = 0
+
+    @property
+    def num_written(self) -> int:
+        """Examples in every split (originals and variants)."""
+        return sum(split.num_examples for split in self.splits.values())
+
+    @property
+    def label_map(self) -> dict[str, int]:
+        return labels.label_map(self.classes)
+
+    def require_split(self, split: str) -> SplitInfo:
+        if split not in self.splits:
+            raise ManifestError(
+                f"Split {split!r} is not in the records at {self.records_dir!r}; "
+                f"it has {sorted(self.splits)}.")
+        return self.splits[split]
+
+    def split_files(self, split: str) -> list[str]:
+        """Absolute shard paths of a split, in manifest order; errors name the known splits."""
+        return [str(paths.join(self.records_dir, shard.file))
+                for shard in self.require_split(split).shards]
+
+    def num_examples(self, split: str) -> int:
+        return self.splits[split].num_examples if split in self.splits else 0
+
+    def class_counts(self, split: str) -> list[int]:
+        """Examples per class id (label order), e.g. for balanced class weights."""
+        per_class = self.require_split(split).per_class
+        return [int(per_class.get(name, 0)) for name in self.classes]
+
+    def identity(self, splits: Sequence[str]) -> dict[str, Any]:
+        """What a run reads from these records: image spec, label map and the splits' shards."""
+        return {"image": self.image.as_dict(), "label_map": self.label_map,
+                "shards": {split: [[s.file, s.num_examples, s.sha256]
+                                   for s in (self.splits[split].shards
+                                             if split in self.splits else ())]
+                           for split in sorted(set(splits))}}
+
+
+def _classes(manifest: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """The label_map's names in id order; ids must be 0..K-1 (the records' labels)."""
+    mapping = manifest.get("label_map")
+    if not isinstance(mapping, dict) or sorted(mapping.values()) != list(range(len(mapping))):
+        raise ManifestError(f"The manifest{where} has label_map={mapping!r}, not names with ids "
+                            "0..K-1. Rebuild the records with python -m xray_tfdata.build_records "
+                            "--overwrite.")
+    try:
+        return labels.parse_classes(sorted(mapping, key=mapping.get))
+    except ValueError as err:
+        raise ManifestError(f"The manifest{where} has an invalid class set: {err}.") from None
+
+
+def info_from_dict(manifest: Mapping[str, Any], records_dir: str | os.PathLike = ""
+                   ) -> DatasetInfo:
+    """The typed view of a manifest dict (e.g. the one `build_records` returns)."""
+    where = f" in {str(records_dir)!r}" if records_dir else ""
+    image = manifest.get("image") or {}
+    splits = {
+        name: SplitInfo(
+            num_examples=int(split.get("num_examples", sum(split.get("per_class", {}).values()))),
+            per_class={k: int(v) for k, v in split.get("per_class", {}).items()},
+            shards=tuple(Shard(s["file"], int(s["num_examples"]), int(s.get("bytes", 0)),
+                               s.get("sha256", "")) for s in split.get("shards", [])),
+            per_source={n: {k: int(v) for k, v in c.items()}
+                        for n, c in split.get("per_source", {}).items()},
+            variants_per_class={k: int(v)
+                                for k, v in split.get("variants_per_class", {}).items()})
+        for name, split in manifest.get("splits", {}).items()}
+    return DatasetInfo(
+        records_dir=str(records_dir), format_version=manifest.get("format_version"),
+        classes=_classes(manifest, where),
+        image=ImageSpec(int(image.get("size", 0)), int(image.get("channels", 1)),
+                        image.get("format", "jpeg"), image.get("resize_mode", "stretch"),
+                        image.get("intensity", "none")),
+        compression=manifest.get("compression", ""), splits=splits,
+        sources=dict(manifest.get("sources", {})), num_rejected=len(manifest.get("rejected", [])))
+
+
+def read_info(records_dir: str | os.PathLike) -> DatasetInfo:
+    """Reads `<records_dir>/dataset_info.json` once into a DatasetInfo (ManifestError if absent)."""
+    return info_from_dict(read_manifest(records_dir), records_dir)
+
+
+def as_info(manifest: DatasetInfo | Mapping[str, Any], records_dir: str | os.PathLike = ""
+            ) -> DatasetInfo:
+    """A DatasetInfo as it is, or the typed view of a manifest dict (`info_from_dict`)."""
+    return manifest if isinstance(manifest, DatasetInfo) else info_from_dict(manifest,
+                                                                             records_dir)
+
+
 def check_compatible(
-    manifest: dict[str, Any],
+    manifest: DatasetInfo | Mapping[str, Any],
     *,
     image_size: int | None = None,
     channels: int | None = None,
     records_dir: str | os.PathLike = "",
 ) -> None:
-    """Refuses records whose format version, image size, channels or label map differ.
+    """Refuses records whose format version, image size or channels differ.
 
     The message names what the records hold and what the caller asked for.
     """
-    where = f" in {str(records_dir)!r}" if records_dir else ""
-    version = manifest.get("format_version")
-    if version != features.FORMAT_VERSION:
+    info = as_info(manifest, records_dir)
+    where = f" in {str(records_dir or info.records_dir)!r}" if records_dir or info.records_dir \
+        else ""
+    if info.format_version != features.FORMAT_VERSION:
         raise ManifestError(
-            f"Records{where} have format_version={version}, this code reads "
+            f"Records{where} have format_version={info.format_version}, this code reads "
             f"format_version={features.FORMAT_VERSION}. Rebuild them with "
             f"python -m xray_tfdata.build_records --overwrite."
         )
-    if manifest.get("label_map") != labels.LABEL_MAP:
+    image = info.image
+    if image_size is not None and image.size != image_size:
         raise ManifestError(
-            f"Records{where} use label_map={manifest.get('label_map')}, expected "
-            f"{labels.LABEL_MAP} (0 = NORMAL, 1 = COVID19, 2 = PNEUMONIA). Rebuild them."
-        )
-    image = manifest.get("image", {})
-    if image_size is not None and image.get("size") != image_size:
-        raise ManifestError(
-            f"Records{where} hold {image.get('size')}x{image.get('size')} images, but "
-            f"image_size={image_size} was requested. Pass --image_size={image.get('size')} "
+            f"Records{where} hold {image.size}x{image.size} images, but "
+            f"image_size={image_size} was requested. Pass --image_size={image.size} "
             f"or rebuild the records with --image_size={image_size}."
         )
-    if channels is not None and image.get("channels") != channels:
+    if channels is not None and image.channels != channels:
         raise ManifestError(
-            f"Records{where} hold {image.get('channels')}-channel images, but "
-            f"channels={channels} was requested. Pass channels={image.get('channels')} "
+            f"Records{where} hold {image.channels}-channel images, but "
+            f"channels={channels} was requested. Pass channels={image.channels} "
             f"or rebuild the records with --channels={channels}."
         )
 
 
-def split_files(records_dir: str | os.PathLike, manifest: dict[str, Any], split: str) -> list[str]:
+def split_files(records_dir: str | os.PathLike, manifest: DatasetInfo | Mapping[str, Any],
+                split: str) -> list[str]:
     """Absolute shard paths of a split, in manifest order; errors name the known splits."""
-    splits = manifest.get("splits", {})
-    if split not in splits:
-        raise ManifestError(
-            f"Split {split!r} is not in the records at {str(records_dir)!r}; "
-            f"it has {sorted(splits)}."
-        )
-    return [str(paths.join(records_dir, shard["file"])) for shard in splits[split]["shards"]]
+    info = as_info(manifest, records_dir)
+    return dataclasses.replace(info, records_dir=str(records_dir)).split_files(split)
 
 
-def require_splits(manifest: dict[str, Any], splits: Sequence[str],
+def require_splits(manifest: DatasetInfo | Mapping[str, Any], splits: Sequence[str],
                    records_dir: str | os.PathLike = "", purpose: str = "this command") -> None:
     """Refuses records that lack one of `splits` (e.g. `train` on a test-only external set).
 
     The message names the splits the records have and how to get the missing ones.
     """
-    have = sorted(manifest.get("splits", {}))
+    have = sorted(as_info(manifest, records_dir).splits)
     missing = [s for s in splits if s not in have]
     if missing:
         where = f" in {str(records_dir)!r}" if records_dir else ""
@@ -143,20 +281,3 @@ def require_splits(manifest: dict[str, Any], splits: Sequence[str],
             f"(missing {missing}). A test-only collection gives test records only: evaluate a "
             "trained model on it, or build records from a collection with training images "
             "(class folders or a train/ folder: val and test are carved from it).")
-
-
-def num_examples(manifest: dict[str, Any], split: str) -> int:
-    return int(manifest["splits"][split]["num_examples"])
-
-
-def class_names(manifest: dict[str, Any]) -> tuple[str, ...]:
-    """The records' class names in label order, from their label_map (the classes a model
-    trained on them predicts)."""
-    label_map = manifest.get("label_map") or labels.LABEL_MAP
-    return tuple(name for name, _ in sorted(label_map.items(), key=lambda item: item[1]))
-
-
-def class_counts(manifest: dict[str, Any], split: str) -> list[int]:
-    """Examples per class id (label order), e.g. for balanced class weights."""
-    per_class = manifest["splits"][split]["per_class"]
-    return [int(per_class.get(name, 0)) for name in labels.CLASS_NAMES]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -27,7 +28,7 @@ from xray_tfdata import labels
 GRAMMAR = (
     "ops: gamma<G> (G in (0, 10], e.g. gamma0.4), mean<K>, unsharp<K> (K odd in [3, 15], "
     "e.g. mean3), canny<A> (A in {3, 5, 7}, e.g. canny3); spec: 'CLASS:op,op;CLASS:op' with "
-    f"CLASS in {', '.join(labels.CLASS_NAMES)} (case-insensitive), e.g. "
+    "CLASS one of the build's --classes (case-insensitive), e.g. "
     "'COVID19:gamma0.4,gamma0.55,mean3,unsharp3,canny3'"
 )
 _OP_RE = re.compile(r"^(gamma|mean|unsharp|canny)(\d+(?:\.\d+)?|\.\d+)$")
@@ -163,8 +164,11 @@ def parse_op(name: str) -> AugmentOp:
     return AugmentOp(name.strip().lower())
 
 
-def parse_augment_spec(spec: str) -> dict[str, tuple[AugmentOp, ...]]:
+def parse_augment_spec(spec: str, classes: Sequence[str] = labels.DEFAULT_CLASSES
+                       ) -> dict[str, tuple[AugmentOp, ...]]:
     """Parses "CLASS:op,op;CLASS:op" into {canonical class name: ops}; "" gives {}.
+
+    CLASS must be one of `classes` (the build's class set).
 
     Raises:
       ValueError: naming the bad part of the spec and the grammar.
@@ -179,7 +183,7 @@ def parse_augment_spec(spec: str) -> dict[str, tuple[AugmentOp, ...]]:
             raise ValueError(f"Augment spec part {part.strip()!r} has no 'CLASS:'; {GRAMMAR}.")
         class_part, ops_part = part.split(":", 1)
         try:
-            class_name = labels.CLASS_NAMES[labels.label_of(class_part.strip())]
+            class_name = classes[labels.label_of(class_part.strip(), classes)]
         except ValueError as err:
             raise ValueError(f"Augment spec part {part.strip()!r}: {err} {GRAMMAR}.") from err
         if class_name in result:

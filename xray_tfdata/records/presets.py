@@ -202,13 +202,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                  "positive": "COVID19"},
         patient="patient id", metadata=("data source",)),
     # COVID-19 Radiography Database (Kaggle, tawsifurrahman): COVID/, Normal/, Viral Pneumonia/,
-    # Lung_Opacity/ (non-COVID lung infection: no class here), each with images/ and masks/.
+    # Lung_Opacity/ (non-COVID lung infection: a class only when --classes names LUNG_OPACITY),
+    # each with images/ and masks/.
     Preset(
         name="covid_radiography",
         downloaded="COVID/, Normal/, Viral Pneumonia/, Lung_Opacity/ with images/ and masks/",
         findings=FolderFindings(),
         mapping={"COVID": "COVID19", "COVID-19": "COVID19", "Normal": "NORMAL",
-                 "Viral Pneumonia": "PNEUMONIA"}),
+                 "Viral Pneumonia": "PNEUMONIA", "Lung_Opacity": "LUNG_OPACITY"}),
 )}
 
 BUILTIN_LAYOUTS: tuple[str, ...] = ("folders", "csv")

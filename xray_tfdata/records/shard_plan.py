@@ -69,17 +69,18 @@ DEFAULT_TEST_FRACTION = 0.2  # carved from a collection that has no test split o
 _FIXED_RANK = {"test": 0, "val": 1}
 
 
-def _majority(members: Sequence[_Placed]) -> str:
+def _majority(members: Sequence[_Placed], classes: Sequence[str]) -> str:
     """The most frequent class of a unit; a tie goes to the class listed first (NORMAL...)."""
-    counts = {name: 0 for name in labels.CLASS_NAMES}
+    counts = {name: 0 for name in classes}
     for f in members:
         counts[f.class_name] += 1
-    return max(labels.CLASS_NAMES, key=lambda name: (counts[name], -labels.LABEL_MAP[name]))
+    return max(classes, key=lambda name: (counts[name], -classes.index(name)))
 
 
 def assign_splits(files: Sequence[_Placed], *, val_fraction: float, seed: int,
                   test_fraction: float | None = None, holdout_source: str = "",
-                  group_of: Mapping[str, str] | None = None) -> dict[str, str]:
+                  group_of: Mapping[str, str] | None = None,
+                  classes: Sequence[str] = labels.DEFAULT_CLASSES) -> dict[str, str]:
     """relpath -> final split ("train", "val" or "test") of every usable file.
 
     1. With `holdout_source`, all its images are test and no other image is: the other
@@ -93,6 +94,7 @@ def assign_splits(files: Sequence[_Placed], *, val_fraction: float, seed: int,
        val images (val_fraction); the rest is train. Carving picks whole units (groups; each
        image alone without `group_of`), stratified by each unit's majority class.
     Without groups on a train/test folder this is exactly the former val carve (same bytes).
+    `classes`: the build's class set (ties of a unit's majority go to the first listed).
     """
     group_of = group_of or {}
     unit = lambda f: group_of.get(f.relpath, f.relpath)  # noqa: E731
@@ -130,7 +132,7 @@ def assign_splits(files: Sequence[_Placed], *, val_fraction: float, seed: int,
                     DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction)
             else:
                 fraction = val_fraction
-            units = {u: _majority(m) for u, m in members.items()
+            units = {u: _majority(m, list(classes)) for u, m in members.items()
                      if source_of[u] == source and u not in taken}
             for u in carve(units, fraction, seed, salt):
                 taken.add(u)

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from xray_tfdata import labels, paths
 from xray_tfdata.records import image_format, presets
@@ -140,9 +140,12 @@ def subdirs(folder: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
 
-def _match(found: dict[str, Path], expected: tuple[str, ...], where: str) -> dict[str, Path]:
-    """Maps expected names to folders (case-insensitive); unknown or ambiguous folders raise."""
+def _match(found: dict[str, Path], expected: Sequence[str], where: str,
+           aliases: Mapping[str, str] | None = None, hint: str = "") -> dict[str, Path]:
+    """Maps expected names to folders (case-insensitive; `aliases`: case-folded folder name ->
+    expected name, e.g. --label_map's `covid -> COVID19`); unknown or ambiguous folders raise."""
     lower = {name.lower(): name for name in expected}
+    lower.update({k.lower(): v for k, v in (aliases or {}).items()})
     matched: dict[str, Path] = {}
     unknown = []
     for name, path in found.items():
@@ -152,14 +155,16 @@ def _match(found: dict[str, Path], expected: tuple[str, ...], where: str) -> dic
         elif canonical in matched:
             raise ValueError(
                 f"{where} has two folders for {canonical!r}: {matched[canonical].name!r} and "
-                f"{name!r} (names are case-insensitive). Merge them into one folder."
+                f"{name!r} (names are case-insensitive; --label_map renames folders). Merge them "
+                "into one folder."
             )
         else:
             matched[canonical] = path
     if unknown:
         raise ValueError(
             f"Unexpected folder(s) {sorted(unknown)} in {where}. Found {sorted(found)}; expected "
-            f"only {list(expected)} (case-insensitive). Move the other folders out of the data dir."
+            f"only {list(expected)} (case-insensitive). {hint or ''}Move the other folders out "
+            "of the data dir."
         )
     return matched
 
@@ -189,9 +194,11 @@ def _root_or_raise(data_dir: str | os.PathLike) -> Path:
     return root
 
 
-def folder_layout(data_dir: str | os.PathLike) -> str:
+def folder_layout(data_dir: str | os.PathLike,
+                  class_folders: Sequence[str] = labels.DEFAULT_CLASSES) -> str:
     """"splits" when data_dir holds split folders (any of train/val/test), "classes" when it holds
-    class folders (NORMAL/COVID19/PNEUMONIA) directly.
+    class folders (`class_folders`: the class names and the folder names --label_map maps)
+    directly.
 
     Raises:
       ValueError: not a directory, no folders, or folders of neither kind (found vs expected).
@@ -201,18 +208,24 @@ def folder_layout(data_dir: str | os.PathLike) -> str:
     names = {n.lower() for n in found}
     if names & set(SOURCE_SPLITS):
         return "splits"
-    if names & {c.lower() for c in labels.CLASS_NAMES}:
+    if names & {c.lower() for c in class_folders}:
         return "classes"
     raise ValueError(
         f"data_dir {str(root)!r} holds neither split folders {list(SOURCE_SPLITS)} nor class "
-        f"folders {list(labels.CLASS_NAMES)} (case-insensitive); found {sorted(found)}. Use "
+        f"folders {list(class_folders)} (case-insensitive); found {sorted(found)}. Name the "
+        "classes with --classes, map other folder names with --label_map=Folder=CLASS, or use "
         "<data_dir>/{train,val,test}/<CLASS>/* (any subset of splits), <data_dir>/<CLASS>/** "
         "(splits are carved), or list the images in a --labels_csv."
     )
 
 
-def scan_sources(data_dir: str | os.PathLike, source: str = "") -> ScanResult:
+def scan_sources(data_dir: str | os.PathLike, source: str = "",
+                 classes: Sequence[str] = labels.DEFAULT_CLASSES,
+                 folder_map: Mapping[str, str] | None = None) -> ScanResult:
     """Lists every image of a folder collection, sorted by relpath.
+
+    Class folders are the names of `classes` or, through `folder_map` (--label_map: case-folded
+    folder name -> class), other names (the COVID-19 Radiography Database's `Viral Pneumonia`).
 
     Two layouts (folder names case-insensitive): `{train,val,test}/<CLASS>/*`, any subset of the
     splits (a test-only external set gives test records only), and `<CLASS>/**` (recursive, no
@@ -223,7 +236,11 @@ def scan_sources(data_dir: str | os.PathLike, source: str = "") -> ScanResult:
         found and what was expected).
     """
     root = _root_or_raise(data_dir)
-    layout = folder_layout(root)
+    aliases = dict(folder_map or {})
+    layout = folder_layout(root, [*classes, *aliases])
+    hint = (f"Map a folder onto a class with --label_map=<folder>=<CLASS>, or add its class to "
+            f"--classes (now {','.join(classes)}). ")
+    label_of = {name: i for i, name in enumerate(classes)}
     files: list[SourceFile] = []
     rejected: list[tuple[str, str]] = []
 
@@ -232,12 +249,12 @@ def scan_sources(data_dir: str | os.PathLike, source: str = "") -> ScanResult:
         if reason := unsupported_reason(entry):
             rejected.append((relpath, reason))
         else:
-            files.append(SourceFile(split, labels.LABEL_MAP[class_name], class_name, str(entry),
+            files.append(SourceFile(split, label_of[class_name], class_name, str(entry),
                                     relpath, source))
 
     if layout == "classes":
-        for class_name, class_dir in _match(subdirs(root), labels.CLASS_NAMES,
-                                            f"data_dir {str(root)!r}").items():
+        for class_name, class_dir in _match(subdirs(root), classes, f"data_dir {str(root)!r}",
+                                            aliases, hint).items():
             for entry in sorted(class_dir.rglob("*")):
                 hidden = any(part.startswith(".") for part in entry.relative_to(class_dir).parts)
                 if not hidden and not entry.is_dir():  # .DS_Store, editor swap files: never data
@@ -246,8 +263,8 @@ def scan_sources(data_dir: str | os.PathLike, source: str = "") -> ScanResult:
         split_dirs = _match(subdirs(root), SOURCE_SPLITS, f"data_dir {str(root)!r}")
         for split, split_dir in split_dirs.items():
             where = f"{str(split_dir)!r}"
-            for class_name, class_dir in _match(subdirs(split_dir), labels.CLASS_NAMES,
-                                                where).items():
+            for class_name, class_dir in _match(subdirs(split_dir), classes, where, aliases,
+                                                hint).items():
                 for entry in sorted(class_dir.iterdir()):
                     if entry.name.startswith("."):
                         continue  # .DS_Store, editor swap files: never data

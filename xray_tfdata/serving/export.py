@@ -2,7 +2,8 @@
 
 `export_serving` writes a TensorFlow SavedModel with one signature, "serving_default":
   input  "image_bytes":   tf.string [None], raw PNG/JPEG/BMP file contents, any size or mode
-  output "probabilities": tf.float32 [None, 3] (0 = NORMAL, 1 = COVID19, 2 = PNEUMONIA)
+  output "probabilities": tf.float32 [None, K], in the order of the metadata's class_names (the
+                          records' classes; the default build's are NORMAL, COVID19, PNEUMONIA)
 The decoding mirrors the converter (xray_tfdata.records.image_io): 8-bit grey (RGB weighted like
 cv2.COLOR_BGR2GRAY, alpha dropped, 16-bit PNG rescaled by its actual min..max), EXIF orientation
 applied as cv2.imread applies it (JPEG APP1 / PNG eXIf, parsed here in TensorFlow ops with the
@@ -20,13 +21,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
 
 from xray_tfdata import files, paths
-from xray_tfdata.labels import CLASS_NAMES
+from xray_tfdata.labels import DEFAULT_CLASSES
 from xray_tfdata.records import image_format
 from xray_tfdata.records.intensity import INTENSITY_MODES
 from xray_tfdata.records.resize import LUMA_BT601, RESIZE_MODES
@@ -285,7 +286,8 @@ class _Server(tf.Module):
 
 def export_serving(model: keras.Model, export_dir: str | os.PathLike, image_size: int,
                    channels: int, resize_mode: str = "stretch",
-                   extra_metadata: dict[str, Any] | None = None, intensity: str = "none") -> str:
+                   extra_metadata: dict[str, Any] | None = None, intensity: str = "none",
+                   class_names: Sequence[str] = DEFAULT_CLASSES) -> str:
     """Writes a SavedModel serving encoded image bytes; returns the export directory.
 
     The export is written to a temporary sibling and renamed into place, so a crash never leaves a
@@ -296,6 +298,10 @@ def export_serving(model: keras.Model, export_dir: str | os.PathLike, image_size
         that does not match [image_size, image_size, channels].
     """
     _check(image_size, channels, resize_mode, intensity)
+    width = int(model.outputs[0].shape[-1])
+    if width != len(class_names):
+        raise ValueError(f"The model has {width} outputs but class_names={list(class_names)} "
+                         f"names {len(class_names)}; pass the classes the model was trained on.")
     expected = (image_size, image_size, channels)
     got = tuple(model.inputs[0].shape[1:])
     if got != expected:
@@ -308,7 +314,7 @@ def export_serving(model: keras.Model, export_dir: str | os.PathLike, image_size
         server = _Server(model, image_size, channels, resize_mode, intensity)
         tf.saved_model.save(server, str(tmp_dir), signatures={SIGNATURE: server.serve})
         metadata = {
-            "class_names": list(CLASS_NAMES),
+            "class_names": list(class_names),
             "image_size": image_size,
             "channels": channels,
             "resize_mode": resize_mode,
@@ -324,7 +330,7 @@ def export_serving(model: keras.Model, export_dir: str | os.PathLike, image_size
 
 
 class ServingModel:
-    """A loaded export: `predict(list_of_bytes) -> np.ndarray [N, 3]` plus its metadata."""
+    """A loaded export: `predict(list_of_bytes) -> np.ndarray [N, K]` plus its metadata."""
 
     def __init__(self, export_dir: str | os.PathLike):
         self.export_dir = str(export_dir)
@@ -334,7 +340,7 @@ class ServingModel:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return tuple(self.metadata.get("class_names", CLASS_NAMES))
+        return tuple(self.metadata.get("class_names", DEFAULT_CLASSES))
 
     def predict(self, image_bytes: list[bytes]):
         """Encoded images -> float32 probabilities [N, num_classes] (numpy)."""
@@ -351,7 +357,7 @@ def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
             "export directory written by training, e.g. workspace/model/export."
         )
     if not path.is_file():
-        return {"class_names": list(CLASS_NAMES)}
+        return {"class_names": list(DEFAULT_CLASSES)}
     return json.loads(path.read_text())
 
 

@@ -38,6 +38,7 @@ import tensorflow as tf
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs import collection_select
 from xray_tfdata.layer_names import EMBEDDING_LAYER
+from xray_tfdata.records.manifest import DatasetInfo
 
 # Its metrics, as history.csv columns, epoch-line and TensorBoard names.
 METRICS: tuple[str, ...] = ("adversary_loss", "adversary_accuracy")
@@ -75,7 +76,7 @@ class CollectionPlan:
                                    if not a]}
 
 
-def plan(manifest: dict[str, Any], weight: float, include: tuple[str, ...] = (),
+def plan(manifest: DatasetInfo, weight: float, include: tuple[str, ...] = (),
          exclude: tuple[str, ...] = ()) -> CollectionPlan:
     """The plan for the train split's selected collections.
 
@@ -84,8 +85,7 @@ def plan(manifest: dict[str, Any], weight: float, include: tuple[str, ...] = (),
         adversary would have nothing to learn (records of one collection, or collections that
         share no class): refused rather than silently turned off.
     """
-    label_map = manifest["label_map"]
-    class_names = tuple(sorted(label_map, key=label_map.get))
+    class_names = manifest.classes
     names = collection_select.collection_ids(manifest, include, exclude)
     streams = collection_select.streams(manifest, "train", include, exclude)
     holds = np.array([[name in streams.get(c, ()) for name in names]

@@ -62,7 +62,7 @@ class TrainConfig:
     # Balanced by default: the Kaggle set is 1 : 2.75 : 7.4 and unweighted training collapses to
     # the majority class on small real sets (issue 9). Ignored with sampling="balanced".
     class_weights: str = setting(
-        "balanced", "'balanced' (default) weighs the loss by n / (3 * n_class) from the train "
+        "balanced", "'balanced' (default) weighs the loss by n / (K * n_class) from the train "
         "split's counts; 'none' weighs every example alike. Off with --sampling=balanced, which "
         "already equalises the classes.", allowed=labels.CLASS_WEIGHT_MODES)
     collection_adversary: float = setting(
@@ -77,6 +77,10 @@ class TrainConfig:
     calibrate: bool = setting(True, "Fit a temperature on the val split at the end; best.keras "
                               "and the export then return calibrated probabilities "
                               "(calibration.json).")
+    positive_class: str = setting(
+        "", "The class whose operating point (the threshold reaching 95% sensitivity on val) "
+        "calibration.json records; default COVID19 when the records have it, else the first "
+        "class other than NORMAL.")
     precision: str = setting(
         "auto", "auto = mixed_bfloat16 on TPU and on GPUs with compute capability >= 8.0, "
         "mixed_float16 on 7.x, float32 on older GPUs and on CPU.", allowed=PRECISIONS)
@@ -102,6 +106,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         errors.positive_int("epochs", self.epochs)
+        # Whether it is one of the records' classes is checked against them (resolve_data).
+        if self.positive_class and not labels.is_class_name(self.positive_class):
+            raise ConfigError("positive_class", self.positive_class,
+                              "empty (the default) or an upper-case class name such as COVID19")
         errors.positive_int("steps_per_execution", self.steps_per_execution)
         errors.positive_int("max_checkpoints", self.max_checkpoints)
         for name in ("steps_per_epoch", "patience", "checkpoint_every", "profile_steps",

@@ -9,7 +9,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
-from xray_tfdata import console, files
+from xray_tfdata import console, files, labels, model_classes
 from xray_tfdata.evaluation import calibration, inference
 from xray_tfdata.training import adversary
 from xray_tfdata.training.config import TrainConfig
@@ -164,7 +164,8 @@ def validate(config: TrainConfig, epoch: int, epoch_start_step: int,
 
 
 def end_of_epoch(config: TrainConfig, epoch: int, model: keras.Model, restored: Restored,
-                 progress: Progress, model_dir: Path, chief: bool) -> bool:
+                 progress: Progress, model_dir: Path, chief: bool,
+                 classes: Sequence[str] = labels.DEFAULT_CLASSES) -> bool:
     """Best model on val macro-F1, history row, checkpoint; returns True to stop early."""
     state = restored.state
     val_macro_f1 = progress.last_row["val_macro_f1"]
@@ -175,7 +176,7 @@ def end_of_epoch(config: TrainConfig, epoch: int, model: keras.Model, restored: 
         progress.best_weights = model.get_weights()
         if chief:
             with files.atomic_path(model_dir / BEST_MODEL) as tmp:
-                model.save(tmp)
+                model_classes.save(model, tmp, classes)
             # This best.keras is uncalibrated until the finish: a stale record must not claim it.
             (model_dir / calibration.CALIBRATION_FILE).unlink(missing_ok=True)
     else:

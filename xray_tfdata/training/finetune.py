@@ -79,6 +79,7 @@ def calibrate(model: keras.Model, predict: Callable, val_ds: tf.data.Dataset,
             calibration.nll(calibrated, y_val),
         "val_ece": calibration.expected_calibration_error(probs, y_val),
         "val_ece_calibrated": calibration.expected_calibration_error(calibrated, y_val),
+        "classes": list(class_names),  # the model's, in label order (issue 20)
         "val_operating_point": calibration.operating_threshold(calibrated, y_val, positive,
                                                                class_names, 0.95),
     }

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from xray_tfdata import files, labels
+from xray_tfdata import files, labels, model_classes
 from xray_tfdata import paths as url_paths  # `paths` is summary()'s argument
 from xray_tfdata.evaluation import calibration
 from xray_tfdata.serving import export
@@ -40,7 +40,8 @@ def restore_best(model: keras.Model, progress: Progress, model_dir: Path) -> Non
 
 def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
               val_ds: tf.data.Dataset, progress: Progress, model_dir: Path,
-              chief: bool) -> dict[str, Any] | None:
+              chief: bool, classes: Sequence[str] = labels.DEFAULT_CLASSES
+              ) -> dict[str, Any] | None:
     """Temperature scaling on val folded into the best model (finetune.calibrate); best.keras is
     rewritten calibrated and calibration.json records T. A best.keras loaded from an earlier
     finish is kept as it is when calibration.json names it (calibration.model_record)."""
@@ -52,10 +53,8 @@ def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
         stored = calibration.model_record(best_path)
         if stored is not None:
             return stored
-    # Today's classes and COVID19 as the operating point's class, until the class set comes
-    # from the records and the positive class from --positive_class (issue 20).
-    record = finetune.calibrate(model, predict, val_ds, labels.CLASS_NAMES,
-                                labels.LABEL_MAP["COVID19"])
+    positive = list(classes).index(labels.positive_class(classes, config.positive_class))
+    record = finetune.calibrate(model, predict, val_ds, classes, positive)
     if record["val_operating_point"]["warning"]:
         logging.warning("%s", record["val_operating_point"]["warning"])
     logging.info("Temperature scaling on %s: T = %.3f, val NLL %.4f -> %.4f, ECE %.4f -> %.4f.",
@@ -63,7 +62,7 @@ def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
                  record["val_nll_calibrated"], record["val_ece"], record["val_ece_calibrated"])
     if chief:
         with files.atomic_path(best_path) as tmp:
-            model.save(tmp)
+            model_classes.save(model, tmp, classes)
             # The record first, naming the calibrated file by its digest, then the file: a kill
             # between the two leaves the uncalibrated best.keras and a record that is not its
             # own, so the rerun calibrates again from the uncalibrated weights (never twice).
@@ -75,7 +74,8 @@ def calibrate(config: TrainConfig, model: keras.Model, predict: Callable,
 
 def export_model(model: keras.Model, model_dir: Path, strategy: tf.distribute.Strategy, *,
                  image_size: int, channels: int, resize_mode: str, intensity: str = "none",
-                 extra_metadata: dict[str, Any] | None = None) -> str | None:
+                 extra_metadata: dict[str, Any] | None = None,
+                 classes: Sequence[str] = labels.DEFAULT_CLASSES) -> str | None:
     """Exports the serving SavedModel to <model_dir>/export via export.export_serving.
 
     Every worker saves (saving may read mirrored variables collectively); only the chief's copy
@@ -90,7 +90,7 @@ def export_model(model: keras.Model, model_dir: Path, strategy: tf.distribute.St
         url_paths.rmtree(target)
     path = export.export_serving(model, str(target), image_size, channels,
                                  resize_mode=resize_mode, extra_metadata=extra_metadata,
-                                 intensity=intensity)
+                                 intensity=intensity, class_names=classes)
     if not chief:
         url_paths.rmtree(target.parent, ignore_errors=True)
         return None
@@ -140,6 +140,7 @@ def summary(config: TrainConfig, strategy: tf.distribute.Strategy, data: Resolve
             "sampling": config.input.sampling,
             "records_dir": str(url_paths.location(config.records_dir).resolve()),
             "num_train_examples": data.num_train,
+            "classes": list(data.classes),
         },
         "versions": files.versions(),
         "devices": distribute.describe_devices(),

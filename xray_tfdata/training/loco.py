@@ -108,7 +108,7 @@ class Fold:
 # ----------------------------------------------------------------------------- the plan
 
 
-def holdouts(manifest: dict[str, Any], named: Sequence[str] = ()) -> list[str]:
+def holdouts(manifest: manifest_lib.DatasetInfo, named: Sequence[str] = ()) -> list[str]:
     """The collections to hold out: `named`, else each holding at least two classes.
 
     Raises:
@@ -134,10 +134,10 @@ def holdouts(manifest: dict[str, Any], named: Sequence[str] = ()) -> list[str]:
     return folds
 
 
-def _holding(manifest: dict[str, Any], split: str, exclude: str = "",
+def _holding(manifest: manifest_lib.DatasetInfo, split: str, exclude: str = "",
              only: str = "") -> tuple[str, ...]:
     """Collections of `split` with at least one example (all but `exclude`, or just `only`)."""
-    if split not in manifest.get("splits", {}):
+    if split not in manifest.splits:
         return ()
     return tuple(name for name, row in sorted(collection_select.per_source(manifest,
                                                                            split).items())
@@ -152,7 +152,7 @@ def plan(base: TrainConfig, work_dir: str, named: Sequence[str] = ()) -> list[Fo
       ConfigError: see `holdouts`.
       LocoError: a fold whose other collections lack train or val examples.
     """
-    manifest = manifest_lib.read_manifest(base.records_dir)
+    manifest = manifest_lib.read_info(base.records_dir)
     folds = []
     for name in holdouts(manifest, named):
         config = dataclasses.replace(
@@ -224,7 +224,7 @@ def score(model, predict, records_dir: str, splits: Sequence[str], collections: 
 def score_fold(fold: Fold, config: LocoConfig) -> dict[str, Any]:
     """The fold's best.keras on its held-out collection and on its internal test split."""
     records_dir, seed = fold.config.records_dir, fold.config.seed
-    class_names = manifest_lib.class_names(fold.data.manifest)
+    class_names = fold.data.classes
     model = inference.load_model(fold.model_dir / epochs.BEST_MODEL)
     train_meta = None
     if config.shortcut_checks:
@@ -342,7 +342,7 @@ def run(config: LocoConfig, base: TrainConfig, strategy: tf.distribute.Strategy 
     """Every fold (see the module docstring); returns loco.json's content (also written)."""
     strategy = strategy or tf.distribute.get_strategy()
     folds = plan(base, config.work_dir, config.holdout)
-    class_names = manifest_lib.class_names(folds[0].data.manifest)
+    class_names = folds[0].data.classes
     results = []
     for index, fold in enumerate(folds, 1):
         result, how = run_fold(fold, config, strategy, model_builder)

@@ -76,7 +76,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: setup.Re
     # Setup: the order below is the order of the seeded ops (same seed, same weights).
     parts = setup.build_model(config, strategy, data, precision, model_builder)
     restored = setup.restore(config, strategy, parts, model_dir)
-    class_weights = setup.class_weight_vector(config, data.manifest)
+    class_weights = setup.class_weight_vector(config, data.info)
     jit_compile = distribute.resolve_jit_compile(config.jit_compile, strategy)
     feed = setup.train_input(config, strategy, data, restored.start_epoch)
     make_train_steps = setup.step_factory(config, strategy, parts, class_weights, precision,
@@ -106,7 +106,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: setup.Re
             break
         epochs.validate(config, epoch, epoch_start_step, trained, predict, val_ds,
                         parts.optimizer, writer, progress)
-        if epochs.end_of_epoch(config, epoch, parts.model, restored, progress, model_dir, chief):
+        if epochs.end_of_epoch(config, epoch, parts.model, restored, progress, model_dir, chief,
+                               data.classes):
             break
     profile.maybe_stop(None)
 
@@ -116,13 +117,14 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, data: setup.Re
     fingerprint = finish.weights_fingerprint(parts.model)
     logging.info("Final weights fingerprint: %s (step %d)", fingerprint, progress.step)
     finish.restore_best(parts.model, progress, model_dir)
-    record = finish.calibrate(config, parts.model, predict, val_ds, progress, model_dir, chief)
+    record = finish.calibrate(config, parts.model, predict, val_ds, progress, model_dir, chief,
+                              data.classes)
     export_dir = None
     if config.export and progress.stop_reason != "nan_loss":
         export_dir = finish.export_model(
             parts.model, model_dir, strategy, image_size=data.image_size,
             channels=data.channels, resize_mode=data.resize_mode, intensity=data.intensity,
-            extra_metadata=finish.calibration_metadata(config, record))
+            extra_metadata=finish.calibration_metadata(config, record), classes=data.classes)
     summary = finish.summary(
         config, strategy, data, restored=restored, progress=progress, fingerprint=fingerprint,
         calibration_record=record,

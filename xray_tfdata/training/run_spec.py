@@ -33,6 +33,7 @@ import tensorflow as tf
 from absl import logging
 
 from xray_tfdata import console, files, settings
+from xray_tfdata.records.manifest import DatasetInfo
 from xray_tfdata.training import checkpointing
 from xray_tfdata.training.config import TrainConfig
 from xray_tfdata.training.setup import ResolvedData
@@ -43,7 +44,7 @@ SPEC_VERSION = 1
 GROWING_SETTINGS: frozenset[str] = frozenset({"epochs", "freeze_backbone_epochs"})
 SESSION_SETTINGS: frozenset[str] = GROWING_SETTINGS | frozenset({
     "patience", "checkpoint_every", "max_checkpoints", "profile_steps", "steps_per_execution",
-    "jit_compile", "augment_on", "deterministic", "calibrate", "export",
+    "jit_compile", "augment_on", "deterministic", "calibrate", "export", "positive_class",
     "cache", "shuffle_buffer", "data_service", "data_service_job",
     # Paths: the records' identity is compared instead of their path; model_dir is the run.
     "records_dir", "model_dir",
@@ -54,15 +55,10 @@ class RunSpecMismatch(ValueError):
     """A rerun into a model dir whose run was made with different run-defining settings."""
 
 
-def records_identity(manifest: dict[str, Any], val_split: str) -> str:
+def records_identity(info: DatasetInfo, val_split: str) -> str:
     """16 hex digits of sha256 over what the run reads from the records: the image spec, the
-    label map and the train and val shards (name, count, sha256)."""
-    splits = manifest.get("splits", {})
-    shards = {split: [[s.get("file"), s.get("num_examples"), s.get("sha256")]
-                      for s in splits.get(split, {}).get("shards", [])]
-              for split in sorted({"train", val_split})}
-    key = json.dumps({"image": manifest.get("image"), "label_map": manifest.get("label_map"),
-                      "shards": shards}, sort_keys=True)
+    label map (the class set) and the train and val shards (name, count, sha256)."""
+    key = json.dumps(info.identity(["train", val_split]), sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -75,10 +71,11 @@ def make_spec(config: TrainConfig, data: ResolvedData, precision: str) -> dict[s
     return {
         "spec_version": SPEC_VERSION,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in run.items()},
-        "records": {"identity": records_identity(data.manifest, config.val_split),
+        "records": {"identity": records_identity(data.info, config.val_split),
                     "dir": str(Path(config.records_dir).resolve()),
                     "image": f"{data.image_size}x{data.image_size}x{data.channels}",
-                    "num_train": data.num_train},
+                    "num_train": data.num_train,
+                    "classes": list(data.classes)},
     }
 
 
@@ -102,6 +99,9 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]
         else:
             refused.append(change)
     old_records, new_records = recorded.get("records", {}), current["records"]
+    if old_records.get("classes") and old_records["classes"] != new_records.get("classes"):
+        refused.append(f"classes {','.join(old_records['classes'])} -> "
+                       f"{','.join(new_records.get('classes') or [])}")
     if old_records.get("identity") != new_records["identity"]:
         refused.append(f"records {_describe(old_records)} -> {_describe(new_records)}")
     elif old_records.get("dir") != new_records["dir"]:

@@ -31,7 +31,7 @@ ModelBuilder = Callable[..., keras.Model]
 class ResolvedData:
     """What the records say, checked against the config: read once, before any TF op."""
 
-    manifest: dict[str, Any]
+    info: manifest_lib.DatasetInfo
     image_size: int
     channels: int
     resize_mode: str
@@ -41,17 +41,31 @@ class ResolvedData:
     # --collection_adversary > 0: its targets (refused in resolve_data when it has none).
     collection_plan: adversary.CollectionPlan | None = None
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The records' class set: the head's size and order, recorded in every output."""
+        return self.info.classes
+
+    def positive_class(self, requested: str = "") -> str:
+        """The operating point's class (--positive_class, checked by resolve_data)."""
+        return labels.positive_class(self.classes, requested)
+
 
 def resolve_data(config: TrainConfig) -> ResolvedData:
-    """Reads the manifest and checks the records fit the config; cheap (no TF ops)."""
-    manifest = manifest_lib.read_manifest(config.records_dir)
-    image = manifest.get("image", {})
-    image_size = config.image_size or int(image.get("size", 0))
-    channels = int(image.get("channels", 1))
+    """Reads the manifest and checks the records fit the config; cheap (no TF ops).
+
+    Raises:
+      ManifestError: records of another image size, without a train split, or whose train split
+        (of the selected collections) holds fewer than two classes: nothing to tell apart.
+    """
+    manifest = manifest_lib.read_info(config.records_dir)
+    image = manifest.image
+    image_size = config.image_size or image.size
+    channels = image.channels
     manifest_lib.check_compatible(manifest, image_size=image_size, channels=channels,
                                   records_dir=config.records_dir)
     manifest_lib.require_splits(manifest, ["train"], config.records_dir, purpose="training")
-    splits = manifest.get("splits", {})
+    splits = manifest.splits
     for split, field in (("train", "records_dir"), (config.val_split, "val_split")):
         if split not in splits or not collection_select.num_examples(
                 manifest, split, config.input.collections, config.input.exclude_collections):
@@ -62,6 +76,13 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
             )
     num_train = collection_select.num_examples(manifest, "train", config.input.collections,
                                                config.input.exclude_collections)
+    if config.positive_class and config.positive_class not in manifest.classes:
+        raise ConfigError("positive_class", config.positive_class,
+                          f"one of the records' classes {list(manifest.classes)}",
+                          "Leave it empty for the default (COVID19 when present, else the first "
+                          "class other than NORMAL).")
+    check_classes_present(manifest, collection_select.class_counts(
+        manifest, "train", config.input.collections, config.input.exclude_collections))
     steps_per_epoch = config.steps_per_epoch or num_train // config.global_batch_size
     if steps_per_epoch < 1:
         raise ConfigError("global_batch_size", config.global_batch_size,
@@ -72,23 +93,36 @@ def resolve_data(config: TrainConfig) -> ResolvedData:
         collection_plan = adversary.plan(manifest, config.collection_adversary,
                                          config.input.collections,
                                          config.input.exclude_collections)
-    return ResolvedData(manifest=manifest, image_size=image_size, channels=channels,
-                        resize_mode=image.get("resize_mode", "stretch"), num_train=num_train,
-                        steps_per_epoch=steps_per_epoch, intensity=image.get("intensity", "none"),
+    return ResolvedData(info=manifest, image_size=image_size, channels=channels,
+                        resize_mode=image.resize_mode, num_train=num_train,
+                        steps_per_epoch=steps_per_epoch, intensity=image.intensity,
                         collection_plan=collection_plan)
 
 
-def class_weight_vector(config: TrainConfig, manifest: dict[str, Any]) -> np.ndarray:
+def check_classes_present(info: manifest_lib.DatasetInfo, counts: list[int]) -> None:
+    """Refuses a train split with fewer than two classes (issue 16: a labels CSV whose labels
+    did not map gave a one-class set, and training "succeeded" at val accuracy 1.0)."""
+    present = [c for c, n in zip(info.classes, counts) if n > 0]
+    if len(present) < 2:
+        listed = ", ".join(f"{c} {n}" for c, n in zip(info.classes, counts))
+        raise manifest_lib.ManifestError(
+            f"The train split of {info.records_dir!r} holds {len(present)} class(es) "
+            f"({listed}): a classifier needs examples of at least two. Rebuild the records "
+            "with a --label_map that maps the source's labels onto the classes (the manifest's "
+            "`sources` lists the skipped labels), or --classes naming only classes the data has.")
+
+
+def class_weight_vector(config: TrainConfig, manifest: manifest_lib.DatasetInfo) -> np.ndarray:
     """Per-class loss weights: ones, or n / (K * n_c) from the train split's counts ("balanced").
 
     Ones under balanced sampling: the batches already hold every class equally, and weighting
     them again would over-correct (the minority class counted n / n_c times twice)."""
     if config.class_weights == "none" or config.input.sampling != "natural":
-        return np.ones(labels.NUM_CLASSES, np.float32)
+        return np.ones(len(manifest.classes), np.float32)
     counts = np.asarray(collection_select.class_counts(
         manifest, "train", config.input.collections, config.input.exclude_collections),
         np.float64)
-    weights = np.where(counts > 0, counts.sum() / (labels.NUM_CLASSES * np.maximum(counts, 1)), 1.0)
+    weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 1.0)
     return weights.astype(np.float32)
 
 
@@ -140,7 +174,8 @@ def build_model(config: TrainConfig, strategy: tf.distribute.Strategy, data: Res
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = model_builder(config.model, data.image_size, data.channels,
-                              weights=config.weights, dropout=config.dropout, seed=config.seed)
+                              num_classes=len(data.classes), weights=config.weights,
+                              dropout=config.dropout, seed=config.seed)
         optimizer = make_optimizer(config, data.steps_per_epoch, precision)
         head_vars, backbone_vars = finetune.split_variables(model)
         collection_adversary = None
@@ -216,14 +251,14 @@ def train_input(config: TrainConfig, strategy: tf.distribute.Strategy, data: Res
                                                         config.seed)
     input_config = device_augment.host_input_config(input_config, augment_on)
     train_ds = strategy.distribute_datasets_from_function(
-        pipeline.dataset_fn(config.records_dir, "train", input_config),
+        pipeline.dataset_fn(data.info, "train", input_config),
         options=device_augment.input_options(strategy))
     return TrainInput(iter(train_ds), augment_on, step_augment)
 
 
 def validation_dataset(config: TrainConfig, data: ResolvedData) -> tf.data.Dataset:
     """The validation split in evaluation mode (every worker reads all of it)."""
-    return pipeline.build_dataset(config.records_dir, config.val_split, pipeline.InputConfig(
+    return pipeline.build_dataset(data.info, config.val_split, pipeline.InputConfig(
         global_batch_size=config.global_batch_size, image_size=data.image_size,
         channels=data.channels, training=False, augment=False,
         cache="none" if config.input.cache == "none" else "memory", seed=config.seed,

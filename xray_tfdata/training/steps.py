@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from xray_tfdata import labels
 from xray_tfdata.training import adversary as adversary_lib
 from xray_tfdata.training import distribute
 
@@ -21,10 +20,11 @@ def make_loss_fn(class_weights: np.ndarray, label_smoothing: float,
     single-device gradient of the same global batch.
     """
     weights = tf.constant(class_weights, tf.float32)
+    num_classes = len(class_weights)  # one weight per class: the head's size
 
     def loss_fn(labels_: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
         labels_ = tf.cast(tf.reshape(labels_, [-1]), tf.int32)
-        one_hot = tf.one_hot(labels_, labels.NUM_CLASSES, dtype=tf.float32)
+        one_hot = tf.one_hot(labels_, num_classes, dtype=tf.float32)
         per_example = keras.losses.categorical_crossentropy(
             one_hot, tf.cast(probabilities, tf.float32), label_smoothing=label_smoothing)
         per_example = per_example * tf.gather(weights, labels_)

@@ -109,6 +109,7 @@ def _sibling_metadata(keras_path: Path) -> dict[str, Any]:
 
 
 def _load_keras(path: Path, resize_mode: str) -> tuple[export.ServingModel, Any]:
+    from xray_tfdata import model_classes  # noqa: PLC0415
     from xray_tfdata.evaluation import inference  # noqa: PLC0415 - the one .keras loader
 
     model = inference.load_model(path)
@@ -125,7 +126,8 @@ def _load_keras(path: Path, resize_mode: str) -> tuple[export.ServingModel, Any]
         export_dir = export.export_serving(
             model, tmp / "export", image_size, channels,
             resize_mode or sibling.get("resize_mode", "stretch"), extra_metadata=extra,
-            intensity=sibling.get("intensity", "none"))
+            intensity=sibling.get("intensity", "none"),
+            class_names=model_classes.classes_of(model, path))
         # tf.saved_model.load restores the variables into memory: the files are not needed after.
         serving = export.load_serving(export_dir)
     finally:
