@@ -18,6 +18,7 @@ from tests import fixtures
 from xray_tfdata import models
 from xray_tfdata.errors import ConfigError
 from xray_tfdata.inputs import pipeline
+from xray_tfdata.records import manifest
 from xray_tfdata.settings import from_flat
 from xray_tfdata.training import adversary, distribute, loop, run_spec, setup
 from xray_tfdata.training.config import TrainConfig
@@ -75,10 +76,11 @@ def test_conditional_loss_reads_the_true_class_row_and_masks_single_collection_c
     assert all(math.isnan(v) for v in adversary.epoch_metrics({"adversary_count": 0}).values())
 
 
-def _manifest(per_source: dict[str, dict[str, int]]) -> dict:
-    return {"label_map": {"NORMAL": 0, "COVID19": 1, "PNEUMONIA": 2},
-            "splits": {"train": {"per_class": {}, "per_source": per_source},
-                       "test": {"per_class": {}, "per_source": {"zz": {"NORMAL": 3}}}}}
+def _manifest(per_source: dict[str, dict[str, int]]) -> manifest.DatasetInfo:
+    return manifest.info_from_dict({
+        "label_map": {"NORMAL": 0, "COVID19": 1, "PNEUMONIA": 2},
+        "splits": {"train": {"per_class": {}, "per_source": per_source},
+                   "test": {"per_class": {}, "per_source": {"zz": {"NORMAL": 3}}}}})
 
 
 def test_plan_ids_from_every_split_masks_single_collection_classes_and_refuses_none():
@@ -98,8 +100,9 @@ def test_plan_ids_from_every_split_masks_single_collection_classes_and_refuses_n
     assert "Received: collection_adversary=0.5" in message and "--data_dir=name=path" in message
     with pytest.raises(ConfigError, match=r"collections per class: NORMAL 1, COVID19 0, "
                                           r"PNEUMONIA 1; collections: \[''\]"):
-        adversary.plan({"label_map": info["label_map"], "splits": {"train": {
-            "per_class": {"NORMAL": 4, "COVID19": 0, "PNEUMONIA": 3}}}}, 1.0)
+        adversary.plan(manifest.info_from_dict({
+            "label_map": {"NORMAL": 0, "COVID19": 1, "PNEUMONIA": 2}, "splits": {"train": {
+                "per_class": {"NORMAL": 4, "COVID19": 0, "PNEUMONIA": 3}}}}), 1.0)
 
 
 @pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), True, "1"])
