@@ -187,6 +187,20 @@ def test_covid_radiography_folders_masks_never_read(tmp_path):
     assert report["skipped_findings"] == {"Lung_Opacity": 2}
 
 
+def test_covid_radiography_four_classes_with_lung_opacity_and_still_no_masks(tmp_path):
+    """--classes naming LUNG_OPACITY takes the preset's fourth folder (the README's example)."""
+    mini = minis.covid_radiography(tmp_path / "crd")
+    four = ("NORMAL", "COVID19", "PNEUMONIA", "LUNG_OPACITY")
+    scan = preset_reader.read_preset(
+        SourceSpec("", str(mini.root), layout="covid_radiography"),
+        preset_reader.Rules(classes=four))
+    counts = collections.Counter((f.class_name, f.label) for f in scan.files)
+    assert counts == {("NORMAL", 0): 3, ("COVID19", 1): 3, ("PNEUMONIA", 2): 3,
+                      ("LUNG_OPACITY", 3): 2}
+    assert not any("/masks/" in f.relpath for f in scan.files)
+    assert not dict(scan.details)["preset"].get("skipped_findings")  # nothing left unmapped
+
+
 def test_a_class_the_build_lacks_is_dropped_and_reported_not_an_error(tmp_path):
     mini = minis.covid_radiography(tmp_path / "crd")
     scan = preset_reader.read_preset(
