@@ -137,11 +137,13 @@ def test_a_worker_killed_by_the_os_fails_in_one_line_and_the_rerun_resumes(data,
 
     def kill_first_worker() -> None:
         deadline = time.monotonic() + 60
+        # Once both workers are up (killing one mid-start-up races CPython's own executor).
         while not killed and time.monotonic() < deadline:
-            for child in multiprocessing.active_children():
-                os.kill(child.pid, signal.SIGKILL)  # what the OOM killer does
-                killed.append(child.pid)
-                break
+            children = multiprocessing.active_children()
+            if len(children) >= 2:
+                time.sleep(0.2)
+                os.kill(children[0].pid, signal.SIGKILL)  # what the OOM killer does
+                killed.append(children[0].pid)
             time.sleep(0.005)
 
     killer = threading.Thread(target=kill_first_worker, daemon=True)

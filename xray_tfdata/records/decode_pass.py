@@ -77,20 +77,27 @@ def _process(tasks: Sequence[Task], workers: int, settings: ProcessSettings
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
     work = functools.partial(process_source, settings=settings)
     window = REMOTE_WINDOW if remote else len(tasks)
-    with concurrent.futures.ProcessPoolExecutor(workers, ctx, initializer=init_worker
-                                                ) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, ctx, initializer=init_worker) as pool:
         try:
             for start in range(0, len(tasks), window):
                 batch = [_with_bytes(t) for t in tasks[start:start + window]]
-                with main_module_hidden():  # the executor starts its workers on first submit
-                    results = pool.map(work, batch, chunksize=chunk)
+                try:
+                    with main_module_hidden():  # the executor starts workers on first submits
+                        results = pool.map(work, batch, chunksize=chunk)
+                except OSError as err:
+                    # A worker killed while the executor was still starting the others: the
+                    # broken pool has closed its pipes, and the next start fails on them.
+                    raise WorkerDied(_worker_died(workers)) from err
                 yield from results
         except concurrent.futures.process.BrokenProcessPool as err:
-            raise WorkerDied(
-                f"A converter worker process died (killed by the OS, most often for lack of "
-                f"memory, with {workers} workers). Everything converted so far is kept: rerun "
-                f"the same command to resume, with fewer --num_workers (now {workers}) or a "
-                f"lower --max_pixels if memory is short.") from err
+            raise WorkerDied(_worker_died(workers)) from err
+
+
+def _worker_died(workers: int) -> str:
+    return (f"A converter worker process died (killed by the OS, most often for lack of "
+            f"memory, with {workers} workers). Everything converted so far is kept: rerun "
+            f"the same command to resume, with fewer --num_workers (now {workers}) or a "
+            f"lower --max_pixels if memory is short.")
 
 
 class WorkerDied(RuntimeError):
