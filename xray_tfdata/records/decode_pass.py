@@ -70,7 +70,7 @@ def _process(tasks: Sequence[Task], workers: int, settings: ProcessSettings
             cv2.setNumThreads(threads)
         return
     # spawn (not fork): the parent holds TensorFlow's threads and state, which fork would copy
-    # unsafely. Workers import sources.py, which never imports TensorFlow. A futures executor,
+    # unsafely. Workers import this module, which never imports TensorFlow. A futures executor,
     # not multiprocessing.Pool: when the OS kills a worker (out of memory), Pool.imap waits
     # forever for its lost task; the executor raises BrokenProcessPool, which becomes WorkerDied.
     ctx = multiprocessing.get_context("spawn")
@@ -109,7 +109,7 @@ def main_module_hidden() -> Iterator[None]:
     """Starts spawn workers without re-importing the caller's __main__.
 
     spawn re-runs the parent's main module (script, notebook kernel, `-m` entry) in every worker
-    so that functions defined there can be unpickled. Ours live in sources.py, and a main module
+    so that functions defined there can be unpickled. Ours live in this module, and a main module
     that imports TensorFlow would cost each worker seconds and ~600 MB (measured: 700 MB RSS
     per worker instead of 75 MB). Workers are created inside this block only.
     """

@@ -4,7 +4,7 @@ Folder layouts (names case-insensitive): `<data_dir>/{train,val,test}/<CLASS>/*`
 of the splits (the Kaggle set has train/ and test/), or `<data_dir>/<CLASS>/**` without splits.
 A labels CSV (`labels_csv.py`) lists the images instead. `scan` lists a folder deterministically;
 the per-image work of the converter's workers is `decode_pass.process_source`. Never imports
-TensorFlow (the workers import it through decode_pass).
+TensorFlow.
 """
 
 from __future__ import annotations

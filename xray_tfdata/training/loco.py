@@ -204,7 +204,8 @@ def score(model, predict, records_dir: str, splits: Sequence[str], collections: 
     if config.shortcut_checks and train_meta is not None:
         # The probe's own definition (macro-F1 over every class) on both sides of its ratio.
         cnn_f1 = metrics.compute_metrics(y, p, n_resamples=0, class_names=class_names)["macro_f1"]
-        probe = shortcut.run_probe(train_meta, meta, cnn_f1, seed=seed)
+        probe = shortcut.run_probe(train_meta, meta, cnn_f1, seed=seed,
+                                   class_names=class_names)
         row["probe"] = {key: probe.get(key) for key in (
             "skipped", "probe_macro_f1", "cnn_macro_f1", "ratio", "warning",
             "source_alone_macro_f1", "message")}
@@ -212,7 +213,8 @@ def score(model, predict, records_dir: str, splits: Sequence[str], collections: 
         try:
             attention = gradcam.split_attention(model, reduce(tf.data.Dataset.concatenate,
                                                               datasets),
-                                                per_class=config.gradcam_per_class)
+                                                per_class=config.gradcam_per_class,
+                                                class_names=class_names)
         except gradcam.NoConvolutionError as err:  # e.g. a hand-built test model
             attention = {"skipped": True, "overall": None, "warning": False,
                          "message": f"Border attention skipped: {err}"}
